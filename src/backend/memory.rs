@@ -1,0 +1,237 @@
+//! `memory`: a sparse RAM disk. Only pages that hold written data take memory;
+//! TRIM and WRITE_ZEROES give whole pages back, and a partly zeroed page that
+//! ends up all zero is given back too, so `memory 1G` costs nothing until used.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use super::{Backend, Caps, Extent, Zero, pieces};
+use crate::proto::{STATE_HOLE, STATE_ZERO};
+
+/// Allocation unit. Small enough that scattered 4 KiB writes do not balloon,
+/// large enough that a 1 GiB export is at most 32768 map entries.
+const PAGE: usize = 32 * 1024;
+
+pub struct Memory {
+    size: u64,
+    /// Page index -> contents. An absent page reads as zeroes.
+    pages: BTreeMap<u64, Box<[u8]>>,
+}
+
+impl Memory {
+    pub fn new(size: u64) -> Memory {
+        Memory {
+            size,
+            pages: BTreeMap::new(),
+        }
+    }
+
+    fn page_mut(&mut self, idx: u64) -> &mut [u8] {
+        // vec![0; n] comes from calloc: the kernel hands out zero pages lazily.
+        self.pages
+            .entry(idx)
+            .or_insert_with(|| vec![0u8; PAGE].into_boxed_slice())
+    }
+
+    /// Zeroes a range, giving back every page that ends up all zero.
+    fn clear(&mut self, offset: u64, len: u64) {
+        for (idx, within, n) in pieces(offset, len, PAGE as u64) {
+            if n == PAGE {
+                self.pages.remove(&idx);
+            } else if let Some(page) = self.pages.get_mut(&idx) {
+                page[within..within + n].fill(0);
+                if page.iter().all(|&b| b == 0) {
+                    self.pages.remove(&idx);
+                }
+            }
+        }
+    }
+}
+
+impl Backend for Memory {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn caps(&self) -> Caps {
+        Caps {
+            read_only: false,
+            trim: true,
+            fast_zero: true,
+            sparse_reads: true,
+            min_block: 1,
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut done = 0;
+        for (idx, within, n) in pieces(offset, buf.len() as u64, PAGE as u64) {
+            let dst = &mut buf[done..done + n];
+            match self.pages.get(&idx) {
+                Some(page) => dst.copy_from_slice(&page[within..within + n]),
+                None => dst.fill(0),
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, buf: &[u8], offset: u64, _fua: bool) -> io::Result<()> {
+        let mut done = 0;
+        for (idx, within, n) in pieces(offset, buf.len() as u64, PAGE as u64) {
+            self.page_mut(idx)[within..within + n].copy_from_slice(&buf[done..done + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn trim(&mut self, offset: u64, len: u64, _fua: bool) -> io::Result<()> {
+        self.clear(offset, len);
+        Ok(())
+    }
+
+    fn zero(&mut self, offset: u64, len: u64, how: Zero, _fua: bool) -> io::Result<()> {
+        if how.may_trim {
+            self.clear(offset, len);
+        } else {
+            // NO_HOLE: the range must stay provisioned.
+            for (idx, within, n) in pieces(offset, len, PAGE as u64) {
+                self.page_mut(idx)[within..within + n].fill(0);
+            }
+        }
+        Ok(())
+    }
+
+    fn extents(&mut self, offset: u64, len: u64, max: usize, out: &mut Vec<Extent>) -> io::Result<()> {
+        let page = PAGE as u64;
+        let end = offset.saturating_add(len).min(self.size);
+        let mut pos = offset;
+        let mut count = 0;
+        while pos < end.max(offset + 1) && count < max {
+            let idx = pos / page;
+            let run_end = if self.pages.contains_key(&idx) {
+                // Extend over consecutive allocated pages, stopping past `end`.
+                let mut next = idx + 1;
+                for (&k, _) in self.pages.range(idx + 1..) {
+                    if k != next || next * page >= end {
+                        break;
+                    }
+                    next += 1;
+                }
+                next * page
+            } else {
+                // A hole runs to the next allocated page.
+                self.pages
+                    .range(idx + 1..)
+                    .next()
+                    .map_or(self.size, |(&k, _)| k * page)
+            };
+            let run_end = run_end.min(self.size);
+            let flags = if self.pages.contains_key(&idx) {
+                0
+            } else {
+                STATE_HOLE | STATE_ZERO
+            };
+            match out.last_mut() {
+                Some(last) if count > 0 && last.flags == flags => last.len += run_end - pos,
+                _ => {
+                    out.push(Extent {
+                        len: run_end - pos,
+                        flags,
+                    });
+                    count += 1;
+                }
+            }
+            pos = run_end;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAST: Zero = Zero {
+        may_trim: true,
+        fast: true,
+    };
+
+    fn extents(m: &mut Memory, off: u64, len: u64) -> Vec<(u64, u32)> {
+        let mut v = Vec::new();
+        m.extents(off, len, 1000, &mut v).unwrap();
+        v.into_iter().map(|e| (e.len, e.flags)).collect()
+    }
+
+    #[test]
+    fn sparse_until_written() {
+        let mut m = Memory::new(1 << 40);
+        assert!(m.pages.is_empty());
+        m.write(&[0xab; 10], PAGE as u64 - 5, false).unwrap();
+        assert_eq!(m.pages.len(), 2);
+        let mut b = [0u8; 12];
+        m.read(&mut b, PAGE as u64 - 6).unwrap();
+        assert_eq!(b, [0, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0]);
+        m.zero(0, 2 * PAGE as u64, FAST, false).unwrap();
+        assert!(m.pages.is_empty());
+    }
+
+    #[test]
+    fn partial_zero_gives_back_zero_pages() {
+        let mut m = Memory::new(1 << 20);
+        m.write(&[1; 8], 100, false).unwrap();
+        m.trim(0, 50, false).unwrap();
+        assert_eq!(m.pages.len(), 1);
+        m.trim(90, 20, false).unwrap();
+        assert!(m.pages.is_empty());
+    }
+
+    #[test]
+    fn no_hole_keeps_pages() {
+        let mut m = Memory::new(1 << 20);
+        let how = Zero {
+            may_trim: false,
+            fast: false,
+        };
+        m.zero(0, 3 * PAGE as u64, how, false).unwrap();
+        assert_eq!(m.pages.len(), 3);
+        assert_eq!(extents(&mut m, 0, 1 << 20)[0], (3 * PAGE as u64, 0));
+    }
+
+    #[test]
+    fn extents_merge_and_clip() {
+        let p = PAGE as u64;
+        let mut m = Memory::new(10 * p);
+        assert_eq!(extents(&mut m, 0, 10 * p), vec![(10 * p, 3)]);
+        m.write(&[1], 2 * p, false).unwrap();
+        m.write(&[1], 3 * p, false).unwrap();
+        m.write(&[1], 7 * p, false).unwrap();
+        assert_eq!(
+            extents(&mut m, 0, 10 * p),
+            vec![(2 * p, 3), (2 * p, 0), (3 * p, 3), (p, 0), (2 * p, 3)]
+        );
+        // starting inside a page, limited count
+        let mut v = Vec::new();
+        m.extents(2 * p + 7, p, 1, &mut v).unwrap();
+        assert_eq!(v, vec![Extent { len: 2 * p - 7, flags: 0 }]);
+        // a query at the last byte
+        assert_eq!(extents(&mut m, 10 * p - 1, 1), vec![(1, 3)]);
+    }
+
+    #[test]
+    fn huge_sparse_export() {
+        let size = i64::MAX as u64;
+        let mut m = Memory::new(size);
+        m.write(b"end", size - 3, false).unwrap();
+        let mut b = [0u8; 3];
+        m.read(&mut b, size - 3).unwrap();
+        assert_eq!(&b, b"end");
+        let e = extents(&mut m, 0, size);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].0 + e[1].0, size);
+    }
+}

@@ -1,0 +1,139 @@
+//! What an export is served from: the `Backend` trait, its capabilities, and the
+//! one place where system errors become NBD errors.
+
+mod file;
+mod memory;
+mod null;
+mod pattern;
+
+use std::io;
+
+use crate::proto;
+
+pub use file::File;
+pub use memory::Memory;
+pub use null::Null;
+pub use pattern::Pattern;
+
+/// What a backend can do. The server turns these into transmission flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    pub read_only: bool,
+    /// TRIM does something useful (it is accepted either way).
+    pub trim: bool,
+    /// WRITE_ZEROES with FAST_ZERO can ever succeed.
+    pub fast_zero: bool,
+    /// Reads are cheap to split into data and holes (`extents` costs no syscall).
+    pub sparse_reads: bool,
+    /// Smallest addressable unit; requests must be aligned to it.
+    pub min_block: u32,
+}
+
+/// How WRITE_ZEROES may be carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Zero {
+    /// The area may become a hole (the client did not send NO_HOLE).
+    pub may_trim: bool,
+    /// FAST_ZERO: fail with `Unsupported` rather than do it slowly.
+    pub fast: bool,
+}
+
+/// A run of the export with one `base:allocation` status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub len: u64,
+    pub flags: u32,
+}
+
+/// The storage behind the export. One backend is shared by every connection;
+/// the server is single-threaded, so `&mut self` is all the locking there is.
+///
+/// Callers check bounds and alignment first: every offset and length passed in
+/// lies inside `0..size()`.
+pub trait Backend {
+    fn size(&self) -> u64;
+    fn caps(&self) -> Caps;
+    /// Fills `buf` from `offset`.
+    fn read(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes `buf` at `offset`; with `fua` the data is durable on return.
+    fn write(&mut self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()>;
+    /// Makes every write so far durable.
+    fn flush(&mut self) -> io::Result<()>;
+    /// Discards a range (a hint: doing nothing is correct).
+    fn trim(&mut self, offset: u64, len: u64, fua: bool) -> io::Result<()>;
+    /// Makes a range read as zeroes.
+    fn zero(&mut self, offset: u64, len: u64, how: Zero, fua: bool) -> io::Result<()>;
+    /// Prefetch hint.
+    fn cache(&mut self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+    /// Appends at most `max` (≥ 1) consecutive extents starting at `offset` to `out`,
+    /// covering at least one byte; the last may run past `offset + len`.
+    fn extents(&mut self, offset: u64, len: u64, max: usize, out: &mut Vec<Extent>) -> io::Result<()>;
+}
+
+/// Maps a system error to the small set of errors NBD allows on the wire.
+pub fn nbd_errno(e: &io::Error) -> u32 {
+    match e.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES | libc::EROFS) => proto::EPERM,
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => proto::ENOSPC,
+        Some(libc::EINVAL) => proto::EINVAL,
+        Some(libc::ENOMEM) => proto::ENOMEM,
+        Some(libc::EOVERFLOW) => proto::EOVERFLOW,
+        Some(libc::EOPNOTSUPP) => proto::ENOTSUP,
+        Some(libc::ESHUTDOWN) => proto::ESHUTDOWN,
+        Some(_) => proto::EIO,
+        None => match e.kind() {
+            io::ErrorKind::Unsupported => proto::ENOTSUP,
+            io::ErrorKind::OutOfMemory => proto::ENOMEM,
+            io::ErrorKind::InvalidInput => proto::EINVAL,
+            io::ErrorKind::PermissionDenied => proto::EPERM,
+            _ => proto::EIO,
+        },
+    }
+}
+
+/// The error a backend returns when FAST_ZERO cannot be honoured.
+pub fn not_fast() -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, "zeroing would not be faster than writing")
+}
+
+/// Splits `[offset, offset + len)` at multiples of `unit`, yielding
+/// (unit index, offset within the unit, length) pieces.
+pub(crate) fn pieces(offset: u64, len: u64, unit: u64) -> impl Iterator<Item = (u64, usize, usize)> {
+    let end = offset + len;
+    let mut pos = offset;
+    std::iter::from_fn(move || {
+        if pos >= end {
+            return None;
+        }
+        let idx = pos / unit;
+        let within = pos % unit;
+        let n = (unit - within).min(end - pos);
+        pos += n;
+        Some((idx, within as usize, n as usize))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_mapping() {
+        let e = |n| nbd_errno(&io::Error::from_raw_os_error(n));
+        assert_eq!(e(libc::EROFS), proto::EPERM);
+        assert_eq!(e(libc::EDQUOT), proto::ENOSPC);
+        assert_eq!(e(libc::EFBIG), proto::ENOSPC);
+        assert_eq!(e(libc::EBADF), proto::EIO);
+        assert_eq!(e(libc::ENOTSUP), proto::ENOTSUP);
+        assert_eq!(nbd_errno(&not_fast()), proto::ENOTSUP);
+    }
+
+    #[test]
+    fn pieces_split_at_units() {
+        let v: Vec<_> = pieces(100, 300, 128).collect();
+        assert_eq!(v, vec![(0, 100, 28), (1, 0, 128), (2, 0, 128), (3, 0, 16)]);
+        assert_eq!(pieces(0, 0, 128).count(), 0);
+    }
+}

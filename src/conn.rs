@@ -1,0 +1,341 @@
+//! One client: its socket, its buffers, and the phase it is in.
+//!
+//! The connection never sees the Poll. The server tells it what readiness the
+//! kernel reported; it remembers that (edge-triggered events do not repeat) and
+//! reads, parses, runs and writes until it would block, runs out of its turn, or
+//! is done.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::backend::{Backend, Extent};
+use crate::buf::{Buf, Pool};
+use crate::export::{Export, MAX_REQUEST};
+use crate::handshake::{Handshake, Outcome};
+use crate::proto::option::{greeting_newstyle, greeting_oldstyle};
+use crate::proto::reply::Style;
+use crate::proto::request::parse_request;
+use crate::proto::{CMD_DISC, Parse};
+use crate::sys;
+use crate::transmission::{self, Env, Session};
+
+/// Requests (or options) handled per turn, so one busy client cannot starve the rest.
+const TURN: usize = 64;
+/// Stop reading requests while this much output is unsent; resume once it drains.
+const OUT_LIMIT: usize = 64 << 20;
+/// Read at least this much per read(2).
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What the server should do with a connection after driving it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to do until the next readiness event.
+    Wait,
+    /// Its turn is over but it has more to do: drive it again soon.
+    Yield,
+    /// Finished: deregister and drop it.
+    Close,
+}
+
+/// Everything a connection borrows from the server for one turn.
+pub struct Ctx<'a> {
+    pub backend: &'a mut dyn Backend,
+    pub export: &'a Export,
+    pub extents: &'a mut Vec<Extent>,
+    pub pool: &'a mut Pool,
+    pub shutting_down: bool,
+}
+
+enum Phase {
+    Handshake(Handshake),
+    Transmission(Session),
+}
+
+/// How far processing the buffered input got.
+enum Progress {
+    /// Handled a message.
+    Some,
+    /// The message at the front is incomplete.
+    NeedInput,
+    /// End the connection (after sending what is queued).
+    Close(&'static str),
+}
+
+pub struct Conn {
+    id: usize,
+    rfd: OwnedFd,
+    /// A separate fd for writing (`-s` with distinct stdin and stdout).
+    wfd: Option<OwnedFd>,
+    inb: Buf,
+    out: Buf,
+    phase: Phase,
+    /// Input bytes still to be thrown away (option data or a WRITE payload we refused).
+    skip: u64,
+    /// Total bytes the message at the front needs: how much to read next.
+    need: usize,
+    /// Readiness last reported and not yet used up (cleared on EAGAIN).
+    pub readable: bool,
+    pub writable: bool,
+    /// The client will send nothing more.
+    eof: bool,
+    /// Why we are closing once the output drains.
+    closing: Option<&'static str>,
+}
+
+impl Conn {
+    /// A connection that starts by sending the greeting.
+    pub fn new(id: usize, rfd: OwnedFd, wfd: Option<OwnedFd>, oldstyle: bool, ctx: &mut Ctx) -> Conn {
+        let mut out = Buf::default();
+        ctx.pool.fill(&mut out);
+        let phase = if oldstyle {
+            let session = Session {
+                style: Style::Simple,
+                flags: ctx.export.flags(Style::Simple, false),
+                meta: false,
+            };
+            out.put(&greeting_oldstyle(ctx.export.size, session.flags));
+            Phase::Transmission(session)
+        } else {
+            out.put(&greeting_newstyle());
+            Phase::Handshake(Handshake::default())
+        };
+        Conn {
+            id,
+            rfd,
+            wfd,
+            inb: Buf::default(),
+            out,
+            phase,
+            skip: 0,
+            need: 0,
+            readable: true,
+            writable: true,
+            eof: false,
+            closing: None,
+        }
+    }
+
+    pub fn read_fd(&self) -> RawFd {
+        self.rfd.as_raw_fd()
+    }
+
+    pub fn write_fd(&self) -> Option<RawFd> {
+        self.wfd.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    pub fn in_handshake(&self) -> bool {
+        matches!(self.phase, Phase::Handshake(_))
+    }
+
+    /// Does as much work as readiness and the turn allow.
+    pub fn drive(&mut self, ctx: &mut Ctx) -> Step {
+        let step = self.turn(ctx);
+        // Buffers with nothing pending go back to the pool between bursts.
+        ctx.pool.reclaim(&mut self.inb);
+        ctx.pool.reclaim(&mut self.out);
+        if step == Step::Close {
+            log::debug!("conn {}: closed: {}", self.id, self.closing.unwrap_or("error"));
+        }
+        step
+    }
+
+    fn turn(&mut self, ctx: &mut Ctx) -> Step {
+        let mut budget = TURN;
+        loop {
+            let progress = if self.closing.is_some() {
+                Progress::NeedInput
+            } else {
+                self.process(ctx, &mut budget)
+            };
+            if let Progress::Close(why) = progress {
+                self.closing = Some(why);
+            }
+            if self.writable && !self.out.is_empty() {
+                if let Err(e) = self.flush() {
+                    log::debug!("conn {}: write: {e}", self.id);
+                    return Step::Close;
+                }
+            }
+            if self.closing.is_some() {
+                // flush() either emptied the queue or met EAGAIN.
+                return if self.out.is_empty() { Step::Close } else { Step::Wait };
+            }
+            if self.out.len() >= OUT_LIMIT {
+                return Step::Wait; // resumes on the next writable edge
+            }
+            match progress {
+                Progress::Some if budget == 0 => return Step::Yield,
+                Progress::Some => continue,
+                _ => {}
+            }
+            // The front message is incomplete: read more.
+            if self.eof {
+                if !self.inb.is_empty() || self.skip > 0 {
+                    log::warn!("conn {}: client disconnected in the middle of a message", self.id);
+                }
+                self.closing = Some("client closed the connection");
+                continue;
+            }
+            if !self.readable {
+                if ctx.shutting_down && !self.in_handshake() && self.inb.is_empty() && self.skip == 0 {
+                    self.closing = Some("server shutting down");
+                    continue;
+                }
+                return Step::Wait;
+            }
+            match self.fill(ctx.pool) {
+                Ok(0) => self.eof = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::debug!("conn {}: read: {e}", self.id);
+                    return Step::Close;
+                }
+            }
+        }
+    }
+
+    /// Handles buffered messages until one is incomplete, the turn ends, or the
+    /// output passes its limit.
+    fn process(&mut self, ctx: &mut Ctx, budget: &mut usize) -> Progress {
+        let mut progress = Progress::NeedInput;
+        while *budget > 0 && self.out.len() < OUT_LIMIT {
+            match self.one(ctx) {
+                Progress::Some => {
+                    *budget -= 1;
+                    progress = Progress::Some;
+                }
+                Progress::NeedInput => break,
+                close => return close,
+            }
+        }
+        progress
+    }
+
+    /// Handles the message at the front of the input, if it is complete.
+    fn one(&mut self, ctx: &mut Ctx) -> Progress {
+        if self.skip > 0 {
+            let n = self.skip.min(self.inb.len() as u64);
+            self.inb.consume(n as usize);
+            self.skip -= n;
+            if self.skip > 0 {
+                return Progress::NeedInput;
+            }
+        }
+        match &mut self.phase {
+            Phase::Handshake(hs) => {
+                let mut replies = Vec::new();
+                let outcome = hs.step(self.inb.pending(), &mut replies, ctx.export, ctx.shutting_down);
+                self.out.put(&replies);
+                self.handshake_outcome(outcome)
+            }
+            Phase::Transmission(s) => {
+                let s = *s;
+                self.request(&s, ctx)
+            }
+        }
+    }
+
+    fn handshake_outcome(&mut self, outcome: Outcome) -> Progress {
+        match outcome {
+            Outcome::Continue(0) => Progress::NeedInput,
+            Outcome::Continue(n) => {
+                self.inb.consume(n);
+                Progress::Some
+            }
+            Outcome::Skip { consumed, skip } => {
+                self.inb.consume(consumed);
+                self.skip = skip;
+                Progress::Some
+            }
+            Outcome::Transmission { consumed, session } => {
+                self.inb.consume(consumed);
+                log::debug!(
+                    "conn {}: transmission: {:?}, flags {:#x}, base:allocation {}",
+                    self.id,
+                    session.style,
+                    session.flags,
+                    session.meta
+                );
+                self.phase = Phase::Transmission(session);
+                Progress::Some
+            }
+            Outcome::Close("client aborted") => Progress::Close("client aborted"),
+            Outcome::Close(why) => {
+                log::warn!("conn {}: handshake: {why}: disconnecting", self.id);
+                Progress::Close(why)
+            }
+        }
+    }
+
+    fn request(&mut self, s: &Session, ctx: &mut Ctx) -> Progress {
+        let (req, hdr) = match parse_request(self.inb.pending(), s.extended()) {
+            Parse::Done(req, n) => (req, n),
+            Parse::NeedMore => {
+                self.need = 32;
+                return Progress::NeedInput;
+            }
+            Parse::Malformed(why) => {
+                log::warn!("conn {}: {why}: disconnecting", self.id);
+                return Progress::Close(why);
+            }
+        };
+        if req.kind == CMD_DISC {
+            return Progress::Close("client sent DISC");
+        }
+        if req.payload > MAX_REQUEST {
+            if s.extended() {
+                log::warn!("conn {}: payload of {} bytes: disconnecting", self.id, req.payload);
+                return Progress::Close("payload too large");
+            }
+            // Compact WRITE: refuse it, then read past its payload without keeping it.
+            log::warn!("conn {}: WRITE of {} bytes refused", self.id, req.payload);
+            transmission::error(s, &req, &mut self.out, crate::proto::EINVAL, "request too large");
+            self.inb.consume(hdr);
+            self.skip = req.payload;
+            return Progress::Some;
+        }
+        let total = hdr + req.payload as usize;
+        if self.inb.len() < total {
+            self.need = total;
+            return Progress::NeedInput;
+        }
+        let mut env = Env {
+            backend: &mut *ctx.backend,
+            export: ctx.export,
+            extents: &mut *ctx.extents,
+            shutting_down: ctx.shutting_down,
+        };
+        transmission::handle(s, &mut env, &req, &self.inb.pending()[hdr..total], &mut self.out);
+        self.inb.consume(total);
+        self.need = 0;
+        Progress::Some
+    }
+
+    /// One read(2) into the input buffer.
+    fn fill(&mut self, pool: &mut Pool) -> io::Result<usize> {
+        pool.fill(&mut self.inb);
+        let want = READ_CHUNK.max(self.need.saturating_sub(self.inb.len()));
+        let n = sys::read(self.rfd.as_raw_fd(), self.inb.space(want))?;
+        self.inb.commit(n);
+        Ok(n)
+    }
+
+    /// Writes queued output until it is gone or the socket is full.
+    fn flush(&mut self) -> io::Result<()> {
+        let fd = self.write_fd().unwrap_or(self.rfd.as_raw_fd());
+        while !self.out.is_empty() {
+            match sys::write(fd, self.out.pending()) {
+                Ok(n) => self.out.consume(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.writable = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}

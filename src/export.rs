@@ -1,0 +1,104 @@
+//! The one export this server offers: its name, size, limits and flags.
+
+use crate::backend::Caps;
+use crate::proto::reply::Style;
+use crate::proto::*;
+
+/// Largest payload we advertise (NBD_INFO_BLOCK_SIZE maximum): the spec's default.
+pub const MAX_PAYLOAD: u32 = 32 << 20;
+/// Largest READ or WRITE we serve (nbdkit's limit); clients stay below MAX_PAYLOAD.
+pub const MAX_REQUEST: u64 = 64 << 20;
+/// Preferred block size we advertise.
+pub const PREFERRED_BLOCK: u32 = 4096;
+/// The id of `base:allocation` in SET_META_CONTEXT replies.
+pub const BASE_ALLOCATION_ID: u32 = 1;
+
+#[derive(Debug, Clone)]
+pub struct Export {
+    /// Canonical name (`-e`); "" and this name both reach the export.
+    pub name: Vec<u8>,
+    /// `--description`, for NBD_INFO_DESCRIPTION and NBD_OPT_LIST.
+    pub description: Option<Vec<u8>>,
+    pub size: u64,
+    pub caps: Caps,
+    /// `--no-sr`: refuse STRUCTURED_REPLY (and EXTENDED_HEADERS, which implies it).
+    pub no_sr: bool,
+}
+
+impl Export {
+    /// Whether a client asking for `name` reaches this export.
+    pub fn matches(&self, name: &[u8]) -> bool {
+        name.is_empty() || name == self.name.as_slice()
+    }
+
+    /// Transmission flags for a client that negotiated `style`, with or without
+    /// a metadata context.
+    pub fn flags(&self, style: Style, meta: bool) -> u16 {
+        let mut f = TF_HAS_FLAGS | TF_SEND_FLUSH | TF_CAN_MULTI_CONN | TF_SEND_CACHE;
+        if style != Style::Simple {
+            f |= TF_SEND_DF;
+        }
+        if style == Style::Extended && meta {
+            f |= TF_BLOCK_STATUS_PAYLOAD;
+        }
+        if self.caps.read_only {
+            f |= TF_READ_ONLY;
+        } else {
+            f |= TF_SEND_FUA | TF_SEND_TRIM | TF_SEND_WRITE_ZEROES;
+            if self.caps.fast_zero {
+                f |= TF_SEND_FAST_ZERO;
+            }
+        }
+        f
+    }
+
+    /// (minimum, preferred, maximum payload) for NBD_INFO_BLOCK_SIZE.
+    pub fn block_sizes(&self) -> (u32, u32, u32) {
+        let min = self.caps.min_block;
+        (min, PREFERRED_BLOCK.max(min), MAX_PAYLOAD)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn export(read_only: bool) -> Export {
+        Export {
+            name: b"disk".to_vec(),
+            description: None,
+            size: 1 << 20,
+            caps: Caps {
+                read_only,
+                trim: true,
+                fast_zero: true,
+                sparse_reads: true,
+                min_block: 1,
+            },
+            no_sr: false,
+        }
+    }
+
+    #[test]
+    fn flags_follow_negotiation() {
+        let e = export(false);
+        let simple = e.flags(Style::Simple, false);
+        assert_eq!(simple & TF_SEND_DF, 0);
+        assert_eq!(e.flags(Style::Structured, true), simple | TF_SEND_DF);
+        assert_eq!(
+            e.flags(Style::Extended, true),
+            simple | TF_SEND_DF | TF_BLOCK_STATUS_PAYLOAD
+        );
+        // what nbdkit's memory plugin advertises, plus nothing it lacks
+        assert_eq!(e.flags(Style::Structured, false), 0xded);
+        let ro = export(true).flags(Style::Structured, false);
+        assert_ne!(ro & TF_READ_ONLY, 0);
+        assert_eq!(ro & (TF_SEND_TRIM | TF_SEND_WRITE_ZEROES | TF_SEND_FAST_ZERO), 0);
+    }
+
+    #[test]
+    fn names() {
+        let e = export(false);
+        assert!(e.matches(b"") && e.matches(b"disk") && !e.matches(b"other"));
+    }
+}

@@ -1,0 +1,384 @@
+//! The one event loop: a mio Poll with every listener, the signal pipe, and a
+//! slab of connections. Single-threaded: the backend needs no locks, and every
+//! connection sees every acknowledged write.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::backend::{Backend, Extent};
+use crate::buf::Pool;
+use crate::conn::{Conn, Ctx, Step};
+use crate::export::Export;
+use crate::listen::Listener;
+use crate::notify::Notifier;
+use crate::sys;
+
+/// Tokens from the top of the range; connections use their slab keys from 0.
+const SIGNAL: Token = Token(usize::MAX);
+const LISTENER_TOP: usize = usize::MAX - 1;
+const MAX_LISTENERS: usize = 4096;
+
+/// How long connections get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long to stop accepting after running out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What `Server::new` needs besides the backend.
+pub struct Setup {
+    pub export: Export,
+    pub listeners: Vec<Listener>,
+    /// Clients that are already connected: `-s`, or systemd `Accept=yes` sockets.
+    /// Each is (read fd, separate write fd).
+    pub connections: Vec<(OwnedFd, Option<OwnedFd>)>,
+    pub signals: OwnedFd,
+    pub oldstyle: bool,
+    pub idle_timeout: Option<Duration>,
+    pub notifier: Notifier,
+}
+
+pub struct Server {
+    poll: Poll,
+    signals: OwnedFd,
+    listeners: Vec<Option<Listener>>,
+    conns: Slab<Conn>,
+    backend: Box<dyn Backend>,
+    export: Export,
+    pool: Pool,
+    extents: Vec<Extent>,
+    /// Connections whose turn ended with work left: driven again without an event.
+    ready: Vec<usize>,
+    oldstyle: bool,
+    idle_timeout: Option<Duration>,
+    /// When the last connection closed (or the server started).
+    idle_since: Instant,
+    /// Exit when the last connection closes and no listener is left (`-s`, `Accept=yes`).
+    single: bool,
+    /// Set by a shutdown: the moment remaining connections are cut.
+    deadline: Option<Instant>,
+    accept_paused_until: Option<Instant>,
+    exit_code: i32,
+    exit_now: bool,
+    run_child: Option<Child>,
+    notifier: Notifier,
+}
+
+impl Server {
+    pub fn new(setup: Setup, backend: Box<dyn Backend>) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        poll.registry().register(
+            &mut SourceFd(&setup.signals.as_raw_fd()),
+            SIGNAL,
+            Interest::READABLE,
+        )?;
+        let mut listeners = Vec::new();
+        for (i, mut l) in setup.listeners.into_iter().enumerate().take(MAX_LISTENERS) {
+            poll.registry()
+                .register(l.source(), Token(LISTENER_TOP - i), Interest::READABLE)?;
+            log::debug!("listening on {}", l.describe());
+            listeners.push(Some(l));
+        }
+        let single = !setup.connections.is_empty() && listeners.is_empty();
+        let mut server = Server {
+            poll,
+            signals: setup.signals,
+            listeners,
+            conns: Slab::new(),
+            backend,
+            export: setup.export,
+            pool: Pool::default(),
+            extents: Vec::new(),
+            ready: Vec::new(),
+            oldstyle: setup.oldstyle,
+            idle_timeout: setup.idle_timeout,
+            idle_since: Instant::now(),
+            single,
+            deadline: None,
+            accept_paused_until: None,
+            exit_code: 0,
+            exit_now: false,
+            run_child: None,
+            notifier: setup.notifier,
+        };
+        for (rfd, wfd) in setup.connections {
+            server.add(rfd, wfd)?;
+        }
+        Ok(server)
+    }
+
+    /// The `--run` command: its exit ends the server, with its status.
+    pub fn set_run_child(&mut self, child: Child) {
+        self.run_child = Some(child);
+    }
+
+    /// Serves until a signal, the `--run` command, idleness or the last single
+    /// connection ends it. Returns the exit code.
+    pub fn run(&mut self) -> i32 {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("poll: {e}");
+                return 1;
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    SIGNAL => self.on_signals(),
+                    Token(t) if t > LISTENER_TOP - MAX_LISTENERS => self.accept_all(LISTENER_TOP - t),
+                    Token(key) => {
+                        if let Some(c) = self.conns.get_mut(key) {
+                            c.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                            c.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
+                            self.drive(key);
+                        }
+                    }
+                }
+            }
+            for key in std::mem::take(&mut self.ready) {
+                if self.conns.contains(key) {
+                    self.drive(key);
+                }
+            }
+            if let Some(code) = self.should_exit() {
+                return code;
+            }
+        }
+    }
+
+    /// Runs one connection's turn and acts on the result.
+    fn drive(&mut self, key: usize) {
+        let mut ctx = Ctx {
+            backend: &mut *self.backend,
+            export: &self.export,
+            extents: &mut self.extents,
+            pool: &mut self.pool,
+            shutting_down: self.deadline.is_some(),
+        };
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        match conn.drive(&mut ctx) {
+            Step::Wait => {}
+            Step::Yield => self.ready.push(key),
+            Step::Close => self.close(key),
+        }
+    }
+
+    /// Registers a connected client and sends it the greeting.
+    fn add(&mut self, rfd: OwnedFd, wfd: Option<OwnedFd>) -> io::Result<()> {
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let token = Token(key);
+        let registry = self.poll.registry();
+        match &wfd {
+            None => registry.register(
+                &mut SourceFd(&rfd.as_raw_fd()),
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            )?,
+            Some(w) => {
+                registry.register(&mut SourceFd(&rfd.as_raw_fd()), token, Interest::READABLE)?;
+                registry.register(&mut SourceFd(&w.as_raw_fd()), token, Interest::WRITABLE)?;
+            }
+        }
+        let mut ctx = Ctx {
+            backend: &mut *self.backend,
+            export: &self.export,
+            extents: &mut self.extents,
+            pool: &mut self.pool,
+            shutting_down: false,
+        };
+        entry.insert(Conn::new(key, rfd, wfd, self.oldstyle, &mut ctx));
+        log::debug!("conn {key}: connected ({} open)", self.conns.len());
+        self.drive(key);
+        Ok(())
+    }
+
+    fn close(&mut self, key: usize) {
+        let conn = self.conns.remove(key);
+        let registry = self.poll.registry();
+        let _ = registry.deregister(&mut SourceFd(&conn.read_fd()));
+        if let Some(w) = conn.write_fd() {
+            let _ = registry.deregister(&mut SourceFd(&w));
+        }
+        drop(conn);
+        if self.conns.is_empty() {
+            self.idle_since = Instant::now();
+        }
+        // A slot freed: accepting may work again after EMFILE.
+        if self.accept_paused_until.take().is_some() {
+            self.accept_everywhere();
+        }
+    }
+
+    /// Accepts every pending client on listener `i`.
+    fn accept_all(&mut self, i: usize) {
+        if self.deadline.is_some() || self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(Some(l)) = self.listeners.get(i) else { return };
+            match l.accept() {
+                Ok(fd) => {
+                    if let Err(e) = self.add(fd, None) {
+                        log::warn!("cannot register a new connection: {e}");
+                    }
+                }
+                Err(e) => match e.raw_os_error() {
+                    _ if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO) => continue,
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                        log::warn!("accept: {e}: pausing new connections");
+                        self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                        return;
+                    }
+                    _ => {
+                        // Not a listening socket after all, or broken: never spin on it.
+                        log::error!("accept on {}: {e}: no longer listening there", l.describe());
+                        self.drop_listener(i);
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn accept_everywhere(&mut self) {
+        for i in 0..self.listeners.len() {
+            self.accept_all(i);
+        }
+    }
+
+    fn drop_listener(&mut self, i: usize) {
+        if let Some(mut l) = self.listeners.get_mut(i).and_then(Option::take) {
+            let _ = self.poll.registry().deregister(l.source());
+        }
+    }
+
+    fn has_listeners(&self) -> bool {
+        self.listeners.iter().any(Option::is_some)
+    }
+
+    fn on_signals(&mut self) {
+        let mut buf = [0u8; 64];
+        loop {
+            match sys::read(self.signals.as_raw_fd(), &mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    for &sig in &buf[..n] {
+                        self.on_signal(libc::c_int::from(sig));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return, // EAGAIN: drained
+            }
+        }
+    }
+
+    fn on_signal(&mut self, sig: libc::c_int) {
+        match sig {
+            libc::SIGCHLD => self.reap_run_child(),
+            _ if self.deadline.is_some() => {
+                log::info!("second signal: exiting now");
+                self.exit_now = true;
+            }
+            _ => {
+                log::info!("signal {sig}: shutting down");
+                self.shutdown(0);
+            }
+        }
+    }
+
+    fn reap_run_child(&mut self) {
+        let Some(child) = &mut self.run_child else { return };
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                use std::os::unix::process::ExitStatusExt;
+                let code = status
+                    .code()
+                    .or_else(|| status.signal().map(|s| 128 + s))
+                    .unwrap_or(1);
+                log::debug!("--run command exited: {status}");
+                self.run_child = None;
+                self.shutdown(code);
+            }
+            Ok(None) => {}
+            Err(e) => log::warn!("waitpid: {e}"),
+        }
+    }
+
+    /// Stops accepting; lets connections finish what is in flight (new options get
+    /// ERR_SHUTDOWN, new requests ESHUTDOWN) until the grace period ends.
+    fn shutdown(&mut self, code: i32) {
+        if self.deadline.is_some() {
+            return;
+        }
+        self.exit_code = code;
+        self.deadline = Some(Instant::now() + SHUTDOWN_GRACE);
+        self.notifier.stopping();
+        for i in 0..self.listeners.len() {
+            self.drop_listener(i);
+        }
+        self.ready.extend(self.conns.iter().map(|(k, _)| k));
+    }
+
+    /// How long poll may sleep.
+    fn timeout(&self) -> Option<Duration> {
+        if !self.ready.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        let idle = match self.idle_timeout {
+            Some(t) if self.conns.is_empty() && self.deadline.is_none() => Some(self.idle_since + t),
+            _ => None,
+        };
+        [self.deadline, self.accept_paused_until, idle]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|at| at.saturating_duration_since(now))
+    }
+
+    fn should_exit(&mut self) -> Option<i32> {
+        let now = Instant::now();
+        if self.exit_now {
+            return Some(self.exit_code);
+        }
+        if let Some(deadline) = self.deadline {
+            if self.conns.is_empty() {
+                return Some(self.exit_code);
+            }
+            if now >= deadline {
+                log::warn!("{} connection(s) still open after the grace period: closing", self.conns.len());
+                return Some(self.exit_code);
+            }
+            return None;
+        }
+        if self.accept_paused_until.is_some_and(|t| now >= t) {
+            self.accept_paused_until = None;
+            self.accept_everywhere();
+        }
+        if self.conns.is_empty() && self.single && !self.has_listeners() {
+            log::debug!("the last connection closed");
+            return Some(0);
+        }
+        if let Some(t) = self.idle_timeout {
+            if self.conns.is_empty() && now.duration_since(self.idle_since) >= t {
+                // A client may be queued without its edge seen yet: take it if so.
+                self.accept_everywhere();
+                if self.conns.is_empty() {
+                    log::info!("idle for {t:?}: exiting");
+                    self.notifier.stopping();
+                    return Some(0);
+                }
+            }
+        }
+        None
+    }
+}

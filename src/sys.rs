@@ -1,0 +1,240 @@
+//! The unsafe corner: every libc call the server makes, each wrapped once.
+//!
+//! Everything else in the crate is safe code. Each `unsafe` block says why it
+//! is sound; most are plain system calls on an fd the caller owns or borrows.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// Turns the C convention (-1 and errno) into `io::Result`.
+fn cvt<T: PartialEq + From<i8>>(r: T) -> io::Result<T> {
+    if r == T::from(-1) {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is a valid writable region of buf.len() bytes.
+    let n = cvt(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })?;
+    Ok(n as usize)
+}
+
+pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: buf is a valid readable region of buf.len() bytes.
+    let n = cvt(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })?;
+    Ok(n as usize)
+}
+
+/// Sets FD_CLOEXEC; fails (EBADF) when `fd` is not open.
+pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an integer fd has no memory effects; a bad fd gives EBADF.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) })?;
+    Ok(())
+}
+
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an integer fd has no memory effects.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
+fn getsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v and len are valid for writes and len holds v's size.
+    cvt(unsafe { libc::getsockopt(fd, level, name, (&raw mut v).cast(), &mut len) })?;
+    Ok(v)
+}
+
+/// What an inherited fd turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketKind {
+    /// SOCK_STREAM, SOCK_DGRAM, …
+    pub sock_type: libc::c_int,
+    /// AF_UNIX, AF_INET, AF_INET6, …
+    pub domain: libc::c_int,
+    /// SO_ACCEPTCONN: a listening socket.
+    pub listening: bool,
+}
+
+/// Asks the kernel what kind of socket `fd` is (ENOTSOCK when it is none).
+pub fn socket_kind(fd: RawFd) -> io::Result<SocketKind> {
+    Ok(SocketKind {
+        sock_type: getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?,
+        domain: getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?,
+        listening: getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 0,
+    })
+}
+
+/// Takes ownership of an fd inherited from our parent.
+///
+/// # Safety
+/// `fd` must be open and owned by nothing else in this process.
+pub unsafe fn own_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: the caller promises that fd is open and unowned.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+pub fn fallocate(fd: RawFd, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: no memory is passed; the kernel checks fd and ranges.
+    cvt(unsafe { libc::fallocate(fd, mode, offset as libc::off_t, len as libc::off_t) })?;
+    Ok(())
+}
+
+fn seek(fd: RawFd, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+    // SAFETY: lseek has no memory effects.
+    match cvt(unsafe { libc::lseek(fd, offset as libc::off_t, whence) }) {
+        Ok(pos) => Ok(Some(pos as u64)),
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Next offset ≥ `offset` holding data; None when only a hole follows.
+pub fn seek_data(fd: RawFd, offset: u64) -> io::Result<Option<u64>> {
+    seek(fd, offset, libc::SEEK_DATA)
+}
+
+/// Next hole ≥ `offset` (end of file counts as one).
+pub fn seek_hole(fd: RawFd, offset: u64) -> io::Result<Option<u64>> {
+    seek(fd, offset, libc::SEEK_HOLE)
+}
+
+pub fn fadvise_willneed(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: no memory is passed. posix_fadvise returns the error instead of setting errno.
+    let r = unsafe {
+        libc::posix_fadvise(
+            fd,
+            offset as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_WILLNEED,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(r)) }
+}
+
+/// Logical sector size of a block device (BLKSSZGET).
+pub fn logical_sector_size(fd: RawFd) -> io::Result<u32> {
+    const BLKSSZGET: libc::c_ulong = 0x1268;
+    let mut size: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one int through the pointer, which is valid.
+    cvt(unsafe { libc::ioctl(fd, BLKSSZGET, &mut size) })?;
+    u32::try_from(size)
+        .ok()
+        .filter(|s| s.is_power_of_two() && *s <= 65536)
+        .ok_or_else(|| io::Error::other("odd logical sector size"))
+}
+
+/// Write end of the self-pipe; the signal handler's only state.
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(signo: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+    let byte = signo as u8;
+    // SAFETY: write(2) is async-signal-safe; errno is saved and restored around it
+    // so the interrupted code never sees it change. A full pipe drops the byte, which
+    // is harmless: a byte already waiting will wake the loop.
+    unsafe {
+        let errno = *libc::__errno_location();
+        libc::write(fd, (&raw const byte).cast(), 1);
+        *libc::__errno_location() = errno;
+    }
+}
+
+/// Installs handlers that turn `signals` into bytes on a non-blocking pipe, and
+/// ignores SIGPIPE. Returns the read end, for the Poll.
+pub fn signal_pipe(signals: &[libc::c_int]) -> io::Result<OwnedFd> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two fds pipe2 writes.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
+    // SAFETY: pipe2 just opened both fds and nothing else owns them.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // The write end must outlive every handler call: it lives for the whole process.
+    SIGNAL_PIPE.store(wr.as_raw_fd(), Ordering::Relaxed);
+    std::mem::forget(wr);
+    for &sig in signals {
+        // SAFETY: a zeroed sigaction is a valid starting point; the handler only
+        // calls async-signal-safe functions. SA_RESTART keeps blocking calls simple.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            cvt(libc::sigaction(sig, &sa, std::ptr::null_mut()))?;
+        }
+    }
+    // SAFETY: setting a disposition to SIG_IGN has no memory effects.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    Ok(rd)
+}
+
+/// Result of `fork`.
+pub enum Forked {
+    Parent,
+    Child,
+}
+
+/// Forks. Only called while the process is single-threaded.
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: the process has one thread, so the child inherits no locked mutex or
+    // half-finished state of another thread.
+    match cvt(unsafe { libc::fork() })? {
+        0 => Ok(Forked::Child),
+        _ => Ok(Forked::Parent),
+    }
+}
+
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: no memory effects.
+    cvt(unsafe { libc::setsid() })?;
+    Ok(())
+}
+
+/// Points `target` (0, 1 or 2) at `fd`.
+pub fn dup2(fd: RawFd, target: RawFd) -> io::Result<()> {
+    // SAFETY: no memory effects; target is a standard stream we mean to replace.
+    cvt(unsafe { libc::dup2(fd, target) })?;
+    Ok(())
+}
+
+/// Asks the kernel to send us SIGTERM when our parent dies (--exit-with-parent).
+pub fn exit_with_parent() -> io::Result<()> {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number, no memory.
+    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) })?;
+    Ok(())
+}
+
+/// Exits at once without unwinding or flushing: the parent side of a fork.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no Rust state.
+    unsafe { libc::_exit(code) }
+}
+
+/// Whether fds 0 and 1 are the same open socket, so one fd serves both directions.
+pub fn same_file(a: RawFd, b: RawFd) -> bool {
+    let stat = |fd| {
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: fstat fills st when it returns 0.
+        let r = unsafe { libc::fstat(fd, st.as_mut_ptr()) };
+        // SAFETY: initialised by the successful fstat above.
+        (r == 0).then(|| unsafe { st.assume_init() })
+    };
+    match (stat(a), stat(b)) {
+        (Some(x), Some(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino,
+        _ => false,
+    }
+}
+
+/// Removes an environment variable. Only called from `main` before any thread
+/// exists (edition 2024 makes `remove_var` unsafe for that reason).
+pub fn unsetenv(name: &str) {
+    // SAFETY: single-threaded at start-up: nothing reads the environment concurrently.
+    unsafe { std::env::remove_var(name) };
+}
