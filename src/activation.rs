@@ -28,8 +28,12 @@ pub fn detect(listen_pid: Option<&str>, listen_fds: Option<&str>, our_pid: u32) 
     let (pid, fds) = match (listen_pid, listen_fds) {
         (None, None) => return Detected::None,
         (Some(p), Some(f)) => (p, f),
-        (Some(_), None) => return Detected::Ignored("LISTEN_PID is set but LISTEN_FDS is not".into()),
-        (None, Some(_)) => return Detected::Ignored("LISTEN_FDS is set but LISTEN_PID is not".into()),
+        (Some(_), None) => {
+            return Detected::Ignored("LISTEN_PID is set but LISTEN_FDS is not".into());
+        }
+        (None, Some(_)) => {
+            return Detected::Ignored("LISTEN_FDS is set but LISTEN_PID is not".into());
+        }
     };
     let Ok(pid) = pid.parse::<u32>() else {
         return Detected::Ignored(format!("malformed LISTEN_PID environment variable '{pid}'"));
@@ -64,7 +68,10 @@ pub enum Inherited {
 pub fn set_cloexec(n: u32) -> Result<(), Error> {
     for fd in FIRST_FD..FIRST_FD + n as RawFd {
         sys::set_cloexec(fd).map_err(|e| {
-            Error::Setup(format!("socket activation: invalid file descriptor fd = {fd}"), e)
+            Error::Setup(
+                format!("socket activation: invalid file descriptor fd = {fd}"),
+                e,
+            )
         })?;
     }
     Ok(())
@@ -76,11 +83,15 @@ pub fn take(n: u32) -> Result<Vec<Inherited>, Error> {
     let mut out = Vec::with_capacity(n as usize);
     for fd in FIRST_FD..FIRST_FD + n as RawFd {
         let kind = sys::socket_kind(fd).map_err(|e| {
-            Error::Setup(format!("socket activation: fd {fd} is not a usable socket"), e)
+            Error::Setup(
+                format!("socket activation: fd {fd} is not a usable socket"),
+                e,
+            )
         })?;
         classify(fd, kind)?;
-        sys::set_nonblocking(fd)
-            .map_err(Error::setup(format!("socket activation: fd {fd}: O_NONBLOCK")))?;
+        sys::set_nonblocking(fd).map_err(Error::setup(format!(
+            "socket activation: fd {fd}: O_NONBLOCK"
+        )))?;
         // SAFETY: the superserver handed fd to us; it is open (set_cloexec succeeded)
         // and nothing else in this process owns it.
         let owned = unsafe { sys::own_fd(fd) };
@@ -121,8 +132,12 @@ mod tests {
     fn detection() {
         assert_eq!(detect(None, None, 7), Detected::None);
         assert_eq!(detect(Some("7"), Some("2"), 7), Detected::Fds(2));
-        assert!(matches!(detect(Some("8"), Some("1"), 7), Detected::Ignored(m) if m.contains("not for us")));
-        assert!(matches!(detect(Some("x"), Some("1"), 7), Detected::Ignored(m) if m.contains("LISTEN_PID")));
+        assert!(
+            matches!(detect(Some("8"), Some("1"), 7), Detected::Ignored(m) if m.contains("not for us"))
+        );
+        assert!(
+            matches!(detect(Some("x"), Some("1"), 7), Detected::Ignored(m) if m.contains("LISTEN_PID"))
+        );
         for bad in ["0", "-1", "one", "", "1x", "99999999999"] {
             assert!(
                 matches!(detect(Some("7"), Some(bad), 7), Detected::Ignored(ref m) if m.contains("LISTEN_FDS")),

@@ -1,22 +1,67 @@
 //! Byte buffers for connections, and the pool they are lent from.
 //!
-//! A connection holds a buffer only while it has unfinished business: bytes of a
+//! A connection holds storage only while it has unfinished business: bytes of a
 //! request not yet complete, or replies the socket has not taken yet. Between
-//! bursts the buffer goes back to the pool, so an idle connection costs a few
-//! hundred bytes rather than two buffers, and a busy server does not allocate per
-//! request.
+//! bursts the storage goes back to the pool, so an idle connection costs a few
+//! hundred bytes, and a busy server does not allocate per request.
+//!
+//! Input is one contiguous buffer, because requests are parsed in place. Output
+//! is a queue of blocks written with writev(2): a reply, once queued, is never
+//! moved, however much is queued behind or in front of it.
 
-/// A byte queue: `data[start..end]` is pending. `data.len()` is the initialised
-/// capacity, kept across reuse so that the space is never zeroed twice.
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+/// Storage: a vector whose length is its initialised size, so reuse never
+/// zeroes it again.
+type Block = Vec<u8>;
+
+/// Size of an ordinary block; a larger reply gets a block of its own size.
+const BLOCK: usize = 64 * 1024;
+/// The pool keeps at most this many blocks…
+const POOL_BLOCKS: usize = 32;
+/// …holding at most this many bytes; the rest is freed.
+const POOL_BYTES: usize = 16 << 20;
+
+/// Free blocks, lent to connections when they need storage.
 #[derive(Default)]
-pub struct Buf {
-    data: Vec<u8>,
+pub struct Pool {
+    free: Vec<Block>,
+    bytes: usize,
+}
+
+impl Pool {
+    /// A block of at least `min` bytes: a pooled one if any fits, else a new one.
+    fn take(&mut self, min: usize) -> Block {
+        if let Some(i) = self.free.iter().rposition(|b| b.len() >= min) {
+            let b = self.free.swap_remove(i);
+            self.bytes -= b.len();
+            return b;
+        }
+        // Zeroed by calloc: large blocks come from the kernel already zero.
+        vec![0u8; min.max(BLOCK)]
+    }
+
+    fn give(&mut self, b: Block) {
+        if b.is_empty() {
+            return;
+        }
+        if self.free.len() < POOL_BLOCKS && self.bytes + b.len() <= POOL_BYTES {
+            self.bytes += b.len();
+            self.free.push(b);
+        }
+    }
+}
+
+/// Input bytes: `data[start..end]` is pending.
+#[derive(Default)]
+pub struct InBuf {
+    data: Block,
     start: usize,
     end: usize,
 }
 
-impl Buf {
-    /// The pending bytes.
+impl InBuf {
     pub fn pending(&self) -> &[u8] {
         &self.data[self.start..self.end]
     }
@@ -29,11 +74,6 @@ impl Buf {
         self.start == self.end
     }
 
-    /// Whether there is storage behind this buffer (an empty `Buf::default()` has none).
-    pub fn has_storage(&self) -> bool {
-        !self.data.is_empty()
-    }
-
     /// Drops `n` bytes from the front.
     pub fn consume(&mut self, n: usize) {
         self.start += n;
@@ -44,11 +84,20 @@ impl Buf {
         }
     }
 
-    /// Returns `n` writable bytes at the end (stale contents), making room first.
-    /// Fill some prefix of it, then `commit` that many.
-    pub fn space(&mut self, n: usize) -> &mut [u8] {
+    /// `n` writable bytes after the pending ones (stale contents): fill a prefix,
+    /// then `commit` it. Moves the pending bytes to a bigger block if they must.
+    pub fn space(&mut self, n: usize, pool: &mut Pool) -> &mut [u8] {
         if self.data.len() - self.end < n {
-            self.make_room(n);
+            let len = self.len();
+            if self.start > 0 && self.data.len() - len >= n {
+                self.data.copy_within(self.start..self.end, 0);
+            } else {
+                let mut bigger = pool.take(len + n);
+                bigger[..len].copy_from_slice(self.pending());
+                pool.give(std::mem::replace(&mut self.data, bigger));
+            }
+            self.start = 0;
+            self.end = len;
         }
         &mut self.data[self.end..self.end + n]
     }
@@ -58,76 +107,151 @@ impl Buf {
         debug_assert!(self.end <= self.data.len());
     }
 
-    /// Appends bytes.
+    /// Returns the storage to the pool if nothing is pending.
+    pub fn release(&mut self, pool: &mut Pool) {
+        if self.is_empty() && !self.data.is_empty() {
+            pool.give(std::mem::take(&mut self.data));
+        }
+    }
+}
+
+/// One queued block: `data[start..end]` is still to be written.
+struct Seg {
+    data: Block,
+    start: usize,
+    end: usize,
+}
+
+/// Output bytes waiting for the socket.
+#[derive(Default)]
+pub struct OutQueue {
+    segs: VecDeque<Seg>,
+    len: usize,
+}
+
+/// A position in an `OutQueue` to roll back to.
+#[derive(Debug, Clone, Copy)]
+pub struct Mark {
+    segs: usize,
+    end: usize,
+    len: usize,
+}
+
+impl OutQueue {
+    /// Bytes queued.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Fills `iov` with the front of the queue; returns how many slices it used.
+    pub fn slices<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, seg) in iov.iter_mut().zip(&self.segs) {
+            if seg.start == seg.end {
+                break;
+            }
+            *slot = IoSlice::new(&seg.data[seg.start..seg.end]);
+            n += 1;
+        }
+        n
+    }
+
+    /// Drops `n` written bytes from the front, returning emptied blocks.
+    pub fn consume(&mut self, mut n: usize, pool: &mut Pool) {
+        self.len -= n;
+        while n > 0 {
+            let Some(seg) = self.segs.front_mut() else {
+                break;
+            };
+            let take = n.min(seg.end - seg.start);
+            seg.start += take;
+            n -= take;
+            if seg.start == seg.end
+                && let Some(seg) = self.segs.pop_front()
+            {
+                pool.give(seg.data);
+            }
+        }
+    }
+
+    /// Returns every block to the pool (the queue must be empty).
+    pub fn release(&mut self, pool: &mut Pool) {
+        debug_assert!(self.is_empty());
+        for seg in self.segs.drain(..) {
+            pool.give(seg.data);
+        }
+    }
+
+    /// An appender that can take blocks from `pool`.
+    pub fn writer<'a>(&'a mut self, pool: &'a mut Pool) -> Out<'a> {
+        Out { q: self, pool }
+    }
+}
+
+/// Appends replies to an `OutQueue`.
+pub struct Out<'a> {
+    q: &'a mut OutQueue,
+    pool: &'a mut Pool,
+}
+
+impl Out<'_> {
+    /// `n` contiguous writable bytes at the end of the queue (stale contents):
+    /// fill a prefix, then `commit` it.
+    pub fn space(&mut self, n: usize) -> &mut [u8] {
+        let fits = self
+            .q
+            .segs
+            .back()
+            .is_some_and(|s| s.data.len() - s.end >= n);
+        if !fits {
+            let data = self.pool.take(n);
+            self.q.segs.push_back(Seg {
+                data,
+                start: 0,
+                end: 0,
+            });
+        }
+        // A segment exists: either the back one had room or we just pushed one.
+        let seg = self.q.segs.back_mut().expect("a segment with room");
+        &mut seg.data[seg.end..seg.end + n]
+    }
+
+    pub fn commit(&mut self, n: usize) {
+        if let Some(seg) = self.q.segs.back_mut() {
+            seg.end += n;
+            self.q.len += n;
+            debug_assert!(seg.end <= seg.data.len());
+        }
+    }
+
     pub fn put(&mut self, bytes: &[u8]) {
         self.space(bytes.len()).copy_from_slice(bytes);
         self.commit(bytes.len());
     }
 
-    /// Where the next byte will go: a mark for `rollback`.
-    pub fn mark(&self) -> usize {
-        self.end - self.start
-    }
-
-    /// Forgets everything appended after `mark`.
-    pub fn rollback(&mut self, mark: usize) {
-        self.end = self.start + mark;
-    }
-
-    /// Moves pending bytes to the front, then grows if `n` bytes still do not fit.
-    fn make_room(&mut self, n: usize) {
-        let len = self.len();
-        if self.start > 0 {
-            self.data.copy_within(self.start..self.end, 0);
-            self.start = 0;
-            self.end = len;
-        }
-        if self.data.len() - self.end < n {
-            let want = (len + n).max(self.data.len() * 2).max(MIN_SIZE);
-            self.data.resize(want, 0);
+    pub fn mark(&self) -> Mark {
+        Mark {
+            segs: self.q.segs.len(),
+            end: self.q.segs.back().map_or(0, |s| s.end),
+            len: self.q.len,
         }
     }
 
-    /// Gives back storage above `keep` bytes; only when empty.
-    fn trim(&mut self, keep: usize) {
-        debug_assert!(self.is_empty());
-        if self.data.len() > keep {
-            self.data.truncate(keep);
-            self.data.shrink_to_fit();
-        }
-    }
-}
-
-/// Smallest storage a buffer grows to.
-const MIN_SIZE: usize = 64 * 1024;
-/// A pooled buffer keeps at most this much storage.
-const POOLED_SIZE: usize = 1 << 20;
-/// The pool holds at most this many buffers; more are freed.
-const POOL_DEPTH: usize = 64;
-
-/// Free buffers, lent to connections when they need one.
-#[derive(Default)]
-pub struct Pool {
-    free: Vec<Buf>,
-}
-
-impl Pool {
-    /// Gives `slot` storage if it has none.
-    pub fn fill(&mut self, slot: &mut Buf) {
-        if !slot.has_storage() {
-            *slot = self.free.pop().unwrap_or_default();
-        }
-    }
-
-    /// Takes back `slot`'s storage if it holds nothing pending.
-    pub fn reclaim(&mut self, slot: &mut Buf) {
-        if slot.has_storage() && slot.is_empty() {
-            let mut b = std::mem::take(slot);
-            if self.free.len() < POOL_DEPTH {
-                b.trim(POOLED_SIZE);
-                self.free.push(b);
+    /// Forgets everything appended since `m`.
+    pub fn rollback(&mut self, m: Mark) {
+        while self.q.segs.len() > m.segs {
+            if let Some(seg) = self.q.segs.pop_back() {
+                self.pool.give(seg.data);
             }
         }
+        if let Some(seg) = self.q.segs.back_mut() {
+            seg.end = m.end;
+        }
+        self.q.len = m.len;
     }
 }
 
@@ -135,55 +259,65 @@ impl Pool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn queue_and_compact() {
-        let mut b = Buf::default();
-        assert!(!b.has_storage());
-        b.put(b"hello ");
-        b.put(b"world");
-        assert_eq!(b.pending(), b"hello world");
-        b.consume(6);
-        assert_eq!(b.pending(), b"world");
-        let cap = b.data.len();
-        b.put(&vec![7u8; cap - 8]);
-        assert_eq!(&b.pending()[..5], b"world");
-        assert_eq!(b.len(), 5 + cap - 8);
-        b.consume(b.len());
-        assert!(b.is_empty());
-        assert_eq!((b.start, b.end), (0, 0));
+    fn contents(q: &OutQueue) -> Vec<u8> {
+        let mut iov = [IoSlice::new(&[]); 64];
+        let n = q.slices(&mut iov);
+        iov[..n].iter().flat_map(|s| s.iter().copied()).collect()
     }
 
     #[test]
-    fn space_commit_rollback() {
-        let mut b = Buf::default();
-        b.put(b"ab");
-        let m = b.mark();
-        b.space(100)[..3].copy_from_slice(b"cde");
-        b.commit(3);
-        assert_eq!(b.pending(), b"abcde");
-        b.rollback(m);
-        assert_eq!(b.pending(), b"ab");
-        b.consume(1);
-        let m = b.mark();
-        b.put(b"xyz");
-        b.rollback(m);
-        assert_eq!(b.pending(), b"b");
-    }
-
-    #[test]
-    fn pool_lends_and_reclaims() {
+    fn input_compacts_and_grows() {
         let mut pool = Pool::default();
-        let mut slot = Buf::default();
-        pool.fill(&mut slot);
-        slot.put(&vec![1u8; 3 << 20]);
-        pool.reclaim(&mut slot); // still pending: kept
-        assert!(slot.has_storage());
-        slot.consume(3 << 20);
-        pool.reclaim(&mut slot);
-        assert!(!slot.has_storage());
-        assert_eq!(pool.free.len(), 1);
-        assert!(pool.free[0].data.len() <= POOLED_SIZE);
-        pool.fill(&mut slot);
-        assert!(pool.free.is_empty());
+        let mut b = InBuf::default();
+        b.space(5, &mut pool).copy_from_slice(b"hello");
+        b.commit(5);
+        b.consume(2);
+        assert_eq!(b.pending(), b"llo");
+        let big = 3 * BLOCK;
+        b.space(big, &mut pool)[..3].copy_from_slice(b"abc");
+        b.commit(3);
+        assert_eq!(b.pending(), b"lloabc");
+        b.consume(6);
+        b.release(&mut pool);
+        assert!(b.data.is_empty());
+        assert_eq!(pool.free.len(), 2); // the first block and the bigger one
+    }
+
+    #[test]
+    fn output_queue_never_moves_bytes() {
+        let mut pool = Pool::default();
+        let mut q = OutQueue::default();
+        let mut w = q.writer(&mut pool);
+        w.put(b"head");
+        let m = w.mark();
+        w.put(&vec![7u8; BLOCK]); // needs a second block
+        w.put(b"tail");
+        assert_eq!(q.len(), 4 + BLOCK + 4);
+        let all = contents(&q);
+        assert_eq!(&all[..4], b"head");
+        assert_eq!(&all[all.len() - 4..], b"tail");
+        // rollback drops the later blocks
+        q.writer(&mut pool).rollback(m);
+        assert_eq!(contents(&q), b"head");
+        assert_eq!(q.len(), 4);
+        q.consume(2, &mut pool);
+        assert_eq!(contents(&q), b"ad");
+        q.consume(2, &mut pool);
+        assert!(q.is_empty());
+        q.release(&mut pool);
+        assert!(pool.free.len() >= 2);
+    }
+
+    #[test]
+    fn pool_is_bounded_and_reuses() {
+        let mut pool = Pool::default();
+        for _ in 0..100 {
+            pool.give(vec![0u8; 1 << 20]);
+        }
+        assert!(pool.bytes <= POOL_BYTES && pool.free.len() <= POOL_BLOCKS);
+        let before = pool.free.len();
+        let b = pool.take(1000);
+        assert_eq!(b.len(), 1 << 20);
+        assert_eq!(pool.free.len(), before - 1);
     }
 }

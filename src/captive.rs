@@ -57,7 +57,10 @@ pub fn spawn(cmd: &str, ep: &Endpoint) -> Result<Child, Error> {
         .env("uri", &uri)
         .env("nbd", &uri)
         .env("port", ep.port.map(|p| p.to_string()).unwrap_or_default())
-        .env("unixsocket", ep.unix.map(|p| p.as_os_str()).unwrap_or_default())
+        .env(
+            "unixsocket",
+            ep.unix.map(|p| p.as_os_str()).unwrap_or_default(),
+        )
         .env("exportname", ep.export_name);
     c.spawn().map_err(Error::setup("--run: /bin/sh"))
 }
@@ -74,10 +77,25 @@ mod tests {
             ipaddr: ip,
             export_name: name,
         };
-        assert_eq!(uri(&ep(Some("/tmp/s"), None, None, "")), "nbd+unix:///?socket=/tmp/s");
-        assert_eq!(uri(&ep(Some("/tmp/a b"), Some(1), None, "d")), "nbd+unix:///d?socket=/tmp/a%20b");
-        assert_eq!(uri(&ep(None, Some(10809), None, "")), "nbd://localhost:10809");
-        assert_eq!(uri(&ep(None, Some(5), Some("::1"), "x y")), "nbd://[::1]:5/x%20y");
-        assert_eq!(uri(&ep(None, Some(5), Some("127.0.0.1"), "")), "nbd://127.0.0.1:5");
+        assert_eq!(
+            uri(&ep(Some("/tmp/s"), None, None, "")),
+            "nbd+unix:///?socket=/tmp/s"
+        );
+        assert_eq!(
+            uri(&ep(Some("/tmp/a b"), Some(1), None, "d")),
+            "nbd+unix:///d?socket=/tmp/a%20b"
+        );
+        assert_eq!(
+            uri(&ep(None, Some(10809), None, "")),
+            "nbd://localhost:10809"
+        );
+        assert_eq!(
+            uri(&ep(None, Some(5), Some("::1"), "x y")),
+            "nbd://[::1]:5/x%20y"
+        );
+        assert_eq!(
+            uri(&ep(None, Some(5), Some("127.0.0.1"), "")),
+            "nbd://127.0.0.1:5"
+        );
     }
 }

@@ -10,6 +10,9 @@ use std::time::Duration;
 use crate::error::Error;
 
 pub const DEFAULT_PORT: u16 = 10809;
+/// See `Server::spin`: long enough to catch a client's next request at queue
+/// depth 1 on a local socket, short enough to cost little when none comes.
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(50);
 
 pub const HELP: &str = "\
 nbdlite - a single-threaded NBD server
@@ -31,6 +34,8 @@ Options:
       --run CMD           run CMD (with $uri set), exit when it exits
       --exit-with-parent  exit when the parent process exits
       --idle-timeout SECS exit once no client has been connected for SECS
+      --busy-poll USECS   spin this long for the next request before sleeping
+                          (default 50; 0 never spins)
       --no-sr             do not offer structured replies
       --tls off           TLS is not supported: only 'off' is accepted
   -t, --threads N         accepted for nbdkit compatibility; ignored
@@ -87,6 +92,7 @@ pub struct Config {
     pub run: Option<String>,
     pub exit_with_parent: bool,
     pub idle_timeout: Option<Duration>,
+    pub busy_poll: Duration,
     pub no_sr: bool,
     pub backend: BackendSpec,
 }
@@ -109,11 +115,14 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
     let ipaddr: Option<String> = p.opt_value_from_str(["-i", "--ipaddr"]).map_err(bad)?;
     let export_name: Option<String> = p.opt_value_from_str(["-e", "--exportname"]).map_err(bad)?;
     let description: Option<String> = p.opt_value_from_str("--description").map_err(bad)?;
-    let pidfile: Option<PathBuf> = p.opt_value_from_os_str(["-P", "--pidfile"], |s| Ok::<_, String>(PathBuf::from(s))).map_err(bad)?;
+    let pidfile: Option<PathBuf> = p
+        .opt_value_from_os_str(["-P", "--pidfile"], |s| Ok::<_, String>(PathBuf::from(s)))
+        .map_err(bad)?;
     let run: Option<String> = p.opt_value_from_str("--run").map_err(bad)?;
     let idle: Option<String> = p.opt_value_from_str("--idle-timeout").map_err(bad)?;
     let tls: Option<String> = p.opt_value_from_str("--tls").map_err(bad)?;
     let threads: Option<String> = p.opt_value_from_str(["-t", "--threads"]).map_err(bad)?;
+    let busy_poll: Option<String> = p.opt_value_from_str("--busy-poll").map_err(bad)?;
 
     if p.contains("--help") || p.contains("-h") {
         return Ok(Command::Help);
@@ -139,7 +148,9 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
             (run.is_some(), "--run"),
         ] {
             if given {
-                return Err(Error::usage(format!("cannot use socket activation with {flag} flag")));
+                return Err(Error::usage(format!(
+                    "cannot use socket activation with {flag} flag"
+                )));
             }
         }
     }
@@ -151,16 +162,33 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
     }
     match tls.as_deref() {
         None | Some("off") => {}
-        Some("on" | "require") => return Err(Error::usage("TLS is not supported (only --tls=off)")),
-        Some(other) => return Err(Error::usage(format!("--tls: expecting off, on or require, not '{other}'"))),
-    }
-    if let Some(t) = threads {
-        if t.parse::<u32>().is_err() {
-            return Err(Error::usage(format!("-t: not a number: '{t}'")));
+        Some("on" | "require") => {
+            return Err(Error::usage("TLS is not supported (only --tls=off)"));
         }
+        Some(other) => {
+            return Err(Error::usage(format!(
+                "--tls: expecting off, on or require, not '{other}'"
+            )));
+        }
+    }
+    if let Some(t) = threads
+        && t.parse::<u32>().is_err()
+    {
+        return Err(Error::usage(format!("-t: not a number: '{t}'")));
     }
     let port = port.map(|s| parse_port(&s)).transpose()?;
     let idle_timeout = idle.map(|s| parse_seconds(&s)).transpose()?;
+    let busy_poll = match busy_poll {
+        None => DEFAULT_BUSY_POLL,
+        Some(s) => match s.parse::<u64>() {
+            Ok(us) if us <= 1_000_000 => Duration::from_micros(us),
+            _ => {
+                return Err(Error::usage(format!(
+                    "--busy-poll: '{s}' is not a number of microseconds (0 to 1000000)"
+                )));
+            }
+        },
+    };
     let unix = unix.map(|u| {
         if u == "-" {
             UnixSocket::Random
@@ -169,7 +197,10 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
         }
     });
     let export_name = export_name.unwrap_or_default();
-    for (what, s) in [("export name", Some(&export_name)), ("description", description.as_ref())] {
+    for (what, s) in [
+        ("export name", Some(&export_name)),
+        ("description", description.as_ref()),
+    ] {
         if s.is_some_and(|s| s.len() > 4096) {
             return Err(Error::usage(format!("{what} is longer than 4096 bytes")));
         }
@@ -178,13 +209,20 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
     let rest: Vec<String> = p
         .finish()
         .into_iter()
-        .map(|a| a.into_string().map_err(|a| Error::usage(format!("argument is not UTF-8: {a:?}"))))
+        .map(|a| {
+            a.into_string()
+                .map_err(|a| Error::usage(format!("argument is not UTF-8: {a:?}")))
+        })
         .collect::<Result<_, _>>()?;
     if let Some(opt) = rest.iter().find(|a| a.starts_with('-') && a.len() > 1) {
-        return Err(Error::usage(format!("unknown option: {opt} (see nbdlite --help)")));
+        return Err(Error::usage(format!(
+            "unknown option: {opt} (see nbdlite --help)"
+        )));
     }
     let Some((name, params)) = rest.split_first() else {
-        return Err(Error::usage("no backend given: try 'nbdlite -f memory 1G' (see nbdlite --help)"));
+        return Err(Error::usage(
+            "no backend given: try 'nbdlite -f memory 1G' (see nbdlite --help)",
+        ));
     };
     let backend = parse_backend(name, params)?;
 
@@ -203,6 +241,7 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
         run,
         exit_with_parent,
         idle_timeout,
+        busy_poll,
         no_sr,
         backend,
     })))
@@ -216,7 +255,9 @@ fn parse_port(s: &str) -> Result<u16, Error> {
 fn parse_seconds(s: &str) -> Result<Duration, Error> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v <= 1e9 => Ok(Duration::from_secs_f64(v)),
-        _ => Err(Error::usage(format!("--idle-timeout: '{s}' is not a positive number of seconds"))),
+        _ => Err(Error::usage(format!(
+            "--idle-timeout: '{s}' is not a positive number of seconds"
+        ))),
     }
 }
 
@@ -241,11 +282,15 @@ fn parse_backend(name: &str, params: &[String]) -> Result<BackendSpec, Error> {
             return Err(Error::usage(format!("{name}: unknown parameter '{key}'")));
         }
         if value.replace(v).is_some() {
-            return Err(Error::usage(format!("{name}: {magic} given more than once")));
+            return Err(Error::usage(format!(
+                "{name}: {magic} given more than once"
+            )));
         }
     }
     let Some(value) = value else {
-        return Err(Error::usage(format!("{name}: the {magic} parameter is required")));
+        return Err(Error::usage(format!(
+            "{name}: the {magic} parameter is required"
+        )));
     };
     let size = || parse_size(value).map_err(|e| Error::usage(format!("{name}: {e}")));
     Ok(match name {
@@ -276,7 +321,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "e" | "E" => 60,
         _ => return Err(format!("could not parse size '{s}'")),
     };
-    let n: u64 = num.parse().map_err(|_| format!("could not parse size '{s}'"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("could not parse size '{s}'"))?;
     n.checked_mul(1u64 << shift)
         .filter(|&v| v <= i64::MAX as u64)
         .ok_or_else(|| format!("size '{s}' is too large (the limit is 2^63-1 bytes)"))
@@ -315,7 +362,17 @@ mod tests {
         assert_eq!(parse_size("3s"), Ok(1536));
         assert_eq!(parse_size("7E"), Ok(7 << 60));
         assert_eq!(parse_size("9223372036854775807"), Ok(i64::MAX as u64));
-        for bad in ["", "G", "1X", "8E", "-1", "1.5G", "9223372036854775808", "99999999999999999999", " 1"] {
+        for bad in [
+            "",
+            "G",
+            "1X",
+            "8E",
+            "-1",
+            "1.5G",
+            "9223372036854775808",
+            "99999999999999999999",
+            " 1",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
     }
@@ -323,11 +380,20 @@ mod tests {
     #[test]
     fn backends_and_magic_parameters() {
         assert_eq!(config("memory 1G").backend, BackendSpec::Memory(1 << 30));
-        assert_eq!(config("memory size=1M").backend, BackendSpec::Memory(1 << 20));
+        assert_eq!(
+            config("memory size=1M").backend,
+            BackendSpec::Memory(1 << 20)
+        );
         assert_eq!(config("null 0").backend, BackendSpec::Null(0));
         assert_eq!(config("pattern size=1s").backend, BackendSpec::Pattern(512));
-        assert_eq!(config("file disk.img").backend, BackendSpec::File("disk.img".into()));
-        assert_eq!(config("file file=/a=b").backend, BackendSpec::File("/a=b".into()));
+        assert_eq!(
+            config("file disk.img").backend,
+            BackendSpec::File("disk.img".into())
+        );
+        assert_eq!(
+            config("file file=/a=b").backend,
+            BackendSpec::File("/a=b".into())
+        );
         assert!(error("memory", false).contains("size parameter is required"));
         assert!(error("memory 1G 2G", false).contains("more than once"));
         assert!(error("memory colour=red", false).contains("unknown parameter"));
@@ -347,8 +413,11 @@ mod tests {
         assert_eq!(c.port, Some(0));
         assert_eq!(c.export_name, "disk");
         assert_eq!(c.description.as_deref(), Some("hello"));
-        let c = config("--idle-timeout 2.5 -t 16 --tls=off --no-sr memory 1M");
+        let c = config("--idle-timeout 2.5 -t 16 --tls=off --no-sr --busy-poll 0 memory 1M");
         assert_eq!(c.idle_timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(c.busy_poll, Duration::ZERO);
+        assert_eq!(config("memory 1").busy_poll, DEFAULT_BUSY_POLL);
+        assert!(error("--busy-poll -1 memory 1M", false).contains("busy-poll"));
         assert!(c.no_sr);
         assert!(error("--bogus memory 1M", false).contains("unknown option: --bogus"));
         assert!(error("-p http memory 1M", false).contains("not a port"));
@@ -356,15 +425,30 @@ mod tests {
         assert!(error("--idle-timeout 0 memory 1M", false).contains("idle-timeout"));
         assert!(error("-s -U x memory 1M", false).contains("-s cannot"));
         assert!(matches!(parse(args("--help"), false), Ok(Command::Help)));
-        assert!(matches!(parse(args("--version"), false), Ok(Command::Version)));
+        assert!(matches!(
+            parse(args("--version"), false),
+            Ok(Command::Version)
+        ));
     }
 
     #[test]
     fn activation_forbids_listening_flags() {
-        for (flags, name) in [("-i ::1", "-i"), ("-p 1", "-p"), ("-s", "-s"), ("-U x", "-U"), ("--run true", "--run")] {
+        for (flags, name) in [
+            ("-i ::1", "-i"),
+            ("-p 1", "-p"),
+            ("-s", "-s"),
+            ("-U x", "-U"),
+            ("--run true", "--run"),
+        ] {
             let msg = error(&format!("{flags} memory 1M"), true);
-            assert_eq!(msg, format!("cannot use socket activation with {name} flag"));
+            assert_eq!(
+                msg,
+                format!("cannot use socket activation with {name} flag")
+            );
         }
-        assert!(matches!(parse(args("-P /tmp/p -v memory 1M"), true), Ok(Command::Serve(_))));
+        assert!(matches!(
+            parse(args("-P /tmp/p -v memory 1M"), true),
+            Ok(Command::Serve(_))
+        ));
     }
 }

@@ -5,11 +5,11 @@
 //! reads, parses, runs and writes until it would block, runs out of its turn, or
 //! is done.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::backend::{Backend, Extent};
-use crate::buf::{Buf, Pool};
+use crate::buf::{InBuf, OutQueue, Pool};
 use crate::export::{Export, MAX_REQUEST};
 use crate::handshake::{Handshake, Outcome};
 use crate::proto::option::{greeting_newstyle, greeting_oldstyle};
@@ -25,6 +25,8 @@ const TURN: usize = 64;
 const OUT_LIMIT: usize = 64 << 20;
 /// Read at least this much per read(2).
 const READ_CHUNK: usize = 64 * 1024;
+/// Blocks handed to one writev(2).
+const IOV_MAX: usize = 64;
 
 /// What the server should do with a connection after driving it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,8 +68,8 @@ pub struct Conn {
     rfd: OwnedFd,
     /// A separate fd for writing (`-s` with distinct stdin and stdout).
     wfd: Option<OwnedFd>,
-    inb: Buf,
-    out: Buf,
+    inb: InBuf,
+    out: OutQueue,
     phase: Phase,
     /// Input bytes still to be thrown away (option data or a WRITE payload we refused).
     skip: u64,
@@ -76,6 +78,9 @@ pub struct Conn {
     /// Readiness last reported and not yet used up (cleared on EAGAIN).
     pub readable: bool,
     pub writable: bool,
+    /// Whether the Poll currently reports writability for this connection (the
+    /// server's business: see `wants_write_events`).
+    pub write_registered: bool,
     /// The client will send nothing more.
     eof: bool,
     /// Why we are closing once the output drains.
@@ -84,32 +89,39 @@ pub struct Conn {
 
 impl Conn {
     /// A connection that starts by sending the greeting.
-    pub fn new(id: usize, rfd: OwnedFd, wfd: Option<OwnedFd>, oldstyle: bool, ctx: &mut Ctx) -> Conn {
-        let mut out = Buf::default();
-        ctx.pool.fill(&mut out);
+    pub fn new(
+        id: usize,
+        rfd: OwnedFd,
+        wfd: Option<OwnedFd>,
+        oldstyle: bool,
+        ctx: &mut Ctx,
+    ) -> Conn {
+        let mut out = OutQueue::default();
+        let mut w = out.writer(ctx.pool);
         let phase = if oldstyle {
             let session = Session {
                 style: Style::Simple,
                 flags: ctx.export.flags(Style::Simple, false),
                 meta: false,
             };
-            out.put(&greeting_oldstyle(ctx.export.size, session.flags));
+            w.put(&greeting_oldstyle(ctx.export.size, session.flags));
             Phase::Transmission(session)
         } else {
-            out.put(&greeting_newstyle());
+            w.put(&greeting_newstyle());
             Phase::Handshake(Handshake::default())
         };
         Conn {
             id,
             rfd,
             wfd,
-            inb: Buf::default(),
+            inb: InBuf::default(),
             out,
             phase,
             skip: 0,
             need: 0,
             readable: true,
             writable: true,
+            write_registered: false,
             eof: false,
             closing: None,
         }
@@ -123,6 +135,15 @@ impl Conn {
         self.wfd.as_ref().map(|f| f.as_raw_fd())
     }
 
+    /// Whether the connection is waiting for the socket to take more output.
+    ///
+    /// Interest in writability is registered only then: a socket is almost always
+    /// writable, and every reply the client reads would otherwise wake the loop
+    /// for nothing (and, on some kernels and VMs, cost a cross-CPU wakeup per request).
+    pub fn wants_write_events(&self) -> bool {
+        !self.writable && !self.out.is_empty()
+    }
+
     pub fn in_handshake(&self) -> bool {
         matches!(self.phase, Phase::Handshake(_))
     }
@@ -130,11 +151,17 @@ impl Conn {
     /// Does as much work as readiness and the turn allow.
     pub fn drive(&mut self, ctx: &mut Ctx) -> Step {
         let step = self.turn(ctx);
-        // Buffers with nothing pending go back to the pool between bursts.
-        ctx.pool.reclaim(&mut self.inb);
-        ctx.pool.reclaim(&mut self.out);
+        // Storage with nothing pending goes back to the pool between bursts.
+        self.inb.release(ctx.pool);
+        if self.out.is_empty() {
+            self.out.release(ctx.pool);
+        }
         if step == Step::Close {
-            log::debug!("conn {}: closed: {}", self.id, self.closing.unwrap_or("error"));
+            log::debug!(
+                "conn {}: closed: {}",
+                self.id,
+                self.closing.unwrap_or("error")
+            );
         }
         step
     }
@@ -150,15 +177,20 @@ impl Conn {
             if let Progress::Close(why) = progress {
                 self.closing = Some(why);
             }
-            if self.writable && !self.out.is_empty() {
-                if let Err(e) = self.flush() {
-                    log::debug!("conn {}: write: {e}", self.id);
-                    return Step::Close;
-                }
+            if self.writable
+                && !self.out.is_empty()
+                && let Err(e) = self.flush(ctx.pool)
+            {
+                log::debug!("conn {}: write: {e}", self.id);
+                return Step::Close;
             }
             if self.closing.is_some() {
                 // flush() either emptied the queue or met EAGAIN.
-                return if self.out.is_empty() { Step::Close } else { Step::Wait };
+                return if self.out.is_empty() {
+                    Step::Close
+                } else {
+                    Step::Wait
+                };
             }
             if self.out.len() >= OUT_LIMIT {
                 return Step::Wait; // resumes on the next writable edge
@@ -171,13 +203,20 @@ impl Conn {
             // The front message is incomplete: read more.
             if self.eof {
                 if !self.inb.is_empty() || self.skip > 0 {
-                    log::warn!("conn {}: client disconnected in the middle of a message", self.id);
+                    log::warn!(
+                        "conn {}: client disconnected in the middle of a message",
+                        self.id
+                    );
                 }
                 self.closing = Some("client closed the connection");
                 continue;
             }
             if !self.readable {
-                if ctx.shutting_down && !self.in_handshake() && self.inb.is_empty() && self.skip == 0 {
+                if ctx.shutting_down
+                    && !self.in_handshake()
+                    && self.inb.is_empty()
+                    && self.skip == 0
+                {
                     self.closing = Some("server shutting down");
                     continue;
                 }
@@ -226,8 +265,13 @@ impl Conn {
         match &mut self.phase {
             Phase::Handshake(hs) => {
                 let mut replies = Vec::new();
-                let outcome = hs.step(self.inb.pending(), &mut replies, ctx.export, ctx.shutting_down);
-                self.out.put(&replies);
+                let outcome = hs.step(
+                    self.inb.pending(),
+                    &mut replies,
+                    ctx.export,
+                    ctx.shutting_down,
+                );
+                self.out.writer(ctx.pool).put(&replies);
                 self.handshake_outcome(outcome)
             }
             Phase::Transmission(s) => {
@@ -286,12 +330,17 @@ impl Conn {
         }
         if req.payload > MAX_REQUEST {
             if s.extended() {
-                log::warn!("conn {}: payload of {} bytes: disconnecting", self.id, req.payload);
+                log::warn!(
+                    "conn {}: payload of {} bytes: disconnecting",
+                    self.id,
+                    req.payload
+                );
                 return Progress::Close("payload too large");
             }
             // Compact WRITE: refuse it, then read past its payload without keeping it.
             log::warn!("conn {}: WRITE of {} bytes refused", self.id, req.payload);
-            transmission::error(s, &req, &mut self.out, crate::proto::EINVAL, "request too large");
+            let mut out = self.out.writer(ctx.pool);
+            transmission::error(s, &req, &mut out, crate::proto::EINVAL, "request too large");
             self.inb.consume(hdr);
             self.skip = req.payload;
             return Progress::Some;
@@ -307,7 +356,8 @@ impl Conn {
             extents: &mut *ctx.extents,
             shutting_down: ctx.shutting_down,
         };
-        transmission::handle(s, &mut env, &req, &self.inb.pending()[hdr..total], &mut self.out);
+        let mut out = self.out.writer(&mut *ctx.pool);
+        transmission::handle(s, &mut env, &req, &self.inb.pending()[hdr..total], &mut out);
         self.inb.consume(total);
         self.need = 0;
         Progress::Some
@@ -315,19 +365,29 @@ impl Conn {
 
     /// One read(2) into the input buffer.
     fn fill(&mut self, pool: &mut Pool) -> io::Result<usize> {
-        pool.fill(&mut self.inb);
         let want = READ_CHUNK.max(self.need.saturating_sub(self.inb.len()));
-        let n = sys::read(self.rfd.as_raw_fd(), self.inb.space(want))?;
+        let n = sys::read(self.rfd.as_raw_fd(), self.inb.space(want, pool))?;
         self.inb.commit(n);
+        if n > 0 && n < want {
+            // A short read drained the socket: anything arriving later raises a new
+            // edge, so skip the read that would only say EAGAIN.
+            self.readable = false;
+        }
         Ok(n)
     }
 
-    /// Writes queued output until it is gone or the socket is full.
-    fn flush(&mut self) -> io::Result<()> {
+    /// Writes queued output until it is gone or the socket is full: many replies
+    /// per writev(2), straight from the blocks they were built in.
+    fn flush(&mut self, pool: &mut Pool) -> io::Result<()> {
         let fd = self.write_fd().unwrap_or(self.rfd.as_raw_fd());
         while !self.out.is_empty() {
-            match sys::write(fd, self.out.pending()) {
-                Ok(n) => self.out.consume(n),
+            let written = {
+                let mut iov = [IoSlice::new(&[]); IOV_MAX];
+                let n = self.out.slices(&mut iov);
+                sys::writev(fd, &iov[..n])
+            };
+            match written {
+                Ok(n) => self.out.consume(n, pool),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.writable = false;
                     break;

@@ -93,7 +93,10 @@ mod tests {
         assert_eq!(e.flags(Style::Structured, false), 0xded);
         let ro = export(true).flags(Style::Structured, false);
         assert_ne!(ro & TF_READ_ONLY, 0);
-        assert_eq!(ro & (TF_SEND_TRIM | TF_SEND_WRITE_ZEROES | TF_SEND_FAST_ZERO), 0);
+        assert_eq!(
+            ro & (TF_SEND_TRIM | TF_SEND_WRITE_ZEROES | TF_SEND_FAST_ZERO),
+            0
+        );
     }
 
     #[test]

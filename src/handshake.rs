@@ -59,7 +59,13 @@ impl Default for Handshake {
 
 impl Handshake {
     /// Handles at most one message at the front of `input`.
-    pub fn step(&mut self, input: &[u8], out: &mut Vec<u8>, ex: &Export, shutting_down: bool) -> Outcome {
+    pub fn step(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        ex: &Export,
+        shutting_down: bool,
+    ) -> Outcome {
         if !self.flags_read {
             return match parse_client_flags(input) {
                 Parse::Done(flags, n) => self.client_flags(flags, n),
@@ -84,7 +90,12 @@ impl Handshake {
         }
         self.options += 1;
         let data = &input[OPTION_HEADER_LEN..total];
-        log::debug!("option {} ({}), {} bytes", option_name(hdr.opt), hdr.opt, hdr.len);
+        log::debug!(
+            "option {} ({}), {} bytes",
+            option_name(hdr.opt),
+            hdr.opt,
+            hdr.len
+        );
         if shutting_down && hdr.opt != OPT_ABORT {
             if hdr.opt == OPT_EXPORT_NAME {
                 return Outcome::Close("shutting down");
@@ -114,8 +125,14 @@ impl Handshake {
                 put_reply(out, hdr.opt, REP_ACK, &[]);
                 return Outcome::Close("client aborted");
             }
-            OPT_LIST | OPT_STARTTLS | OPT_INFO | OPT_GO | OPT_STRUCTURED_REPLY | OPT_LIST_META_CONTEXT
-            | OPT_SET_META_CONTEXT | OPT_EXTENDED_HEADERS => {
+            OPT_LIST
+            | OPT_STARTTLS
+            | OPT_INFO
+            | OPT_GO
+            | OPT_STRUCTURED_REPLY
+            | OPT_LIST_META_CONTEXT
+            | OPT_SET_META_CONTEXT
+            | OPT_EXTENDED_HEADERS => {
                 if hdr.opt == OPT_SET_META_CONTEXT {
                     self.meta = MetaSelection::default();
                 }
@@ -129,7 +146,14 @@ impl Handshake {
         }
     }
 
-    fn option(&mut self, opt: u32, data: &[u8], out: &mut Vec<u8>, ex: &Export, total: usize) -> Outcome {
+    fn option(
+        &mut self,
+        opt: u32,
+        data: &[u8],
+        out: &mut Vec<u8>,
+        ex: &Export,
+        total: usize,
+    ) -> Outcome {
         match opt {
             OPT_EXPORT_NAME => return self.export_name(data, out, ex, total),
             OPT_ABORT => {
@@ -148,8 +172,15 @@ impl Handshake {
                 self.info(opt, data, out, ex);
             }
             OPT_LIST => list(data, out, ex),
-            OPT_STARTTLS if !data.is_empty() => error(out, opt, REP_ERR_INVALID, "STARTTLS takes no data"),
-            OPT_STARTTLS => error(out, opt, REP_ERR_POLICY, "TLS is not supported by this server"),
+            OPT_STARTTLS if !data.is_empty() => {
+                error(out, opt, REP_ERR_INVALID, "STARTTLS takes no data")
+            }
+            OPT_STARTTLS => error(
+                out,
+                opt,
+                REP_ERR_POLICY,
+                "TLS is not supported by this server",
+            ),
             OPT_STRUCTURED_REPLY => self.structured_reply(data, out, ex),
             OPT_EXTENDED_HEADERS => self.extended_headers(data, out, ex),
             OPT_LIST_META_CONTEXT => self.list_meta(data, out, ex),
@@ -159,12 +190,21 @@ impl Handshake {
         Outcome::Continue(total)
     }
 
-    fn export_name(&mut self, name: &[u8], out: &mut Vec<u8>, ex: &Export, total: usize) -> Outcome {
+    fn export_name(
+        &mut self,
+        name: &[u8],
+        out: &mut Vec<u8>,
+        ex: &Export,
+        total: usize,
+    ) -> Outcome {
         if self.style == Style::Extended {
             return Outcome::Close("EXPORT_NAME after extended headers");
         }
         if !ex.matches(name) {
-            log::info!("client asked for unknown export {:?}", String::from_utf8_lossy(name));
+            log::info!(
+                "client asked for unknown export {:?}",
+                String::from_utf8_lossy(name)
+            );
             return Outcome::Close("unknown export");
         }
         let session = self.session(ex, name);
@@ -207,10 +247,22 @@ impl Handshake {
     fn structured_reply(&mut self, data: &[u8], out: &mut Vec<u8>, ex: &Export) {
         let opt = OPT_STRUCTURED_REPLY;
         match self.style {
-            _ if !data.is_empty() => error(out, opt, REP_ERR_INVALID, "STRUCTURED_REPLY takes no data"),
+            _ if !data.is_empty() => {
+                error(out, opt, REP_ERR_INVALID, "STRUCTURED_REPLY takes no data")
+            }
             _ if ex.no_sr => error(out, opt, REP_ERR_UNSUP, "structured replies are disabled"),
-            Style::Extended => error(out, opt, REP_ERR_EXT_HEADER_REQD, "extended headers already negotiated"),
-            Style::Structured => error(out, opt, REP_ERR_INVALID, "structured replies already negotiated"),
+            Style::Extended => error(
+                out,
+                opt,
+                REP_ERR_EXT_HEADER_REQD,
+                "extended headers already negotiated",
+            ),
+            Style::Structured => error(
+                out,
+                opt,
+                REP_ERR_INVALID,
+                "structured replies already negotiated",
+            ),
             Style::Simple => {
                 self.style = Style::Structured;
                 put_reply(out, opt, REP_ACK, &[]);
@@ -221,9 +273,16 @@ impl Handshake {
     fn extended_headers(&mut self, data: &[u8], out: &mut Vec<u8>, ex: &Export) {
         let opt = OPT_EXTENDED_HEADERS;
         match self.style {
-            _ if !data.is_empty() => error(out, opt, REP_ERR_INVALID, "EXTENDED_HEADERS takes no data"),
+            _ if !data.is_empty() => {
+                error(out, opt, REP_ERR_INVALID, "EXTENDED_HEADERS takes no data")
+            }
             _ if ex.no_sr => error(out, opt, REP_ERR_UNSUP, "structured replies are disabled"),
-            Style::Extended => error(out, opt, REP_ERR_INVALID, "extended headers already negotiated"),
+            Style::Extended => error(
+                out,
+                opt,
+                REP_ERR_INVALID,
+                "extended headers already negotiated",
+            ),
             _ => {
                 self.style = Style::Extended;
                 put_reply(out, opt, REP_ACK, &[]);
@@ -242,7 +301,12 @@ impl Handshake {
         }
         // No query lists everything; `base:` is the namespace wildcard.
         let all = req.queries.is_empty();
-        if all || req.queries.iter().any(|q| *q == b"base:" || *q == BASE_ALLOCATION) {
+        if all
+            || req
+                .queries
+                .iter()
+                .any(|q| *q == b"base:" || *q == BASE_ALLOCATION)
+        {
             put_meta_context(out, opt, 0, BASE_ALLOCATION);
         }
         put_reply(out, opt, REP_ACK, &[]);
@@ -253,7 +317,12 @@ impl Handshake {
         // The new selection replaces the old one, even when this request fails.
         self.meta = MetaSelection::default();
         if self.style == Style::Simple {
-            return error(out, opt, REP_ERR_INVALID, "negotiate structured replies first");
+            return error(
+                out,
+                opt,
+                REP_ERR_INVALID,
+                "negotiate structured replies first",
+            );
         }
         let req = match parse_meta_request(data) {
             Ok(r) => r,
@@ -434,21 +503,39 @@ mod tests {
         let mut h = started();
         // SET before structured replies
         let set = meta_data(b"", &[BASE_ALLOCATION]);
-        assert_eq!(run(&mut h, OPT_SET_META_CONTEXT, &set).1, vec![REP_ERR_INVALID]);
+        assert_eq!(
+            run(&mut h, OPT_SET_META_CONTEXT, &set).1,
+            vec![REP_ERR_INVALID]
+        );
         assert_eq!(run(&mut h, OPT_STRUCTURED_REPLY, b"").1, vec![REP_ACK]);
-        assert_eq!(run(&mut h, OPT_STRUCTURED_REPLY, b"").1, vec![REP_ERR_INVALID]);
+        assert_eq!(
+            run(&mut h, OPT_STRUCTURED_REPLY, b"").1,
+            vec![REP_ERR_INVALID]
+        );
         let all = meta_data(b"", &[]);
-        assert_eq!(run(&mut h, OPT_LIST_META_CONTEXT, &all).1, vec![REP_META_CONTEXT, REP_ACK]);
+        assert_eq!(
+            run(&mut h, OPT_LIST_META_CONTEXT, &all).1,
+            vec![REP_META_CONTEXT, REP_ACK]
+        );
         let wild = meta_data(b"", &[b"base:", b"x-foo:bar"]);
-        assert_eq!(run(&mut h, OPT_LIST_META_CONTEXT, &wild).1, vec![REP_META_CONTEXT, REP_ACK]);
+        assert_eq!(
+            run(&mut h, OPT_LIST_META_CONTEXT, &wild).1,
+            vec![REP_META_CONTEXT, REP_ACK]
+        );
         let other = meta_data(b"", &[b"base:nothing", b"qemu:dirty-bitmap:a"]);
         assert_eq!(run(&mut h, OPT_LIST_META_CONTEXT, &other).1, vec![REP_ACK]);
         let bare = meta_data(b"", &[b"base:"]);
         assert_eq!(run(&mut h, OPT_SET_META_CONTEXT, &bare).1, vec![REP_ACK]);
         let mut bad = set.clone();
         bad[11] = 200; // query length runs past the option
-        assert_eq!(run(&mut h, OPT_SET_META_CONTEXT, &bad).1, vec![REP_ERR_INVALID]);
-        assert_eq!(run(&mut h, OPT_SET_META_CONTEXT, &set).1, vec![REP_META_CONTEXT, REP_ACK]);
+        assert_eq!(
+            run(&mut h, OPT_SET_META_CONTEXT, &bad).1,
+            vec![REP_ERR_INVALID]
+        );
+        assert_eq!(
+            run(&mut h, OPT_SET_META_CONTEXT, &set).1,
+            vec![REP_META_CONTEXT, REP_ACK]
+        );
         // contexts belong to the export name they were set for
         let (o, _) = run(&mut h, OPT_GO, &info_data(b"disk", &[]));
         let Outcome::Transmission { session, .. } = o else {
@@ -468,9 +555,15 @@ mod tests {
     #[test]
     fn extended_headers() {
         let mut h = started();
-        assert_eq!(run(&mut h, OPT_EXTENDED_HEADERS, b"x").1, vec![REP_ERR_INVALID]);
+        assert_eq!(
+            run(&mut h, OPT_EXTENDED_HEADERS, b"x").1,
+            vec![REP_ERR_INVALID]
+        );
         assert_eq!(run(&mut h, OPT_EXTENDED_HEADERS, b"").1, vec![REP_ACK]);
-        assert_eq!(run(&mut h, OPT_EXTENDED_HEADERS, b"").1, vec![REP_ERR_INVALID]);
+        assert_eq!(
+            run(&mut h, OPT_EXTENDED_HEADERS, b"").1,
+            vec![REP_ERR_INVALID]
+        );
         assert_eq!(
             run(&mut h, OPT_STRUCTURED_REPLY, b"").1,
             vec![REP_ERR_EXT_HEADER_REQD]

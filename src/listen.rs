@@ -51,7 +51,9 @@ impl Listener {
 
     pub fn describe(&self) -> String {
         match self {
-            Listener::Tcp(l) => l.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map_or_else(|e| e.to_string(), |a| a.to_string()),
             Listener::Unix(l) => l
                 .local_addr()
                 .ok()
@@ -79,7 +81,9 @@ pub fn bind(cfg: &Config) -> Result<Bound, Error> {
     let mut b = Bound::default();
     if let Some(unix) = &cfg.unix {
         let path = match unix {
-            UnixSocket::Path(p) => std::path::absolute(p).map_err(Error::setup(p.display().to_string()))?,
+            UnixSocket::Path(p) => {
+                std::path::absolute(p).map_err(Error::setup(p.display().to_string()))?
+            }
             UnixSocket::Random => {
                 let dir = private_dir()?;
                 b.tmpdir = Some(dir.clone());
@@ -168,7 +172,9 @@ fn private_dir() -> Result<PathBuf, Error> {
     for n in 0..1000u32 {
         let dir = base.join(format!("nbdlite{pid}-{n}"));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => return std::path::absolute(&dir).map_err(Error::setup(dir.display().to_string())),
+            Ok(()) => {
+                return std::path::absolute(&dir).map_err(Error::setup(dir.display().to_string()));
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(Error::Setup(dir.display().to_string(), e)),
         }

@@ -131,7 +131,12 @@ fn real_main() -> Result<i32, Error> {
     if cfg.exit_with_parent {
         sys::exit_with_parent().map_err(Error::setup("--exit-with-parent"))?;
     }
-    let pidfile = cfg.pidfile.as_ref().map(std::path::absolute).transpose().map_err(Error::setup("-P"))?;
+    let pidfile = cfg
+        .pidfile
+        .as_ref()
+        .map(std::path::absolute)
+        .transpose()
+        .map_err(Error::setup("-P"))?;
     let ready = if cfg.stays_in_foreground(activated.is_some()) {
         None
     } else {
@@ -145,6 +150,7 @@ fn real_main() -> Result<i32, Error> {
         signals,
         oldstyle: cfg.oldstyle,
         idle_timeout: cfg.idle_timeout,
+        busy_poll: cfg.busy_poll,
         notifier: Notifier::new(env.notify_socket),
     };
     let notifier = setup.notifier.clone();

@@ -69,7 +69,8 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
 
         let name = format!("nbdlite-test-{}", std::process::id());
-        let rx = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+        let rx = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
+            .unwrap();
         Notifier::new(Some(format!("@{name}"))).stopping();
         let n = rx.recv(&mut b).unwrap();
         assert_eq!(&b[..n], b"STOPPING=1");

@@ -3,7 +3,7 @@
 //! Everything else in the crate is safe code. Each `unsafe` block says why it
 //! is sound; most are plain system calls on an fd the caller owns or borrows.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -22,10 +22,12 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
-pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: buf is a valid readable region of buf.len() bytes.
-    let n = cvt(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })?;
-    Ok(n as usize)
+/// writev(2). `IoSlice` is documented to be ABI-compatible with `struct iovec`.
+pub fn writev(fd: RawFd, bufs: &[IoSlice]) -> io::Result<usize> {
+    let n = bufs.len().min(libc::c_int::MAX as usize) as libc::c_int;
+    // SAFETY: bufs points to n IoSlices (each a valid iovec over live memory).
+    let w = cvt(unsafe { libc::writev(fd, bufs.as_ptr().cast(), n) })?;
+    Ok(w as usize)
 }
 
 /// Sets FD_CLOEXEC; fails (EBADF) when `fd` is not open.
@@ -117,7 +119,11 @@ pub fn fadvise_willneed(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
             libc::POSIX_FADV_WILLNEED,
         )
     };
-    if r == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(r)) }
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(r))
+    }
 }
 
 /// Logical sector size of a block device (BLKSSZGET).

@@ -2,7 +2,7 @@
 //! the backend, and encoding its reply into the connection's output buffer.
 
 use crate::backend::{Backend, Extent, Zero, nbd_errno};
-use crate::buf::Buf;
+use crate::buf::Out;
 use crate::export::{BASE_ALLOCATION_ID, Export, MAX_REQUEST};
 use crate::proto::reply::{self, Style};
 use crate::proto::request::Request;
@@ -54,7 +54,7 @@ fn refuse<T>(errno: u32, msg: &'static str) -> Result<T, Refusal> {
 }
 
 /// Runs one request whose payload (if any) is complete, appending its reply to `out`.
-pub fn handle(s: &Session, env: &mut Env, req: &Request, payload: &[u8], out: &mut Buf) {
+pub fn handle(s: &Session, env: &mut Env, req: &Request, payload: &[u8], out: &mut Out) {
     if env.shutting_down {
         return error(s, req, out, ESHUTDOWN, "server is shutting down");
     }
@@ -95,7 +95,12 @@ pub fn handle(s: &Session, env: &mut Env, req: &Request, payload: &[u8], out: &m
         Err(e) => {
             let errno = nbd_errno(&e);
             if errno != ENOTSUP {
-                log::warn!("{} offset {} length {}: {e}", command_name(req.kind), req.offset, effect);
+                log::warn!(
+                    "{} offset {} length {}: {e}",
+                    command_name(req.kind),
+                    req.offset,
+                    effect
+                );
             }
             error(s, req, out, errno, "backend error")
         }
@@ -130,7 +135,13 @@ pub fn check(s: &Session, ex: &Export, req: &Request, payload: &[u8]) -> Result<
     let kind = req.kind;
     if !matches!(
         kind,
-        CMD_READ | CMD_WRITE | CMD_FLUSH | CMD_TRIM | CMD_CACHE | CMD_WRITE_ZEROES | CMD_BLOCK_STATUS
+        CMD_READ
+            | CMD_WRITE
+            | CMD_FLUSH
+            | CMD_TRIM
+            | CMD_CACHE
+            | CMD_WRITE_ZEROES
+            | CMD_BLOCK_STATUS
     ) {
         return refuse(EINVAL, "unknown command");
     }
@@ -157,15 +168,21 @@ pub fn check(s: &Session, ex: &Export, req: &Request, payload: &[u8]) -> Result<
     };
     match req.offset.checked_add(len) {
         Some(end) if end <= ex.size => {}
-        _ if matches!(kind, CMD_WRITE | CMD_WRITE_ZEROES) => return refuse(ENOSPC, "write beyond the end of the export"),
+        _ if matches!(kind, CMD_WRITE | CMD_WRITE_ZEROES) => {
+            return refuse(ENOSPC, "write beyond the end of the export");
+        }
         _ => return refuse(EINVAL, "request beyond the end of the export"),
     }
     let min = u64::from(ex.caps.min_block);
-    if min > 1 && (req.offset % min != 0 || len % min != 0) {
+    if min > 1 && (!req.offset.is_multiple_of(min) || len % min != 0) {
         return refuse(EINVAL, "request not aligned to the minimum block size");
     }
     if kind == CMD_READ && len > MAX_REQUEST {
-        let errno = if s.style == Style::Simple { EINVAL } else { EOVERFLOW };
+        let errno = if s.style == Style::Simple {
+            EINVAL
+        } else {
+            EOVERFLOW
+        };
         return refuse(errno, "read too large");
     }
     Ok(len)
@@ -177,7 +194,7 @@ fn block_status_length(req: &Request, payload: &[u8]) -> Result<u64, Refusal> {
     if req.flags & CMD_FLAG_PAYLOAD_LEN == 0 {
         return Ok(req.length);
     }
-    if payload.len() < 12 || (payload.len() - 8) % 4 != 0 {
+    if payload.len() < 12 || !(payload.len() - 8).is_multiple_of(4) {
         return refuse(EINVAL, "malformed block status payload");
     }
     let ids = &payload[8..];
@@ -189,7 +206,7 @@ fn block_status_length(req: &Request, payload: &[u8]) -> Result<u64, Refusal> {
 }
 
 /// A successful reply with no payload.
-fn ok(s: &Session, req: &Request, out: &mut Buf) {
+fn ok(s: &Session, req: &Request, out: &mut Out) {
     match s.style {
         Style::Extended => put_chunk(s, req, REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0, out),
         _ => out.put(reply::simple(0, req.cookie).as_bytes()),
@@ -198,22 +215,29 @@ fn ok(s: &Session, req: &Request, out: &mut Buf) {
 
 /// An error reply: simple when nothing else was negotiated, else an error chunk
 /// carrying `msg`.
-pub fn error(s: &Session, req: &Request, out: &mut Buf, errno: u32, msg: &str) {
+pub fn error(s: &Session, req: &Request, out: &mut Out, errno: u32, msg: &str) {
     if s.style == Style::Simple {
         return out.put(reply::simple(errno, req.cookie).as_bytes());
     }
     let msg = &msg.as_bytes()[..msg.len().min(MAX_STRING)];
-    put_chunk(s, req, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, 6 + msg.len() as u64, out);
+    put_chunk(
+        s,
+        req,
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_ERROR,
+        6 + msg.len() as u64,
+        out,
+    );
     out.put(&reply::error_payload(errno, msg.len() as u16));
     out.put(msg);
 }
 
-fn put_chunk(s: &Session, req: &Request, flags: u16, kind: u16, payload: u64, out: &mut Buf) {
+fn put_chunk(s: &Session, req: &Request, flags: u16, kind: u16, payload: u64, out: &mut Out) {
     out.put(reply::chunk(s.style, flags, kind, req.cookie, req.offset, payload).as_bytes());
 }
 
 /// READ: data straight from the backend into the output buffer, behind its header.
-fn read(s: &Session, env: &mut Env, req: &Request, len: u64, out: &mut Buf) {
+fn read(s: &Session, env: &mut Env, req: &Request, len: u64, out: &mut Out) {
     let mark = out.mark();
     let result = match s.style {
         Style::Simple => {
@@ -233,7 +257,12 @@ fn read(s: &Session, env: &mut Env, req: &Request, len: u64, out: &mut Buf) {
     }
 }
 
-fn read_into(backend: &mut dyn Backend, offset: u64, len: u64, out: &mut Buf) -> std::io::Result<()> {
+fn read_into(
+    backend: &mut dyn Backend,
+    offset: u64,
+    len: u64,
+    out: &mut Out,
+) -> std::io::Result<()> {
     let n = len as usize; // ≤ MAX_REQUEST, checked
     backend.read(&mut out.space(n)[..n], offset)?;
     out.commit(n);
@@ -242,12 +271,19 @@ fn read_into(backend: &mut dyn Backend, offset: u64, len: u64, out: &mut Buf) ->
 
 /// A structured READ reply: holes as OFFSET_HOLE where the backend knows them
 /// cheaply (and DF was not asked for), data as OFFSET_DATA. The last chunk is DONE.
-fn read_chunks(s: &Session, env: &mut Env, req: &Request, len: u64, out: &mut Buf) -> std::io::Result<()> {
+fn read_chunks(
+    s: &Session,
+    env: &mut Env,
+    req: &Request,
+    len: u64,
+    out: &mut Out,
+) -> std::io::Result<()> {
     let end = req.offset + len;
     let runs = &mut *env.extents;
     runs.clear();
     if env.backend.caps().sparse_reads && req.flags & CMD_FLAG_DF == 0 {
-        env.backend.extents(req.offset, len, MAX_READ_CHUNKS, runs)?;
+        env.backend
+            .extents(req.offset, len, MAX_READ_CHUNKS, runs)?;
     }
     let mut pos = req.offset;
     let mut i = 0;
@@ -275,7 +311,7 @@ fn read_chunks(s: &Session, env: &mut Env, req: &Request, len: u64, out: &mut Bu
 }
 
 /// BLOCK_STATUS: one chunk for our one context.
-fn block_status(s: &Session, env: &mut Env, req: &Request, len: u64, out: &mut Buf) {
+fn block_status(s: &Session, env: &mut Env, req: &Request, len: u64, out: &mut Out) {
     let ext = &mut *env.extents;
     ext.clear();
     let req_one = req.flags & CMD_FLAG_REQ_ONE != 0;
@@ -291,7 +327,14 @@ fn block_status(s: &Session, env: &mut Env, req: &Request, len: u64, out: &mut B
     } else {
         REPLY_TYPE_BLOCK_STATUS
     };
-    put_chunk(s, req, REPLY_FLAG_DONE, kind, (head + per * ext.len()) as u64, out);
+    put_chunk(
+        s,
+        req,
+        REPLY_FLAG_DONE,
+        kind,
+        (head + per * ext.len()) as u64,
+        out,
+    );
     out.put(&BASE_ALLOCATION_ID.to_be_bytes());
     if s.extended() {
         out.put(&(ext.len() as u32).to_be_bytes());
@@ -323,6 +366,7 @@ fn clip_extents(ext: &mut Vec<Extent>, len: u64, req_one: bool, style: Style, mi
 mod tests {
     use super::*;
     use crate::backend::{Caps, Memory};
+    use crate::buf::{OutQueue, Pool};
 
     fn export(read_only: bool, min_block: u32) -> Export {
         Export {
@@ -383,13 +427,25 @@ mod tests {
         let ro = export(true, 1);
         let s = session(&ro, Style::Simple, false);
         assert_eq!(errno(check(&s, &ro, &req(CMD_WRITE, 0, 0, 1), &[])), EPERM);
-        assert_eq!(errno(check(&s, &ro, &req(CMD_READ, CMD_FLAG_DF, 0, 1), &[])), EINVAL);
-        assert_eq!(errno(check(&s, &ro, &req(CMD_BLOCK_STATUS, 0, 0, 1), &[])), EINVAL);
+        assert_eq!(
+            errno(check(&s, &ro, &req(CMD_READ, CMD_FLAG_DF, 0, 1), &[])),
+            EINVAL
+        );
+        assert_eq!(
+            errno(check(&s, &ro, &req(CMD_BLOCK_STATUS, 0, 0, 1), &[])),
+            EINVAL
+        );
         let blk = export(false, 512);
         let s = session(&blk, Style::Extended, true);
         assert_eq!(errno(check(&s, &blk, &req(CMD_READ, 0, 512, 1024), &[])), 0);
-        assert_eq!(errno(check(&s, &blk, &req(CMD_READ, 0, 1, 512), &[])), EINVAL);
-        assert_eq!(errno(check(&s, &blk, &req(CMD_WRITE, 0, 0, 512), &[])), EINVAL);
+        assert_eq!(
+            errno(check(&s, &blk, &req(CMD_READ, 0, 1, 512), &[])),
+            EINVAL
+        );
+        assert_eq!(
+            errno(check(&s, &blk, &req(CMD_WRITE, 0, 0, 100), &[])),
+            EINVAL
+        );
     }
 
     #[test]
@@ -406,16 +462,29 @@ mod tests {
     }
 
     fn run(s: &Session, ex: &Export, be: &mut Memory, r: Request, payload: &[u8]) -> Vec<u8> {
-        let mut out = Buf::default();
+        run_env(s, ex, be, r, payload, false)
+    }
+
+    fn run_env(
+        s: &Session,
+        ex: &Export,
+        be: &mut Memory,
+        r: Request,
+        payload: &[u8],
+        shutting_down: bool,
+    ) -> Vec<u8> {
+        let (mut q, mut pool) = (OutQueue::default(), Pool::default());
         let mut extents = Vec::new();
         let mut env = Env {
             backend: be,
             export: ex,
             extents: &mut extents,
-            shutting_down: false,
+            shutting_down,
         };
-        handle(s, &mut env, &r, payload, &mut out);
-        out.pending().to_vec()
+        handle(s, &mut env, &r, payload, &mut q.writer(&mut pool));
+        let mut iov = [std::io::IoSlice::new(&[]); 64];
+        let n = q.slices(&mut iov);
+        iov[..n].iter().flat_map(|s| s.iter().copied()).collect()
     }
 
     #[test]
@@ -487,7 +556,13 @@ mod tests {
         let ex = export(false, 1);
         let s = session(&ex, Style::Structured, true);
         let mut be = Memory::new(ex.size);
-        let r = run(&s, &ex, &mut be, req(CMD_BLOCK_STATUS, CMD_FLAG_REQ_ONE, 0, 100), &[]);
+        let r = run(
+            &s,
+            &ex,
+            &mut be,
+            req(CMD_BLOCK_STATUS, CMD_FLAG_REQ_ONE, 0, 100),
+            &[],
+        );
         assert_eq!(be16(&r[6..]), REPLY_TYPE_BLOCK_STATUS);
         assert_eq!(be32(&r[16..]), 12);
         assert_eq!(be32(&r[24..]), 100);
@@ -498,15 +573,7 @@ mod tests {
         let ex = export(false, 1);
         let s = session(&ex, Style::Simple, false);
         let mut be = Memory::new(ex.size);
-        let mut out = Buf::default();
-        let mut extents = Vec::new();
-        let mut env = Env {
-            backend: &mut be,
-            export: &ex,
-            extents: &mut extents,
-            shutting_down: true,
-        };
-        handle(&s, &mut env, &req(CMD_READ, 0, 0, 1), &[], &mut out);
-        assert_eq!(out.pending(), reply::simple(ESHUTDOWN, 7).as_bytes());
+        let r = run_env(&s, &ex, &mut be, req(CMD_READ, 0, 0, 1), &[], true);
+        assert_eq!(r, reply::simple(ESHUTDOWN, 7).as_bytes());
     }
 }

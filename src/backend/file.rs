@@ -34,7 +34,12 @@ impl File {
         } else {
             match OpenOptions::new().read(true).write(true).open(path) {
                 Ok(f) => (f, false),
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS)) => {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EACCES | libc::EPERM | libc::EROFS)
+                    ) =>
+                {
                     log::info!("{}: {e}: serving read-only", path.display());
                     (OpenOptions::new().read(true).open(path)?, true)
                 }
@@ -157,7 +162,13 @@ impl Backend for File {
         sys::fadvise_willneed(self.file.as_raw_fd(), offset, len)
     }
 
-    fn extents(&mut self, offset: u64, len: u64, max: usize, out: &mut Vec<Extent>) -> io::Result<()> {
+    fn extents(
+        &mut self,
+        offset: u64,
+        len: u64,
+        max: usize,
+        out: &mut Vec<Extent>,
+    ) -> io::Result<()> {
         let fd = self.file.as_raw_fd();
         let end = offset.saturating_add(len).min(self.size);
         if self.block_device {

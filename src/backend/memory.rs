@@ -106,7 +106,13 @@ impl Backend for Memory {
         Ok(())
     }
 
-    fn extents(&mut self, offset: u64, len: u64, max: usize, out: &mut Vec<Extent>) -> io::Result<()> {
+    fn extents(
+        &mut self,
+        offset: u64,
+        len: u64,
+        max: usize,
+        out: &mut Vec<Extent>,
+    ) -> io::Result<()> {
         let page = PAGE as u64;
         let end = offset.saturating_add(len).min(self.size);
         let mut pos = offset;
@@ -175,7 +181,12 @@ mod tests {
         assert_eq!(m.pages.len(), 2);
         let mut b = [0u8; 12];
         m.read(&mut b, PAGE as u64 - 6).unwrap();
-        assert_eq!(b, [0, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0]);
+        assert_eq!(
+            b,
+            [
+                0, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0
+            ]
+        );
         m.zero(0, 2 * PAGE as u64, FAST, false).unwrap();
         assert!(m.pages.is_empty());
     }
@@ -217,7 +228,13 @@ mod tests {
         // starting inside a page, limited count
         let mut v = Vec::new();
         m.extents(2 * p + 7, p, 1, &mut v).unwrap();
-        assert_eq!(v, vec![Extent { len: 2 * p - 7, flags: 0 }]);
+        assert_eq!(
+            v,
+            vec![Extent {
+                len: 2 * p - 7,
+                flags: 0
+            }]
+        );
         // a query at the last byte
         assert_eq!(extents(&mut m, 10 * p - 1, 1), vec![(1, 3)]);
     }

@@ -69,7 +69,13 @@ pub trait Backend {
     }
     /// Appends at most `max` (≥ 1) consecutive extents starting at `offset` to `out`,
     /// covering at least one byte; the last may run past `offset + len`.
-    fn extents(&mut self, offset: u64, len: u64, max: usize, out: &mut Vec<Extent>) -> io::Result<()>;
+    fn extents(
+        &mut self,
+        offset: u64,
+        len: u64,
+        max: usize,
+        out: &mut Vec<Extent>,
+    ) -> io::Result<()>;
 }
 
 /// Maps a system error to the small set of errors NBD allows on the wire.
@@ -95,12 +101,19 @@ pub fn nbd_errno(e: &io::Error) -> u32 {
 
 /// The error a backend returns when FAST_ZERO cannot be honoured.
 pub fn not_fast() -> io::Error {
-    io::Error::new(io::ErrorKind::Unsupported, "zeroing would not be faster than writing")
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "zeroing would not be faster than writing",
+    )
 }
 
 /// Splits `[offset, offset + len)` at multiples of `unit`, yielding
 /// (unit index, offset within the unit, length) pieces.
-pub(crate) fn pieces(offset: u64, len: u64, unit: u64) -> impl Iterator<Item = (u64, usize, usize)> {
+pub(crate) fn pieces(
+    offset: u64,
+    len: u64,
+    unit: u64,
+) -> impl Iterator<Item = (u64, usize, usize)> {
     let end = offset + len;
     let mut pos = offset;
     std::iter::from_fn(move || {

@@ -51,7 +51,13 @@ impl Backend for Null {
         Ok(())
     }
 
-    fn extents(&mut self, offset: u64, _len: u64, _max: usize, out: &mut Vec<Extent>) -> io::Result<()> {
+    fn extents(
+        &mut self,
+        offset: u64,
+        _len: u64,
+        _max: usize,
+        out: &mut Vec<Extent>,
+    ) -> io::Result<()> {
         out.push(Extent {
             len: self.size - offset,
             flags: STATE_HOLE | STATE_ZERO,

@@ -69,7 +69,13 @@ impl Backend for Pattern {
         Err(read_only())
     }
 
-    fn extents(&mut self, offset: u64, _len: u64, _max: usize, out: &mut Vec<Extent>) -> io::Result<()> {
+    fn extents(
+        &mut self,
+        offset: u64,
+        _len: u64,
+        _max: usize,
+        out: &mut Vec<Extent>,
+    ) -> io::Result<()> {
         out.push(Extent {
             len: self.size - offset,
             flags: 0,

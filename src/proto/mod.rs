@@ -13,7 +13,7 @@ pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 /// "IHAVEOPT": newstyle greeting, and the prefix of every client option.
 pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
 /// Oldstyle greeting, bytes 8..16.
-pub const OLDSTYLE_MAGIC: u64 = 0x0042_0281_8612_53;
+pub const OLDSTYLE_MAGIC: u64 = 0x0000_4202_8186_1253;
 /// Prefix of every option reply.
 pub const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;

@@ -98,7 +98,12 @@ pub fn put_info_string(out: &mut Vec<u8>, opt: u32, item: u16, s: &[u8]) {
 
 /// `NBD_REP_SERVER`: one entry of `NBD_OPT_LIST`.
 pub fn put_server(out: &mut Vec<u8>, name: &[u8], description: &[u8]) {
-    put_reply_header(out, OPT_LIST, REP_SERVER, (4 + name.len() + description.len()) as u32);
+    put_reply_header(
+        out,
+        OPT_LIST,
+        REP_SERVER,
+        (4 + name.len() + description.len()) as u32,
+    );
     out.extend_from_slice(&(name.len() as u32).to_be_bytes());
     out.extend_from_slice(name);
     out.extend_from_slice(description);
@@ -298,7 +303,10 @@ mod tests {
         let mut huge = meta(b"", &[]);
         huge[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(parse_meta_request(&huge).is_err());
-        assert_eq!(parse_meta_request(&meta(b"x", &[])).unwrap().queries.len(), 0);
+        assert_eq!(
+            parse_meta_request(&meta(b"x", &[])).unwrap().queries.len(),
+            0
+        );
     }
 
     #[test]

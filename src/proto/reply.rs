@@ -49,7 +49,14 @@ pub fn simple(error: u32, cookie: u64) -> Header {
 /// `offset` is the request's offset, which only the extended header carries.
 /// In structured style `payload` must fit 32 bits: every caller bounds it by the
 /// largest request we serve (64 MiB) or the descriptor limit.
-pub fn chunk(style: Style, flags: u16, kind: u16, cookie: u64, offset: u64, payload: u64) -> Header {
+pub fn chunk(
+    style: Style,
+    flags: u16,
+    kind: u16,
+    cookie: u64,
+    offset: u64,
+    payload: u64,
+) -> Header {
     let mut bytes = [0u8; EXTENDED_LEN];
     bytes[4..6].copy_from_slice(&flags.to_be_bytes());
     bytes[6..8].copy_from_slice(&kind.to_be_bytes());
@@ -125,7 +132,14 @@ mod tests {
 
     #[test]
     fn chunk_layouts() {
-        let h = chunk(Style::Structured, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, 9, 4096, 520);
+        let h = chunk(
+            Style::Structured,
+            REPLY_FLAG_DONE,
+            REPLY_TYPE_OFFSET_DATA,
+            9,
+            4096,
+            520,
+        );
         let b = h.as_bytes();
         assert_eq!(b.len(), 20);
         assert_eq!(be32(b), STRUCTURED_REPLY_MAGIC);

@@ -26,7 +26,11 @@ pub fn parse_request(buf: &[u8], extended: bool) -> Parse<Request> {
         return Parse::NeedMore;
     }
     let magic = be32(buf);
-    let expected = if extended { EXT_REQUEST_MAGIC } else { REQUEST_MAGIC };
+    let expected = if extended {
+        EXT_REQUEST_MAGIC
+    } else {
+        REQUEST_MAGIC
+    };
     if magic != expected {
         return Parse::Malformed(match magic {
             REQUEST_MAGIC => "compact request after extended headers were negotiated",
