@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use mio::event::Source;
@@ -11,6 +11,7 @@ use mio::net::{TcpListener, UnixListener};
 
 use crate::cli::{Config, DEFAULT_PORT, UnixSocket};
 use crate::error::Error;
+use crate::sys;
 
 pub enum Listener {
     Tcp(TcpListener),
@@ -151,6 +152,9 @@ fn bind_any(port: u16) -> Result<(Vec<Listener>, u16), Error> {
 fn tcp(addr: SocketAddr) -> io::Result<Listener> {
     let l = std::net::TcpListener::bind(addr)?;
     l.set_nonblocking(true)?;
+    if let Err(e) = sys::listen_max(l.as_raw_fd()) {
+        log::debug!("listen backlog: {e}");
+    }
     Ok(Listener::Tcp(TcpListener::from_std(l)))
 }
 

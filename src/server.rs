@@ -263,6 +263,8 @@ impl Server {
         drop(conn);
         if self.conns.is_empty() {
             self.idle_since = Instant::now();
+            // Nobody left to lend storage to: give it back to the allocator.
+            self.pool = Pool::default();
         }
         // A slot freed: accepting may work again after EMFILE.
         if self.accept_paused_until.take().is_some() {

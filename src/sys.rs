@@ -84,6 +84,14 @@ pub unsafe fn own_fd(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+/// Raises a listening socket's backlog to the system maximum (somaxconn): std
+/// binds with 128, too few for a harness that opens hundreds of clients at once.
+pub fn listen_max(fd: RawFd) -> io::Result<()> {
+    // SAFETY: no memory is passed; listen on a listening socket just updates its backlog.
+    cvt(unsafe { libc::listen(fd, libc::SOMAXCONN.max(4096)) })?;
+    Ok(())
+}
+
 pub fn fallocate(fd: RawFd, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
     // SAFETY: no memory is passed; the kernel checks fd and ranges.
     cvt(unsafe { libc::fallocate(fd, mode, offset as libc::off_t, len as libc::off_t) })?;
