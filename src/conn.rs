@@ -144,6 +144,12 @@ impl Conn {
         !self.writable && !self.out.is_empty()
     }
 
+    /// The server is shutting down: look at the socket once more, so that
+    /// requests already sent are answered (with ESHUTDOWN) before we hang up.
+    pub fn begin_shutdown(&mut self) {
+        self.readable = true;
+    }
+
     pub fn in_handshake(&self) -> bool {
         matches!(self.phase, Phase::Handshake(_))
     }

@@ -109,7 +109,10 @@ fn real_main() -> Result<i32, Error> {
         name: cfg.export_name.clone().into_bytes(),
         description: cfg.description.clone().map(String::into_bytes),
         size: backend.size(),
-        caps: backend.caps(),
+        caps: backend::Caps {
+            read_only: cfg.read_only || backend.caps().read_only,
+            ..backend.caps()
+        },
         no_sr: cfg.no_sr,
     };
     let mut cleanup = Cleanup::default();

@@ -384,7 +384,10 @@ impl Server {
         for i in 0..self.listeners.len() {
             self.drop_listener(i);
         }
-        self.ready.extend(self.conns.iter().map(|(k, _)| k));
+        for (key, conn) in self.conns.iter_mut() {
+            conn.begin_shutdown();
+            self.ready.push(key);
+        }
     }
 
     /// How long poll may sleep.

@@ -176,14 +176,25 @@ impl Server {
         let pidfile = dir.join("pid");
         let log = dir.join("log");
         let mut cmd = Command::new(bin());
-        cmd.arg("-f").arg("-U").arg(&sock).arg("-P").arg(&pidfile).args(args);
+        cmd.arg("-f")
+            .arg("-U")
+            .arg(&sock)
+            .arg("-P")
+            .arg(&pidfile)
+            .args(args);
         Server::spawn(cmd, dir, sock, pidfile, log)
     }
 
     /// Like `start`, with full control of the command line: the caller passes
     /// `-P` with `pidfile_in(dir)` and whatever listening flags it wants.
     #[track_caller]
-    pub fn spawn(mut cmd: Command, dir: TempDir, sock: PathBuf, pidfile: PathBuf, log: PathBuf) -> Server {
+    pub fn spawn(
+        mut cmd: Command,
+        dir: TempDir,
+        sock: PathBuf,
+        pidfile: PathBuf,
+        log: PathBuf,
+    ) -> Server {
         let err = fs::File::create(&log).expect("log file");
         let child = cmd
             .stdin(Stdio::null())
@@ -203,7 +214,11 @@ impl Server {
             if let Ok(Some(st)) = s.child.try_wait() {
                 panic!("nbdlite exited early ({st}): {}", s.log_text());
             }
-            assert!(Instant::now() < deadline, "nbdlite did not write its pidfile: {}", s.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "nbdlite did not write its pidfile: {}",
+                s.log_text()
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
         s
