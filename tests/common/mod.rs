@@ -271,3 +271,9 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the kernel picked it).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
