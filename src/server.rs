@@ -126,6 +126,11 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let mut busy = false;
         loop {
+            // First: the work of the previous turn (or of start-up, where a
+            // single client may already be gone) may have ended the server.
+            if let Some(code) = self.should_exit() {
+                return code;
+            }
             let timeout = self.timeout();
             let spun = timeout != Some(Duration::ZERO) && busy && self.spin(&mut events);
             if !spun && let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -155,9 +160,6 @@ impl Server {
                 if self.conns.contains(key) {
                     self.drive(key);
                 }
-            }
-            if let Some(code) = self.should_exit() {
-                return code;
             }
         }
     }
