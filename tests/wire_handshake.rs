@@ -270,10 +270,13 @@ fn oldstyle() {
 
 #[test]
 fn shutdown_answers_options_with_err_shutdown() {
-    let srv = Server::start(&["memory", "1M"]);
+    let srv = Server::start(&["-v", "memory", "1M"]);
     let mut hs = Client::start(&srv.sock);
     assert_eq!(hs.opt(OPT_LIST, &[]).last().unwrap().kind, REP_ACK);
     srv.signal("TERM");
+    common::wait_until(10, "the server to take the signal", || {
+        srv.log_text().contains("shutting down")
+    });
     // The next option gets ERR_SHUTDOWN; ABORT is still acknowledged.
     let r = hs.opt(OPT_GO, &info_data(b"", &[]));
     assert_eq!(r.last().unwrap().kind, ERR_SHUTDOWN);

@@ -348,10 +348,13 @@ fn shutdown_finishes_in_flight_requests() {
 fn shutdown_refuses_requests_that_arrive_after_the_signal() {
     // A client mid-payload when the signal lands: its request completes with
     // ESHUTDOWN rather than a hang-up, and then the server closes it and exits.
-    let srv = Server::start(&["memory", "1M"]);
+    let srv = Server::start(&["-v", "memory", "1M"]);
     let (mut c, _, _) = Client::ready(&srv.sock, true, false, false);
     c.request(0, CMD_WRITE, 42, 0, 8, b"half"); // 4 of 8 payload bytes
     srv.signal("TERM");
+    common::wait_until(10, "the server to take the signal", || {
+        srv.log_text().contains("shutting down")
+    });
     c.send(b"rest");
     let r = c.reply(None);
     assert_eq!((r.cookie, r.errno()), (42, ESHUTDOWN));
