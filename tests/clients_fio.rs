@@ -80,6 +80,7 @@ fn random_writes_verify() {
             "--size=16m",
             "--verify=crc32c",
             "--do_verify=1",
+            "--verify_state_save=0",
         ],
     );
     assert_eq!(errors(&out), 0, "{out}");
