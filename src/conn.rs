@@ -7,6 +7,7 @@
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, Extent};
 use crate::buf::{InBuf, OutQueue, Pool};
@@ -27,6 +28,9 @@ const OUT_LIMIT: usize = 64 << 20;
 const READ_CHUNK: usize = 64 * 1024;
 /// Blocks handed to one writev(2).
 const IOV_MAX: usize = 64;
+/// At shutdown, a client quiet this long is idle and let go at once; a busier
+/// one may have a request on the wire, so it gets ESHUTDOWN and time to leave.
+const QUIET: Duration = Duration::from_millis(500);
 
 /// What the server should do with a connection after driving it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +50,8 @@ pub struct Ctx<'a> {
     pub extents: &'a mut Vec<Extent>,
     pub pool: &'a mut Pool,
     pub shutting_down: bool,
+    /// The loop's clock for this turn (read once per wake-up).
+    pub now: Instant,
 }
 
 enum Phase {
@@ -85,6 +91,11 @@ pub struct Conn {
     eof: bool,
     /// Why we are closing once the output drains.
     closing: Option<&'static str>,
+    /// A request arrived after shutdown began and was refused: the client now owes
+    /// us a soft disconnect, which we wait for (until the grace period ends).
+    refused_in_shutdown: bool,
+    /// When a message was last handled.
+    last_active: Instant,
 }
 
 impl Conn {
@@ -124,6 +135,8 @@ impl Conn {
             write_registered: false,
             eof: false,
             closing: None,
+            refused_in_shutdown: false,
+            last_active: ctx.now,
         }
     }
 
@@ -201,6 +214,9 @@ impl Conn {
             if self.out.len() >= OUT_LIMIT {
                 return Step::Wait; // resumes on the next writable edge
             }
+            if let Progress::Some = progress {
+                self.last_active = ctx.now;
+            }
             match progress {
                 Progress::Some if budget == 0 => return Step::Yield,
                 Progress::Some => continue,
@@ -218,11 +234,13 @@ impl Conn {
                 continue;
             }
             if !self.readable {
-                if ctx.shutting_down
-                    && !self.in_handshake()
-                    && self.inb.is_empty()
+                // Shutting down: an idle client is let go at once; one that was
+                // refused gets to disconnect itself.
+                let idle = self.inb.is_empty()
                     && self.skip == 0
-                {
+                    && !self.refused_in_shutdown
+                    && ctx.now.duration_since(self.last_active) >= QUIET;
+                if ctx.shutting_down && !self.in_handshake() && idle {
                     self.closing = Some("server shutting down");
                     continue;
                 }
@@ -311,7 +329,7 @@ impl Conn {
                 self.phase = Phase::Transmission(session);
                 Progress::Some
             }
-            Outcome::Close("client aborted") => Progress::Close("client aborted"),
+            Outcome::Abort => Progress::Close("client aborted"),
             Outcome::Close(why) => {
                 log::warn!("conn {}: handshake: {why}: disconnecting", self.id);
                 Progress::Close(why)
@@ -322,10 +340,7 @@ impl Conn {
     fn request(&mut self, s: &Session, ctx: &mut Ctx) -> Progress {
         let (req, hdr) = match parse_request(self.inb.pending(), s.extended()) {
             Parse::Done(req, n) => (req, n),
-            Parse::NeedMore => {
-                self.need = 32;
-                return Progress::NeedInput;
-            }
+            Parse::NeedMore => return Progress::NeedInput,
             Parse::Malformed(why) => {
                 log::warn!("conn {}: {why}: disconnecting", self.id);
                 return Progress::Close(why);
@@ -356,6 +371,7 @@ impl Conn {
             self.need = total;
             return Progress::NeedInput;
         }
+        self.refused_in_shutdown |= ctx.shutting_down;
         let mut env = Env {
             backend: &mut *ctx.backend,
             export: ctx.export,

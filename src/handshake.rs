@@ -24,7 +24,9 @@ pub enum Outcome {
     Skip { consumed: usize, skip: u64 },
     /// The handshake is over: serve requests.
     Transmission { consumed: usize, session: Session },
-    /// Send what is queued, then close (ABORT, or the client broke a MUST).
+    /// The client sent ABORT: send the ACK, then close.
+    Abort,
+    /// The client broke a MUST (or we cannot answer it): send what is queued, then close.
     Close(&'static str),
 }
 
@@ -123,7 +125,7 @@ impl Handshake {
             OPT_EXPORT_NAME => return Outcome::Close("EXPORT_NAME too long"),
             OPT_ABORT => {
                 put_reply(out, hdr.opt, REP_ACK, &[]);
-                return Outcome::Close("client aborted");
+                return Outcome::Abort;
             }
             OPT_LIST
             | OPT_STARTTLS
@@ -158,13 +160,13 @@ impl Handshake {
             OPT_EXPORT_NAME => return self.export_name(data, out, ex, total),
             OPT_ABORT => {
                 put_reply(out, opt, REP_ACK, &[]);
-                return Outcome::Close("client aborted");
+                return Outcome::Abort;
             }
             OPT_GO => {
-                if self.info(opt, data, out, ex) {
+                if let Some(name) = self.info(opt, data, out, ex) {
                     return Outcome::Transmission {
                         consumed: total,
-                        session: self.session(ex, data_name(data)),
+                        session: self.session(ex, name),
                     };
                 }
             }
@@ -215,18 +217,24 @@ impl Handshake {
         }
     }
 
-    /// INFO and GO; true when the export was accepted (ACK sent).
-    fn info(&mut self, opt: u32, data: &[u8], out: &mut Vec<u8>, ex: &Export) -> bool {
+    /// INFO and GO; the export name asked for when it was accepted (ACK sent).
+    fn info<'a>(
+        &mut self,
+        opt: u32,
+        data: &'a [u8],
+        out: &mut Vec<u8>,
+        ex: &Export,
+    ) -> Option<&'a [u8]> {
         let req = match parse_info_request(data) {
             Ok(r) => r,
             Err(why) => {
                 error(out, opt, REP_ERR_INVALID, why);
-                return false;
+                return None;
             }
         };
         if !ex.matches(req.name) {
             error(out, opt, REP_ERR_UNKNOWN, "unknown export name");
-            return false;
+            return None;
         }
         let flags = self.session(ex, req.name).flags;
         put_info_export(out, opt, ex.size, flags);
@@ -241,7 +249,7 @@ impl Handshake {
         let (min, preferred, max) = ex.block_sizes();
         put_info_block_size(out, opt, min, preferred, max);
         put_reply(out, opt, REP_ACK, &[]);
-        true
+        Some(req.name)
     }
 
     fn structured_reply(&mut self, data: &[u8], out: &mut Vec<u8>, ex: &Export) {
@@ -354,11 +362,6 @@ impl Handshake {
     }
 }
 
-/// The export name inside INFO/GO data, which `info` has already validated.
-fn data_name(data: &[u8]) -> &[u8] {
-    parse_info_request(data).map(|r| r.name).unwrap_or_default()
-}
-
 fn list(data: &[u8], out: &mut Vec<u8>, ex: &Export) {
     if !data.is_empty() {
         return error(out, OPT_LIST, REP_ERR_INVALID, "LIST takes no data");
@@ -385,7 +388,6 @@ mod tests {
             size: 1 << 20,
             caps: Caps {
                 read_only: false,
-                trim: true,
                 fast_zero: true,
                 sparse_reads: true,
                 min_block: 1,
@@ -608,7 +610,7 @@ mod tests {
         assert_eq!(reply_types(&out), vec![REP_ERR_SHUTDOWN]);
         out.clear();
         let o = h.step(&opt(OPT_ABORT, b""), &mut out, &export(), true);
-        assert!(matches!(o, Outcome::Close(_)));
+        assert_eq!(o, Outcome::Abort);
         assert_eq!(reply_types(&out), vec![REP_ACK]);
     }
 }

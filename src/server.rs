@@ -26,6 +26,8 @@ const MAX_LISTENERS: usize = 4096;
 
 /// How long connections get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// During shutdown, how often quiet connections are looked at again.
+const SHUTDOWN_TICK: Duration = Duration::from_millis(50);
 /// How long to stop accepting after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -65,6 +67,8 @@ pub struct Server {
     /// Set by a shutdown: the moment remaining connections are cut.
     deadline: Option<Instant>,
     accept_paused_until: Option<Instant>,
+    /// Read once per wake-up, for the connections' timekeeping.
+    now: Instant,
     exit_code: i32,
     exit_now: bool,
     run_child: Option<Child>,
@@ -104,6 +108,7 @@ impl Server {
             single,
             deadline: None,
             accept_paused_until: None,
+            now: Instant::now(),
             exit_code: 0,
             exit_now: false,
             run_child: None,
@@ -141,6 +146,7 @@ impl Server {
                 return 1;
             }
             busy = !events.is_empty();
+            self.now = Instant::now();
             for ev in events.iter() {
                 match ev.token() {
                     SIGNAL => self.on_signals(),
@@ -158,6 +164,13 @@ impl Server {
             }
             for key in std::mem::take(&mut self.ready) {
                 if self.conns.contains(key) {
+                    self.drive(key);
+                }
+            }
+            if self.deadline.is_some() && events.is_empty() {
+                // A shutdown tick: connections that have gone quiet may now close.
+                let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+                for key in keys {
                     self.drive(key);
                 }
             }
@@ -193,6 +206,7 @@ impl Server {
             extents: &mut self.extents,
             pool: &mut self.pool,
             shutting_down: self.deadline.is_some(),
+            now: self.now,
         };
         let Some(conn) = self.conns.get_mut(key) else {
             return;
@@ -248,6 +262,7 @@ impl Server {
             extents: &mut self.extents,
             pool: &mut self.pool,
             shutting_down: false,
+            now: self.now,
         };
         entry.insert(Conn::new(key, rfd, wfd, self.oldstyle, &mut ctx));
         log::debug!("conn {key}: connected ({} open)", self.conns.len());
@@ -404,7 +419,8 @@ impl Server {
             }
             _ => None,
         };
-        [self.deadline, self.accept_paused_until, idle]
+        let tick = self.deadline.map(|_| now + SHUTDOWN_TICK);
+        [self.deadline, tick, self.accept_paused_until, idle]
             .into_iter()
             .flatten()
             .min()

@@ -375,7 +375,6 @@ mod tests {
             size: 1 << 20,
             caps: Caps {
                 read_only,
-                trim: true,
                 fast_zero: true,
                 sparse_reads: true,
                 min_block,

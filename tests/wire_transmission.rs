@@ -358,6 +358,8 @@ fn shutdown_refuses_requests_that_arrive_after_the_signal() {
     c.send(b"rest");
     let r = c.reply(None);
     assert_eq!((r.cookie, r.errno()), (42, ESHUTDOWN));
+    // ESHUTDOWN obliges the client to disconnect softly; the server waits for that.
+    c.request(0, CMD_DISC, 0, 0, 0, &[]);
     assert!(c.closed_by_peer(10));
     let mut srv = srv;
     assert!(
@@ -365,4 +367,60 @@ fn shutdown_refuses_requests_that_arrive_after_the_signal() {
             .expect("exit")
             .success()
     );
+}
+
+#[test]
+fn shutdown_under_load_answers_every_request() {
+    // Four clients keep 32 requests each in flight while SIGTERM lands. Every
+    // request gets its reply, in order: done, or ESHUTDOWN. A refused client then
+    // stops sending and disconnects softly, as the spec says it must; the server
+    // exits once they all have.
+    let srv = Server::start(&["memory", "64M"]);
+    let path = srv.sock.clone();
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let clients: Vec<_> = (0..4u64)
+        .map(|n| {
+            let (path, started) = (path.clone(), started.clone());
+            std::thread::spawn(move || {
+                let (mut c, _, _) = Client::ready(&path, true, false, false);
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (mut sent, mut answered, mut refused) = (0u64, 0u64, false);
+                loop {
+                    while !refused && sent - answered < 32 {
+                        let offset = (n * 16 + sent % 16) * 4096;
+                        c.request(0, CMD_WRITE, sent, offset, 4096, &[n as u8; 4096]);
+                        sent += 1;
+                    }
+                    if answered == sent {
+                        break;
+                    }
+                    let r = c.reply(None);
+                    assert_eq!(r.cookie, answered, "replies in order, none lost");
+                    match r.errno() {
+                        0 => {}
+                        ESHUTDOWN => refused = true,
+                        e => panic!("unexpected error {e}"),
+                    }
+                    answered += 1;
+                }
+                c.request(0, CMD_DISC, 0, 0, 0, &[]);
+                assert!(c.closed_by_peer(10));
+                answered
+            })
+        })
+        .collect();
+    common::wait_until(10, "clients", || {
+        started.load(std::sync::atomic::Ordering::SeqCst) == 4
+    });
+    srv.signal("TERM");
+    for c in clients {
+        assert!(c.join().expect("client thread") > 0);
+    }
+    let mut srv = srv;
+    assert!(
+        common::wait_exit(&mut srv.child, 10)
+            .expect("exit")
+            .success()
+    );
+    assert!(!srv.sock.exists());
 }

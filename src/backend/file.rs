@@ -118,7 +118,6 @@ impl Backend for File {
     fn caps(&self) -> Caps {
         Caps {
             read_only: self.read_only,
-            trim: true,
             fast_zero: true,
             sparse_reads: false,
             min_block: self.min_block,

@@ -19,8 +19,6 @@ pub use pattern::Pattern;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caps {
     pub read_only: bool,
-    /// TRIM does something useful (it is accepted either way).
-    pub trim: bool,
     /// WRITE_ZEROES with FAST_ZERO can ever succeed.
     pub fast_zero: bool,
     /// Reads are cheap to split into data and holes (`extents` costs no syscall).

@@ -23,7 +23,6 @@ impl Backend for Null {
     fn caps(&self) -> Caps {
         Caps {
             read_only: false,
-            trim: true,
             fast_zero: true,
             sparse_reads: true,
             min_block: 1,

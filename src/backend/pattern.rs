@@ -41,7 +41,6 @@ impl Backend for Pattern {
     fn caps(&self) -> Caps {
         Caps {
             read_only: true,
-            trim: false,
             fast_zero: false,
             sparse_reads: false,
             min_block: 1,
