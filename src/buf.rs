@@ -42,6 +42,11 @@ impl Pool {
         vec![0u8; min.max(BLOCK)]
     }
 
+    /// Whether the pool holds any storage.
+    pub fn is_empty(&self) -> bool {
+        self.free.is_empty()
+    }
+
     fn give(&mut self, b: Block) {
         if b.is_empty() {
             return;

@@ -26,6 +26,8 @@ const MAX_LISTENERS: usize = 4096;
 
 /// How long connections get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Pooled buffers are freed once the server has had no event for this long.
+const POOL_LINGER: Duration = Duration::from_secs(1);
 /// During shutdown, how often quiet connections are looked at again.
 const SHUTDOWN_TICK: Duration = Duration::from_millis(50);
 /// How long to stop accepting after running out of file descriptors.
@@ -147,6 +149,10 @@ impl Server {
             }
             busy = !events.is_empty();
             self.now = Instant::now();
+            if !busy && !self.pool.is_empty() {
+                // Quiet for a while: give the buffers of the last burst back.
+                self.pool = Pool::default();
+            }
             for ev in events.iter() {
                 match ev.token() {
                     SIGNAL => self.on_signals(),
@@ -420,7 +426,9 @@ impl Server {
             _ => None,
         };
         let tick = self.deadline.map(|_| now + SHUTDOWN_TICK);
-        [self.deadline, tick, self.accept_paused_until, idle]
+        // Pooled buffers are freed after a quiet second (see `run`).
+        let trim = (!self.pool.is_empty()).then(|| now + POOL_LINGER);
+        [self.deadline, tick, self.accept_paused_until, idle, trim]
             .into_iter()
             .flatten()
             .min()
