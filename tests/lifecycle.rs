@@ -375,3 +375,22 @@ fn single_mode_over_a_pair_of_pipes() {
     drop(to); // EOF on stdin: the one client is gone
     assert!(wait_exit(&mut child, 10).expect("exit").success());
 }
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_gibibyte_of_ram_costs_nothing_until_written() {
+    let srv = Server::start(&["memory", "1G"]);
+    // Connected and negotiated clients cost next to nothing either.
+    let clients: Vec<_> = (0..50)
+        .map(|_| wire::Client::ready(&srv.sock, true, false, false).0)
+        .collect();
+    let rss = rss_kib(srv.child.id());
+    assert!(rss < 4096, "RSS {rss} KiB before any write");
+    drop(clients);
+}
