@@ -11,6 +11,8 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::ops::Range;
+use std::rc::Rc;
 
 /// Storage: a vector whose length is its initialised size, so reuse never
 /// zeroes it again.
@@ -120,11 +122,44 @@ impl InBuf {
     }
 }
 
-/// One queued block: `data[start..end]` is still to be written.
+/// Bytes behind a queued segment.
+enum Bytes {
+    /// A block of ours, from the pool: replies are built in it.
+    Owned(Block),
+    /// Storage lent by the backend (shared, immutable): sent without a copy.
+    Lent(Rc<[u8]>),
+}
+
+impl Bytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Owned(b) => b,
+            Bytes::Lent(r) => r,
+        }
+    }
+
+    fn give_back(self, pool: &mut Pool) {
+        if let Bytes::Owned(b) = self {
+            pool.give(b);
+        }
+    }
+}
+
+/// One queued segment: `bytes[start..end]` is still to be written.
 struct Seg {
-    data: Block,
+    bytes: Bytes,
     start: usize,
     end: usize,
+}
+
+impl Seg {
+    /// Room left at the end for more replies (none in lent storage).
+    fn room(&self) -> usize {
+        match &self.bytes {
+            Bytes::Owned(b) => b.len() - self.end,
+            Bytes::Lent(_) => 0,
+        }
+    }
 }
 
 /// Output bytes waiting for the socket.
@@ -159,7 +194,7 @@ impl OutQueue {
             if seg.start == seg.end {
                 break;
             }
-            *slot = IoSlice::new(&seg.data[seg.start..seg.end]);
+            *slot = IoSlice::new(&seg.bytes.as_slice()[seg.start..seg.end]);
             n += 1;
         }
         n
@@ -178,7 +213,7 @@ impl OutQueue {
             if seg.start == seg.end
                 && let Some(seg) = self.segs.pop_front()
             {
-                pool.give(seg.data);
+                seg.bytes.give_back(pool);
             }
         }
     }
@@ -187,7 +222,7 @@ impl OutQueue {
     pub fn release(&mut self, pool: &mut Pool) {
         debug_assert!(self.is_empty());
         for seg in self.segs.drain(..) {
-            pool.give(seg.data);
+            seg.bytes.give_back(pool);
         }
     }
 
@@ -207,35 +242,47 @@ impl Out<'_> {
     /// `n` contiguous writable bytes at the end of the queue (stale contents):
     /// fill a prefix, then `commit` it.
     pub fn space(&mut self, n: usize) -> &mut [u8] {
-        let fits = self
-            .q
-            .segs
-            .back()
-            .is_some_and(|s| s.data.len() - s.end >= n);
-        if !fits {
-            let data = self.pool.take(n);
+        if self.q.segs.back().is_none_or(|s| s.room() < n) {
+            let block = self.pool.take(n);
             self.q.segs.push_back(Seg {
-                data,
+                bytes: Bytes::Owned(block),
                 start: 0,
                 end: 0,
             });
         }
-        // A segment exists: either the back one had room or we just pushed one.
-        let seg = self.q.segs.back_mut().expect("a segment with room");
-        &mut seg.data[seg.end..seg.end + n]
+        match self.q.segs.back_mut() {
+            Some(Seg {
+                bytes: Bytes::Owned(b),
+                end,
+                ..
+            }) => &mut b[*end..*end + n],
+            // The back segment is an owned block with room: found or pushed above.
+            _ => unreachable!("no owned block at the back of the queue"),
+        }
     }
 
     pub fn commit(&mut self, n: usize) {
         if let Some(seg) = self.q.segs.back_mut() {
+            debug_assert!(seg.room() >= n);
             seg.end += n;
             self.q.len += n;
-            debug_assert!(seg.end <= seg.data.len());
         }
     }
 
     pub fn put(&mut self, bytes: &[u8]) {
         self.space(bytes.len()).copy_from_slice(bytes);
         self.commit(bytes.len());
+    }
+
+    /// Queues `bytes[range]` without copying it: the queue keeps the storage
+    /// alive until the socket has taken it.
+    pub fn lend(&mut self, bytes: Rc<[u8]>, range: Range<usize>) {
+        self.q.len += range.len();
+        self.q.segs.push_back(Seg {
+            bytes: Bytes::Lent(bytes),
+            start: range.start,
+            end: range.end,
+        });
     }
 
     pub fn mark(&self) -> Mark {
@@ -250,7 +297,7 @@ impl Out<'_> {
     pub fn rollback(&mut self, m: Mark) {
         while self.q.segs.len() > m.segs {
             if let Some(seg) = self.q.segs.pop_back() {
-                self.pool.give(seg.data);
+                seg.bytes.give_back(self.pool);
             }
         }
         if let Some(seg) = self.q.segs.back_mut() {
@@ -311,6 +358,29 @@ mod tests {
         assert!(q.is_empty());
         q.release(&mut pool);
         assert!(pool.free.len() >= 2);
+    }
+
+    #[test]
+    fn lent_storage_is_queued_in_place() {
+        let mut pool = Pool::default();
+        let mut q = OutQueue::default();
+        let page: Rc<[u8]> = Rc::from(&b"0123456789"[..]);
+        let mut w = q.writer(&mut pool);
+        w.put(b"hdr:");
+        w.lend(page.clone(), 2..6);
+        w.put(b":tail"); // a lent segment takes no appends: a new block follows
+        assert_eq!(contents(&q), b"hdr:2345:tail");
+        assert_eq!(Rc::strong_count(&page), 2, "the queue holds the page");
+        let m = q.writer(&mut pool).mark();
+        q.writer(&mut pool).lend(page.clone(), 0..1);
+        q.writer(&mut pool).rollback(m);
+        assert_eq!(contents(&q), b"hdr:2345:tail");
+        q.consume(q.len(), &mut pool);
+        assert_eq!(
+            Rc::strong_count(&page),
+            1,
+            "written out: the page is let go"
+        );
     }
 
     #[test]

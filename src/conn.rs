@@ -27,7 +27,7 @@ const OUT_LIMIT: usize = 64 << 20;
 /// Read at least this much per read(2).
 const READ_CHUNK: usize = 64 * 1024;
 /// Blocks handed to one writev(2).
-const IOV_MAX: usize = 64;
+const IOV_MAX: usize = 256;
 /// At shutdown, a client quiet this long is idle and let go at once; a busier
 /// one may have a request on the wire, so it gets ESHUTDOWN and time to leave.
 const QUIET: Duration = Duration::from_millis(500);

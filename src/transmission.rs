@@ -10,6 +10,9 @@ use crate::proto::*;
 
 /// Most descriptors in one block-status reply (the spec asks for at most 2^20).
 const MAX_EXTENTS: usize = 1 << 16;
+/// Reads at least this large are sent from the backend's storage without a copy
+/// when it can lend it; smaller ones are cheaper to copy.
+const LEND_MIN: u64 = 32 * 1024;
 /// Most chunks one sparse READ is split into; the rest goes as data.
 const MAX_READ_CHUNKS: usize = 64;
 
@@ -257,12 +260,18 @@ fn read(s: &Session, env: &mut Env, req: &Request, len: u64, out: &mut Out) {
     }
 }
 
+/// Puts `len` bytes of the export behind the reply header just queued: lent by
+/// the backend when it can and the read is large enough to be worth it, else
+/// copied straight into the output queue.
 fn read_into(
     backend: &mut dyn Backend,
     offset: u64,
     len: u64,
     out: &mut Out,
 ) -> std::io::Result<()> {
+    if len >= LEND_MIN && backend.lend(offset, len, &mut |bytes, range| out.lend(bytes, range)) {
+        return Ok(());
+    }
     let n = len as usize; // ≤ MAX_REQUEST, checked
     backend.read(&mut out.space(n)[..n], offset)?;
     out.commit(n);

@@ -1,9 +1,15 @@
 //! `memory`: a sparse RAM disk. Only pages that hold written data take memory;
 //! TRIM and WRITE_ZEROES give whole pages back, and a partly zeroed page that
 //! ends up all zero is given back too, so `memory 1G` costs nothing until used.
+//!
+//! Pages are reference-counted so that large reads can be sent straight from
+//! them (`lend`); a write to a page that is still queued for sending copies it
+//! first, so a reply always shows the data as it was when it was read.
 
 use std::collections::BTreeMap;
 use std::io;
+use std::ops::Range;
+use std::rc::Rc;
 
 use super::{Backend, Caps, Extent, Zero, pieces};
 use crate::proto::{STATE_HOLE, STATE_ZERO};
@@ -15,7 +21,9 @@ const PAGE: usize = 32 * 1024;
 pub struct Memory {
     size: u64,
     /// Page index -> contents. An absent page reads as zeroes.
-    pages: BTreeMap<u64, Box<[u8]>>,
+    pages: BTreeMap<u64, Rc<[u8]>>,
+    /// A page of zeroes to lend for holes (made on first use).
+    zeroes: Option<Rc<[u8]>>,
 }
 
 impl Memory {
@@ -23,14 +31,18 @@ impl Memory {
         Memory {
             size,
             pages: BTreeMap::new(),
+            zeroes: None,
         }
     }
 
+    /// A page to write to: allocated if absent, copied if it is lent out.
     fn page_mut(&mut self, idx: u64) -> &mut [u8] {
-        // vec![0; n] comes from calloc: the kernel hands out zero pages lazily.
-        self.pages
-            .entry(idx)
-            .or_insert_with(|| vec![0u8; PAGE].into_boxed_slice())
+        let page = self.pages.entry(idx).or_insert_with(zero_page);
+        if Rc::get_mut(page).is_none() {
+            *page = Rc::from(&page[..]);
+        }
+        // Unique now: either it was, or it is a fresh copy.
+        Rc::get_mut(page).expect("a page nobody else holds")
     }
 
     /// Zeroes a range, giving back every page that ends up all zero.
@@ -38,7 +50,8 @@ impl Memory {
         for (idx, within, n) in pieces(offset, len, PAGE as u64) {
             if n == PAGE {
                 self.pages.remove(&idx);
-            } else if let Some(page) = self.pages.get_mut(&idx) {
+            } else if self.pages.contains_key(&idx) {
+                let page = self.page_mut(idx);
                 page[within..within + n].fill(0);
                 if page.iter().all(|&b| b == 0) {
                     self.pages.remove(&idx);
@@ -46,6 +59,10 @@ impl Memory {
             }
         }
     }
+}
+
+fn zero_page() -> Rc<[u8]> {
+    Rc::from(vec![0u8; PAGE])
 }
 
 impl Backend for Memory {
@@ -103,6 +120,22 @@ impl Backend for Memory {
             }
         }
         Ok(())
+    }
+
+    fn lend(
+        &mut self,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(Rc<[u8]>, Range<usize>),
+    ) -> bool {
+        for (idx, within, n) in pieces(offset, len, PAGE as u64) {
+            let page = match self.pages.get(&idx) {
+                Some(p) => p.clone(),
+                None => self.zeroes.get_or_insert_with(zero_page).clone(),
+            };
+            sink(page, within..within + n);
+        }
+        true
     }
 
     fn extents(
@@ -188,6 +221,25 @@ mod tests {
         );
         m.zero(0, 2 * PAGE as u64, FAST, false).unwrap();
         assert!(m.pages.is_empty());
+    }
+
+    #[test]
+    fn lent_pages_do_not_change() {
+        let mut m = Memory::new(1 << 20);
+        m.write(b"before", 100, false).unwrap();
+        let mut lent = Vec::new();
+        assert!(m.lend(96, 16, &mut |p, r| lent.push((p, r))));
+        m.write(b"after!", 100, false).unwrap();
+        m.trim(0, PAGE as u64, false).unwrap();
+        let (p, r) = &lent[0];
+        assert_eq!(&p[r.clone()][4..10], b"before");
+        let mut b = [0u8; 6];
+        m.read(&mut b, 100).unwrap();
+        assert_eq!(&b, &[0; 6]);
+        // holes are lent as zeroes
+        let mut hole = Vec::new();
+        m.lend(5 * PAGE as u64, 10, &mut |p, r| hole.push(p[r].to_vec()));
+        assert_eq!(hole, vec![vec![0u8; 10]]);
     }
 
     #[test]

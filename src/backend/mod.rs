@@ -7,6 +7,8 @@ mod null;
 mod pattern;
 
 use std::io;
+use std::ops::Range;
+use std::rc::Rc;
 
 use crate::proto;
 
@@ -64,6 +66,17 @@ pub trait Backend {
     /// Prefetch hint.
     fn cache(&mut self, _offset: u64, _len: u64) -> io::Result<()> {
         Ok(())
+    }
+    /// Lends `[offset, offset + len)` as shared, immutable pieces of storage, in
+    /// order, so a reply can be sent without copying it. A later write must not
+    /// change what was lent (copy on write). False: this backend cannot lend.
+    fn lend(
+        &mut self,
+        _offset: u64,
+        _len: u64,
+        _sink: &mut dyn FnMut(Rc<[u8]>, Range<usize>),
+    ) -> bool {
+        false
     }
     /// Appends at most `max` (≥ 1) consecutive extents starting at `offset` to `out`,
     /// covering at least one byte; the last may run past `offset + len`.
