@@ -59,23 +59,29 @@ impl Export {
     }
 }
 
+/// A 1 MiB export named "disk", for unit tests.
+#[cfg(test)]
+pub fn test_export(read_only: bool, min_block: u32) -> Export {
+    Export {
+        name: b"disk".to_vec(),
+        description: Some(b"a test disk".to_vec()),
+        size: 1 << 20,
+        caps: Caps {
+            read_only,
+            fast_zero: true,
+            sparse_reads: true,
+            min_block,
+        },
+        no_sr: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn export(read_only: bool) -> Export {
-        Export {
-            name: b"disk".to_vec(),
-            description: None,
-            size: 1 << 20,
-            caps: Caps {
-                read_only,
-                fast_zero: true,
-                sparse_reads: true,
-                min_block: 1,
-            },
-            no_sr: false,
-        }
+        test_export(read_only, 1)
     }
 
     #[test]

@@ -379,50 +379,11 @@ fn error(out: &mut Vec<u8>, opt: u32, reply: u32, msg: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Caps;
+    use crate::export::test_export;
+    use crate::proto::option::testing::{info_data, meta_data, option as opt};
 
     fn export() -> Export {
-        Export {
-            name: b"disk".to_vec(),
-            description: Some(b"a test disk".to_vec()),
-            size: 1 << 20,
-            caps: Caps {
-                read_only: false,
-                fast_zero: true,
-                sparse_reads: true,
-                min_block: 1,
-            },
-            no_sr: false,
-        }
-    }
-
-    fn opt(o: u32, data: &[u8]) -> Vec<u8> {
-        let mut v = IHAVEOPT.to_be_bytes().to_vec();
-        v.extend_from_slice(&o.to_be_bytes());
-        v.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        v.extend_from_slice(data);
-        v
-    }
-
-    fn info_data(name: &[u8], items: &[u16]) -> Vec<u8> {
-        let mut v = (name.len() as u32).to_be_bytes().to_vec();
-        v.extend_from_slice(name);
-        v.extend_from_slice(&(items.len() as u16).to_be_bytes());
-        for i in items {
-            v.extend_from_slice(&i.to_be_bytes());
-        }
-        v
-    }
-
-    fn meta_data(name: &[u8], queries: &[&[u8]]) -> Vec<u8> {
-        let mut v = (name.len() as u32).to_be_bytes().to_vec();
-        v.extend_from_slice(name);
-        v.extend_from_slice(&(queries.len() as u32).to_be_bytes());
-        for q in queries {
-            v.extend_from_slice(&(q.len() as u32).to_be_bytes());
-            v.extend_from_slice(q);
-        }
-        v
+        test_export(false, 1)
     }
 
     /// Reply types found in `out`, in order.

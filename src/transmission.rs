@@ -374,23 +374,9 @@ fn clip_extents(ext: &mut Vec<Extent>, len: u64, req_one: bool, style: Style, mi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Caps, Memory};
+    use crate::backend::Memory;
     use crate::buf::{OutQueue, Pool};
-
-    fn export(read_only: bool, min_block: u32) -> Export {
-        Export {
-            name: Vec::new(),
-            description: None,
-            size: 1 << 20,
-            caps: Caps {
-                read_only,
-                fast_zero: true,
-                sparse_reads: true,
-                min_block,
-            },
-            no_sr: false,
-        }
-    }
+    use crate::export::test_export as export;
 
     fn session(ex: &Export, style: Style, meta: bool) -> Session {
         Session {

@@ -355,15 +355,10 @@ fn single_mode_over_a_pair_of_pipes() {
     msg.extend_from_slice(&0u32.to_be_bytes());
     // WRITE "pipe" at 0, then READ it back.
     for (kind, len, payload) in [
-        (wire::CMD_WRITE, 4u32, &b"pipe"[..]),
+        (wire::CMD_WRITE, 4u64, &b"pipe"[..]),
         (wire::CMD_READ, 4, &[][..]),
     ] {
-        msg.extend_from_slice(&wire::REQUEST.to_be_bytes());
-        msg.extend_from_slice(&0u16.to_be_bytes());
-        msg.extend_from_slice(&kind.to_be_bytes());
-        msg.extend_from_slice(&7u64.to_be_bytes());
-        msg.extend_from_slice(&0u64.to_be_bytes());
-        msg.extend_from_slice(&len.to_be_bytes());
+        msg.extend(wire::request_bytes(false, 0, kind, 7, 0, len));
         msg.extend_from_slice(payload);
     }
     to.write_all(&msg).unwrap();

@@ -8,13 +8,6 @@ mod wire;
 use common::Server;
 use wire::*;
 
-#[track_caller]
-fn still_serves(srv: &Server) {
-    let (mut c, _, _) = Client::ready(&srv.sock, true, false, false);
-    assert_eq!(c.write(0, b"alive"), 0);
-    assert_eq!(c.read(0, 0, 5).unwrap(), b"alive");
-}
-
 #[test]
 fn errors_with_simple_replies() {
     let srv = Server::start(&["memory", "1M"]);
@@ -187,7 +180,7 @@ fn oversized_and_truncated_requests() {
     let (mut c, _, _) = Client::ready(&srv.sock, false, false, false);
     c.request(0, CMD_WRITE, 1, 0, 4096, &[1; 100]);
     drop(c);
-    still_serves(&srv);
+    still_serves(&srv.sock);
     assert!(srv.log_text().contains("bad request magic"));
 }
 
@@ -210,14 +203,8 @@ fn pipelining_hundreds_of_requests() {
     let (mut c, _, _) = Client::ready(&srv.sock, true, false, false);
     let mut batch = Vec::new();
     for i in 0..200u64 {
-        let mut req = REQUEST.to_be_bytes().to_vec();
-        req.extend_from_slice(&0u16.to_be_bytes());
-        req.extend_from_slice(&CMD_WRITE.to_be_bytes());
-        req.extend_from_slice(&(1000 + i).to_be_bytes());
-        req.extend_from_slice(&(i * 4096).to_be_bytes());
-        req.extend_from_slice(&4096u32.to_be_bytes());
-        req.extend_from_slice(&[i as u8; 4096]);
-        batch.extend_from_slice(&req);
+        batch.extend(request_bytes(false, 0, CMD_WRITE, 1000 + i, i * 4096, 4096));
+        batch.extend_from_slice(&[i as u8; 4096]);
     }
     c.send(&batch);
     let mut seen: Vec<u64> = (0..200).map(|_| c.reply(None)).map(|r| r.cookie).collect();
@@ -235,19 +222,21 @@ fn a_client_that_never_reads_does_not_stall_others() {
     // 256 reads of 1 MiB, replies never read: far more than the socket buffers hold.
     let mut batch = Vec::new();
     for i in 0..256u64 {
-        batch.extend_from_slice(&REQUEST.to_be_bytes());
-        batch.extend_from_slice(&0u16.to_be_bytes());
-        batch.extend_from_slice(&CMD_READ.to_be_bytes());
-        batch.extend_from_slice(&i.to_be_bytes());
-        batch.extend_from_slice(&((i % 64) << 20).to_be_bytes());
-        batch.extend_from_slice(&(1u32 << 20).to_be_bytes());
+        batch.extend(request_bytes(
+            false,
+            0,
+            CMD_READ,
+            i,
+            (i % 64) << 20,
+            1 << 20,
+        ));
     }
     hog.send(&batch);
     for _ in 0..3 {
-        still_serves(&srv);
+        still_serves(&srv.sock);
     }
     drop(hog); // vanishes with replies pending
-    still_serves(&srv);
+    still_serves(&srv.sock);
 }
 
 #[test]
@@ -312,7 +301,7 @@ fn extended_requests_with_64_bit_lengths() {
     // A payload over 64 MiB is a denial of service: hang up.
     c.request(F_PAYLOAD_LEN, CMD_WRITE, 10, 0, 1 << 30, &[]);
     assert!(c.closed_by_peer(5));
-    still_serves(&srv);
+    still_serves(&srv.sock);
 }
 
 #[test]
@@ -327,7 +316,7 @@ fn wrong_header_style_is_a_framing_error() {
     c.extended = true; // an extended request without EH
     c.request(0, CMD_READ, 1, 0, 1, &[]);
     assert!(c.closed_by_peer(5));
-    still_serves(&srv);
+    still_serves(&srv.sock);
 }
 
 #[test]
@@ -493,12 +482,14 @@ fn queued_reads_are_not_changed_by_later_writes() {
     let (mut hog, _, _) = Client::ready(&srv.sock, false, false, false);
     let mut batch = Vec::new();
     for i in 0..48u64 {
-        batch.extend_from_slice(&REQUEST.to_be_bytes());
-        batch.extend_from_slice(&0u16.to_be_bytes());
-        batch.extend_from_slice(&CMD_READ.to_be_bytes());
-        batch.extend_from_slice(&i.to_be_bytes());
-        batch.extend_from_slice(&((i % 16) << 20).to_be_bytes());
-        batch.extend_from_slice(&(1u32 << 20).to_be_bytes());
+        batch.extend(request_bytes(
+            false,
+            0,
+            CMD_READ,
+            i,
+            (i % 16) << 20,
+            1 << 20,
+        ));
     }
     hog.send(&batch);
     for i in 0..16u64 {

@@ -214,11 +214,22 @@ fn take_string<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], &'static str> {
     Ok(s)
 }
 
+/// Encoders for option data, for tests of this module and of the handshake.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
+    use super::IHAVEOPT;
 
-    fn info(name: &[u8], items: &[u16]) -> Vec<u8> {
+    /// A whole option request.
+    pub fn option(opt: u32, data: &[u8]) -> Vec<u8> {
+        let mut v = IHAVEOPT.to_be_bytes().to_vec();
+        v.extend_from_slice(&opt.to_be_bytes());
+        v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        v.extend_from_slice(data);
+        v
+    }
+
+    /// INFO/GO data.
+    pub fn info_data(name: &[u8], items: &[u16]) -> Vec<u8> {
         let mut v = (name.len() as u32).to_be_bytes().to_vec();
         v.extend_from_slice(name);
         v.extend_from_slice(&(items.len() as u16).to_be_bytes());
@@ -228,7 +239,8 @@ mod tests {
         v
     }
 
-    fn meta(name: &[u8], queries: &[&[u8]]) -> Vec<u8> {
+    /// LIST/SET_META_CONTEXT data.
+    pub fn meta_data(name: &[u8], queries: &[&[u8]]) -> Vec<u8> {
         let mut v = (name.len() as u32).to_be_bytes().to_vec();
         v.extend_from_slice(name);
         v.extend_from_slice(&(queries.len() as u32).to_be_bytes());
@@ -238,6 +250,13 @@ mod tests {
         }
         v
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::testing::{info_data as info, meta_data as meta};
 
     #[test]
     fn greeting_layout() {

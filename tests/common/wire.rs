@@ -281,21 +281,7 @@ impl Client {
         len: u64,
         payload: &[u8],
     ) {
-        let mut v = Vec::with_capacity(32 + payload.len());
-        if self.extended {
-            v.extend_from_slice(&EXT_REQUEST.to_be_bytes());
-        } else {
-            v.extend_from_slice(&REQUEST.to_be_bytes());
-        }
-        v.extend_from_slice(&flags.to_be_bytes());
-        v.extend_from_slice(&kind.to_be_bytes());
-        v.extend_from_slice(&cookie.to_be_bytes());
-        v.extend_from_slice(&offset.to_be_bytes());
-        if self.extended {
-            v.extend_from_slice(&len.to_be_bytes());
-        } else {
-            v.extend_from_slice(&(len as u32).to_be_bytes());
-        }
+        let mut v = request_bytes(self.extended, flags, kind, cookie, offset, len);
         v.extend_from_slice(payload);
         self.send(&v);
     }
@@ -415,6 +401,38 @@ impl Client {
         assert_eq!(covered, len, "chunks must cover the read");
         Ok(data)
     }
+}
+
+/// A request header (compact, or extended with a 64-bit length).
+pub fn request_bytes(
+    extended: bool,
+    flags: u16,
+    kind: u16,
+    cookie: u64,
+    offset: u64,
+    len: u64,
+) -> Vec<u8> {
+    let mut v = Vec::with_capacity(32);
+    let magic = if extended { EXT_REQUEST } else { REQUEST };
+    v.extend_from_slice(&magic.to_be_bytes());
+    v.extend_from_slice(&flags.to_be_bytes());
+    v.extend_from_slice(&kind.to_be_bytes());
+    v.extend_from_slice(&cookie.to_be_bytes());
+    v.extend_from_slice(&offset.to_be_bytes());
+    if extended {
+        v.extend_from_slice(&len.to_be_bytes());
+    } else {
+        v.extend_from_slice(&(len as u32).to_be_bytes());
+    }
+    v
+}
+
+/// A fresh client can still negotiate, write and read.
+#[track_caller]
+pub fn still_serves(path: &Path) {
+    let (mut c, _, _) = Client::ready(path, true, false, false);
+    assert_eq!(c.write(0, b"alive"), 0);
+    assert_eq!(c.read(0, 0, 5).unwrap(), b"alive");
 }
 
 pub fn info_data(name: &[u8], items: &[u16]) -> Vec<u8> {
