@@ -1,0 +1,158 @@
+//! From a parsed command line to a running server: open the backend, take or
+//! bind the sockets, go into the background, write the pidfile, say we are
+//! ready, start `--run`, and hand over to the event loop.
+
+use std::os::fd::OwnedFd;
+
+use crate::activation::{self, Inherited};
+use crate::backend::{self, Backend};
+use crate::captive;
+use crate::cli::{BackendSpec, Config};
+use crate::daemon::{self, Cleanup};
+use crate::error::Error;
+use crate::export::Export;
+use crate::listen::{self, Listener};
+use crate::notify::Notifier;
+use crate::server::{Server, Setup};
+use crate::sys;
+
+/// Serves until the server stops; returns the exit code. `activated` is the
+/// number of inherited sockets, if socket activation is on.
+pub fn serve(
+    cfg: &Config,
+    activated: Option<u32>,
+    notify_socket: Option<String>,
+) -> Result<i32, Error> {
+    let backend = open_backend(cfg)?;
+    let export = export_of(cfg, backend.as_ref());
+    let mut cleanup = Cleanup::default();
+    let (listeners, connections, port) = sockets(cfg, activated, &mut cleanup)?;
+    let signals = sys::signal_pipe(&[libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGCHLD])
+        .map_err(Error::setup("signals"))?;
+    if cfg.exit_with_parent {
+        sys::exit_with_parent().map_err(Error::setup("--exit-with-parent"))?;
+    }
+    let pidfile = cfg
+        .pidfile
+        .as_ref()
+        .map(std::path::absolute)
+        .transpose()
+        .map_err(Error::setup("-P"))?;
+    let ready = if cfg.stays_in_foreground(activated.is_some()) {
+        None
+    } else {
+        Some(daemon::fork_into_background()?)
+    };
+
+    let setup = Setup {
+        export,
+        listeners,
+        connections,
+        signals,
+        oldstyle: cfg.oldstyle,
+        idle_timeout: cfg.idle_timeout,
+        busy_poll: cfg.busy_poll,
+        notifier: Notifier::new(notify_socket),
+    };
+    let notifier = setup.notifier.clone();
+    let mut server = Server::new(setup, backend).map_err(Error::setup("event loop"))?;
+    if let Some(p) = &pidfile {
+        daemon::write_pidfile(p)?;
+        cleanup.pidfile = Some(p.clone());
+    }
+    notifier.ready();
+    if let Some(ready) = ready {
+        daemon::detach_stdio(cfg.verbose)?;
+        ready.signal();
+    }
+    if let Some(cmd) = &cfg.run {
+        let ep = captive::Endpoint {
+            unix: cleanup.unix_socket.as_deref(),
+            port,
+            ipaddr: cfg.ipaddr.as_deref(),
+            export_name: &cfg.export_name,
+        };
+        server.set_run_child(captive::spawn(cmd, &ep)?);
+    }
+    let code = server.run();
+    drop(cleanup);
+    Ok(code)
+}
+
+fn open_backend(cfg: &Config) -> Result<Box<dyn Backend>, Error> {
+    Ok(match &cfg.backend {
+        BackendSpec::Memory(size) => Box::new(backend::Memory::new(*size)),
+        BackendSpec::Null(size) => Box::new(backend::Null::new(*size)),
+        BackendSpec::Pattern(size) => Box::new(backend::Pattern::new(*size)),
+        BackendSpec::File(path) => Box::new(
+            backend::File::open(path, cfg.read_only)
+                .map_err(Error::setup(format!("file: {}", path.display())))?,
+        ),
+    })
+}
+
+/// What is served, as clients will see it.
+fn export_of(cfg: &Config, backend: &dyn Backend) -> Export {
+    let caps = backend.caps();
+    Export {
+        name: cfg.export_name.clone().into_bytes(),
+        description: cfg.description.clone().map(String::into_bytes),
+        size: backend.size(),
+        caps: backend::Caps {
+            read_only: cfg.read_only || caps.read_only,
+            ..caps
+        },
+        no_sr: cfg.no_sr,
+    }
+}
+
+/// Listening sockets and already-connected clients, and the TCP port bound:
+/// inherited under socket activation, stdin/stdout with `-s`, else bound.
+fn sockets(cfg: &Config, activated: Option<u32>, cleanup: &mut Cleanup) -> Result<Sockets, Error> {
+    Ok(match activated {
+        Some(n) => {
+            let (l, c) = inherited(activation::take(n)?);
+            (l, c, None)
+        }
+        None if cfg.single => (Vec::new(), vec![stdio_connection()?], None),
+        None => {
+            let b = listen::bind(cfg)?;
+            cleanup.unix_socket = b.unix_path.clone();
+            cleanup.tmpdir = b.tmpdir.clone();
+            (b.listeners, Vec::new(), b.port)
+        }
+    })
+}
+
+type Connections = Vec<(OwnedFd, Option<OwnedFd>)>;
+type Sockets = (Vec<Listener>, Connections, Option<u16>);
+
+/// Sorts inherited sockets into listeners and ready-made connections.
+fn inherited(fds: Vec<Inherited>) -> (Vec<Listener>, Connections) {
+    let mut listeners = Vec::new();
+    let mut connections = Vec::new();
+    for i in fds {
+        match i {
+            Inherited::Listener { fd, domain } => listeners.push(Listener::inherited(fd, domain)),
+            Inherited::Connection(fd) => connections.push((fd, None)),
+        }
+    }
+    (listeners, connections)
+}
+
+/// `-s`: the client is on stdin/stdout (one socket, or two pipes).
+fn stdio_connection() -> Result<(OwnedFd, Option<OwnedFd>), Error> {
+    for fd in [0, 1] {
+        sys::set_nonblocking(fd).map_err(Error::setup(format!("-s: fd {fd}")))?;
+    }
+    // SAFETY: fds 0 and 1 are open (set_nonblocking succeeded) and nothing else
+    // in this process uses them: -s reserves stdin and stdout for the client.
+    let rfd = unsafe { sys::own_fd(0) };
+    let wfd = if sys::same_file(0, 1) {
+        None
+    } else {
+        // SAFETY: as above.
+        Some(unsafe { sys::own_fd(1) })
+    };
+    Ok((rfd, wfd))
+}
