@@ -358,6 +358,10 @@ fn block_status(s: &Session, env: &mut Env, req: &Request, len: u64, out: &mut O
 /// Makes extents fit the reply: none past the request with REQ_ONE, and none
 /// wider than 32 bits in compact replies (cut at a block boundary, dropping the rest).
 fn clip_extents(ext: &mut Vec<Extent>, len: u64, req_one: bool, style: Style, min_block: u32) {
+    if ext.is_empty() {
+        // A backend that found nothing to say: status 0 ("allocated") is always true.
+        ext.push(Extent { len, flags: 0 });
+    }
     if req_one {
         ext.truncate(1);
         ext[0].len = ext[0].len.min(len);
