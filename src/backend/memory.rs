@@ -45,17 +45,32 @@ impl Memory {
         Rc::get_mut(page).expect("a page nobody else holds")
     }
 
-    /// Zeroes a range, giving back every page that ends up all zero.
-    fn clear(&mut self, offset: u64, len: u64) {
-        for (idx, within, n) in pieces(offset, len, PAGE as u64) {
-            if n == PAGE {
+    /// Zeroes a range, giving back every page that ends up all zero (when
+    /// `free`), or keeping every page it touches (NO_HOLE). Only pages that exist
+    /// are visited, so a zero or trim of an exabyte costs what is allocated in it.
+    fn clear(&mut self, offset: u64, len: u64, free: bool) {
+        let Some(last) = (offset + len).checked_sub(1) else {
+            return;
+        };
+        let (first_page, last_page) = (offset / PAGE as u64, last / PAGE as u64);
+        let allocated: Vec<u64> = self
+            .pages
+            .range(first_page..=last_page)
+            .map(|(&k, _)| k)
+            .collect();
+        for idx in allocated {
+            let start = (idx * PAGE as u64).max(offset);
+            let end = ((idx + 1) * PAGE as u64).min(offset + len);
+            let within = (start - idx * PAGE as u64) as usize;
+            let n = (end - start) as usize;
+            if n == PAGE && free {
                 self.pages.remove(&idx);
-            } else if self.pages.contains_key(&idx) {
-                let page = self.page_mut(idx);
-                page[within..within + n].fill(0);
-                if page.iter().all(|&b| b == 0) {
-                    self.pages.remove(&idx);
-                }
+                continue;
+            }
+            let page = self.page_mut(idx);
+            page[within..within + n].fill(0);
+            if free && page.iter().all(|&b| b == 0) {
+                self.pages.remove(&idx);
             }
         }
     }
@@ -106,19 +121,15 @@ impl Backend for Memory {
     }
 
     fn trim(&mut self, offset: u64, len: u64, _fua: bool) -> io::Result<()> {
-        self.clear(offset, len);
+        self.clear(offset, len, true);
         Ok(())
     }
 
     fn zero(&mut self, offset: u64, len: u64, how: Zero, _fua: bool) -> io::Result<()> {
-        if how.may_trim {
-            self.clear(offset, len);
-        } else {
-            // NO_HOLE: the range must stay provisioned.
-            for (idx, within, n) in pieces(offset, len, PAGE as u64) {
-                self.page_mut(idx)[within..within + n].fill(0);
-            }
-        }
+        // NO_HOLE: pages that hold data stay allocated (zeroed in place). Pages
+        // that are absent stay absent: allocating zeroes on request would let one
+        // request take all the memory there is.
+        self.clear(offset, len, how.may_trim);
         Ok(())
     }
 
@@ -253,15 +264,30 @@ mod tests {
     }
 
     #[test]
-    fn no_hole_keeps_pages() {
+    fn no_hole_keeps_pages_but_allocates_none() {
         let mut m = Memory::new(1 << 20);
         let how = Zero {
             may_trim: false,
             fast: false,
         };
+        m.write(&[5; 10], 0, false).unwrap();
         m.zero(0, 3 * PAGE as u64, how, false).unwrap();
-        assert_eq!(m.pages.len(), 3);
-        assert_eq!(extents(&mut m, 0, 1 << 20)[0], (3 * PAGE as u64, 0));
+        assert_eq!(m.pages.len(), 1, "the written page stays, no others appear");
+        let mut b = [9u8; 10];
+        m.read(&mut b, 0).unwrap();
+        assert_eq!(b, [0; 10]);
+        assert_eq!(extents(&mut m, 0, 1 << 20)[0], (PAGE as u64, 0));
+    }
+
+    #[test]
+    fn huge_trims_cost_what_is_allocated() {
+        let size = i64::MAX as u64;
+        let mut m = Memory::new(size);
+        m.write(b"x", 1 << 40, false).unwrap();
+        m.write(b"y", size - 1, false).unwrap();
+        m.zero(0, size, FAST, false).unwrap(); // visits two pages, not 2^48
+        assert!(m.pages.is_empty());
+        m.trim(0, 0, false).unwrap();
     }
 
     #[test]
