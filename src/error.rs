@@ -25,7 +25,30 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
             Error::Usage(msg) => f.write_str(msg),
-            Error::Setup(what, e) => write!(f, "{what}: {e}"),
+            Error::Setup(what, e) => write!(f, "{what}: {}", plain(e)),
         }
+    }
+}
+
+/// An I/O error as a user reads it: "No such file or directory", without Rust's
+/// " (os error 2)" suffix.
+fn plain(e: &io::Error) -> String {
+    let text = e.to_string();
+    match (e.raw_os_error(), text.rfind(" (os error ")) {
+        (Some(_), Some(i)) => text[..i].to_string(),
+        _ => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_read_like_c_tools() {
+        let e = Error::Setup("disk.img".into(), io::Error::from_raw_os_error(libc::ENOENT));
+        assert_eq!(e.to_string(), "disk.img: No such file or directory");
+        let e = Error::Setup("x".into(), io::Error::other("odd"));
+        assert_eq!(e.to_string(), "x: odd");
     }
 }
