@@ -69,6 +69,8 @@ pub struct Server {
     /// Set by a shutdown: the moment remaining connections are cut.
     deadline: Option<Instant>,
     accept_paused_until: Option<Instant>,
+    /// accept() ran out of descriptors (logged once until one succeeds again).
+    out_of_fds: bool,
     /// Read once per wake-up, for the connections' timekeeping.
     now: Instant,
     exit_code: i32,
@@ -110,6 +112,7 @@ impl Server {
             single,
             deadline: None,
             accept_paused_until: None,
+            out_of_fds: false,
             now: Instant::now(),
             exit_code: 0,
             exit_now: false,
@@ -306,6 +309,7 @@ impl Server {
             };
             match l.accept() {
                 Ok(fd) => {
+                    self.out_of_fds = false;
                     if let Err(e) = self.add(fd, None) {
                         log::warn!("cannot register a new connection: {e}");
                     }
@@ -314,7 +318,10 @@ impl Server {
                     _ if e.kind() == io::ErrorKind::WouldBlock => return,
                     Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO) => continue,
                     Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                        log::warn!("accept: {e}: pausing new connections");
+                        if !self.out_of_fds {
+                            log::warn!("accept: {e}: pausing new connections");
+                            self.out_of_fds = true;
+                        }
                         self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                         return;
                     }
