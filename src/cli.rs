@@ -34,8 +34,8 @@ Options:
       --run CMD           run CMD (with $uri set), exit when it exits
       --exit-with-parent  exit when the parent process exits
       --idle-timeout SECS exit once no client has been connected for SECS
-      --busy-poll USECS   spin this long for the next request before sleeping
-                          (default 50; 0 never spins)
+      --busy-poll USECS   spin up to this long for the next request before
+                          sleeping; adapts to the traffic (default 50; 0: never)
       --no-sr             do not offer structured replies
       --tls off           TLS is not supported: only 'off' is accepted
   -t, --threads N         accepted for nbdkit compatibility; ignored

@@ -46,7 +46,10 @@ mod tests {
 
     #[test]
     fn messages_read_like_c_tools() {
-        let e = Error::Setup("disk.img".into(), io::Error::from_raw_os_error(libc::ENOENT));
+        let e = Error::Setup(
+            "disk.img".into(),
+            io::Error::from_raw_os_error(libc::ENOENT),
+        );
         assert_eq!(e.to_string(), "disk.img: No such file or directory");
         let e = Error::Setup("x".into(), io::Error::other("odd"));
         assert_eq!(e.to_string(), "x: odd");

@@ -33,6 +33,46 @@ const SHUTDOWN_TICK: Duration = Duration::from_millis(50);
 /// How long to stop accepting after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How long to busy-poll before sleeping, adapted to the traffic (as qemu's
+/// AioContext polling is).
+///
+/// A client that sends its next request a few microseconds after our reply finds
+/// us awake: putting a thread to sleep and waking it again (an IPI, a VM exit
+/// under virtualisation) costs more than such a spin, in latency and often in CPU
+/// too. The window follows how long the loop had to wait for its next event after
+/// work (the wake-up latency included): waits of a few windows keep it, or grow it
+/// back to the maximum; long waits (sparse traffic) halve it, down to no spinning
+/// at all. An idle server never spins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Spin {
+    max: Duration,
+    window: Duration,
+}
+
+impl Spin {
+    /// Below this, a window is not worth spinning: none at all.
+    const FLOOR: Duration = Duration::from_micros(2);
+
+    fn new(max: Duration) -> Spin {
+        Spin { max, window: max }
+    }
+
+    /// The loop waited `wait` for an event after work, spinning first or not.
+    fn waited(&mut self, wait: Duration) {
+        if wait <= self.window {
+            return; // the spin caught it
+        }
+        if wait < 2 * self.max {
+            self.window = (self.window * 2).max(Self::FLOOR).min(self.max);
+        } else if wait > 4 * self.max {
+            self.window /= 2;
+            if self.window < Self::FLOOR {
+                self.window = Duration::ZERO;
+            }
+        }
+    }
+}
+
 /// What `Server::new` needs besides the backend.
 pub struct Setup {
     pub export: Export,
@@ -61,7 +101,7 @@ pub struct Server {
     ready: Vec<usize>,
     oldstyle: bool,
     idle_timeout: Option<Duration>,
-    busy_poll: Duration,
+    spin: Spin,
     /// When the last connection closed (or the server started).
     idle_since: Instant,
     /// Exit when the last connection closes and no listener is left (`-s`, `Accept=yes`).
@@ -107,7 +147,7 @@ impl Server {
             ready: Vec::new(),
             oldstyle: setup.oldstyle,
             idle_timeout: setup.idle_timeout,
-            busy_poll: setup.busy_poll,
+            spin: Spin::new(setup.busy_poll),
             idle_since: Instant::now(),
             single,
             deadline: None,
@@ -142,6 +182,7 @@ impl Server {
                 return code;
             }
             let timeout = self.timeout();
+            let start = Instant::now();
             let spun = timeout != Some(Duration::ZERO) && busy && self.spin(&mut events);
             if !spun && let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -149,6 +190,9 @@ impl Server {
                 }
                 log::error!("poll: {e}");
                 return 1;
+            }
+            if busy && !events.is_empty() && timeout != Some(Duration::ZERO) {
+                self.spin.waited(start.elapsed());
             }
             busy = !events.is_empty();
             self.now = Instant::now();
@@ -186,13 +230,11 @@ impl Server {
         }
     }
 
-    /// Busy-polls for up to `busy_poll` before the loop goes to sleep, and only
-    /// right after it found work. A client that sends its next request a few
-    /// microseconds after our reply then finds us awake: putting a thread to sleep
-    /// and waking it (an IPI, a VM exit under virtualisation) costs more than the
-    /// spin, in latency and often in CPU too. An idle server never spins.
+    /// Busy-polls for up to the spin window before the loop goes to sleep, and
+    /// only right after it found work. See `Spin`.
     fn spin(&mut self, events: &mut Events) -> bool {
-        if self.busy_poll.is_zero() {
+        let window = self.spin.window;
+        if window.is_zero() {
             return false;
         }
         let start = Instant::now();
@@ -200,7 +242,7 @@ impl Server {
             if self.poll.poll(events, Some(Duration::ZERO)).is_ok() && !events.is_empty() {
                 return true;
             }
-            if start.elapsed() >= self.busy_poll {
+            if start.elapsed() >= window {
                 return false;
             }
             std::hint::spin_loop();
@@ -481,5 +523,36 @@ impl Server {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spin_window_adapts() {
+        let max = Duration::from_micros(50);
+        let us = Duration::from_micros;
+        let mut s = Spin::new(max);
+        s.waited(us(20)); // caught by the spin
+        assert_eq!(s.window, max);
+        s.waited(us(90)); // missed, but the traffic is still dense
+        assert_eq!(s.window, max);
+        for _ in 0..6 {
+            s.waited(us(600)); // sparse traffic
+        }
+        assert_eq!(s.window, Duration::ZERO, "no spinning for sparse traffic");
+        s.waited(us(150)); // neither dense nor sparse: no change
+        assert_eq!(s.window, Duration::ZERO);
+        s.waited(us(60)); // dense again (wake-up latency included)
+        assert_eq!(s.window, Spin::FLOOR);
+        for _ in 0..10 {
+            s.waited(us(60));
+        }
+        assert_eq!(s.window, max);
+        let mut off = Spin::new(Duration::ZERO);
+        off.waited(us(1));
+        assert_eq!(off.window, Duration::ZERO, "--busy-poll 0 never spins");
     }
 }
