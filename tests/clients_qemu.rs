@@ -20,6 +20,24 @@ fn qemu_io(uri: &str, cmds: &[&str]) -> String {
     out
 }
 
+/// `qemu-img convert -f raw -O raw FROM TO` (`-n`: into an existing target).
+fn convert(from: &str, to: &str, existing: bool) {
+    let mut c = Command::new("qemu-img");
+    c.arg("convert");
+    if existing {
+        c.arg("-n");
+    }
+    run_ok(c.args(["-f", "raw", "-O", "raw", from, to]), 300);
+}
+
+/// `qemu-img compare`: the two raw images hold the same bytes.
+fn compare(a: &str, b: &str) {
+    run_ok(
+        Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "raw", a, b]),
+        300,
+    );
+}
+
 /// Deterministic bytes that differ at every offset.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed
@@ -155,50 +173,16 @@ fn convert_a_file_export_out_and_in() {
     let srv = Server::start(&["file", src.to_str().unwrap()]);
     // Out: export -> file, byte-identical.
     let copy = dir.join("copy.raw");
-    run_ok(
-        Command::new("qemu-img").args([
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &srv.uri(),
-            copy.to_str().unwrap(),
-        ]),
-        120,
-    );
+    convert(&srv.uri(), copy.to_str().unwrap(), false);
     assert_same_file(&src, &copy);
-    run_ok(
-        Command::new("qemu-img").args([
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "raw",
-            &srv.uri(),
-            copy.to_str().unwrap(),
-        ]),
-        120,
-    );
+    compare(&srv.uri(), copy.to_str().unwrap());
     drop(srv);
 
     // In: file -> a file export of the same size.
     let target = dir.join("target.raw");
     fs::write(&target, vec![0u8; 24 << 20]).unwrap();
     let srv = Server::start(&["file", target.to_str().unwrap()]);
-    run_ok(
-        Command::new("qemu-img").args([
-            "convert",
-            "-n",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            src.to_str().unwrap(),
-            &srv.uri(),
-        ]),
-        120,
-    );
+    convert(src.to_str().unwrap(), &srv.uri(), true);
     drop(srv); // every reply was acknowledged before qemu-img exited
     assert_same_file(&src, &target);
 }
@@ -222,18 +206,7 @@ fn sparse_file_holes_survive() {
     assert!(map.contains(r#""start": 0, "length": 8388608, "depth": 0, "present": true, "zero": true, "data": false"#), "{map}");
     assert!(map.contains(r#""start": 8388608, "length": 1048576, "depth": 0, "present": true, "zero": false, "data": true"#), "{map}");
     let copy = dir.join("copy.raw");
-    run_ok(
-        Command::new("qemu-img").args([
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &srv.uri(),
-            copy.to_str().unwrap(),
-        ]),
-        60,
-    );
+    convert(&srv.uri(), copy.to_str().unwrap(), false);
     assert_same_file(&img, &copy);
     // Discard punches a hole in the file itself.
     qemu_io(&srv.uri(), &["discard 8m 1m", "read -P 0 8m 1m"]);
@@ -282,30 +255,8 @@ fn a_gibibyte_through_memory() {
         ],
     );
     let out = dir.join("out.raw");
-    run_ok(
-        Command::new("qemu-img").args([
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &srv.uri(),
-            out.to_str().unwrap(),
-        ]),
-        300,
-    );
-    run_ok(
-        Command::new("qemu-img").args([
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "raw",
-            &srv.uri(),
-            out.to_str().unwrap(),
-        ]),
-        300,
-    );
+    convert(&srv.uri(), out.to_str().unwrap(), false);
+    compare(&srv.uri(), out.to_str().unwrap());
     let f = fs::File::open(&out).unwrap();
     assert_eq!(f.metadata().unwrap().len(), 1 << 30);
 }

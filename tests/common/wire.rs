@@ -136,8 +136,7 @@ pub struct Client {
 impl Client {
     /// Connects and reads the 18-byte newstyle greeting.
     pub fn connect(path: &Path) -> Client {
-        let c = Client::connect_raw(path);
-        let mut c = c;
+        let mut c = Client::connect_raw(path);
         let g = c.recv(18);
         assert_eq!(be64(&g), NBDMAGIC);
         assert_eq!(be64(&g[8..]), IHAVEOPT);
