@@ -100,8 +100,15 @@ pub fn take(n: u32) -> Result<Vec<Inherited>, Error> {
                 fd: owned,
                 domain: kind.domain,
             }
-        } else {
+        } else if kind.domain == libc::AF_UNIX {
             Inherited::Connection(owned)
+        } else {
+            // A TCP client (Accept=yes): replies are written whole, so no Nagle.
+            let tcp = std::net::TcpStream::from(owned);
+            if let Err(e) = tcp.set_nodelay(true) {
+                log::debug!("fd {fd}: TCP_NODELAY: {e}");
+            }
+            Inherited::Connection(tcp.into())
         });
     }
     Ok(out)

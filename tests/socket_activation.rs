@@ -558,3 +558,27 @@ fn under_systemd_socket_activate_accept() {
         out.stdout.is_empty()
     });
 }
+
+#[test]
+fn accept_mode_over_tcp() {
+    if !have(&["systemd-socket-activate", "qemu-io"]) {
+        return;
+    }
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _sa = Reap(sa_child(&["--accept", "-l", &addr, bin(), "memory", "1M"]));
+    retry_ok("the TCP socket", || TcpStream::connect(&addr).is_ok());
+    let out = run_ok(
+        Command::new("qemu-io").args([
+            "-f",
+            "raw",
+            &format!("nbd://{addr}"),
+            "-c",
+            "write -P 9 0 64k",
+            "-c",
+            "read -P 9 0 64k",
+        ]),
+        30,
+    );
+    assert!(!out.contains("failed"), "{out}");
+}
