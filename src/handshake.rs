@@ -79,7 +79,7 @@ impl Handshake {
             Parse::NeedMore => return Outcome::Continue(0),
             Parse::Malformed(why) => return Outcome::Close(why),
         };
-        if self.options == MAX_OPTIONS {
+        if self.options == MAX_OPTIONS && hdr.opt != OPT_ABORT {
             return Outcome::Close("too many options without choosing an export");
         }
         if hdr.len > MAX_OPTION_DATA {
