@@ -110,6 +110,11 @@ fn activate(
     }
 }
 
+/// The usual case: one socket at fd 3, LISTEN_FDS=1 and our own pid.
+fn activate_one(dir: &TempDir, fd3: Stdio, args: &[&str]) -> Activated {
+    activate(dir, fd3, None, "1", None, &[], args)
+}
+
 fn unix_listener(dir: &TempDir) -> (UnixListener, PathBuf) {
     let path = dir.join("sock");
     (UnixListener::bind(&path).unwrap(), path)
@@ -130,15 +135,7 @@ fn greeting(mut s: impl Read) -> [u8; 8] {
 fn the_seed_test_and_a_full_session() {
     let dir = TempDir::new();
     let (l, path) = unix_listener(&dir);
-    let mut srv = activate(
-        &dir,
-        stdio_of(l),
-        None,
-        "1",
-        None,
-        &[],
-        &["-v", "memory", "1M"],
-    );
+    let mut srv = activate_one(&dir, stdio_of(l), &["-v", "memory", "1M"]);
     srv.wait_serving();
     let s = UnixStream::connect(&path).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -179,7 +176,7 @@ fn a_client_queued_before_the_server_starts() {
     early
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let _srv = activate(&dir, stdio_of(l), None, "1", None, &[], &["memory", "1M"]);
+    let _srv = activate_one(&dir, stdio_of(l), &["memory", "1M"]);
     assert_eq!(&greeting(&early), b"NBDMAGIC");
 }
 
@@ -340,15 +337,7 @@ fn broken_inheritance_is_fatal_and_never_spins() {
     assert_eq!(log.lines().count(), 1, "{log}");
     // fd 3 is /dev/null (nbdkit 1.32 spins on this).
     let null = fs::File::open("/dev/null").unwrap();
-    let mut srv = activate(
-        &dir,
-        Stdio::from(null),
-        None,
-        "1",
-        None,
-        &[],
-        &["memory", "1M"],
-    );
+    let mut srv = activate_one(&dir, Stdio::from(null), &["memory", "1M"]);
     assert_eq!(srv.exit_status(10).code(), Some(1));
     assert!(
         srv.log_text().contains("fd 3 is not a usable socket"),
@@ -357,7 +346,7 @@ fn broken_inheritance_is_fatal_and_never_spins() {
     );
     // fd 3 is a datagram socket.
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut srv = activate(&dir, stdio_of(udp), None, "1", None, &[], &["memory", "1M"]);
+    let mut srv = activate_one(&dir, stdio_of(udp), &["memory", "1M"]);
     assert_eq!(srv.exit_status(10).code(), Some(1));
     assert!(
         srv.log_text().contains("not a stream socket"),
@@ -383,15 +372,7 @@ fn an_accepted_connection_is_one_client_then_exit() {
     // systemd Accept=yes: fd 3 is the client itself.
     let dir = TempDir::new();
     let (ours, theirs) = UnixStream::pair().unwrap();
-    let mut srv = activate(
-        &dir,
-        stdio_of(theirs),
-        None,
-        "1",
-        None,
-        &[],
-        &["memory", "1M"],
-    );
+    let mut srv = activate_one(&dir, stdio_of(theirs), &["memory", "1M"]);
     srv.wait_serving();
     ours.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -439,13 +420,9 @@ fn idle_exit_leaves_the_socket_to_the_next_server() {
     let dir = TempDir::new();
     let (l, path) = unix_listener(&dir);
     let keep = l.try_clone().unwrap(); // the superserver's copy
-    let mut srv = activate(
+    let mut srv = activate_one(
         &dir,
         stdio_of(l),
-        None,
-        "1",
-        None,
-        &[],
         &["--idle-timeout", "0.5", "memory", "1M"],
     );
     srv.wait_serving();
@@ -463,15 +440,7 @@ fn idle_exit_leaves_the_socket_to_the_next_server() {
     late.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     // …and the next activated server greets it.
-    let _next = activate(
-        &dir,
-        stdio_of(keep),
-        None,
-        "1",
-        None,
-        &[],
-        &["memory", "1M"],
-    );
+    let _next = activate_one(&dir, stdio_of(keep), &["memory", "1M"]);
     assert_eq!(&greeting(&late), b"NBDMAGIC");
 }
 
