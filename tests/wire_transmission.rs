@@ -168,7 +168,10 @@ fn oversized_and_truncated_requests() {
     // within the 64 MiB served.
     let big = vec![7u8; 48 << 20];
     assert_eq!(c.write(0, &big), 0);
-    assert_eq!(c.read(0, (48 << 20) - 4, 8).unwrap(), [7, 7, 7, 7, 0, 0, 0, 0]);
+    assert_eq!(
+        c.read(0, (48 << 20) - 4, 8).unwrap(),
+        [7, 7, 7, 7, 0, 0, 0, 0]
+    );
     // Bad magic: that client is dropped, others are not.
     c.send_lossy(&[0x12, 0x56, 0x09, 0x53, 0, 0, 0, 0]);
     c.send_lossy(&[0; 20]); // the server may already have hung up
