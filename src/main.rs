@@ -2,27 +2,10 @@
 //! command line, sets up logging, and hands over to `startup`; errors become a
 //! one-line message and exit status 1.
 
-mod activation;
-mod backend;
-mod buf;
-mod captive;
-mod cli;
-mod conn;
-mod daemon;
-mod error;
-mod export;
-mod handshake;
-mod listen;
-mod notify;
-mod proto;
-mod server;
-mod startup;
-mod sys;
-mod transmission;
-
-use activation::Detected;
-use cli::Command;
-use error::Error;
+use nbdlite::activation::{self, Detected};
+use nbdlite::cli::{self, Command};
+use nbdlite::error::Error;
+use nbdlite::{startup, sys};
 
 fn main() {
     let code = match real_main() {

@@ -1,0 +1,22 @@
+//! nbdlite as a library: the server's modules, shared by the `nbdlite` binary,
+//! the `nbdlite-bench` load generator, the fuzz targets and the tests. Only the
+//! binary is a supported interface; the library exists so that the protocol
+//! code that is fuzzed and tested is the very code the server runs.
+
+pub mod activation;
+pub mod backend;
+pub mod buf;
+pub mod captive;
+pub mod cli;
+pub mod conn;
+pub mod daemon;
+pub mod error;
+pub mod export;
+pub mod handshake;
+pub mod listen;
+pub mod notify;
+pub mod proto;
+pub mod server;
+pub mod startup;
+pub mod sys;
+pub mod transmission;
