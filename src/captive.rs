@@ -48,7 +48,9 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-/// Starts the command with `$uri`, `$nbd`, `$port`, `$unixsocket` and `$exportname` set.
+/// Starts the command with `$uri`, `$nbd`, `$port`, `$unixsocket`, `$exportname`
+/// and `$tls` in its environment, so the shell expands them where CMD says
+/// `$name`. `$nbd` equals `$uri`, as in nbdkit ≥ 1.24: qemu takes URIs.
 pub fn spawn(cmd: &str, ep: &Endpoint) -> Result<Child, Error> {
     let uri = uri(ep);
     let mut c = Command::new("/bin/sh");
@@ -61,7 +63,8 @@ pub fn spawn(cmd: &str, ep: &Endpoint) -> Result<Child, Error> {
             "unixsocket",
             ep.unix.map(|p| p.as_os_str()).unwrap_or_default(),
         )
-        .env("exportname", ep.export_name);
+        .env("exportname", ep.export_name)
+        .env("tls", "0");
     c.spawn().map_err(Error::setup("--run: /bin/sh"))
 }
 

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::logging::Sink;
 
 pub const DEFAULT_PORT: u16 = 10809;
 /// See `Server::spin`: long enough to catch a client's next request at queue
@@ -31,7 +32,13 @@ Options:
   -P, --pidfile PATH      write the server's pid here once it is listening
   -n, --newstyle          fixed newstyle handshake (default)
   -o, --oldstyle          oldstyle handshake
-      --run CMD           run CMD (with $uri set), exit when it exits
+      --run CMD           run CMD (with $uri set), exit when it exits; implies
+                          -f and, without -U/-p/-i, a private Unix socket
+      --print-uri         print the export's NBD URI on stdout once listening
+  -u, --user USER         change to this user (name or uid) after binding
+  -g, --group GROUP       change to this group (name or gid) after binding
+      --log DEST          stderr, syslog or null (default: stderr in the
+                          foreground, syslog once in the background)
       --exit-with-parent  exit when the parent process exits
       --idle-timeout SECS exit once no client has been connected for SECS
       --busy-poll USECS   spin up to this long for the next request before
@@ -94,6 +101,13 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     pub busy_poll: Duration,
     pub no_sr: bool,
+    pub print_uri: bool,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// `--log`; `None` means the default, which depends on forking.
+    pub log: Option<Sink>,
+    /// `-t N` was given: warn that it is ignored.
+    pub threads_ignored: bool,
     pub backend: BackendSpec,
 }
 
@@ -123,6 +137,9 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
     let tls: Option<String> = p.opt_value_from_str("--tls").map_err(bad)?;
     let threads: Option<String> = p.opt_value_from_str(["-t", "--threads"]).map_err(bad)?;
     let busy_poll: Option<String> = p.opt_value_from_str("--busy-poll").map_err(bad)?;
+    let user: Option<String> = p.opt_value_from_str(["-u", "--user"]).map_err(bad)?;
+    let group: Option<String> = p.opt_value_from_str(["-g", "--group"]).map_err(bad)?;
+    let log: Option<String> = p.opt_value_from_str("--log").map_err(bad)?;
 
     if p.contains("--help") || p.contains("-h") {
         return Ok(Command::Help);
@@ -138,6 +155,7 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
     let oldstyle = p.contains(["-o", "--oldstyle"]);
     let exit_with_parent = p.contains("--exit-with-parent");
     let no_sr = p.contains("--no-sr");
+    let print_uri = p.contains("--print-uri");
 
     if activated {
         for (given, flag) in [
@@ -171,10 +189,24 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
             )));
         }
     }
-    if let Some(t) = threads
+    if let Some(t) = &threads
         && t.parse::<u32>().is_err()
     {
         return Err(Error::usage(format!("-t: not a number: '{t}'")));
+    }
+    let log = log
+        .map(|l| {
+            Sink::parse(&l).ok_or_else(|| {
+                Error::usage(format!(
+                    "--log: expecting stderr, syslog or null, not '{l}'"
+                ))
+            })
+        })
+        .transpose()?;
+    for (flag, v) in [("-u", &user), ("-g", &group)] {
+        if v.as_deref() == Some("") {
+            return Err(Error::usage(format!("{flag}: empty name")));
+        }
     }
     let port = port.map(|s| parse_port(&s)).transpose()?;
     let idle_timeout = idle.map(|s| parse_seconds(&s)).transpose()?;
@@ -189,13 +221,17 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
             }
         },
     };
-    let unix = unix.map(|u| {
+    let mut unix = unix.map(|u| {
         if u == "-" {
             UnixSocket::Random
         } else {
             UnixSocket::Path(PathBuf::from(u))
         }
     });
+    if run.is_some() && unix.is_none() && port.is_none() && ipaddr.is_none() {
+        // A captive server is private unless asked otherwise.
+        unix = Some(UnixSocket::Random);
+    }
     let export_name = export_name.unwrap_or_default();
     for (what, s) in [
         ("export name", Some(&export_name)),
@@ -243,6 +279,11 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
         idle_timeout,
         busy_poll,
         no_sr,
+        print_uri,
+        user,
+        group,
+        log,
+        threads_ignored: threads.is_some(),
         backend,
     })))
 }
@@ -349,6 +390,31 @@ mod tests {
             Err(e) => e.to_string(),
             Ok(c) => panic!("{s}: accepted: {c:?}"),
         }
+    }
+
+    #[test]
+    fn nbdkit_service_options() {
+        let c = config("-u nobody --group=nogroup --log=syslog --print-uri -t 4 memory 1M");
+        assert_eq!(c.user.as_deref(), Some("nobody"));
+        assert_eq!(c.group.as_deref(), Some("nogroup"));
+        assert_eq!(c.log, Some(Sink::Syslog));
+        assert!(c.print_uri && c.threads_ignored);
+        let c = config("--threads=2 --log null memory 1M");
+        assert_eq!((c.log, c.threads_ignored), (Some(Sink::Null), true));
+        assert_eq!(config("memory 1M").log, None);
+        assert!(error("--log=journal memory 1M", false).contains("--log"));
+        assert!(error("-u= memory 1M", false).contains("-u"));
+    }
+
+    #[test]
+    fn run_defaults_to_a_private_socket() {
+        assert_eq!(
+            config("--run true memory 1M").unix,
+            Some(UnixSocket::Random)
+        );
+        let c = config("--run true -p 0 memory 1M");
+        assert_eq!((c.unix, c.port), (None, Some(0)));
+        assert_eq!(config("--run true -i ::1 memory 1M").unix, None);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::backend::{Backend, Extent};
 use crate::buf::{InBuf, OutQueue, Pool};
 use crate::export::{Export, MAX_REQUEST};
 use crate::handshake::{Handshake, Outcome};
+use crate::logging;
 use crate::proto::option::{greeting_newstyle, greeting_oldstyle};
 use crate::proto::reply::Style;
 use crate::proto::request::parse_request;
@@ -169,6 +170,7 @@ impl Conn {
 
     /// Does as much work as readiness and the turn allow.
     pub fn drive(&mut self, ctx: &mut Ctx) -> Step {
+        let _scope = logging::conn_scope(self.id);
         let step = self.turn(ctx);
         // Storage with nothing pending goes back to the pool between bursts.
         self.inb.release(ctx.pool);
@@ -176,11 +178,7 @@ impl Conn {
             self.out.release(ctx.pool);
         }
         if step == Step::Close {
-            log::debug!(
-                "conn {}: closed: {}",
-                self.id,
-                self.closing.unwrap_or("error")
-            );
+            log::debug!("closed: {}", self.closing.unwrap_or("error"));
         }
         step
     }
@@ -200,7 +198,7 @@ impl Conn {
                 && !self.out.is_empty()
                 && let Err(e) = self.flush(ctx.pool)
             {
-                log::debug!("conn {}: write: {e}", self.id);
+                log::debug!("write: {e}");
                 return Step::Close;
             }
             if self.closing.is_some() {
@@ -225,10 +223,7 @@ impl Conn {
             // The front message is incomplete: read more.
             if self.eof {
                 if !self.inb.is_empty() || self.skip > 0 {
-                    log::warn!(
-                        "conn {}: client disconnected in the middle of a message",
-                        self.id
-                    );
+                    log::warn!("client disconnected in the middle of a message");
                 }
                 self.closing = Some("client closed the connection");
                 continue;
@@ -252,7 +247,7 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    log::debug!("conn {}: read: {e}", self.id);
+                    log::debug!("read: {e}");
                     return Step::Close;
                 }
             }
@@ -320,8 +315,7 @@ impl Conn {
             Outcome::Transmission { consumed, session } => {
                 self.inb.consume(consumed);
                 log::debug!(
-                    "conn {}: transmission: {:?}, flags {:#x}, base:allocation {}",
-                    self.id,
+                    "transmission: {:?}, flags {:#x}, base:allocation {}",
                     session.style,
                     session.flags,
                     session.meta
@@ -331,7 +325,7 @@ impl Conn {
             }
             Outcome::Abort => Progress::Close("client aborted"),
             Outcome::Close(why) => {
-                log::warn!("conn {}: handshake: {why}: disconnecting", self.id);
+                log::warn!("handshake: {why}: disconnecting");
                 Progress::Close(why)
             }
         }
@@ -342,7 +336,7 @@ impl Conn {
             Parse::Done(req, n) => (req, n),
             Parse::NeedMore => return Progress::NeedInput,
             Parse::Malformed(why) => {
-                log::warn!("conn {}: {why}: disconnecting", self.id);
+                log::warn!("{why}: disconnecting");
                 return Progress::Close(why);
             }
         };
@@ -351,15 +345,11 @@ impl Conn {
         }
         if req.payload > MAX_REQUEST {
             if s.extended() {
-                log::warn!(
-                    "conn {}: payload of {} bytes: disconnecting",
-                    self.id,
-                    req.payload
-                );
+                log::warn!("payload of {} bytes: disconnecting", req.payload);
                 return Progress::Close("payload too large");
             }
             // Compact WRITE: refuse it, then read past its payload without keeping it.
-            log::warn!("conn {}: WRITE of {} bytes refused", self.id, req.payload);
+            log::warn!("WRITE of {} bytes refused", req.payload);
             let mut out = self.out.writer(ctx.pool);
             transmission::error(s, &req, &mut out, crate::proto::EINVAL, "request too large");
             self.inb.consume(hdr);

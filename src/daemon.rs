@@ -88,3 +88,76 @@ impl Drop for Cleanup {
         }
     }
 }
+
+/// Who to become with `-u USER` / `-g GROUP` (names, or numbers). A user
+/// without `-g` takes the user's primary group, so no root group stays.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity {
+    uid: Option<libc::uid_t>,
+    gid: Option<libc::gid_t>,
+}
+
+impl Identity {
+    /// Looks the names up now, while /etc is surely readable.
+    pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Option<Identity>, Error> {
+        if user.is_none() && group.is_none() {
+            return Ok(None);
+        }
+        let (uid, primary_gid) = match user {
+            None => (None, None),
+            Some(u) => {
+                let (uid, gid) = resolve_user(u)?;
+                (Some(uid), gid)
+            }
+        };
+        let gid = match group {
+            Some(g) => Some(resolve_group(g)?),
+            None => primary_gid,
+        };
+        Ok(Some(Identity { uid, gid }))
+    }
+
+    /// Hands a file we made as root (the private directory and socket of
+    /// `-U -`) to the new identity, so that it can still be used and removed.
+    pub fn give(&self, path: &Path) -> Result<(), Error> {
+        std::os::unix::fs::chown(path, self.uid, self.gid)
+            .map_err(Error::setup(format!("chown {}", path.display())))
+    }
+
+    /// Drops root's privileges for good, once the sockets are bound and the
+    /// backend is open, before any client is served.
+    pub fn assume(&self) -> Result<(), Error> {
+        sys::change_identity(self.uid, self.gid).map_err(|e| {
+            let who = [
+                self.uid.map(|u| format!("uid {u}")),
+                self.gid.map(|g| format!("gid {g}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" and ");
+            Error::Setup(format!("cannot change to {who}"), e)
+        })?;
+        log::debug!("running as uid {:?} gid {:?}", self.uid, self.gid);
+        Ok(())
+    }
+}
+
+fn resolve_user(u: &str) -> Result<(libc::uid_t, Option<libc::gid_t>), Error> {
+    match sys::lookup_user(u).map_err(Error::setup(format!("-u {u}")))? {
+        Some((uid, gid)) => Ok((uid, Some(gid))),
+        None => u
+            .parse()
+            .map(|uid| (uid, None))
+            .map_err(|_| Error::usage(format!("-u: no such user: {u}"))),
+    }
+}
+
+fn resolve_group(g: &str) -> Result<libc::gid_t, Error> {
+    match sys::lookup_group(g).map_err(Error::setup(format!("-g {g}")))? {
+        Some(gid) => Ok(gid),
+        None => g
+            .parse()
+            .map_err(|_| Error::usage(format!("-g: no such group: {g}"))),
+    }
+}

@@ -5,7 +5,7 @@
 use nbdlite::activation::{self, Detected};
 use nbdlite::cli::{self, Command};
 use nbdlite::error::Error;
-use nbdlite::{startup, sys};
+use nbdlite::{logging, startup, sys};
 
 fn main() {
     let code = match real_main() {
@@ -46,6 +46,9 @@ impl Environment {
 }
 
 fn real_main() -> Result<i32, Error> {
+    // Before anything else: --exit-with-parent must notice a parent that died
+    // before the kernel was asked to tell us.
+    let parent = sys::getppid();
     let env = Environment::take();
     let activated = match activation::detect(
         env.listen_pid.as_deref(),
@@ -73,22 +76,12 @@ fn real_main() -> Result<i32, Error> {
         }
         Command::Serve(cfg) => cfg,
     };
-    init_logging(cfg.verbose);
+    logging::init(cfg.log.unwrap_or(logging::Sink::Stderr), cfg.verbose);
     if let Some(n) = activated {
         log::debug!(
             "socket activation: {n} fd(s), names {:?}",
             activation::names(env.listen_fdnames.as_deref())
         );
     }
-    startup::serve(&cfg, activated, env.notify_socket)
-}
-
-fn init_logging(verbose: bool) {
-    let level = if verbose {
-        log::LevelFilter::Debug
-    } else {
-        log::LevelFilter::Warn
-    };
-    // Only fails if a logger is already set, which nothing else does.
-    let _ = simple_logger::SimpleLogger::new().with_level(level).init();
+    startup::serve(&cfg, activated, env.notify_socket, parent)
 }

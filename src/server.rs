@@ -81,6 +81,8 @@ pub struct Setup {
     /// Each is (read fd, separate write fd).
     pub connections: Vec<(OwnedFd, Option<OwnedFd>)>,
     pub signals: OwnedFd,
+    /// `-s` on an inherited listening socket: serve the first client only.
+    pub accept_once: bool,
     pub oldstyle: bool,
     pub idle_timeout: Option<Duration>,
     /// How long to busy-poll after work before sleeping (zero: never).
@@ -106,6 +108,8 @@ pub struct Server {
     idle_since: Instant,
     /// Exit when the last connection closes and no listener is left (`-s`, `Accept=yes`).
     single: bool,
+    /// Stop listening after the first client (then `single` applies).
+    accept_once: bool,
     /// Set by a shutdown: the moment remaining connections are cut.
     deadline: Option<Instant>,
     accept_paused_until: Option<Instant>,
@@ -149,7 +153,8 @@ impl Server {
             idle_timeout: setup.idle_timeout,
             spin: Spin::new(setup.busy_poll),
             idle_since: Instant::now(),
-            single,
+            single: single || setup.accept_once,
+            accept_once: setup.accept_once,
             deadline: None,
             accept_paused_until: None,
             out_of_fds: false,
@@ -354,6 +359,12 @@ impl Server {
                     self.out_of_fds = false;
                     if let Err(e) = self.add(fd, None) {
                         log::warn!("cannot register a new connection: {e}");
+                    }
+                    if self.accept_once {
+                        for j in 0..self.listeners.len() {
+                            self.drop_listener(j);
+                        }
+                        return;
                     }
                 }
                 Err(e) => match e.raw_os_error() {

@@ -8,10 +8,11 @@ use crate::activation::{self, Inherited};
 use crate::backend::{self, Backend};
 use crate::captive;
 use crate::cli::{BackendSpec, Config};
-use crate::daemon::{self, Cleanup};
+use crate::daemon::{self, Cleanup, Identity};
 use crate::error::Error;
 use crate::export::Export;
 use crate::listen::{self, Listener};
+use crate::logging::{self, Sink};
 use crate::notify::Notifier;
 use crate::server::{Server, Setup};
 use crate::sys;
@@ -22,15 +23,46 @@ pub fn serve(
     cfg: &Config,
     activated: Option<u32>,
     notify_socket: Option<String>,
+    parent: libc::pid_t,
 ) -> Result<i32, Error> {
+    if cfg.threads_ignored {
+        log::warn!("-t/--threads is ignored: one thread serves every connection");
+    }
+    let identity = Identity::resolve(cfg.user.as_deref(), cfg.group.as_deref())?;
     let backend = open_backend(cfg)?;
     let export = export_of(cfg, backend.as_ref());
     let mut cleanup = Cleanup::default();
     let (listeners, connections, port) = sockets(cfg, activated, &mut cleanup)?;
+    let accept_once = cfg.single && !listeners.is_empty();
+    if let Some(id) = identity {
+        if cleanup.tmpdir.is_some() {
+            // `-U -`: the private directory and its socket are ours to hand over.
+            for p in [&cleanup.tmpdir, &cleanup.unix_socket]
+                .into_iter()
+                .flatten()
+            {
+                id.give(p)?;
+            }
+        }
+        id.assume()?;
+    }
     let signals = sys::signal_pipe(&[libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGCHLD])
         .map_err(Error::setup("signals"))?;
     if cfg.exit_with_parent {
         sys::exit_with_parent().map_err(Error::setup("--exit-with-parent"))?;
+        if sys::getppid() != parent {
+            log::info!("--exit-with-parent: the parent has already exited");
+            return Ok(0);
+        }
+    }
+    let ep = captive::Endpoint {
+        unix: cleanup.unix_socket.as_deref(),
+        port,
+        ipaddr: cfg.ipaddr.as_deref(),
+        export_name: &cfg.export_name,
+    };
+    if cfg.print_uri {
+        print_uri(&ep)?;
     }
     let pidfile = cfg
         .pidfile
@@ -49,6 +81,7 @@ pub fn serve(
         listeners,
         connections,
         signals,
+        accept_once,
         oldstyle: cfg.oldstyle,
         idle_timeout: cfg.idle_timeout,
         busy_poll: cfg.busy_poll,
@@ -62,21 +95,34 @@ pub fn serve(
     }
     notifier.ready();
     if let Some(ready) = ready {
-        daemon::detach_stdio(cfg.verbose)?;
+        if cfg.log.is_none() {
+            // In the background nobody reads our stderr (as nbdkit).
+            logging::set_sink(Sink::Syslog);
+        }
+        // Keep stderr where it was asked for: -v, or --log=stderr.
+        daemon::detach_stdio(cfg.verbose || cfg.log == Some(Sink::Stderr))?;
         ready.signal();
     }
     if let Some(cmd) = &cfg.run {
-        let ep = captive::Endpoint {
-            unix: cleanup.unix_socket.as_deref(),
-            port,
-            ipaddr: cfg.ipaddr.as_deref(),
-            export_name: &cfg.export_name,
-        };
         server.set_run_child(captive::spawn(cmd, &ep)?);
     }
     let code = server.run();
     drop(cleanup);
     Ok(code)
+}
+
+/// `--print-uri`: the URI on stdout, before we fork, so a script can read it
+/// from our output.
+fn print_uri(ep: &captive::Endpoint) -> Result<(), Error> {
+    use std::io::Write;
+    let uri = captive::uri(ep);
+    if uri.is_empty() {
+        return Ok(()); // -s or socket activation: there is no address to tell
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{uri}")
+        .and_then(|()| out.flush())
+        .map_err(Error::setup("--print-uri"))
 }
 
 fn open_backend(cfg: &Config) -> Result<Box<dyn Backend>, Error> {
@@ -114,7 +160,7 @@ fn sockets(cfg: &Config, activated: Option<u32>, cleanup: &mut Cleanup) -> Resul
             let (l, c) = inherited(activation::take(n)?);
             (l, c, None)
         }
-        None if cfg.single => (Vec::new(), vec![stdio_connection()?], None),
+        None if cfg.single => stdio()?,
         None => {
             let b = listen::bind(cfg)?;
             cleanup.unix_socket = b.unix_path.clone();
@@ -140,7 +186,22 @@ fn inherited(fds: Vec<Inherited>) -> (Vec<Listener>, Connections) {
     (listeners, connections)
 }
 
-/// `-s`: the client is on stdin/stdout (one socket, or two pipes).
+/// `-s`: the client is on stdin/stdout (one socket, or two pipes). An inetd
+/// in "wait" mode (`systemd-socket-activate --inetd` without `--accept`)
+/// hands us its listening socket instead: we accept one client from it.
+fn stdio() -> Result<Sockets, Error> {
+    if let Ok(kind) = sys::socket_kind(0)
+        && kind.listening
+    {
+        sys::set_nonblocking(0).map_err(Error::setup("-s: fd 0"))?;
+        // SAFETY: fd 0 is open (a listening socket) and -s reserves it for us.
+        let fd = unsafe { sys::own_fd(0) };
+        return Ok((vec![Listener::inherited(fd, kind.domain)], Vec::new(), None));
+    }
+    Ok((Vec::new(), vec![stdio_connection()?], None))
+}
+
+/// The client on stdin/stdout.
 fn stdio_connection() -> Result<(OwnedFd, Option<OwnedFd>), Error> {
     for fd in [0, 1] {
         sys::set_nonblocking(fd).map_err(Error::setup(format!("-s: fd {fd}")))?;

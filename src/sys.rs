@@ -252,3 +252,105 @@ pub fn unsetenv(name: &str) {
     // SAFETY: single-threaded at start-up: nothing reads the environment concurrently.
     unsafe { std::env::remove_var(name) };
 }
+
+/// openlog(3) with our name and pid, to the daemon facility (as nbdkit).
+pub fn open_syslog() {
+    // SAFETY: the ident is a static C string, which openlog keeps a pointer to.
+    unsafe {
+        libc::openlog(
+            c"nbdlite".as_ptr(),
+            libc::LOG_PID | libc::LOG_NDELAY,
+            libc::LOG_DAEMON,
+        )
+    };
+}
+
+/// syslog(3) of one message at the priority matching `level`.
+pub fn syslog(level: log::Level, msg: &str) {
+    let priority = match level {
+        log::Level::Error => libc::LOG_ERR,
+        log::Level::Warn => libc::LOG_WARNING,
+        log::Level::Info => libc::LOG_INFO,
+        log::Level::Debug | log::Level::Trace => libc::LOG_DEBUG,
+    };
+    let Ok(text) = std::ffi::CString::new(msg.replace('\0', "\\0")) else {
+        return; // unreachable: every NUL was replaced
+    };
+    // SAFETY: a constant "%s" format with one valid C string argument.
+    unsafe { libc::syslog(priority, c"%s".as_ptr(), text.as_ptr()) };
+}
+
+pub fn getppid() -> libc::pid_t {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { libc::getppid() }
+}
+
+/// A user's uid and primary gid, by name (getpwnam_r).
+pub fn lookup_user(name: &str) -> io::Result<Option<(libc::uid_t, libc::gid_t)>> {
+    let cname = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let mut pwd = std::mem::MaybeUninit::<libc::passwd>::uninit();
+    let mut buf = vec![0 as libc::c_char; 16384];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; buf's length is passed.
+    let r = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            pwd.as_mut_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    if result.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: getpwnam_r filled pwd (result points to it) and returned 0.
+    let pwd = unsafe { pwd.assume_init() };
+    Ok(Some((pwd.pw_uid, pwd.pw_gid)))
+}
+
+/// A group's gid, by name (getgrnam_r).
+pub fn lookup_group(name: &str) -> io::Result<Option<libc::gid_t>> {
+    let cname = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let mut grp = std::mem::MaybeUninit::<libc::group>::uninit();
+    let mut buf = vec![0 as libc::c_char; 65536];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; buf's length is passed.
+    let r = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            grp.as_mut_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    if result.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: getgrnam_r filled grp (result points to it) and returned 0.
+    Ok(Some(unsafe { grp.assume_init() }.gr_gid))
+}
+
+/// Drops privileges for good: supplementary groups to just `gid`, then the
+/// gid, then the uid (in that order: after setuid we could no longer change
+/// groups). Either may be absent.
+pub fn change_identity(uid: Option<libc::uid_t>, gid: Option<libc::gid_t>) -> io::Result<()> {
+    if let Some(gid) = gid {
+        // SAFETY: one gid read from a valid pointer.
+        cvt(unsafe { libc::setgroups(1, &gid) })?;
+        // SAFETY: plain system call.
+        cvt(unsafe { libc::setgid(gid) })?;
+    }
+    if let Some(uid) = uid {
+        // SAFETY: plain system call.
+        cvt(unsafe { libc::setuid(uid) })?;
+    }
+    Ok(())
+}

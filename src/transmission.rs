@@ -58,6 +58,15 @@ fn refuse<T>(errno: u32, msg: &'static str) -> Result<T, Refusal> {
 
 /// Runs one request whose payload (if any) is complete, appending its reply to `out`.
 pub fn handle(s: &Session, env: &mut Env, req: &Request, payload: &[u8], out: &mut Out) {
+    // With -v only: the level check is one atomic load when debug is off.
+    log::debug!(
+        "{} cookie {:#x} offset {} length {} flags {:#x}",
+        command_name(req.kind),
+        req.cookie,
+        req.offset,
+        req.length,
+        req.flags
+    );
     if env.shutting_down {
         return error(s, req, out, ESHUTDOWN, "server is shutting down");
     }

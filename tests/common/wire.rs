@@ -146,7 +146,11 @@ impl Client {
 
     /// Connects without reading anything.
     pub fn connect_raw(path: &Path) -> Client {
-        let s = UnixStream::connect(path).expect("connect");
+        Client::over(UnixStream::connect(path).expect("connect"))
+    }
+
+    /// A client on a socket that is already connected (`-s` on a socketpair).
+    pub fn over(s: UnixStream) -> Client {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
         Client {
