@@ -14,6 +14,7 @@ pub mod error;
 pub mod export;
 pub mod handshake;
 pub mod listen;
+pub mod logger;
 pub mod notify;
 pub mod proto;
 pub mod server;

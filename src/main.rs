@@ -89,6 +89,5 @@ fn init_logging(verbose: bool) {
     } else {
         log::LevelFilter::Warn
     };
-    // Only fails if a logger is already set, which nothing else does.
-    let _ = simple_logger::SimpleLogger::new().with_level(level).init();
+    nbdlite::logger::init(level);
 }

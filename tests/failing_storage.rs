@@ -216,3 +216,50 @@ fn a_file_that_cannot_be_written_is_served_read_only() {
     let mut srv = srv;
     assert!(srv.alive());
 }
+
+/// The log's own storage fails: stderr on a full disk (/dev/full) or a pipe
+/// nobody reads any more. Log lines are lost; the server is not.
+#[test]
+fn a_failing_log_costs_lines_not_the_server() {
+    use std::process::Stdio;
+    for target in ["/dev/full", "a closed pipe"] {
+        let dir = TempDir::new();
+        let (sock, pidfile) = (dir.join("sock"), dir.join("pid"));
+        let mut cmd = Command::new(common::bin());
+        cmd.args(["-f", "-v", "-U"])
+            .arg(&sock)
+            .arg("-P")
+            .arg(&pidfile)
+            .args(["memory", "1M"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if target == "/dev/full" {
+            cmd.stderr(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")
+                    .unwrap(),
+            );
+        } else {
+            cmd.stderr(Stdio::piped());
+        }
+        let mut child = cmd.spawn().expect("spawn");
+        drop(child.stderr.take()); // the reader goes away
+        let mut srv = Server {
+            child,
+            log: dir.join("no-log"),
+            dir,
+            sock,
+            pidfile,
+        };
+        common::wait_until(10, "the pidfile", || srv.pidfile.exists() || !srv.alive());
+        // Clients that make the server log at every level.
+        let mut c = Client::start(&srv.sock);
+        c.send(b"NOTMAGIC\0\0\0\x07\0\0\0\0");
+        assert!(c.closed_by_peer(5));
+        let (mut c, _, _) = Client::ready(&srv.sock, true, false, false);
+        assert_eq!(c.read(0, 1 << 20, 1), Err(EINVAL));
+        assert!(srv.alive(), "stderr on {target} killed the server");
+        still_serves(&srv.sock);
+    }
+}
