@@ -14,6 +14,8 @@ pub const DEFAULT_PORT: u16 = 10809;
 /// See `Server::spin`: long enough to catch a client's next request at queue
 /// depth 1 on a local socket, short enough to cost little when none comes.
 pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(50);
+/// How long a client may take over the handshake before it is dropped.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const HELP: &str = "\
 nbdlite - a single-threaded NBD server
@@ -43,6 +45,11 @@ Options:
       --idle-timeout SECS exit once no client has been connected for SECS
       --busy-poll USECS   spin up to this long for the next request before
                           sleeping; adapts to the traffic (default 50; 0: never)
+      --handshake-timeout SECS
+                          drop clients that have not finished the handshake
+                          after SECS (default 10; 0: never)
+      --max-connections N refuse clients beyond N at once (default: as many
+                          as the file descriptor limit allows)
       --no-sr             do not offer structured replies
       --tls off           TLS is not supported: only 'off' is accepted
   -t, --threads N         accepted for nbdkit compatibility; ignored
@@ -109,6 +116,10 @@ pub struct Config {
     /// `-t N` was given: warn that it is ignored.
     pub threads_ignored: bool,
     pub backend: BackendSpec,
+    /// Hardening: `--handshake-timeout` (None: never) and `--max-connections`
+    /// (None: what the descriptor limit allows).
+    pub handshake_timeout: Option<Duration>,
+    pub max_connections: Option<usize>,
 }
 
 impl Config {
@@ -140,6 +151,7 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
     let user: Option<String> = p.opt_value_from_str(["-u", "--user"]).map_err(bad)?;
     let group: Option<String> = p.opt_value_from_str(["-g", "--group"]).map_err(bad)?;
     let log: Option<String> = p.opt_value_from_str("--log").map_err(bad)?;
+    let (handshake_timeout, max_connections) = hardening(&mut p)?;
 
     if p.contains("--help") || p.contains("-h") {
         return Ok(Command::Help);
@@ -285,7 +297,40 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
         log,
         threads_ignored: threads.is_some(),
         backend,
+        handshake_timeout,
+        max_connections,
     })))
+}
+
+/// `--handshake-timeout SECS` (0: none) and `--max-connections N`.
+fn hardening(p: &mut pico_args::Arguments) -> Result<(Option<Duration>, Option<usize>), Error> {
+    let bad = |e: pico_args::Error| Error::usage(e.to_string());
+    let timeout: Option<String> = p.opt_value_from_str("--handshake-timeout").map_err(bad)?;
+    let max: Option<String> = p.opt_value_from_str("--max-connections").map_err(bad)?;
+    let timeout = match timeout.as_deref() {
+        None => Some(DEFAULT_HANDSHAKE_TIMEOUT),
+        Some(s) => match s.parse::<f64>() {
+            Ok(0.0) => None,
+            Ok(v) if v > 0.0 && v <= 1e9 => Some(Duration::from_secs_f64(v)),
+            _ => {
+                return Err(Error::usage(format!(
+                    "--handshake-timeout: '{s}' is not a number of seconds (0 for none)"
+                )));
+            }
+        },
+    };
+    let max = match max.as_deref() {
+        None => None,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if n >= 1 => Some(n),
+            _ => {
+                return Err(Error::usage(format!(
+                    "--max-connections: '{s}' is not a positive number"
+                )));
+            }
+        },
+    };
+    Ok((timeout, max))
 }
 
 fn parse_port(s: &str) -> Result<u16, Error> {
@@ -495,6 +540,22 @@ mod tests {
             parse(args("--version"), false),
             Ok(Command::Version)
         ));
+    }
+
+    #[test]
+    fn hardening_options() {
+        let c = config("memory 1M");
+        assert_eq!(c.handshake_timeout, Some(DEFAULT_HANDSHAKE_TIMEOUT));
+        assert_eq!(c.max_connections, None);
+        let c = config("--handshake-timeout 0 --max-connections=3 memory 1M");
+        assert_eq!(c.handshake_timeout, None);
+        assert_eq!(c.max_connections, Some(3));
+        let c = config("--handshake-timeout=1.5 memory 1M");
+        assert_eq!(c.handshake_timeout, Some(Duration::from_millis(1500)));
+        assert!(error("--handshake-timeout -1 memory 1M", false).contains("handshake-timeout"));
+        assert!(error("--handshake-timeout x memory 1M", false).contains("handshake-timeout"));
+        assert!(error("--max-connections 0 memory 1M", false).contains("max-connections"));
+        assert!(error("--max-connections lots memory 1M", false).contains("max-connections"));
     }
 
     #[test]

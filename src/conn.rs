@@ -97,6 +97,9 @@ pub struct Conn {
     refused_in_shutdown: bool,
     /// When a message was last handled.
     last_active: Instant,
+    /// The server's number for this connection, unique for the process (slab
+    /// keys are reused): lets a deadline queued for it tell it from a successor.
+    pub serial: u64,
 }
 
 impl Conn {
@@ -138,6 +141,7 @@ impl Conn {
             closing: None,
             refused_in_shutdown: false,
             last_active: ctx.now,
+            serial: 0,
         }
     }
 

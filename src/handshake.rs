@@ -12,8 +12,26 @@ use crate::transmission::Session;
 /// nbdkit's limit: a client that has sent this many options without choosing an
 /// export is not going to.
 const MAX_OPTIONS: u32 = 32;
-/// Option data we are willing to hold; larger data is skipped, not buffered.
+/// Option data we are willing to hold for the META_CONTEXT options (an export
+/// name and a few queries of up to 4096 bytes each); larger data is skipped, not
+/// buffered.
 pub const MAX_OPTION_DATA: u32 = 64 * 1024;
+/// INFO and GO: a name (≤ 4096 bytes) and its length, then this many information
+/// requests at most (four types are defined; clients ask for each once).
+const MAX_INFO_REQUESTS: u32 = 64;
+const MAX_INFO_DATA: u32 = 4 + MAX_STRING as u32 + 2 + 2 * MAX_INFO_REQUESTS;
+
+/// The most data we buffer for option `opt`: what it can legitimately need.
+/// Options that take no data, and unknown ones, get none: their data is
+/// answered as soon as the header arrives, and skipped.
+fn data_limit(opt: u32) -> u32 {
+    match opt {
+        OPT_EXPORT_NAME => MAX_STRING as u32,
+        OPT_INFO | OPT_GO => MAX_INFO_DATA,
+        OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => MAX_OPTION_DATA,
+        _ => 0,
+    }
+}
 
 /// What the connection should do after a step.
 #[derive(Debug, PartialEq, Eq)]
@@ -82,9 +100,9 @@ impl Handshake {
         if self.options == MAX_OPTIONS && hdr.opt != OPT_ABORT {
             return Outcome::Close("too many options without choosing an export");
         }
-        if hdr.len > MAX_OPTION_DATA {
+        if hdr.len > data_limit(hdr.opt) {
             self.options += 1;
-            return self.oversized(hdr, out);
+            return self.oversized(hdr, out, shutting_down);
         }
         let total = OPTION_HEADER_LEN + hdr.len as usize;
         if input.len() < total {
@@ -119,22 +137,26 @@ impl Handshake {
     }
 
     /// An option whose data we will not hold: answer it now and skip the data.
-    fn oversized(&mut self, hdr: OptionHeader, out: &mut Vec<u8>) -> Outcome {
+    fn oversized(&mut self, hdr: OptionHeader, out: &mut Vec<u8>, shutting_down: bool) -> Outcome {
         let skip = u64::from(hdr.len);
+        log::debug!(
+            "option {} ({}), {} bytes: not buffered",
+            option_name(hdr.opt),
+            hdr.opt,
+            hdr.len
+        );
         match hdr.opt {
+            // No way to answer: the spec has the server hang up.
             OPT_EXPORT_NAME => return Outcome::Close("EXPORT_NAME too long"),
             OPT_ABORT => {
                 put_reply(out, hdr.opt, REP_ACK, &[]);
                 return Outcome::Abort;
             }
-            OPT_LIST
-            | OPT_STARTTLS
-            | OPT_INFO
-            | OPT_GO
-            | OPT_STRUCTURED_REPLY
-            | OPT_LIST_META_CONTEXT
-            | OPT_SET_META_CONTEXT
-            | OPT_EXTENDED_HEADERS => {
+            _ if shutting_down => error(out, hdr.opt, REP_ERR_SHUTDOWN, "server is shutting down"),
+            OPT_LIST | OPT_STARTTLS | OPT_STRUCTURED_REPLY | OPT_EXTENDED_HEADERS => {
+                error(out, hdr.opt, REP_ERR_INVALID, "this option takes no data")
+            }
+            OPT_INFO | OPT_GO | OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
                 if hdr.opt == OPT_SET_META_CONTEXT {
                     self.meta = MetaSelection::default();
                 }
@@ -546,20 +568,44 @@ mod tests {
 
     #[test]
     fn oversized_option_is_skipped() {
+        let header = |opt: u32, len: u32| {
+            let mut hdr = IHAVEOPT.to_be_bytes().to_vec();
+            hdr.extend_from_slice(&opt.to_be_bytes());
+            hdr.extend_from_slice(&len.to_be_bytes());
+            hdr
+        };
+        // Answered from the header alone: nothing of the data is needed.
+        for (opt, len, reply) in [
+            (OPT_GO, 1 << 30, REP_ERR_TOO_BIG),
+            (OPT_INFO, MAX_INFO_DATA + 1, REP_ERR_TOO_BIG),
+            (OPT_SET_META_CONTEXT, MAX_OPTION_DATA + 1, REP_ERR_TOO_BIG),
+            (OPT_LIST, u32::MAX, REP_ERR_INVALID),
+            (OPT_STRUCTURED_REPLY, 1, REP_ERR_INVALID),
+            (OPT_EXTENDED_HEADERS, 4097, REP_ERR_INVALID),
+            (0x4242, u32::MAX, REP_ERR_UNSUP),
+        ] {
+            let mut h = started();
+            let mut out = Vec::new();
+            let o = h.step(&header(opt, len), &mut out, &export(), false);
+            let skip = u64::from(len);
+            assert_eq!(o, Outcome::Skip { consumed: 16, skip }, "{opt}");
+            assert_eq!(reply_types(&out), vec![reply], "{opt}");
+        }
         let mut h = started();
-        let mut hdr = IHAVEOPT.to_be_bytes().to_vec();
-        hdr.extend_from_slice(&OPT_LIST.to_be_bytes());
-        hdr.extend_from_slice(&(1u32 << 30).to_be_bytes());
-        let mut out = Vec::new();
-        let o = h.step(&hdr, &mut out, &export(), false);
-        assert_eq!(
-            o,
-            Outcome::Skip {
-                consumed: 16,
-                skip: 1 << 30
-            }
+        let o = h.step(
+            &header(OPT_EXPORT_NAME, 4097),
+            &mut Vec::new(),
+            &export(),
+            false,
         );
-        assert_eq!(reply_types(&out), vec![REP_ERR_TOO_BIG]);
+        assert!(matches!(o, Outcome::Close(_)));
+        // A GO naming a 4096-byte export and asking for every item fits.
+        let name = vec![b'x'; MAX_STRING];
+        let go = opt(OPT_GO, &info_data(&name, &[0, 1, 2, 3]));
+        let mut out = Vec::new();
+        let o = started().step(&go, &mut out, &export(), false);
+        assert_eq!(o, Outcome::Continue(go.len()));
+        assert_eq!(reply_types(&out), vec![REP_ERR_UNKNOWN]);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! slab of connections. Single-threaded: the backend needs no locks, and every
 //! connection sees every acknowledged write.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Child;
@@ -32,6 +33,12 @@ const POOL_LINGER: Duration = Duration::from_secs(1);
 const SHUTDOWN_TICK: Duration = Duration::from_millis(50);
 /// How long to stop accepting after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Descriptors kept free beyond those open at start-up when the connection
+/// limit is derived from RLIMIT_NOFILE: for accepting a client only to refuse
+/// it, `--run`, notifications, and the odd file the libraries open.
+const FD_HEADROOM: usize = 16;
+/// At most one "connection limit reached" message per this interval.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long to busy-poll before sleeping, adapted to the traffic (as qemu's
 /// AioContext polling is).
@@ -88,6 +95,30 @@ pub struct Setup {
     /// How long to busy-poll after work before sleeping (zero: never).
     pub busy_poll: Duration,
     pub notifier: Notifier,
+    /// Clients that have not finished the handshake by then are dropped.
+    pub handshake_timeout: Option<Duration>,
+    /// Clients beyond this many are accepted and closed at once (None: what
+    /// RLIMIT_NOFILE allows).
+    pub max_connections: Option<usize>,
+}
+
+/// A connection's handshake deadline, queued in order: every connection gets the
+/// same timeout, so deadlines come out sorted by accept time and one queue (no
+/// timer per connection) serves them all. Entries of connections that finished
+/// the handshake or left are dropped when they reach the front.
+#[derive(Debug, Clone, Copy)]
+struct HandshakeDeadline {
+    at: Instant,
+    key: usize,
+    serial: u64,
+}
+
+/// Clients refused for the connection limit, logged at most once per interval.
+#[derive(Debug, Default)]
+struct Refusals {
+    /// Refused since the last message.
+    unlogged: u64,
+    last_logged: Option<Instant>,
 }
 
 pub struct Server {
@@ -121,6 +152,13 @@ pub struct Server {
     exit_now: bool,
     run_child: Option<Child>,
     notifier: Notifier,
+    handshake_timeout: Option<Duration>,
+    /// Oldest first; see `HandshakeDeadline`.
+    handshakes: VecDeque<HandshakeDeadline>,
+    /// The next connection's serial number.
+    serial: u64,
+    max_connections: usize,
+    refusals: Refusals,
 }
 
 impl Server {
@@ -139,6 +177,7 @@ impl Server {
             listeners.push(Some(l));
         }
         let single = !setup.connections.is_empty() && listeners.is_empty();
+        let max_connections = connection_limit(setup.max_connections);
         let mut server = Server {
             poll,
             signals: setup.signals,
@@ -163,6 +202,11 @@ impl Server {
             exit_now: false,
             run_child: None,
             notifier: setup.notifier,
+            handshake_timeout: setup.handshake_timeout,
+            handshakes: VecDeque::new(),
+            serial: 0,
+            max_connections,
+            refusals: Refusals::default(),
         };
         for (rfd, wfd) in setup.connections {
             server.add(rfd, wfd)?;
@@ -186,6 +230,7 @@ impl Server {
             if let Some(code) = self.should_exit() {
                 return code;
             }
+            self.expire_handshakes();
             let timeout = self.timeout();
             let start = Instant::now();
             let spun = timeout != Some(Duration::ZERO) && busy && self.spin(&mut events);
@@ -320,7 +365,18 @@ impl Server {
             shutting_down: false,
             now: self.now,
         };
-        entry.insert(Conn::new(key, rfd, wfd, self.oldstyle, &mut ctx));
+        let conn = entry.insert(Conn::new(key, rfd, wfd, self.oldstyle, &mut ctx));
+        self.serial += 1;
+        conn.serial = self.serial;
+        if let Some(t) = self.handshake_timeout
+            && conn.in_handshake()
+        {
+            self.handshakes.push_back(HandshakeDeadline {
+                at: Instant::now() + t,
+                key,
+                serial: self.serial,
+            });
+        }
         log::debug!("conn {key}: connected ({} open)", self.conns.len());
         self.drive(key);
         Ok(())
@@ -355,6 +411,11 @@ impl Server {
                 return;
             };
             match l.accept() {
+                Ok(fd) if self.conns.len() >= self.max_connections => {
+                    self.out_of_fds = false;
+                    drop(fd); // closed at once: the client sees EOF
+                    self.refuse();
+                }
                 Ok(fd) => {
                     self.out_of_fds = false;
                     if let Err(e) = self.add(fd, None) {
@@ -385,6 +446,54 @@ impl Server {
                         return;
                     }
                 },
+            }
+        }
+    }
+
+    /// A client was refused for the connection limit: say so, but at most once
+    /// per interval, so that a flood of connections is not a flood of messages.
+    fn refuse(&mut self) {
+        self.refusals.unlogged += 1;
+        let now = Instant::now();
+        if self
+            .refusals
+            .last_logged
+            .is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_INTERVAL)
+        {
+            return;
+        }
+        let n = std::mem::take(&mut self.refusals.unlogged);
+        self.refusals.last_logged = Some(now);
+        log::warn!(
+            "{} connections open, the limit (--max-connections {}): refused {n} new client(s){}",
+            self.conns.len(),
+            self.max_connections,
+            if n > 1 { " since the last message" } else { "" }
+        );
+    }
+
+    /// Drops clients whose handshake deadline has passed, and forgets deadlines
+    /// of connections that finished the handshake or left, so that the poll
+    /// timeout only ever wakes the loop for a client still negotiating.
+    fn expire_handshakes(&mut self) {
+        let now = Instant::now();
+        while let Some(d) = self.handshakes.front().copied() {
+            let live = self
+                .conns
+                .get(d.key)
+                .is_some_and(|c| c.serial == d.serial && c.in_handshake());
+            if live && d.at > now {
+                return;
+            }
+            self.handshakes.pop_front();
+            if live {
+                let t = self.handshake_timeout.unwrap_or_default();
+                log::warn!(
+                    "conn {}: handshake not finished within {}s: disconnecting",
+                    d.key,
+                    t.as_secs_f64()
+                );
+                self.close(d.key);
             }
         }
     }
@@ -488,11 +597,20 @@ impl Server {
         let tick = self.deadline.map(|_| now + SHUTDOWN_TICK);
         // Pooled buffers are freed after a quiet second (see `run`).
         let trim = (!self.pool.is_empty()).then(|| now + POOL_LINGER);
-        [self.deadline, tick, self.accept_paused_until, idle, trim]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|at| at.saturating_duration_since(now))
+        // The oldest handshake deadline (`expire_handshakes` pruned stale ones).
+        let handshake = self.handshakes.front().map(|d| d.at);
+        [
+            self.deadline,
+            tick,
+            self.accept_paused_until,
+            idle,
+            trim,
+            handshake,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|at| at.saturating_duration_since(now))
     }
 
     fn should_exit(&mut self) -> Option<i32> {
@@ -534,6 +652,30 @@ impl Server {
             }
         }
         None
+    }
+}
+
+/// The connection limit: as given, or as many as the descriptor limit leaves
+/// room for beyond the descriptors already open (listeners, the backend, the
+/// Poll, the standard streams) and a little headroom.
+fn connection_limit(given: Option<usize>) -> usize {
+    let limit = sys::nofile_limit().map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let open = sys::open_fds().unwrap_or(FD_HEADROOM);
+    let room = limit.map(|l| l.saturating_sub(open + FD_HEADROOM).max(1));
+    match (given, room) {
+        (Some(n), Ok(room)) if n > room => {
+            log::warn!(
+                "--max-connections {n}: the descriptor limit leaves room for about {room}; \
+                 clients beyond that wait until others leave"
+            );
+            n
+        }
+        (Some(n), _) => n,
+        (None, Ok(room)) => room,
+        (None, Err(e)) => {
+            log::warn!("RLIMIT_NOFILE: {e}: no connection limit");
+            usize::MAX
+        }
     }
 }
 

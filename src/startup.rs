@@ -29,6 +29,11 @@ pub fn serve(
         log::warn!("-t/--threads is ignored: one thread serves every connection");
     }
     let identity = Identity::resolve(cfg.user.as_deref(), cfg.group.as_deref())?;
+    // Many clients need many descriptors: take all the administrator allows.
+    match sys::raise_nofile_limit() {
+        Ok(n) => log::debug!("RLIMIT_NOFILE: {n}"),
+        Err(e) => log::warn!("cannot raise RLIMIT_NOFILE: {e}"),
+    }
     let backend = open_backend(cfg)?;
     let export = export_of(cfg, backend.as_ref());
     let mut cleanup = Cleanup::default();
@@ -86,6 +91,8 @@ pub fn serve(
         idle_timeout: cfg.idle_timeout,
         busy_poll: cfg.busy_poll,
         notifier: Notifier::new(notify_socket),
+        handshake_timeout: cfg.handshake_timeout,
+        max_connections: cfg.max_connections,
     };
     let notifier = setup.notifier.clone();
     let mut server = Server::new(setup, backend).map_err(Error::setup("event loop"))?;

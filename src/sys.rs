@@ -354,3 +354,51 @@ pub fn change_identity(uid: Option<libc::uid_t>, gid: Option<libc::gid_t>) -> io
     }
     Ok(())
 }
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (capped at what the kernel
+/// allows a process, `fs.nr_open`), so that a server with many clients does not
+/// run out of descriptors long before the administrator's limit. Returns the
+/// soft limit now in force.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is valid for writes of one struct rlimit.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    // An unlimited hard limit cannot be a soft one for NOFILE: cap it at nr_open.
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(1 << 20);
+    let want = lim.rlim_max.min(nr_open);
+    if want > lim.rlim_cur {
+        let new = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: new is a valid struct rlimit, only read by the kernel.
+        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) })?;
+        lim.rlim_cur = want;
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// The soft RLIMIT_NOFILE: the lowest fd number we cannot open.
+pub fn nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is valid for writes of one struct rlimit.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    Ok(lim.rlim_cur)
+}
+
+/// How many descriptors this process has open (from /proc/self/fd; the
+/// directory handle itself is not counted).
+pub fn open_fds() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/fd")?
+        .count()
+        .saturating_sub(1))
+}

@@ -62,8 +62,11 @@ fn unknown_options_and_tls() {
     // Oversized data for an unknown option: refused, skipped, and on we go.
     c.send_opt(0xbeef, &vec![0x55; 1 << 20]);
     assert_eq!(c.recv_opt_reply().kind, ERR_UNSUP);
-    // Oversized data for a known option.
+    // Data for an option that takes none: refused, skipped.
     c.send_opt(OPT_LIST, &vec![0; 100_000]);
+    assert_eq!(c.recv_opt_reply().kind, ERR_INVALID);
+    // Oversized data for an option that takes some.
+    c.send_opt(OPT_INFO, &vec![0; 100_000]);
     assert_eq!(c.recv_opt_reply().kind, ERR_TOO_BIG);
     let (size, _) = c.go(b"");
     assert_eq!(size, 1 << 20);

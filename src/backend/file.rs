@@ -40,7 +40,7 @@ impl File {
                         Some(libc::EACCES | libc::EPERM | libc::EROFS)
                     ) =>
                 {
-                    log::info!("{}: {e}: serving read-only", path.display());
+                    log::warn!("{}: {e}: serving read-only", path.display());
                     (OpenOptions::new().read(true).open(path)?, true)
                 }
                 Err(e) => return Err(e),

@@ -147,6 +147,14 @@ mod tests {
     fn errno_mapping() {
         let e = |n| nbd_errno(&io::Error::from_raw_os_error(n));
         assert_eq!(e(libc::EROFS), proto::EPERM);
+        assert_eq!(e(libc::EPERM), proto::EPERM);
+        assert_eq!(e(libc::EACCES), proto::EPERM);
+        assert_eq!(e(libc::ENOSPC), proto::ENOSPC);
+        assert_eq!(e(libc::EIO), proto::EIO);
+        assert_eq!(e(libc::ENXIO), proto::EIO);
+        // No errno at all (a short read past a file that shrank): EIO.
+        let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
+        assert_eq!(nbd_errno(&eof), proto::EIO);
         assert_eq!(e(libc::EDQUOT), proto::ENOSPC);
         assert_eq!(e(libc::EFBIG), proto::ENOSPC);
         assert_eq!(e(libc::EBADF), proto::EIO);

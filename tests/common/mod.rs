@@ -277,3 +277,52 @@ pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local_addr").port()
 }
+
+/// A field of /proc/PID/status (the number before " kB" for sizes).
+pub fn proc_status(pid: i32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("a number")
+}
+
+/// VmRSS of a process, in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    proc_status(pid, "VmRSS")
+}
+
+/// CPU time a process has used (utime + stime), in clock ticks (usually 10 ms).
+pub fn cpu_ticks(pid: i32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // The command name may hold spaces: fields are counted after its ')'.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); `rest` starts at field 3.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Raises this test process's soft descriptor limit to at least `n` (within the
+/// hard limit); returns the soft limit now in force.
+pub fn raise_fd_limit(n: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is valid for writes of one struct rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    if lim.rlim_cur < n {
+        lim.rlim_cur = n.min(lim.rlim_max);
+        // SAFETY: lim is a valid struct rlimit, only read by the kernel.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return 0;
+        }
+    }
+    lim.rlim_cur
+}

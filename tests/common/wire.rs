@@ -64,6 +64,7 @@ pub const T_BS_EXT: u16 = 6;
 pub const T_ERROR: u16 = 0x8001;
 
 pub const EPERM: u32 = 1;
+pub const EIO: u32 = 5;
 pub const EINVAL: u32 = 22;
 pub const ENOSPC: u32 = 28;
 pub const EOVERFLOW: u32 = 75;
