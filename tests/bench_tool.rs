@@ -118,6 +118,22 @@ fn refused_export_is_one_line_and_status_1() {
 }
 
 #[test]
+fn error_replies_are_counted_and_status_1() {
+    // Over the largest request nbdlite serves (64 MiB): every READ is refused.
+    let srv = Server::start(&["memory", "128M"]);
+    let out = run_bench(&srv.uri(), &["-s", "65M", "-t", "0.2"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(number(&stdout, "errors") > 0.0, "{stdout}");
+    assert_eq!(number(&stdout, "requests"), 0.0, "{stdout}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("nbdlite-bench: ") && err.contains("EINVAL"),
+        "{err}"
+    );
+}
+
+#[test]
 fn lost_server_is_status_1() {
     let mut srv = Server::start(&["memory", "64M"]);
     let mut child = Command::new(bench())

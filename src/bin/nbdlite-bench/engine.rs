@@ -181,6 +181,8 @@ impl Recorder {
                     errno_name(error)
                 ));
             }
+            // A refusal is not I/O: it must not inflate IOPS, MiB/s or latency.
+            return;
         }
         if !self.recording {
             return;
@@ -612,8 +614,8 @@ mod tests {
                 rest = &rest[n..];
             }
             assert_eq!(c.in_flight(), 0, "cut {cut}");
-            assert_eq!((r.stats.reads, r.stats.errors), (3, 1));
-            assert_eq!(r.stats.hist.count(), 3);
+            assert_eq!((r.stats.reads, r.stats.errors), (2, 1));
+            assert_eq!((r.stats.hist.count(), r.stats.bytes), (2, 8192));
             assert!(r.stats.first_error.as_deref().unwrap().contains("EIO"));
         }
     }
