@@ -28,6 +28,8 @@ const REPLY_LEN: usize = 16;
 const SCRATCH: usize = 256 * 1024;
 /// Slices handed to one writev(2) (each request is one or two).
 const IOV: usize = 64;
+/// Reads per connection per turn (4 MiB).
+const TURN: usize = 16;
 /// How long requests still in flight at the end may take to come back.
 const DRAIN: Duration = Duration::from_secs(10);
 /// Longest sleep in poll, so a failure on another thread is noticed soon.
@@ -219,6 +221,8 @@ pub struct Conn {
     /// READ data still to come for the reply to `data_slot`.
     data_left: u64,
     data_slot: usize,
+    /// The server hung up or the socket failed: read to the end every time.
+    hup: bool,
 }
 
 impl Conn {
@@ -247,6 +251,7 @@ impl Conn {
             hdr_len: 0,
             data_left: 0,
             data_slot: 0,
+            hup: false,
         })
     }
 
@@ -321,23 +326,25 @@ impl Conn {
     }
 
     /// Reads and handles replies until the socket is empty, replacing each
-    /// completed request with a new one while `rec.issuing`.
+    /// completed request with a new one while `rec.issuing`. Returns true if it
+    /// stopped at the end of its turn with more to read: a connection streaming
+    /// large READs must not keep the loop, and the latencies of the others, to
+    /// itself.
     ///
     /// A read that does not fill `scratch` took everything there was, and any
     /// byte that arrives later raises a new edge-triggered event, so we stop
     /// there rather than spend one more read(2) per wake-up to see EAGAIN
     /// (a third of our syscalls at queue depth 1-2). The exception is a hang-up
-    /// (`closing`): the EOF may have come with the data, and no edge follows it.
+    /// (`hup`): the EOF may have come with the data, and no edge follows it.
     fn on_readable(
         &mut self,
         scratch: &mut [u8],
         rec: &mut Recorder,
         plan: &Plan,
-        closing: bool,
-    ) -> Result<(), String> {
-        loop {
+    ) -> Result<bool, String> {
+        for _ in 0..TURN {
             match self.stream.read(scratch) {
-                Ok(0) if self.in_flight() == 0 && !rec.issuing => return Ok(()),
+                Ok(0) if self.in_flight() == 0 && !rec.issuing => return Ok(false),
                 Ok(0) => {
                     return Err(self.fail(format_args!(
                         "server closed the connection with {} request(s) in flight",
@@ -351,15 +358,16 @@ impl Conn {
                         self.fill(plan.size, rec.now);
                     }
                     self.flush(plan.payload)?;
-                    if n < scratch.len() && !closing {
-                        return Ok(());
+                    if n < scratch.len() && !self.hup {
+                        return Ok(false);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(self.fail(format_args!("reading: {}", plain(&e)))),
             }
         }
+        Ok(true)
     }
 
     /// Handles every reply (or part of one) in `buf`.
@@ -494,8 +502,7 @@ fn drive(conns: &mut [Conn], plan: &Plan, stop: &AtomicBool) -> Result<Stats, Fa
             .map_err(|e| err(c.fail(format_args!("epoll: {}", plain(&e)))))?;
     }
     let start = Instant::now();
-    let measure = start + plan.warmup;
-    let end = measure + plan.run;
+    let mut clock = Clock::new(start, plan);
     let mut rec = Recorder {
         stats: Stats::default(),
         recording: plan.warmup.is_zero(),
@@ -509,61 +516,105 @@ fn drive(conns: &mut [Conn], plan: &Plan, stop: &AtomicBool) -> Result<Stats, Fa
     }
     let mut scratch = vec![0u8; SCRATCH];
     let mut events = Events::with_capacity(1024);
-    let mut stopped_at = end;
-    loop {
-        let now = Instant::now();
-        if !rec.recording && now >= measure {
-            rec.recording = true;
-        }
-        if rec.issuing && now >= end {
-            rec.issuing = false;
-            stopped_at = now;
-        }
-        if !rec.issuing {
-            let left: usize = conns.iter().map(Conn::in_flight).sum();
-            if left == 0 {
-                break;
-            }
-            if now >= stopped_at + DRAIN {
-                return Err(err(format!(
-                    "{left} request(s) unanswered {}s after the end of the run",
-                    DRAIN.as_secs()
-                )));
-            }
-        }
+    // Connections that ended their turn with more to read.
+    let mut again: Vec<usize> = Vec::new();
+    while let Some(next) = clock.tick(&mut rec, conns)? {
         if stop.load(Ordering::Relaxed) {
             return Err(Failure::Stopped);
         }
-        let next = if !rec.recording {
-            measure
-        } else if rec.issuing {
-            end
+        let now = Instant::now();
+        let timeout = if again.is_empty() {
+            next.saturating_duration_since(now).min(TICK)
         } else {
-            stopped_at + DRAIN
+            Duration::ZERO
         };
-        let timeout = next.saturating_duration_since(now).min(TICK);
         match poll.poll(&mut events, Some(timeout)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(err(format!("epoll_wait: {}", plain(&e)))),
         }
+        let pending = std::mem::take(&mut again);
         for ev in events.iter() {
-            let Some(c) = conns.get_mut(ev.token().0) else {
+            let i = ev.token().0;
+            let Some(c) = conns.get_mut(i) else {
                 continue;
             };
-            let closing = ev.is_read_closed() || ev.is_error();
-            if ev.is_readable() || closing {
-                c.on_readable(&mut scratch, &mut rec, plan, closing)
-                    .map_err(err)?;
+            c.hup |= ev.is_read_closed() || ev.is_error();
+            if (ev.is_readable() || c.hup)
+                && c.on_readable(&mut scratch, &mut rec, plan).map_err(err)?
+            {
+                again.push(i);
             }
             if ev.is_writable() {
                 c.flush(plan.payload).map_err(err)?;
             }
         }
+        for i in pending {
+            if conns[i]
+                .on_readable(&mut scratch, &mut rec, plan)
+                .map_err(err)?
+            {
+                again.push(i);
+            }
+        }
     }
-    let last = rec.last_completion.unwrap_or(stopped_at).max(stopped_at);
-    rec.stats.elapsed = last.saturating_duration_since(measure);
+    let last = rec
+        .last_completion
+        .unwrap_or(clock.stopped_at)
+        .max(clock.stopped_at);
+    rec.stats.elapsed = last.saturating_duration_since(clock.measure);
     Ok(rec.stats)
+}
+
+/// The phases of a run: warm-up, measuring, draining what is still in flight.
+struct Clock {
+    measure: Instant,
+    end: Instant,
+    /// When new requests stopped (`end`, or just after).
+    stopped_at: Instant,
+}
+
+impl Clock {
+    fn new(start: Instant, plan: &Plan) -> Clock {
+        let measure = start + plan.warmup;
+        let end = measure + plan.run;
+        Clock {
+            measure,
+            end,
+            stopped_at: end,
+        }
+    }
+
+    /// Moves `rec` to the phase it is in now. Returns the next moment that
+    /// matters, or `None` once the run is over and every request answered.
+    fn tick(&mut self, rec: &mut Recorder, conns: &[Conn]) -> Result<Option<Instant>, Failure> {
+        let now = Instant::now();
+        if !rec.recording && now >= self.measure {
+            rec.recording = true;
+        }
+        if rec.issuing && now >= self.end {
+            rec.issuing = false;
+            self.stopped_at = now;
+        }
+        if rec.issuing {
+            return Ok(Some(if rec.recording {
+                self.end
+            } else {
+                self.measure
+            }));
+        }
+        let left: usize = conns.iter().map(Conn::in_flight).sum();
+        if left == 0 {
+            return Ok(None);
+        }
+        if now >= self.stopped_at + DRAIN {
+            return Err(Failure::Error(format!(
+                "{left} request(s) unanswered {}s after the end of the run",
+                DRAIN.as_secs()
+            )));
+        }
+        Ok(Some(self.stopped_at + DRAIN))
+    }
 }
 
 #[cfg(test)]
