@@ -7,6 +7,7 @@ mod client;
 mod engine;
 mod hist;
 mod report;
+mod stream;
 mod uri;
 mod workload;
 
@@ -158,6 +159,7 @@ fn spread(cfg: &Config, socks: Vec<Socket>, range: u64) -> Result<Vec<Vec<Conn>>
 /// results. The first real error wins over the "stopped" of the others.
 fn run_threads(mut groups: Vec<Vec<Conn>>, plan: &Plan) -> Result<Stats, String> {
     let stop = AtomicBool::new(false);
+    // Never empty: args::parse makes threads at least 1.
     let mine = groups.remove(0);
     let results: Vec<Result<Stats, Failure>> = std::thread::scope(|scope| {
         let handles: Vec<_> = groups

@@ -6,6 +6,7 @@ use std::fmt::Write;
 
 use crate::args::Config;
 use crate::engine::Stats;
+use crate::workload::Pattern;
 
 /// Everything the report shows, computed once.
 pub struct Summary {
@@ -49,9 +50,9 @@ impl Summary {
             threads: cfg.threads,
             size: cfg.size,
             pattern: cfg.pattern.name(),
-            rwmix_read: match cfg.pattern.name() {
-                "randrw" => cfg.rwmix_read,
-                _ if cfg.pattern.writes() => 0,
+            rwmix_read: match cfg.pattern {
+                Pattern::RandRw => cfg.rwmix_read,
+                p if p.writes() => 0,
                 _ => 100,
             },
             seconds,
