@@ -1,0 +1,421 @@
+//! Connecting and the handshake, done blocking (with a timeout) before the
+//! event loop takes a socket over: the handshake is set-up, not what is measured.
+//!
+//! Fixed newstyle with `NBD_OPT_GO` (falling back to `NBD_OPT_EXPORT_NAME` for
+//! servers that do not know GO), or oldstyle. Structured replies are never
+//! asked for, so every reply is a simple one and a READ's data follows its header.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use nbdlite::proto::{
+    CFLAG_FIXED_NEWSTYLE, CFLAG_NO_ZEROES, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT,
+    INFO_EXPORT, NBDMAGIC, OLDSTYLE_MAGIC, OPT_EXPORT_NAME, OPT_GO, OPT_REPLY_MAGIC, REP_ACK,
+    REP_ERR_UNSUP, REP_INFO,
+};
+
+use crate::uri::{Address, Target};
+
+/// How long one handshake may take. A server that accepts but never speaks
+/// (qemu-nbd past its `--shared` limit) is reported instead of waited on.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Option replies longer than this are garbage, not something to allocate for.
+const MAX_OPTION_REPLY: u32 = 1 << 20;
+
+/// A connected socket, blocking until the event loop takes it.
+pub enum Socket {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Read for Socket {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Socket::Unix(s) => s.read(b),
+            Socket::Tcp(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Socket::Unix(s) => s.write(b),
+            Socket::Tcp(s) => s.write(b),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the handshake told us about the export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportInfo {
+    pub size: u64,
+    pub tflags: u16,
+}
+
+/// Connects to `target` and negotiates; the socket is left blocking.
+pub fn open(target: &Target) -> Result<(Socket, ExportInfo), String> {
+    let mut sock = connect(&target.address)?;
+    let info = handshake(&mut sock, target.export.as_bytes())?;
+    Ok((sock, info))
+}
+
+fn connect(addr: &Address) -> Result<Socket, String> {
+    let sock = match addr {
+        Address::Unix(p) => {
+            let s =
+                UnixStream::connect(p).map_err(|e| format!("{}: {}", p.display(), plain(&e)))?;
+            s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+                .and_then(|_| s.set_write_timeout(Some(HANDSHAKE_TIMEOUT)))
+                .map_err(|e| format!("socket options: {}", plain(&e)))?;
+            Socket::Unix(s)
+        }
+        Address::Tcp(host, port) => {
+            let s = TcpStream::connect((host.as_str(), *port))
+                .map_err(|e| format!("{host}:{port}: {}", plain(&e)))?;
+            // Requests are written in batches already; Nagle would only delay them.
+            s.set_nodelay(true)
+                .and_then(|_| s.set_read_timeout(Some(HANDSHAKE_TIMEOUT)))
+                .and_then(|_| s.set_write_timeout(Some(HANDSHAKE_TIMEOUT)))
+                .map_err(|e| format!("socket options: {}", plain(&e)))?;
+            Socket::Tcp(s)
+        }
+    };
+    Ok(sock)
+}
+
+/// Runs the client side of the handshake on any byte stream.
+pub fn handshake<S: Read + Write>(s: &mut S, export: &[u8]) -> Result<ExportInfo, String> {
+    let mut hello = [0u8; 16];
+    read_exact(s, &mut hello, "greeting")?;
+    if be64(&hello[..8]) != NBDMAGIC {
+        return Err("not an NBD server (bad greeting magic)".into());
+    }
+    match be64(&hello[8..]) {
+        IHAVEOPT => newstyle(s, export),
+        OLDSTYLE_MAGIC => oldstyle(s),
+        _ => Err("not an NBD server (unknown handshake style)".into()),
+    }
+}
+
+/// Oldstyle: the server sends size and flags and that is all.
+fn oldstyle<S: Read>(s: &mut S) -> Result<ExportInfo, String> {
+    let mut rest = [0u8; 152 - 16];
+    read_exact(s, &mut rest, "oldstyle greeting")?;
+    Ok(ExportInfo {
+        size: be64(&rest[..8]),
+        tflags: u16::from_be_bytes([rest[10], rest[11]]),
+    })
+}
+
+fn newstyle<S: Read + Write>(s: &mut S, export: &[u8]) -> Result<ExportInfo, String> {
+    let mut f = [0u8; 2];
+    read_exact(s, &mut f, "handshake flags")?;
+    let flags = u16::from_be_bytes(f);
+    if flags & FLAG_FIXED_NEWSTYLE == 0 {
+        // Without fixed newstyle an unknown option kills the connection; only
+        // EXPORT_NAME is safe.
+        write_all(s, &0u32.to_be_bytes())?;
+        return export_name(s, export, false);
+    }
+    let no_zeroes = flags & FLAG_NO_ZEROES != 0;
+    let cflags = CFLAG_FIXED_NEWSTYLE | if no_zeroes { CFLAG_NO_ZEROES } else { 0 };
+    write_all(s, &cflags.to_be_bytes())?;
+    match go(s, export)? {
+        Some(info) => Ok(info),
+        None => export_name(s, export, no_zeroes),
+    }
+}
+
+/// `NBD_OPT_GO`; `None` if the server does not support it.
+fn go<S: Read + Write>(s: &mut S, export: &[u8]) -> Result<Option<ExportInfo>, String> {
+    let mut data = Vec::with_capacity(6 + export.len());
+    data.extend_from_slice(&(export.len() as u32).to_be_bytes());
+    data.extend_from_slice(export);
+    data.extend_from_slice(&0u16.to_be_bytes()); // no extra info items: INFO_EXPORT always comes
+    write_all(s, &option(OPT_GO, &data))?;
+    let mut info = None;
+    loop {
+        let (kind, body) = option_reply(s, OPT_GO)?;
+        match kind {
+            REP_ACK => {
+                return info
+                    .map(Some)
+                    .ok_or_else(|| "server finished GO without sending the export size".into());
+            }
+            REP_INFO
+                if body.len() >= 12 && u16::from_be_bytes([body[0], body[1]]) == INFO_EXPORT =>
+            {
+                info = Some(ExportInfo {
+                    size: be64(&body[2..10]),
+                    tflags: u16::from_be_bytes([body[10], body[11]]),
+                });
+            }
+            REP_ERR_UNSUP => return Ok(None),
+            k if k & (1 << 31) != 0 => {
+                return Err(format!(
+                    "server refused export '{}': {}{}",
+                    String::from_utf8_lossy(export),
+                    rep_error_name(k),
+                    message(&body)
+                ));
+            }
+            // Other replies (other INFO items, REP_SERVER) are not errors; skip them.
+            _ => {}
+        }
+    }
+}
+
+/// `NBD_OPT_EXPORT_NAME`: the server answers with size and flags, or hangs up.
+fn export_name<S: Read + Write>(
+    s: &mut S,
+    export: &[u8],
+    no_zeroes: bool,
+) -> Result<ExportInfo, String> {
+    write_all(s, &option(OPT_EXPORT_NAME, export))?;
+    let mut reply = [0u8; 10 + 124];
+    let len = if no_zeroes { 10 } else { reply.len() };
+    read_exact(s, &mut reply[..len], "EXPORT_NAME reply").map_err(|e| {
+        format!(
+            "{e} (does export '{}' exist?)",
+            String::from_utf8_lossy(export)
+        )
+    })?;
+    Ok(ExportInfo {
+        size: be64(&reply[..8]),
+        tflags: u16::from_be_bytes([reply[8], reply[9]]),
+    })
+}
+
+/// One option request: IHAVEOPT, option, length, data.
+fn option(opt: u32, data: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 + data.len());
+    v.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    v.extend_from_slice(&opt.to_be_bytes());
+    v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+/// Reads one option reply to `opt`: its type and its data.
+fn option_reply<S: Read>(s: &mut S, opt: u32) -> Result<(u32, Vec<u8>), String> {
+    let mut h = [0u8; 20];
+    read_exact(s, &mut h, "option reply")?;
+    if be64(&h[..8]) != OPT_REPLY_MAGIC {
+        return Err("bad option reply magic".into());
+    }
+    if be32(&h[8..12]) != opt {
+        return Err("option reply to an option we did not send".into());
+    }
+    let kind = be32(&h[12..16]);
+    let len = be32(&h[16..20]);
+    if len > MAX_OPTION_REPLY {
+        return Err(format!("option reply of {len} bytes is implausibly long"));
+    }
+    let mut body = vec![0u8; len as usize];
+    read_exact(s, &mut body, "option reply data")?;
+    Ok((kind, body))
+}
+
+fn rep_error_name(k: u32) -> String {
+    match k & !(1 << 31) {
+        1 => "unsupported".into(),
+        2 => "forbidden by policy".into(),
+        3 => "invalid".into(),
+        4 => "unsupported platform".into(),
+        5 => "TLS required".into(),
+        6 => "unknown export".into(),
+        7 => "server shutting down".into(),
+        8 => "block size required".into(),
+        9 => "too big".into(),
+        10 => "extended headers required".into(),
+        n => format!("error {n}"),
+    }
+}
+
+/// The error message a server may put in an error reply, as ": text".
+fn message(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", text.chars().take(200).collect::<String>())
+    }
+}
+
+fn read_exact<S: Read>(s: &mut S, buf: &mut [u8], what: &str) -> Result<(), String> {
+    s.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => format!("server closed the connection during the {what}"),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => format!(
+            "no {what} from the server within {}s (at its connection limit? qemu-nbd needs --shared=N)",
+            HANDSHAKE_TIMEOUT.as_secs()
+        ),
+        _ => format!("reading the {what}: {}", plain(&e)),
+    })
+}
+
+fn write_all<S: Write>(s: &mut S, buf: &[u8]) -> Result<(), String> {
+    s.write_all(buf)
+        .map_err(|e| format!("writing to the server: {}", plain(&e)))
+}
+
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn be64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+/// An I/O error without Rust's " (os error N)" suffix, as C tools print it.
+pub fn plain(e: &io::Error) -> String {
+    let text = e.to_string();
+    match (e.raw_os_error(), text.rfind(" (os error ")) {
+        (Some(_), Some(i)) => text[..i].to_string(),
+        _ => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scripted server: what it says, and what the client wrote.
+    struct Script {
+        input: io::Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+
+    impl Read for Script {
+        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+            self.input.read(b)
+        }
+    }
+
+    impl Write for Script {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.output.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn script(parts: &[&[u8]]) -> Script {
+        Script {
+            input: io::Cursor::new(parts.concat()),
+            output: Vec::new(),
+        }
+    }
+
+    fn reply(opt: u32, kind: u32, data: &[u8]) -> Vec<u8> {
+        let mut v = OPT_REPLY_MAGIC.to_be_bytes().to_vec();
+        v.extend_from_slice(&opt.to_be_bytes());
+        v.extend_from_slice(&kind.to_be_bytes());
+        v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        v.extend_from_slice(data);
+        v
+    }
+
+    fn greeting() -> Vec<u8> {
+        nbdlite::proto::option::greeting_newstyle().to_vec()
+    }
+
+    fn info_export(size: u64, flags: u16) -> Vec<u8> {
+        let mut d = INFO_EXPORT.to_be_bytes().to_vec();
+        d.extend_from_slice(&size.to_be_bytes());
+        d.extend_from_slice(&flags.to_be_bytes());
+        reply(OPT_GO, REP_INFO, &d)
+    }
+
+    #[test]
+    fn go() {
+        let mut s = script(&[
+            &greeting(),
+            &info_export(1 << 30, 3),
+            &reply(OPT_GO, REP_ACK, b""),
+        ]);
+        let info = handshake(&mut s, b"disk").unwrap();
+        assert_eq!(
+            info,
+            ExportInfo {
+                size: 1 << 30,
+                tflags: 3
+            }
+        );
+        assert_eq!(be32(&s.output), CFLAG_FIXED_NEWSTYLE | CFLAG_NO_ZEROES);
+        assert_eq!(&s.output[4..12], b"IHAVEOPT");
+        assert_eq!(be32(&s.output[12..]), OPT_GO);
+        assert_eq!(&s.output[24..28], b"disk");
+    }
+
+    #[test]
+    fn falls_back_to_export_name() {
+        let mut s = script(&[
+            &greeting(),
+            &reply(OPT_GO, REP_ERR_UNSUP, b""),
+            &(5u64 << 20).to_be_bytes(),
+            &1u16.to_be_bytes(),
+        ]);
+        let info = handshake(&mut s, b"").unwrap();
+        assert_eq!(info.size, 5 << 20);
+        assert_eq!(be32(&s.output[s.output.len() - 8..]), OPT_EXPORT_NAME);
+    }
+
+    #[test]
+    fn oldstyle() {
+        let g = nbdlite::proto::option::greeting_oldstyle(4096, 1);
+        assert_eq!(
+            handshake(&mut script(&[&g]), b"").unwrap(),
+            ExportInfo {
+                size: 4096,
+                tflags: 1
+            }
+        );
+    }
+
+    #[test]
+    fn garbage_and_refusals_are_errors() {
+        let cases: Vec<Vec<u8>> = vec![
+            b"HTTP/1.1 400 Bad Request\r\n".to_vec(),
+            greeting()[..10].to_vec(),
+            [
+                greeting(),
+                reply(OPT_GO, REP_ERR_UNSUP | 5, b"unknown export"),
+            ]
+            .concat(),
+            [greeting(), reply(OPT_GO, REP_ACK, b"")].concat(),
+            [
+                greeting(),
+                reply(OPT_GO, REP_INFO, &[0u8; 12])[..25].to_vec(),
+            ]
+            .concat(),
+            [
+                greeting(),
+                reply(OPT_GO, REP_ACK, &[])[..8].to_vec(),
+                vec![0; 16],
+            ]
+            .concat(),
+            [
+                greeting(),
+                reply(OPT_GO, REP_INFO, b"")[..16].to_vec(),
+                u32::MAX.to_be_bytes().to_vec(),
+            ]
+            .concat(),
+        ];
+        for c in cases {
+            let e = handshake(&mut script(&[&c]), b"x");
+            assert!(e.is_err(), "{c:?}");
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! nbdlite-bench: a load generator for NBD servers. Opens N connections, keeps
+//! Q requests in flight on each for T seconds, and reports IOPS, throughput
+//! and latency percentiles. Errors become one line on stderr and exit status 1.
+
+mod args;
+mod client;
+mod engine;
+mod hist;
+mod report;
+mod stream;
+mod uri;
+mod workload;
+
+use std::sync::atomic::AtomicBool;
+
+use nbdlite::proto::{TF_HAS_FLAGS, TF_READ_ONLY};
+
+use args::{Command, Config};
+use client::{ExportInfo, Socket};
+use engine::{Conn, Failure, Plan, Stats};
+use report::Summary;
+use workload::{Rng, Workload};
+
+fn main() {
+    let code = match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("nbdlite-bench: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn real_main() -> Result<i32, String> {
+    let cfg = match args::parse(std::env::args_os().skip(1).collect())? {
+        Command::Help => {
+            print!("{}", args::HELP);
+            return Ok(0);
+        }
+        Command::Version => {
+            println!("nbdlite-bench {}", env!("CARGO_PKG_VERSION"));
+            return Ok(0);
+        }
+        Command::Run(cfg) => cfg,
+    };
+    let (socks, info) = open_all(&cfg)?;
+    let range = check(&cfg, info)?;
+    let payload = if cfg.pattern.writes() {
+        payload(cfg.size, cfg.seed)
+    } else {
+        Vec::new()
+    };
+    let groups = spread(&cfg, socks, range)?;
+    let plan = Plan {
+        size: cfg.size,
+        warmup: cfg.warmup,
+        run: cfg.time,
+        payload: &payload,
+    };
+    let stats = run_threads(groups, &plan)?;
+    let summary = Summary::new(&cfg, info.size, range, &stats);
+    if cfg.json {
+        print!("{}", summary.json());
+    } else {
+        print!("{}", summary.table());
+    }
+    if let Some(first) = &stats.first_error {
+        eprintln!(
+            "nbdlite-bench: {} request(s) failed; the first: {first}",
+            stats.errors
+        );
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+/// Opens every connection before any traffic, so that connecting is not
+/// measured. All must see the same export.
+fn open_all(cfg: &Config) -> Result<(Vec<Socket>, ExportInfo), String> {
+    let mut socks = Vec::with_capacity(cfg.connections);
+    let mut first: Option<ExportInfo> = None;
+    for i in 0..cfg.connections {
+        let (s, info) = client::open(&cfg.target).map_err(|e| format!("connection {i}: {e}"))?;
+        match first {
+            None => first = Some(info),
+            Some(f) if f.size != info.size => {
+                return Err(format!(
+                    "connection {i}: the export is {} bytes here but was {} on connection 0",
+                    info.size, f.size
+                ));
+            }
+            Some(_) => {}
+        }
+        socks.push(s);
+    }
+    // Invariant: connections >= 1 (args::parse), so the loop set `first`.
+    let info = first.ok_or("no connections")?;
+    Ok((socks, info))
+}
+
+/// The byte range to use, after checking the options against the export.
+fn check(cfg: &Config, info: ExportInfo) -> Result<u64, String> {
+    let range = cfg.range.unwrap_or(info.size);
+    if range > info.size {
+        return Err(format!(
+            "--range {range} is larger than the export ({} bytes)",
+            info.size
+        ));
+    }
+    if cfg.size > range {
+        return Err(format!(
+            "requests of {} bytes do not fit in {range} bytes (see --size, --range)",
+            cfg.size
+        ));
+    }
+    let read_only = info.tflags & TF_HAS_FLAGS != 0 && info.tflags & TF_READ_ONLY != 0;
+    if read_only && cfg.pattern.writes() {
+        return Err(format!(
+            "the export is read-only; --rw {} writes",
+            cfg.pattern.name()
+        ));
+    }
+    Ok(range)
+}
+
+/// WRITE data: pseudo-random bytes, so that no server can take a shortcut
+/// for zeroes or repeated blocks.
+fn payload(size: u64, seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed ^ 0x5eed);
+    let mut v = Vec::with_capacity(size as usize);
+    while v.len() < size as usize {
+        v.extend_from_slice(&rng.next().to_le_bytes());
+    }
+    v.truncate(size as usize);
+    v
+}
+
+/// Deals the connections out to the threads, round-robin.
+fn spread(cfg: &Config, socks: Vec<Socket>, range: u64) -> Result<Vec<Vec<Conn>>, String> {
+    let mut groups: Vec<Vec<Conn>> = (0..cfg.threads).map(|_| Vec::new()).collect();
+    let n = socks.len() as u64;
+    for (i, s) in socks.into_iter().enumerate() {
+        let work = Workload::new(
+            cfg.pattern,
+            cfg.size,
+            range,
+            cfg.rwmix_read,
+            cfg.seed,
+            i as u64,
+            n,
+        )?;
+        groups[i % cfg.threads].push(Conn::new(i, s, work, cfg.queue_depth)?);
+    }
+    Ok(groups)
+}
+
+/// Runs each group on its own thread (the first on this one) and merges the
+/// results. The first real error wins over the "stopped" of the others.
+fn run_threads(mut groups: Vec<Vec<Conn>>, plan: &Plan) -> Result<Stats, String> {
+    let stop = AtomicBool::new(false);
+    // Never empty: args::parse makes threads at least 1.
+    let mine = groups.remove(0);
+    let results: Vec<Result<Stats, Failure>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = groups
+            .into_iter()
+            .map(|g| scope.spawn(|| engine::run(g, plan, &stop)))
+            .collect();
+        let mut all = vec![engine::run(mine, plan, &stop)];
+        for h in handles {
+            all.push(
+                h.join()
+                    .unwrap_or_else(|_| Err(Failure::Error("a worker thread panicked".into()))),
+            );
+        }
+        all
+    });
+    let mut total = Stats::default();
+    let mut stopped = false;
+    for r in results {
+        match r {
+            Ok(s) => total.merge(&s),
+            Err(Failure::Error(e)) => return Err(e),
+            Err(Failure::Stopped) => stopped = true,
+        }
+    }
+    if stopped {
+        return Err("a thread stopped without saying why".into());
+    }
+    Ok(total)
+}

@@ -1,0 +1,156 @@
+//! nbdlite-bench against a real server: nbdlite itself, and nbdkit when it is
+//! installed. Each run is short (half a second of traffic); what is checked is
+//! that requests flow and come back without errors, and that failures give
+//! exit status 1 with a one-line message.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{Server, TempDir, have, run, wait_exit};
+
+fn bench() -> &'static str {
+    env!("CARGO_BIN_EXE_nbdlite-bench")
+}
+
+/// `"key": value` from the one-line JSON report, as text.
+fn json_field<'a>(json: &'a str, key: &str) -> &'a str {
+    let k = format!("\"{key}\": ");
+    let at = json
+        .find(&k)
+        .unwrap_or_else(|| panic!("no {key} in {json}"))
+        + k.len();
+    let rest = &json[at..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end].trim()
+}
+
+fn number(json: &str, key: &str) -> f64 {
+    let v = json_field(json, key);
+    v.parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number: {v}"))
+}
+
+/// Runs the bench with `args` and the options every test shares.
+fn run_bench(uri: &str, args: &[&str]) -> Output {
+    run(
+        Command::new(bench())
+            .args(["-c", "4", "-q", "4", "-t", "0.5", "--json", uri])
+            .args(args),
+        30,
+    )
+}
+
+/// A run that must succeed: nonzero requests of the right kind, no errors.
+#[track_caller]
+fn check_ok(uri: &str, rw: &str) -> String {
+    let out = run_bench(uri, &["--rw", rw]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "--rw {rw}: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.trim_end().starts_with('{') && stdout.trim_end().ends_with('}'));
+    assert!(number(&stdout, "requests") > 0.0, "{stdout}");
+    assert_eq!(number(&stdout, "errors"), 0.0, "{stdout}");
+    assert_eq!(json_field(&stdout, "pattern"), format!("\"{rw}\""));
+    assert_eq!(number(&stdout, "connections"), 4.0);
+    assert_eq!(number(&stdout, "queue_depth"), 4.0);
+    let kind = if rw.contains("write") {
+        "writes"
+    } else {
+        "reads"
+    };
+    assert_eq!(
+        number(&stdout, kind),
+        number(&stdout, "requests"),
+        "{stdout}"
+    );
+    let secs = number(&stdout, "seconds");
+    assert!((0.5..5.0).contains(&secs), "{stdout}");
+    assert!(number(&stdout, "lat_p50_us") <= number(&stdout, "lat_p99_us"));
+    assert!(number(&stdout, "lat_p99_us") <= number(&stdout, "lat_max_us"));
+    stdout
+}
+
+#[test]
+fn nbdlite_read_and_write() {
+    let srv = Server::start(&["memory", "64M"]);
+    check_ok(&srv.uri(), "randread");
+    let j = check_ok(&srv.uri(), "write");
+    assert_eq!(number(&j, "export_size"), (64 << 20) as f64);
+}
+
+#[test]
+fn nbdkit_read_and_write() {
+    if !have(&["nbdkit"]) {
+        return;
+    }
+    let dir = TempDir::new();
+    let sock = dir.join("sock");
+    let pidfile = dir.join("pid");
+    let log = dir.join("log");
+    let mut cmd = Command::new("nbdkit");
+    cmd.arg("-f")
+        .arg("-U")
+        .arg(&sock)
+        .arg("-P")
+        .arg(&pidfile)
+        .args(["memory", "64M"]);
+    let srv = Server::spawn(cmd, dir, sock, pidfile, log);
+    check_ok(&srv.uri(), "randread");
+    check_ok(&srv.uri(), "randwrite");
+}
+
+#[test]
+fn refused_export_is_one_line_and_status_1() {
+    let srv = Server::start(&["-e", "disk", "memory", "1M"]);
+    let out = run_bench(&srv.uri_export("other"), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("nbdlite-bench: "), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn error_replies_are_counted_and_status_1() {
+    // Over the largest request nbdlite serves (64 MiB): every READ is refused.
+    let srv = Server::start(&["memory", "128M"]);
+    let out = run_bench(&srv.uri(), &["-s", "65M"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(number(&stdout, "errors") > 0.0, "{stdout}");
+    assert_eq!(number(&stdout, "requests"), 0.0, "{stdout}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("nbdlite-bench: ") && err.contains("EINVAL"),
+        "{err}"
+    );
+}
+
+#[test]
+fn lost_server_is_status_1() {
+    let mut srv = Server::start(&["memory", "64M"]);
+    let mut child = Command::new(bench())
+        .args(["-c", "2", "-q", "2", "-t", "20", &srv.uri()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn nbdlite-bench");
+    std::thread::sleep(Duration::from_millis(300));
+    srv.signal("KILL");
+    let st = wait_exit(&mut child, 10);
+    let _ = child.kill();
+    assert_eq!(st.and_then(|s| s.code()), Some(1));
+    assert!(!srv.alive());
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(err.starts_with("nbdlite-bench: connection "), "{err}");
+}
