@@ -154,3 +154,45 @@ fn lost_server_is_status_1() {
     }
     assert!(err.starts_with("nbdlite-bench: connection "), "{err}");
 }
+
+/// The scale target: 10,000 clients at once, each through the handshake and a
+/// 4 KiB read (each connection starts with one READ in flight, and the bench
+/// fails if any is left unanswered), on one server thread. Needs a hard
+/// descriptor limit of at least 10,000 for each side; nbdlite raises its soft
+/// limit itself, the bench gets it from `ulimit -n`.
+#[test]
+fn ten_thousand_connections() {
+    const N: u64 = 10_000;
+    let hard = run(Command::new("sh").args(["-c", "ulimit -Hn"]), 5);
+    let hard = String::from_utf8_lossy(&hard.stdout).trim().to_string();
+    if hard != "unlimited" && hard.parse::<u64>().unwrap_or(0) < N + 100 {
+        let msg = format!(
+            "ten_thousand_connections: hard fd limit {hard} < {}",
+            N + 100
+        );
+        assert!(!common::interop_required(), "{msg}");
+        eprintln!("SKIP: {msg}");
+        return;
+    }
+    let srv = Server::start(&["memory", "1G"]);
+    let script = format!(
+        "ulimit -n {} && exec \"$0\" -c {N} -q 1 -t 1 -s 4K --rw randread --json \"$1\"",
+        N + 100
+    );
+    let out = run(
+        Command::new("sh").args(["-c", &script, bench(), &srv.uri()]),
+        120,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}\nstdout: {stdout}\nstderr: {}\nserver: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        srv.log_text()
+    );
+    assert_eq!(number(&stdout, "connections"), N as f64, "{stdout}");
+    assert!(number(&stdout, "reads") >= N as f64, "{stdout}");
+    assert_eq!(number(&stdout, "errors"), 0.0, "{stdout}");
+    assert_eq!(srv.log_text(), "", "nothing to complain about");
+}
