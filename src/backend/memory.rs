@@ -162,7 +162,11 @@ impl Backend for Memory {
         let mut count = 0;
         while pos < end.max(offset + 1) && count < max {
             let idx = pos / page;
-            let run_end = if self.pages.contains_key(&idx) {
+            // One lookup per run: this is on every structured READ's path.
+            let allocated = self.pages.contains_key(&idx);
+            let run_end = if allocated && (idx + 1) * page >= end {
+                (idx + 1) * page // the common case: the request ends in this page
+            } else if allocated {
                 // Extend over consecutive allocated pages, stopping past `end`.
                 let mut next = idx + 1;
                 for (&k, _) in self.pages.range(idx + 1..) {
@@ -180,7 +184,7 @@ impl Backend for Memory {
                     .map_or(self.size, |(&k, _)| k * page)
             };
             let run_end = run_end.min(self.size);
-            let flags = if self.pages.contains_key(&idx) {
+            let flags = if allocated {
                 0
             } else {
                 STATE_HOLE | STATE_ZERO
