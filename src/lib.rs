@@ -10,6 +10,7 @@ pub mod captive;
 pub mod cli;
 pub mod conn;
 pub mod daemon;
+pub mod driver;
 pub mod error;
 pub mod export;
 pub mod handshake;
