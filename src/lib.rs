@@ -13,6 +13,8 @@ pub mod daemon;
 pub mod driver;
 pub mod error;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod listen;
 pub mod notify;
