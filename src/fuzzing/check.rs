@@ -424,3 +424,81 @@ fn block_status(p: &[u8], extended: bool, req_one: bool) {
         assert_eq!(flags & !u64::from(STATE_HOLE | STATE_ZERO), 0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::reply::{Style, chunk, simple};
+
+    fn session(style: Style) -> Session {
+        Session {
+            style,
+            flags: 0,
+            meta: true,
+        }
+    }
+
+    fn read(length: u64) -> Req {
+        Req {
+            flags: 0,
+            kind: CMD_READ,
+            cookie: 7,
+            offset: 512,
+            length,
+        }
+    }
+
+    fn fails(f: impl FnOnce() + std::panic::UnwindSafe) -> bool {
+        std::panic::catch_unwind(f).is_err()
+    }
+
+    /// The checks are not vacuous: each catches the fault it is there for.
+    #[test]
+    fn catches_malformed_replies() {
+        let ok = simple(0, 7).as_bytes().to_vec();
+        let mut data = ok.clone();
+        data.extend_from_slice(&[0; 4]);
+        check_replies(&session(Style::Simple), &read(4), &data);
+        assert!(fails(|| check_replies(
+            &session(Style::Simple),
+            &read(5),
+            &data
+        )));
+        assert!(fails(|| check_replies(
+            &session(Style::Extended),
+            &read(0),
+            &ok
+        )));
+        let wrong_cookie = simple(0, 8).as_bytes().to_vec();
+        assert!(fails(|| check_replies(
+            &session(Style::Simple),
+            &read(0),
+            &wrong_cookie
+        )));
+        // A structured READ must end with DONE and cover the request.
+        let s = session(Style::Structured);
+        let mut c = chunk(Style::Structured, 0, REPLY_TYPE_OFFSET_DATA, 7, 512, 12)
+            .as_bytes()
+            .to_vec();
+        c.extend_from_slice(&512u64.to_be_bytes());
+        c.extend_from_slice(&[1; 4]);
+        assert!(fails(|| check_replies(&s, &read(4), &c)));
+        c[5] = REPLY_FLAG_DONE as u8;
+        check_replies(&s, &read(4), &c);
+        assert!(fails(|| check_replies(&s, &read(8), &c)));
+    }
+
+    #[test]
+    fn catches_malformed_option_replies() {
+        let mut out = Vec::new();
+        option::put_reply(&mut out, OPT_LIST, REP_ACK, &[]);
+        assert_eq!(option_replies(&out, OPT_LIST), vec![REP_ACK]);
+        assert!(fails(|| {
+            option_replies(&out, OPT_GO);
+        }));
+        out[19] = 1; // announces data that is not there
+        assert!(fails(|| {
+            option_replies(&out, OPT_LIST);
+        }));
+    }
+}
