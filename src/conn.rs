@@ -11,15 +11,14 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, Extent};
 use crate::buf::{InBuf, OutQueue, Pool};
-use crate::export::{Export, MAX_REQUEST};
-use crate::handshake::{Handshake, Outcome};
+use crate::driver::{Driver, Phase, Progress};
+use crate::export::Export;
+use crate::handshake::Handshake;
 use crate::logging;
 use crate::proto::option::{greeting_newstyle, greeting_oldstyle};
 use crate::proto::reply::Style;
-use crate::proto::request::parse_request;
-use crate::proto::{CMD_DISC, Parse};
 use crate::sys;
-use crate::transmission::{self, Env, Session};
+use crate::transmission::{Env, Session};
 
 /// Requests (or options) handled per turn, so one busy client cannot starve the rest.
 const TURN: usize = 64;
@@ -55,21 +54,6 @@ pub struct Ctx<'a> {
     pub now: Instant,
 }
 
-enum Phase {
-    Handshake(Handshake),
-    Transmission(Session),
-}
-
-/// How far processing the buffered input got.
-enum Progress {
-    /// Handled a message.
-    Some,
-    /// The message at the front is incomplete.
-    NeedInput,
-    /// End the connection (after sending what is queued).
-    Close(&'static str),
-}
-
 pub struct Conn {
     id: usize,
     rfd: OwnedFd,
@@ -77,11 +61,8 @@ pub struct Conn {
     wfd: Option<OwnedFd>,
     inb: InBuf,
     out: OutQueue,
-    phase: Phase,
-    /// Input bytes still to be thrown away (option data or a WRITE payload we refused).
-    skip: u64,
-    /// Total bytes the message at the front needs: how much to read next.
-    need: usize,
+    /// The protocol: what the input means and what to answer.
+    driver: Driver,
     /// Readiness last reported and not yet used up (cleared on EAGAIN).
     pub readable: bool,
     pub writable: bool,
@@ -92,9 +73,6 @@ pub struct Conn {
     eof: bool,
     /// Why we are closing once the output drains.
     closing: Option<&'static str>,
-    /// A request arrived after shutdown began and was refused: the client now owes
-    /// us a soft disconnect, which we wait for (until the grace period ends).
-    refused_in_shutdown: bool,
     /// When a message was last handled.
     last_active: Instant,
     /// The server's number for this connection, unique for the process (slab
@@ -131,15 +109,12 @@ impl Conn {
             wfd,
             inb: InBuf::default(),
             out,
-            phase,
-            skip: 0,
-            need: 0,
+            driver: Driver::new(phase),
             readable: true,
             writable: true,
             write_registered: false,
             eof: false,
             closing: None,
-            refused_in_shutdown: false,
             last_active: ctx.now,
             serial: 0,
         }
@@ -169,7 +144,7 @@ impl Conn {
     }
 
     pub fn in_handshake(&self) -> bool {
-        matches!(self.phase, Phase::Handshake(_))
+        self.driver.in_handshake()
     }
 
     /// Does as much work as readiness and the turn allow.
@@ -226,7 +201,7 @@ impl Conn {
             }
             // The front message is incomplete: read more.
             if self.eof {
-                if !self.inb.is_empty() || self.skip > 0 {
+                if !self.inb.is_empty() || self.driver.skip() > 0 {
                     log::warn!("client disconnected in the middle of a message");
                 }
                 self.closing = Some("client closed the connection");
@@ -236,8 +211,10 @@ impl Conn {
                 // Shutting down: an idle client is let go at once; one that was
                 // refused gets to disconnect itself.
                 let idle = self.inb.is_empty()
-                    && self.skip == 0
-                    && !self.refused_in_shutdown
+                    && self.driver.skip() == 0
+                    // A request arrived after shutdown began and was refused: the
+                    // client now owes us a soft disconnect, which we wait for.
+                    && !self.driver.refused_in_shutdown()
                     && ctx.now.duration_since(self.last_active) >= QUIET;
                 if ctx.shutting_down && !self.in_handshake() && idle {
                     self.closing = Some("server shutting down");
@@ -277,95 +254,6 @@ impl Conn {
 
     /// Handles the message at the front of the input, if it is complete.
     fn one(&mut self, ctx: &mut Ctx) -> Progress {
-        if self.skip > 0 {
-            let n = self.skip.min(self.inb.len() as u64);
-            self.inb.consume(n as usize);
-            self.skip -= n;
-            if self.skip > 0 {
-                return Progress::NeedInput;
-            }
-        }
-        match &mut self.phase {
-            Phase::Handshake(hs) => {
-                let mut replies = Vec::new();
-                let outcome = hs.step(
-                    self.inb.pending(),
-                    &mut replies,
-                    ctx.export,
-                    ctx.shutting_down,
-                );
-                self.out.writer(ctx.pool).put(&replies);
-                self.handshake_outcome(outcome)
-            }
-            Phase::Transmission(s) => {
-                let s = *s;
-                self.request(&s, ctx)
-            }
-        }
-    }
-
-    fn handshake_outcome(&mut self, outcome: Outcome) -> Progress {
-        match outcome {
-            Outcome::Continue(0) => Progress::NeedInput,
-            Outcome::Continue(n) => {
-                self.inb.consume(n);
-                Progress::Some
-            }
-            Outcome::Skip { consumed, skip } => {
-                self.inb.consume(consumed);
-                self.skip = skip;
-                Progress::Some
-            }
-            Outcome::Transmission { consumed, session } => {
-                self.inb.consume(consumed);
-                log::debug!(
-                    "transmission: {:?}, flags {:#x}, base:allocation {}",
-                    session.style,
-                    session.flags,
-                    session.meta
-                );
-                self.phase = Phase::Transmission(session);
-                Progress::Some
-            }
-            Outcome::Abort => Progress::Close("client aborted"),
-            Outcome::Close(why) => {
-                log::warn!("handshake: {why}: disconnecting");
-                Progress::Close(why)
-            }
-        }
-    }
-
-    fn request(&mut self, s: &Session, ctx: &mut Ctx) -> Progress {
-        let (req, hdr) = match parse_request(self.inb.pending(), s.extended()) {
-            Parse::Done(req, n) => (req, n),
-            Parse::NeedMore => return Progress::NeedInput,
-            Parse::Malformed(why) => {
-                log::warn!("{why}: disconnecting");
-                return Progress::Close(why);
-            }
-        };
-        if req.kind == CMD_DISC {
-            return Progress::Close("client sent DISC");
-        }
-        if req.payload > MAX_REQUEST {
-            if s.extended() {
-                log::warn!("payload of {} bytes: disconnecting", req.payload);
-                return Progress::Close("payload too large");
-            }
-            // Compact WRITE: refuse it, then read past its payload without keeping it.
-            log::warn!("WRITE of {} bytes refused", req.payload);
-            let mut out = self.out.writer(ctx.pool);
-            transmission::error(s, &req, &mut out, crate::proto::EINVAL, "request too large");
-            self.inb.consume(hdr);
-            self.skip = req.payload;
-            return Progress::Some;
-        }
-        let total = hdr + req.payload as usize;
-        if self.inb.len() < total {
-            self.need = total;
-            return Progress::NeedInput;
-        }
-        self.refused_in_shutdown |= ctx.shutting_down;
         let mut env = Env {
             backend: &mut *ctx.backend,
             export: ctx.export,
@@ -373,15 +261,14 @@ impl Conn {
             shutting_down: ctx.shutting_down,
         };
         let mut out = self.out.writer(&mut *ctx.pool);
-        transmission::handle(s, &mut env, &req, &self.inb.pending()[hdr..total], &mut out);
-        self.inb.consume(total);
-        self.need = 0;
-        Progress::Some
+        let (used, progress) = self.driver.one(self.inb.pending(), &mut env, &mut out);
+        self.inb.consume(used);
+        progress
     }
 
     /// One read(2) into the input buffer.
     fn fill(&mut self, pool: &mut Pool) -> io::Result<usize> {
-        let want = READ_CHUNK.max(self.need.saturating_sub(self.inb.len()));
+        let want = READ_CHUNK.max(self.driver.need().saturating_sub(self.inb.len()));
         let n = sys::read(self.rfd.as_raw_fd(), self.inb.space(want, pool))?;
         self.inb.commit(n);
         if n > 0 && n < want {

@@ -10,8 +10,11 @@ pub mod captive;
 pub mod cli;
 pub mod conn;
 pub mod daemon;
+pub mod driver;
 pub mod error;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod listen;
 pub mod logging;
