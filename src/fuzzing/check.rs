@@ -424,6 +424,20 @@ fn block_status(p: &[u8], extended: bool, req_one: bool) {
     }
 }
 
+/// How much option data the server may buffer, per option, written down here
+/// independently of the handshake code: a name (4096 bytes) for EXPORT_NAME; a
+/// name, its length and up to 64 information requests for INFO and GO; 64 KiB
+/// for the META_CONTEXT options; nothing for options that take no data or are
+/// unknown (answered from the header, their data skipped).
+fn buffered_limit(opt: u32) -> u32 {
+    match opt {
+        OPT_EXPORT_NAME => 4096,
+        OPT_INFO | OPT_GO => 4 + 4096 + 2 + 2 * 64,
+        OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => 64 * 1024,
+        _ => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,19 +513,5 @@ mod tests {
         assert!(fails(|| {
             option_replies(&out, OPT_LIST);
         }));
-    }
-}
-
-/// How much option data the server may buffer, per option, written down here
-/// independently of the handshake code: a name (4096 bytes) for EXPORT_NAME; a
-/// name, its length and up to 64 information requests for INFO and GO; 64 KiB
-/// for the META_CONTEXT options; nothing for options that take no data or are
-/// unknown (answered from the header, their data skipped).
-fn buffered_limit(opt: u32) -> u32 {
-    match opt {
-        OPT_EXPORT_NAME => 4096,
-        OPT_INFO | OPT_GO => 4 + 4096 + 2 + 2 * 64,
-        OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => 64 * 1024,
-        _ => 0,
     }
 }
