@@ -65,6 +65,10 @@ pub struct Conn {
     driver: Driver,
     /// Readiness last reported and not yet used up (cleared on EAGAIN).
     pub readable: bool,
+    /// The peer has shut down its side (EPOLLRDHUP): the data before the FIN may
+    /// have come with the same edge, so a short read no longer means "drained",
+    /// and reading goes on until it returns 0.
+    pub read_closed: bool,
     pub writable: bool,
     /// Whether the Poll currently reports writability for this connection (the
     /// server's business: see `wants_write_events`).
@@ -111,6 +115,7 @@ impl Conn {
             out,
             driver: Driver::new(phase),
             readable: true,
+            read_closed: false,
             writable: true,
             write_registered: false,
             eof: false,
@@ -271,7 +276,7 @@ impl Conn {
         let want = READ_CHUNK.max(self.driver.need().saturating_sub(self.inb.len()));
         let n = sys::read(self.rfd.as_raw_fd(), self.inb.space(want, pool))?;
         self.inb.commit(n);
-        if n > 0 && n < want {
+        if n > 0 && n < want && !self.read_closed {
             // A short read drained the socket: anything arriving later raises a new
             // edge, so skip the read that would only say EAGAIN.
             self.readable = false;

@@ -259,6 +259,7 @@ impl Server {
                     Token(key) => {
                         if let Some(c) = self.conns.get_mut(key) {
                             c.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                            c.read_closed |= ev.is_read_closed() || ev.is_error();
                             c.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
                             self.drive(key);
                         }

@@ -517,3 +517,28 @@ fn queued_reads_are_not_changed_by_later_writes() {
         );
     }
 }
+
+/// A client that sends its last request and shuts down its side at once: the
+/// data and the FIN often arrive in one edge. The request is answered, and the
+/// connection is closed (it must not linger, holding a slot, for ever).
+#[test]
+fn last_request_and_fin_together() {
+    // No busy-polling: the server sleeps, so both arrive before it wakes up.
+    let srv = Server::start(&["--busy-poll", "0", "memory", "1M"]);
+    for i in 0..40 {
+        let (mut c, _, _) = Client::ready(&srv.sock, false, false, false);
+        let mut msg = request_bytes(false, 0, CMD_WRITE, 1, 0, 4);
+        msg.extend_from_slice(b"last");
+        msg.extend(request_bytes(false, 0, CMD_READ, 2, 0, 4));
+        c.send(&msg);
+        c.s.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(c.reply(None).errno(), 0, "round {i}: WRITE");
+        let r = c.reply(Some(4));
+        assert_eq!((r.errno(), &r.payload[..]), (0, &b"last"[..]), "round {i}");
+        assert!(
+            c.closed_by_peer(5),
+            "round {i}: the server kept the connection"
+        );
+    }
+    still_serves(&srv.sock);
+}
