@@ -51,9 +51,12 @@ fn percent_encode(s: &str) -> String {
 /// Starts the command with `$uri`, `$nbd`, `$port`, `$unixsocket`, `$exportname`
 /// and `$tls` in its environment, so the shell expands them where CMD says
 /// `$name`. `$nbd` equals `$uri`, as in nbdkit ≥ 1.24: qemu takes URIs.
-pub fn spawn(cmd: &str, ep: &Endpoint) -> Result<Child, Error> {
+pub fn spawn(cmd: &str, ep: &Endpoint, nofile: Option<u64>) -> Result<Child, Error> {
     let uri = uri(ep);
     let mut c = Command::new("/bin/sh");
+    if let Some(soft) = nofile {
+        crate::sys::nofile_limit_on_exec(&mut c, soft);
+    }
     c.arg("-c")
         .arg(cmd)
         .env("uri", &uri)

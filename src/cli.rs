@@ -53,7 +53,7 @@ Options:
       --no-sr             do not offer structured replies
       --tls off           TLS is not supported: only 'off' is accepted
   -t, --threads N         accepted for nbdkit compatibility; ignored
-  -v, --verbose           debug messages on stderr
+  -v, --verbose           debug messages (always on stderr)
       --help              this text
       --version           print the version
 
@@ -311,10 +311,11 @@ fn hardening(p: &mut pico_args::Arguments) -> Result<(Option<Duration>, Option<u
         None => Some(DEFAULT_HANDSHAKE_TIMEOUT),
         Some(s) => match s.parse::<f64>() {
             Ok(0.0) => None,
-            Ok(v) if v > 0.0 && v <= 1e9 => Some(Duration::from_secs_f64(v)),
+            // Under a millisecond would drop every client before it could speak.
+            Ok(v) if (0.001..=1e9).contains(&v) => Some(Duration::from_secs_f64(v)),
             _ => {
                 return Err(Error::usage(format!(
-                    "--handshake-timeout: '{s}' is not a number of seconds (0 for none)"
+                    "--handshake-timeout: '{s}' is not a number of seconds (0 for none, else at least 0.001)"
                 )));
             }
         },

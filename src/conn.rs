@@ -55,7 +55,8 @@ pub struct Ctx<'a> {
 }
 
 pub struct Conn {
-    id: usize,
+    /// The connection's serial number, for log lines.
+    id: u64,
     rfd: OwnedFd,
     /// A separate fd for writing (`-s` with distinct stdin and stdout).
     wfd: Option<OwnedFd>,
@@ -86,13 +87,7 @@ pub struct Conn {
 
 impl Conn {
     /// A connection that starts by sending the greeting.
-    pub fn new(
-        id: usize,
-        rfd: OwnedFd,
-        wfd: Option<OwnedFd>,
-        oldstyle: bool,
-        ctx: &mut Ctx,
-    ) -> Conn {
+    pub fn new(id: u64, rfd: OwnedFd, wfd: Option<OwnedFd>, oldstyle: bool, ctx: &mut Ctx) -> Conn {
         let mut out = OutQueue::default();
         let mut w = out.writer(ctx.pool);
         let phase = if oldstyle {

@@ -19,6 +19,7 @@ pub mod handshake;
 pub mod listen;
 pub mod logging;
 pub mod notify;
+pub mod privileges;
 pub mod proto;
 pub mod server;
 pub mod startup;

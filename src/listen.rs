@@ -28,18 +28,26 @@ impl Listener {
         }
     }
 
-    /// Accepts one client: a non-blocking, close-on-exec socket.
-    pub fn accept(&self) -> io::Result<OwnedFd> {
+    /// Accepts one client: a non-blocking, close-on-exec socket, and who it is
+    /// (for the log).
+    pub fn accept(&self) -> io::Result<(OwnedFd, String)> {
         match self {
             Listener::Tcp(l) => {
-                let (s, _) = l.accept()?;
+                let (s, peer) = l.accept()?;
                 // Replies are written whole; Nagle would only delay them.
                 if let Err(e) = s.set_nodelay(true) {
                     log::debug!("TCP_NODELAY: {e}");
                 }
-                Ok(s.into())
+                Ok((s.into(), peer.to_string()))
             }
-            Listener::Unix(l) => Ok(l.accept()?.0.into()),
+            Listener::Unix(l) => {
+                let (s, peer) = l.accept()?;
+                let peer = match peer.as_pathname() {
+                    Some(p) => p.display().to_string(),
+                    None => "a Unix socket".to_string(),
+                };
+                Ok((s.into(), peer))
+            }
         }
     }
 

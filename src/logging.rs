@@ -36,7 +36,7 @@ impl Sink {
 static SINK: AtomicU8 = AtomicU8::new(Sink::Stderr as u8);
 
 thread_local! {
-    static CONN: Cell<Option<usize>> = const { Cell::new(None) };
+    static CONN: Cell<Option<u64>> = const { Cell::new(None) };
 }
 
 struct Logger;
@@ -64,11 +64,11 @@ pub fn set_sink(sink: Sink) {
 }
 
 /// Messages logged while the guard lives name connection `id`.
-pub fn conn_scope(id: usize) -> ConnScope {
+pub fn conn_scope(id: u64) -> ConnScope {
     ConnScope(CONN.with(|c| c.replace(Some(id))))
 }
 
-pub struct ConnScope(Option<usize>);
+pub struct ConnScope(Option<u64>);
 
 impl Drop for ConnScope {
     fn drop(&mut self) {
@@ -93,7 +93,13 @@ impl log::Log for Logger {
             return;
         }
         let level = record.level();
-        match SINK.load(Ordering::Relaxed) {
+        // Debug lines (-v) always go to stderr, never to the system log (as
+        // nbdkit): one datagram per request would flood the journal.
+        let sink = match SINK.load(Ordering::Relaxed) {
+            _ if level >= log::Level::Debug => Sink::Stderr as u8,
+            s => s,
+        };
+        match sink {
             s if s == Sink::Stderr as u8 => {
                 let word = match level {
                     log::Level::Error => "error",
@@ -101,7 +107,9 @@ impl log::Log for Logger {
                     log::Level::Info => "info",
                     log::Level::Debug | log::Level::Trace => "debug",
                 };
-                // One write per line, so lines from a forked child don't interleave.
+                // One write per line, so lines from a forked child don't
+                // interleave; a failed write (a full disk, a closed pipe) costs
+                // the line, never the server.
                 let line = format!("nbdlite: {word}: {}{}\n", context(), record.args());
                 let _ = std::io::stderr().lock().write_all(line.as_bytes());
             }

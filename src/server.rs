@@ -31,6 +31,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const POOL_LINGER: Duration = Duration::from_secs(1);
 /// During shutdown, how often quiet connections are looked at again.
 const SHUTDOWN_TICK: Duration = Duration::from_millis(50);
+/// Clients accepted from one listener before the loop serves others.
+const ACCEPT_BATCH: usize = 64;
 /// How long to stop accepting after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Descriptors kept free beyond those open at start-up when the connection
@@ -132,6 +134,9 @@ pub struct Server {
     extents: Vec<Extent>,
     /// Connections whose turn ended with work left: driven again without an event.
     ready: Vec<usize>,
+    /// Listeners with clients still queued after a batch: accepted from again
+    /// without an event (their edge has been consumed).
+    listeners_ready: Vec<usize>,
     oldstyle: bool,
     idle_timeout: Option<Duration>,
     spin: Spin,
@@ -188,6 +193,7 @@ impl Server {
             pool: Pool::default(),
             extents: Vec::new(),
             ready: Vec::new(),
+            listeners_ready: Vec::new(),
             oldstyle: setup.oldstyle,
             idle_timeout: setup.idle_timeout,
             spin: Spin::new(setup.busy_poll),
@@ -209,7 +215,7 @@ impl Server {
             refusals: Refusals::default(),
         };
         for (rfd, wfd) in setup.connections {
-            server.add(rfd, wfd)?;
+            server.add(rfd, wfd, "an inherited socket")?;
         }
         Ok(server)
     }
@@ -270,6 +276,9 @@ impl Server {
                 if self.conns.contains(key) {
                     self.drive(key);
                 }
+            }
+            for i in std::mem::take(&mut self.listeners_ready) {
+                self.accept_all(i);
             }
             if self.deadline.is_some() && events.is_empty() {
                 // A shutdown tick: connections that have gone quiet may now close.
@@ -336,7 +345,7 @@ impl Server {
             {
                 Ok(()) => conn.write_registered = want,
                 Err(e) => {
-                    log::warn!("conn {key}: epoll: {e}");
+                    log::warn!("conn {}: epoll: {e}", conn.serial);
                     self.close(key);
                 }
             }
@@ -344,7 +353,8 @@ impl Server {
     }
 
     /// Registers a connected client and sends it the greeting.
-    fn add(&mut self, rfd: OwnedFd, wfd: Option<OwnedFd>) -> io::Result<()> {
+    /// Registers a new client. `peer` says who it is, for the log.
+    fn add(&mut self, rfd: OwnedFd, wfd: Option<OwnedFd>, peer: &str) -> io::Result<()> {
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let token = Token(key);
@@ -366,8 +376,9 @@ impl Server {
             shutting_down: false,
             now: self.now,
         };
-        let conn = entry.insert(Conn::new(key, rfd, wfd, self.oldstyle, &mut ctx));
+        // Logs name connections by serial, which (unlike slab keys) is never reused.
         self.serial += 1;
+        let conn = entry.insert(Conn::new(self.serial, rfd, wfd, self.oldstyle, &mut ctx));
         conn.serial = self.serial;
         if let Some(t) = self.handshake_timeout
             && conn.in_handshake()
@@ -377,8 +388,13 @@ impl Server {
                 key,
                 serial: self.serial,
             });
+            self.compact_handshakes();
         }
-        log::debug!("conn {key}: connected ({} open)", self.conns.len());
+        log::debug!(
+            "conn {}: connected from {peer} ({} open)",
+            self.serial,
+            self.conns.len()
+        );
         self.drive(key);
         Ok(())
     }
@@ -402,25 +418,29 @@ impl Server {
         }
     }
 
-    /// Accepts every pending client on listener `i`.
+    /// Accepts the clients pending on listener `i`, a batch at a time: a flood
+    /// of connections must not keep the loop from serving the ones it has.
     fn accept_all(&mut self, i: usize) {
         if self.deadline.is_some() || self.accept_paused_until.is_some() {
             return;
         }
-        loop {
+        for _ in 0..ACCEPT_BATCH {
             let Some(Some(l)) = self.listeners.get(i) else {
                 return;
             };
             match l.accept() {
-                Ok(fd) if self.conns.len() >= self.max_connections => {
+                Ok((fd, _)) if self.conns.len() >= self.max_connections => {
                     self.out_of_fds = false;
                     drop(fd); // closed at once: the client sees EOF
                     self.refuse();
                 }
-                Ok(fd) => {
+                Ok((fd, peer)) => {
                     self.out_of_fds = false;
-                    if let Err(e) = self.add(fd, None) {
+                    if let Err(e) = self.add(fd, None, &peer) {
                         log::warn!("cannot register a new connection: {e}");
+                        if self.accept_once {
+                            self.exit_code = 1; // -s could not serve its client
+                        }
                     }
                     if self.accept_once {
                         for j in 0..self.listeners.len() {
@@ -444,11 +464,15 @@ impl Server {
                         // Not a listening socket after all, or broken: never spin on it.
                         log::error!("accept on {}: {e}: no longer listening there", l.describe());
                         self.drop_listener(i);
+                        if self.accept_once {
+                            self.exit_code = 1; // -s never got its client
+                        }
                         return;
                     }
                 },
             }
         }
+        self.listeners_ready.push(i); // more may be queued: after the others' turn
     }
 
     /// A client was refused for the connection limit: say so, but at most once
@@ -473,6 +497,23 @@ impl Server {
         );
     }
 
+    /// Forgets deadlines of connections that finished the handshake or left,
+    /// once they are most of the queue: one client stalled at the front would
+    /// otherwise keep every later entry, one per connection, until it expires.
+    /// Amortized O(1) per connection.
+    fn compact_handshakes(&mut self) {
+        if self.handshakes.len() <= 2 * self.conns.len() + 64 {
+            return;
+        }
+        let conns = &self.conns;
+        self.handshakes.retain(|d| {
+            conns
+                .get(d.key)
+                .is_some_and(|c| c.serial == d.serial && c.in_handshake())
+        });
+        self.handshakes.shrink_to(2 * self.handshakes.len() + 64);
+    }
+
     /// Drops clients whose handshake deadline has passed, and forgets deadlines
     /// of connections that finished the handshake or left, so that the poll
     /// timeout only ever wakes the loop for a client still negotiating.
@@ -491,7 +532,7 @@ impl Server {
                 let t = self.handshake_timeout.unwrap_or_default();
                 log::warn!(
                     "conn {}: handshake not finished within {}s: disconnecting",
-                    d.key,
+                    d.serial,
                     t.as_secs_f64()
                 );
                 self.close(d.key);
@@ -585,7 +626,7 @@ impl Server {
 
     /// How long poll may sleep.
     fn timeout(&self) -> Option<Duration> {
-        if !self.ready.is_empty() {
+        if !self.ready.is_empty() || !self.listeners_ready.is_empty() {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -638,7 +679,7 @@ impl Server {
         }
         if self.conns.is_empty() && self.single && !self.has_listeners() {
             log::debug!("the last connection closed");
-            return Some(0);
+            return Some(self.exit_code);
         }
         if let Some(t) = self.idle_timeout
             && self.conns.is_empty()

@@ -8,17 +8,19 @@ use crate::activation::{self, Inherited};
 use crate::backend::{self, Backend};
 use crate::captive;
 use crate::cli::{BackendSpec, Config};
-use crate::daemon::{self, Cleanup, Identity};
+use crate::daemon::{self, Cleanup};
 use crate::error::Error;
 use crate::export::Export;
 use crate::listen::{self, Listener};
 use crate::logging::{self, Sink};
 use crate::notify::Notifier;
+use crate::privileges::Identity;
 use crate::server::{Server, Setup};
 use crate::sys;
 
 /// Serves until the server stops; returns the exit code. `activated` is the
-/// number of inherited sockets, if socket activation is on.
+/// number of inherited sockets, if socket activation is on; `parent` is our
+/// parent as it was when we started (for `--exit-with-parent`).
 pub fn serve(
     cfg: &Config,
     activated: Option<u32>,
@@ -29,37 +31,14 @@ pub fn serve(
         log::warn!("-t/--threads is ignored: one thread serves every connection");
     }
     let identity = Identity::resolve(cfg.user.as_deref(), cfg.group.as_deref())?;
-    // Many clients need many descriptors: take all the administrator allows.
-    match sys::raise_nofile_limit() {
-        Ok(n) => log::debug!("RLIMIT_NOFILE: {n}"),
-        Err(e) => log::warn!("cannot raise RLIMIT_NOFILE: {e}"),
-    }
+    let nofile = raise_nofile_limit();
     let backend = open_backend(cfg)?;
     let export = export_of(cfg, backend.as_ref());
     let mut cleanup = Cleanup::default();
     let (listeners, connections, port) = sockets(cfg, activated, &mut cleanup)?;
     let accept_once = cfg.single && !listeners.is_empty();
-    if let Some(id) = identity {
-        if cleanup.tmpdir.is_some() {
-            // `-U -`: the private directory and its socket are ours to hand over.
-            for p in [&cleanup.tmpdir, &cleanup.unix_socket]
-                .into_iter()
-                .flatten()
-            {
-                id.give(p)?;
-            }
-        }
-        id.assume()?;
-    }
     let signals = sys::signal_pipe(&[libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGCHLD])
         .map_err(Error::setup("signals"))?;
-    if cfg.exit_with_parent {
-        sys::exit_with_parent().map_err(Error::setup("--exit-with-parent"))?;
-        if sys::getppid() != parent {
-            log::info!("--exit-with-parent: the parent has already exited");
-            return Ok(0);
-        }
-    }
     let ep = captive::Endpoint {
         unix: cleanup.unix_socket.as_deref(),
         port,
@@ -80,6 +59,18 @@ pub fn serve(
     } else {
         Some(daemon::fork_into_background()?)
     };
+    // Written while we may still write where root can (/run).
+    if let Some(p) = &pidfile {
+        daemon::write_pidfile(p)?;
+        cleanup.pidfile = Some(p.clone());
+    }
+    if let Some(id) = identity {
+        drop_privileges(&id, &cleanup)?;
+    }
+    // After the privilege drop, which clears the parent-death signal.
+    if cfg.exit_with_parent && !follow_parent(parent)? {
+        return Ok(0);
+    }
 
     let setup = Setup {
         export,
@@ -96,26 +87,63 @@ pub fn serve(
     };
     let notifier = setup.notifier.clone();
     let mut server = Server::new(setup, backend).map_err(Error::setup("event loop"))?;
-    if let Some(p) = &pidfile {
-        daemon::write_pidfile(p)?;
-        cleanup.pidfile = Some(p.clone());
-    }
     notifier.ready();
     if let Some(ready) = ready {
         if cfg.log.is_none() {
             // In the background nobody reads our stderr (as nbdkit).
             logging::set_sink(Sink::Syslog);
         }
-        // Keep stderr where it was asked for: -v, or --log=stderr.
+        // Keep stderr where it was asked for: -v (debug lines), or --log=stderr.
         daemon::detach_stdio(cfg.verbose || cfg.log == Some(Sink::Stderr))?;
         ready.signal();
     }
     if let Some(cmd) = &cfg.run {
-        server.set_run_child(captive::spawn(cmd, &ep)?);
+        server.set_run_child(captive::spawn(cmd, &ep, nofile)?);
     }
     let code = server.run();
     drop(cleanup);
     Ok(code)
+}
+
+/// Many clients need many descriptors: take all the administrator allows.
+/// Returns the limit we were given, for `--run` to get back.
+fn raise_nofile_limit() -> Option<u64> {
+    match sys::raise_nofile_limit() {
+        Ok((before, after)) => {
+            log::debug!("RLIMIT_NOFILE: {before} raised to {after}");
+            Some(before)
+        }
+        Err(e) => {
+            log::warn!("cannot raise RLIMIT_NOFILE: {e}");
+            None
+        }
+    }
+}
+
+/// `-u`/`-g`. The private directory of `-U -` goes to the new user, so it can
+/// be removed at exit; a socket or pidfile the user cannot remove stays behind
+/// (as with nbdkit).
+fn drop_privileges(id: &Identity, cleanup: &Cleanup) -> Result<(), Error> {
+    if cleanup.tmpdir.is_some() {
+        for p in [&cleanup.tmpdir, &cleanup.unix_socket]
+            .into_iter()
+            .flatten()
+        {
+            id.give(p)?;
+        }
+    }
+    id.assume()
+}
+
+/// `--exit-with-parent`: asks for SIGTERM when the parent exits. False if it
+/// has already gone (before the kernel could be asked to tell us).
+fn follow_parent(parent: libc::pid_t) -> Result<bool, Error> {
+    sys::exit_with_parent().map_err(Error::setup("--exit-with-parent"))?;
+    if sys::getppid() != parent {
+        log::info!("--exit-with-parent: the parent has already exited");
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// `--print-uri`: the URI on stdout, before we fork, so a script can read it

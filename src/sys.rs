@@ -285,62 +285,82 @@ pub fn getppid() -> libc::pid_t {
     unsafe { libc::getppid() }
 }
 
+/// Calls a `get*_r` function with a buffer that grows on ERANGE (a group with
+/// many members can need more than any fixed size). "No such entry" is
+/// `Ok(None)`, including the errors some NSS modules report it as.
+fn lookup_r(mut call: impl FnMut(&mut [libc::c_char]) -> (libc::c_int, bool)) -> io::Result<bool> {
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    loop {
+        match call(&mut buf) {
+            (0, found) => return Ok(found),
+            (libc::ERANGE, _) if buf.len() < 16 << 20 => buf.resize(buf.len() * 2, 0),
+            (libc::ENOENT | libc::ESRCH | libc::EBADF | libc::EPERM, _) => return Ok(false),
+            (e, _) => return Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
 /// A user's uid and primary gid, by name (getpwnam_r).
-pub fn lookup_user(name: &str) -> io::Result<Option<(libc::uid_t, libc::gid_t)>> {
+pub fn user_by_name(name: &str) -> io::Result<Option<(libc::uid_t, libc::gid_t)>> {
     let cname = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
-    let mut pwd = std::mem::MaybeUninit::<libc::passwd>::uninit();
-    let mut buf = vec![0 as libc::c_char; 16384];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; buf's length is passed.
-    let r = unsafe {
-        libc::getpwnam_r(
-            cname.as_ptr(),
-            pwd.as_mut_ptr(),
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::from_raw_os_error(r));
-    }
-    if result.is_null() {
-        return Ok(None);
-    }
-    // SAFETY: getpwnam_r filled pwd (result points to it) and returned 0.
-    let pwd = unsafe { pwd.assume_init() };
-    Ok(Some((pwd.pw_uid, pwd.pw_gid)))
+    // SAFETY: all-zero is a valid `struct passwd` (null pointers, zero ids).
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let found = lookup_r(|buf| {
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call; buf's length is passed.
+        let r = unsafe {
+            libc::getpwnam_r(
+                cname.as_ptr(),
+                &mut pwd,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        (r, !result.is_null())
+    })?;
+    Ok(found.then_some((pwd.pw_uid, pwd.pw_gid)))
+}
+
+/// A user's primary gid, by uid (getpwuid_r).
+pub fn user_by_id(uid: libc::uid_t) -> io::Result<Option<libc::gid_t>> {
+    // SAFETY: all-zero is a valid `struct passwd`.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let found = lookup_r(|buf| {
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call; buf's length is passed.
+        let r =
+            unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+        (r, !result.is_null())
+    })?;
+    Ok(found.then_some(pwd.pw_gid))
 }
 
 /// A group's gid, by name (getgrnam_r).
-pub fn lookup_group(name: &str) -> io::Result<Option<libc::gid_t>> {
+pub fn group_by_name(name: &str) -> io::Result<Option<libc::gid_t>> {
     let cname = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
-    let mut grp = std::mem::MaybeUninit::<libc::group>::uninit();
-    let mut buf = vec![0 as libc::c_char; 65536];
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; buf's length is passed.
-    let r = unsafe {
-        libc::getgrnam_r(
-            cname.as_ptr(),
-            grp.as_mut_ptr(),
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::from_raw_os_error(r));
-    }
-    if result.is_null() {
-        return Ok(None);
-    }
-    // SAFETY: getgrnam_r filled grp (result points to it) and returned 0.
-    Ok(Some(unsafe { grp.assume_init() }.gr_gid))
+    // SAFETY: all-zero is a valid `struct group`.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let found = lookup_r(|buf| {
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call; buf's length is passed.
+        let r = unsafe {
+            libc::getgrnam_r(
+                cname.as_ptr(),
+                &mut grp,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        (r, !result.is_null())
+    })?;
+    Ok(found.then_some(grp.gr_gid))
 }
 
 /// Drops privileges for good: supplementary groups to just `gid`, then the
 /// gid, then the uid (in that order: after setuid we could no longer change
-/// groups). Either may be absent.
+/// groups). A uid comes with its gid (see `privileges`); a gid may come alone.
 pub fn change_identity(uid: Option<libc::uid_t>, gid: Option<libc::gid_t>) -> io::Result<()> {
     if let Some(gid) = gid {
         // SAFETY: one gid read from a valid pointer.
@@ -358,8 +378,8 @@ pub fn change_identity(uid: Option<libc::uid_t>, gid: Option<libc::gid_t>) -> io
 /// Raises the soft RLIMIT_NOFILE to the hard limit (capped at what the kernel
 /// allows a process, `fs.nr_open`), so that a server with many clients does not
 /// run out of descriptors long before the administrator's limit. Returns the
-/// soft limit now in force.
-pub fn raise_nofile_limit() -> io::Result<u64> {
+/// soft limits before and after.
+pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -371,6 +391,7 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
         .ok()
         .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
         .unwrap_or(1 << 20);
+    let before = lim.rlim_cur;
     let want = lim.rlim_max.min(nr_open);
     if want > lim.rlim_cur {
         let new = libc::rlimit {
@@ -381,7 +402,29 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
         cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) })?;
         lim.rlim_cur = want;
     }
-    Ok(lim.rlim_cur)
+    Ok((before, lim.rlim_cur))
+}
+
+/// Makes `cmd` start with the soft RLIMIT_NOFILE we were given (`soft`), not
+/// the one we raised for ourselves: programs that close every descriptor up to
+/// the limit, or use select(2), expect the usual one.
+pub fn nofile_limit_on_exec(cmd: &mut std::process::Command, soft: u64) {
+    use std::os::unix::process::CommandExt;
+    let run = move || {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: lim is valid for writes of one struct rlimit.
+        cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+        lim.rlim_cur = soft.min(lim.rlim_max);
+        // SAFETY: lim is a valid struct rlimit, only read by the kernel.
+        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+        Ok(())
+    };
+    // SAFETY: between fork and exec the closure only calls getrlimit and
+    // setrlimit, which are async-signal-safe, and allocates nothing.
+    unsafe { cmd.pre_exec(run) };
 }
 
 /// The soft RLIMIT_NOFILE: the lowest fd number we cannot open.

@@ -13,7 +13,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{Server, TempDir, bin, have, run, run_ok, system_path, wait_exit, wait_until};
+use common::{
+    PidGuard, Reap, Server, TempDir, bin, have, run, run_ok, system_path, wait_exit, wait_until,
+};
 
 /// Runs nbdlite to completion in `dir`; (exit code, stdout, stderr).
 fn nbdlite_in(dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
@@ -134,14 +136,16 @@ fn captive_examples_work_as_written() {
 #[test]
 fn private_socket_is_removed_after_a_signal() {
     let dir = TempDir::new();
-    let mut child = Command::new(bin())
-        .args(["-f", "-U", "-", "--print-uri", "memory", "1M"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Reap(
+        Command::new(bin())
+            .args(["-f", "-U", "-", "--print-uri", "memory", "1M"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
+    BufReader::new(child.0.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     let sock = line.trim().split_once("?socket=").expect("a Unix URI").1;
@@ -150,12 +154,12 @@ fn private_socket_is_removed_after_a_signal() {
     wire::still_serves(&sock);
     assert!(
         Command::new("kill")
-            .arg(child.id().to_string())
+            .arg(child.0.id().to_string())
             .status()
             .unwrap()
             .success()
     );
-    assert!(wait_exit(&mut child, 10).is_some());
+    assert!(wait_exit(&mut child.0, 10).is_some());
     assert!(
         !sock.parent().unwrap().exists(),
         "private directory removed"
@@ -167,6 +171,7 @@ fn private_socket_is_removed_after_a_signal() {
 fn print_uri_before_forking() {
     let dir = TempDir::new();
     let (sock, pidfile) = (dir.join("s"), dir.join("pid"));
+    let _daemon = PidGuard(pidfile.clone());
     // In the background: the URI is on our stdout before nbdlite returns.
     let (code, out, err) = nbdlite_in(
         dir.path(),
@@ -215,13 +220,15 @@ fn print_uri_before_forking() {
 fn single_on_a_socketpair() {
     let (ours, theirs) = UnixStream::pair().unwrap();
     let fd = OwnedFd::from(theirs);
-    let mut child = Command::new(bin())
-        .args(["-s", "memory", "1M"])
-        .stdin(Stdio::from(fd.try_clone().unwrap()))
-        .stdout(Stdio::from(fd))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Reap(
+        Command::new(bin())
+            .args(["-s", "memory", "1M"])
+            .stdin(Stdio::from(fd.try_clone().unwrap()))
+            .stdout(Stdio::from(fd))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut c = wire::Client::over(ours);
     let g = c.recv(18);
     assert_eq!(&g[..8], b"NBDMAGIC");
@@ -231,7 +238,7 @@ fn single_on_a_socketpair() {
     assert_eq!(c.write(4096, b"pair"), 0);
     assert_eq!(c.read(0, 4096, 4).unwrap(), b"pair");
     drop(c); // the one client leaves: so does the server
-    assert!(wait_exit(&mut child, 10).expect("exit").success());
+    assert!(wait_exit(&mut child.0, 10).expect("exit").success());
 }
 
 /// `systemd-socket-activate --accept --inetd`: one process per client, with the
@@ -244,13 +251,15 @@ fn single_under_an_inetd() {
     }
     let dir = TempDir::new();
     let sock = dir.join("s");
-    let mut sa = Command::new("systemd-socket-activate")
-        .args(["--accept", "--inetd", "-l"])
-        .arg(&sock)
-        .args([bin(), "-s", "memory", "1M"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let sa = Reap(
+        Command::new("systemd-socket-activate")
+            .args(["--accept", "--inetd", "-l"])
+            .arg(&sock)
+            .args([bin(), "-s", "memory", "1M"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_until(10, "the socket", || sock.exists());
     let uri = format!("nbd+unix:///?socket={}", sock.display());
     let io = |cmd: &str| {
@@ -262,24 +271,25 @@ fn single_under_an_inetd() {
     assert!(!io("write -P 0x55 0 4k").contains("failed"));
     // A fresh process, a fresh RAM disk.
     assert!(!io("read -P 0 0 4k").contains("failed"));
-    let _ = sa.kill();
-    let _ = sa.wait();
+    drop(sa);
 
     let sock = dir.join("t");
-    let mut sa = Command::new("systemd-socket-activate")
-        .args(["--inetd", "-l"])
-        .arg(&sock)
-        .args([bin(), "-s", "memory", "1M"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut sa = Reap(
+        Command::new("systemd-socket-activate")
+            .args(["--inetd", "-l"])
+            .arg(&sock)
+            .args([bin(), "-s", "memory", "1M"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_until(10, "the socket", || sock.exists());
     let uri = format!("nbd+unix:///?socket={}", sock.display());
     run_ok(
         Command::new("qemu-io").args(["-f", "raw", &uri, "-c", "read 0 4k"]),
         30,
     );
-    let st = wait_exit(&mut sa, 10).expect("nbdlite exits after its one client");
+    let st = wait_exit(&mut sa.0, 10).expect("nbdlite exits after its one client");
     assert!(st.success(), "{st}");
 }
 
@@ -287,7 +297,7 @@ fn single_under_an_inetd() {
 fn user_and_group() {
     let dir = TempDir::new();
     if !is_root() {
-        eprintln!("SKIP: user_and_group: not root; checking the refusal only");
+        eprintln!("\n*** SKIP: user_and_group: not root; only the refusal is checked ***\n");
         let (code, _, err) = nbdlite_in(dir.path(), &["-u", "0", "memory", "1M", "--run", "true"]);
         assert_eq!(code, Some(1));
         assert!(err.starts_with("nbdlite: cannot change to"), "{err}");
@@ -321,12 +331,35 @@ fn user_and_group() {
             "the private socket was handed over: {out}"
         );
     }
-    // A user alone takes its primary group.
+    // A user alone, by name or by number, takes its primary group, and no
+    // supplementary group of root's stays.
+    for u in ["nobody", "65534"] {
+        let (code, out, err) = nbdlite_in(
+            dir.path(),
+            &["-u", u, "memory", "1M", "--run", "id -g; id -G"],
+        );
+        assert_eq!((code, out.as_str()), (Some(0), "65534\n65534\n"), "{err}");
+    }
+    // A uid without a passwd entry has no known group: -g is required.
+    let (code, _, err) = nbdlite_in(dir.path(), &["-u", "54321", "memory", "1M"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("-g"), "{err}");
+    // The pidfile is written before privileges go, where only root may write
+    // (the temp dir is root's: nobody cannot create files in it).
     let (code, out, err) = nbdlite_in(
         dir.path(),
-        &["-u", "nobody", "memory", "1M", "--run", "id -g"],
+        &[
+            "-u",
+            "nobody",
+            "-P",
+            "pid",
+            "memory",
+            "1M",
+            "--run",
+            "test -s pid && echo written",
+        ],
     );
-    assert_eq!((code, out.trim()), (Some(0), "65534"), "{err}");
+    assert_eq!((code, out.trim()), (Some(0), "written"), "{err}");
     for (flag, name) in [("-u", "no-such-user-here"), ("-g", "no-such-group-here")] {
         let (code, _, err) = nbdlite_in(dir.path(), &[flag, name, "memory", "1M"]);
         assert_eq!(code, Some(1));
@@ -367,7 +400,7 @@ fn logging_destinations_and_levels() {
     wait_until(5, "the warning", || srv.log_text().contains("warning"));
     let log = srv.log_text();
     assert!(
-        log.lines().all(|l| l.starts_with("nbdlite: ")) && log.contains("conn 0: "),
+        log.lines().all(|l| l.starts_with("nbdlite: ")) && log.contains("conn 1: "),
         "{log}"
     );
     // A healthy connection logs nothing per request without -v.
@@ -398,6 +431,7 @@ fn logging_destinations_and_levels() {
     // --log=stderr in the background keeps stderr (the default there is syslog).
     let dir = TempDir::new();
     let err = fs::File::create(dir.join("err")).unwrap();
+    let _daemon = PidGuard(dir.join("pid"));
     let st = Command::new(bin())
         .args(["--log=stderr", "-U", "s", "-P", "pid", "memory", "1M"])
         .current_dir(dir.path())
@@ -411,7 +445,7 @@ fn logging_destinations_and_levels() {
         .to_string();
     provoke_warning(&dir.join("s"));
     wait_until(5, "the daemon's warning", || {
-        fs::read_to_string(dir.join("err")).is_ok_and(|l| l.contains("warning: conn 0"))
+        fs::read_to_string(dir.join("err")).is_ok_and(|l| l.contains("warning: conn 1: "))
     });
     run_ok(Command::new("kill").arg(&pid), 5);
     wait_until(10, "the daemon to exit", || !alive(&pid));

@@ -326,3 +326,25 @@ pub fn raise_fd_limit(n: u64) -> u64 {
     }
     lim.rlim_cur
 }
+
+/// Kills and reaps a child when dropped, so a failed assert leaks no process.
+pub struct Reap(pub Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Kills (SIGKILL) the process named in a pidfile when dropped: for servers
+/// that forked into the background.
+pub struct PidGuard(pub PathBuf);
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        if let Ok(pid) = fs::read_to_string(&self.0) {
+            let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+        }
+    }
+}
