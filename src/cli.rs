@@ -27,7 +27,7 @@ Options:
   -U, --unix PATH         listen on a Unix socket (- for a private random one)
   -p, --port PORT         TCP port (default 10809)
   -i, --ipaddr ADDR       listen on this address only
-  -s, --single            serve one client on stdin/stdout, then exit
+  -s, --single, --stdin   serve one client on stdin/stdout, then exit
   -r, --readonly          refuse writes
   -e, --exportname NAME   the export's name (default \"\")
       --description TEXT  the export's description
@@ -160,7 +160,7 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
         return Ok(Command::Version);
     }
     let foreground = p.contains(["-f", "--foreground"]);
-    let single = p.contains(["-s", "--single"]);
+    let single = p.contains(["-s", "--single"]) | p.contains("--stdin");
     let read_only = p.contains(["-r", "--readonly"]);
     let verbose = p.contains(["-v", "--verbose"]);
     let newstyle = p.contains(["-n", "--newstyle"]);

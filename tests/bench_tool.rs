@@ -7,7 +7,6 @@ mod common;
 
 use std::io::Read;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use common::{Server, TempDir, have, run, wait_exit};
 
@@ -135,14 +134,17 @@ fn error_replies_are_counted_and_status_1() {
 
 #[test]
 fn lost_server_is_status_1() {
-    let mut srv = Server::start(&["memory", "64M"]);
+    let mut srv = Server::start(&["-v", "memory", "64M"]);
     let mut child = Command::new(bench())
         .args(["-c", "2", "-q", "2", "-t", "20", &srv.uri()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn nbdlite-bench");
-    std::thread::sleep(Duration::from_millis(300));
+    // Killed mid-run: once both connections have sent requests.
+    common::wait_until(10, "both connections at work", || {
+        srv.log_text().matches("READ cookie").count() >= 4
+    });
     srv.signal("KILL");
     let st = wait_exit(&mut child, 10);
     let _ = child.kill();

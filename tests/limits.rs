@@ -87,8 +87,9 @@ fn a_client_that_never_reads_costs_at_most_the_output_limit() {
     // Meanwhile another client is served as fast as before.
     let with_hog = read_speed(&mut other, 64);
     eprintln!("another client reads at {alone:.0} MiB/s alone, {with_hog:.0} MiB/s beside it");
+    // Generous: CI machines are shared; a stalled loop would read at ~0.
     assert!(
-        with_hog > alone / 5.0,
+        with_hog > alone / 10.0,
         "{with_hog:.0} MiB/s beside the hog, {alone:.0} alone"
     );
     common::wait_until(5, "RSS to stay put", || {
@@ -178,7 +179,7 @@ fn a_stalled_handshake_is_dropped_after_the_timeout() {
     let before = quiet();
     std::thread::sleep(Duration::from_millis(1000));
     let woke = quiet() - before;
-    assert!(woke <= 1, "an idle server woke {woke} times in a second");
+    assert!(woke <= 2, "an idle server woke {woke} times in a second");
     still_serves(&srv.sock);
 }
 

@@ -21,6 +21,8 @@ use crate::uri::{Address, Target};
 /// How long one handshake may take. A server that accepts but never speaks
 /// (qemu-nbd past its `--shared` limit) is reported instead of waited on.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Replies to one GO we accept before its final one.
+const MAX_GO_REPLIES: usize = 64;
 /// Option replies longer than this are garbage, not something to allocate for.
 const MAX_OPTION_REPLY: u32 = 1 << 20;
 
@@ -77,8 +79,8 @@ fn connect(addr: &Address) -> Result<Socket, String> {
             Socket::Unix(s)
         }
         Address::Tcp(host, port) => {
-            let s = TcpStream::connect((host.as_str(), *port))
-                .map_err(|e| format!("{host}:{port}: {}", plain(&e)))?;
+            let s =
+                connect_tcp(host, *port).map_err(|e| format!("{host}:{port}: {}", plain(&e)))?;
             // Requests are written in batches already; Nagle would only delay them.
             s.set_nodelay(true)
                 .and_then(|_| s.set_read_timeout(Some(HANDSHAKE_TIMEOUT)))
@@ -88,6 +90,20 @@ fn connect(addr: &Address) -> Result<Socket, String> {
         }
     };
     Ok(sock)
+}
+
+/// Each address the name resolves to in turn, none for longer than the
+/// handshake timeout (a blackholed host would otherwise take minutes).
+fn connect_tcp(host: &str, port: u16) -> std::io::Result<TcpStream> {
+    use std::net::ToSocketAddrs;
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for a in (host, port).to_socket_addrs()? {
+        match TcpStream::connect_timeout(&a, HANDSHAKE_TIMEOUT) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Runs the client side of the handshake on any byte stream.
@@ -141,7 +157,8 @@ fn go<S: Read + Write>(s: &mut S, export: &[u8]) -> Result<Option<ExportInfo>, S
     data.extend_from_slice(&0u16.to_be_bytes()); // no extra info items: INFO_EXPORT always comes
     write_all(s, &option(OPT_GO, &data))?;
     let mut info = None;
-    loop {
+    // A server may send some INFO replies before its ACK, not endlessly many.
+    for _ in 0..MAX_GO_REPLIES {
         let (kind, body) = option_reply(s, OPT_GO)?;
         match kind {
             REP_ACK => {
@@ -170,6 +187,7 @@ fn go<S: Read + Write>(s: &mut S, export: &[u8]) -> Result<Option<ExportInfo>, S
             _ => {}
         }
     }
+    Err(format!("server sent over {MAX_GO_REPLIES} replies to GO"))
 }
 
 /// `NBD_OPT_EXPORT_NAME`: the server answers with size and flags, or hangs up.

@@ -353,8 +353,12 @@ impl Conn {
     }
 
     /// Says goodbye with NBD_CMD_DISC, best effort: the numbers are already in.
+    /// Not in the middle of a half-written request (the server would read the
+    /// DISC as the rest of it): then closing the socket is the goodbye.
     fn disconnect(&mut self) {
-        let _ = self.stream.write(&request(CMD_DISC, 0, 0, 0));
+        if self.out_done == 0 {
+            let _ = self.stream.write(&request(CMD_DISC, 0, 0, 0));
+        }
     }
 }
 

@@ -114,10 +114,9 @@ impl Workload {
             (0, all)
         } else {
             // Each connection walks its own contiguous slice, like fio's offset_increment.
-            (
-                all * index / count,
-                all * (index + 1) / count - all * index / count,
-            )
+            // In u128: `all * count` overflows u64 on exabyte exports.
+            let share = |i: u64| (u128::from(all) * u128::from(i) / u128::from(count)) as u64;
+            (share(index), share(index + 1) - share(index))
         };
         if blocks == 0 {
             return Err(format!(
