@@ -182,7 +182,7 @@ impl Server {
             listeners.push(Some(l));
         }
         let single = !setup.connections.is_empty() && listeners.is_empty();
-        let max_connections = connection_limit(setup.max_connections);
+        let max_connections = connection_limit(setup.max_connections, &poll);
         let mut server = Server {
             poll,
             signals: setup.signals,
@@ -700,9 +700,9 @@ impl Server {
 /// The connection limit: as given, or as many as the descriptor limit leaves
 /// room for beyond the descriptors already open (listeners, the backend, the
 /// Poll, the standard streams) and a little headroom.
-fn connection_limit(given: Option<usize>) -> usize {
+fn connection_limit(given: Option<usize>, poll: &Poll) -> usize {
     let limit = sys::nofile_limit().map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-    let open = sys::open_fds().unwrap_or(FD_HEADROOM);
+    let open = sys::lowest_free_fd(poll.as_raw_fd()).unwrap_or(FD_HEADROOM);
     let room = limit.map(|l| l.saturating_sub(open + FD_HEADROOM).max(1));
     match (given, room) {
         (Some(n), Ok(room)) if n > room => {
