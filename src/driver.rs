@@ -131,7 +131,7 @@ impl Driver {
             }
             Outcome::Abort => (0, Progress::Close("client aborted")),
             Outcome::Close(why) => {
-                log::warn!("handshake: {why}: disconnecting",);
+                log::warn!("handshake: {why}: disconnecting");
                 (0, Progress::Close(why))
             }
         }
@@ -148,7 +148,7 @@ impl Driver {
             Parse::Done(req, n) => (req, n),
             Parse::NeedMore => return (0, Progress::NeedInput),
             Parse::Malformed(why) => {
-                log::warn!("{why}: disconnecting",);
+                log::warn!("{why}: disconnecting");
                 return (0, Progress::Close(why));
             }
         };
