@@ -306,25 +306,10 @@ pub fn cpu_ticks(pid: i32) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
-/// Raises this test process's soft descriptor limit to at least `n` (within the
-/// hard limit); returns the soft limit now in force.
-pub fn raise_fd_limit(n: u64) -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: lim is valid for writes of one struct rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 0;
-    }
-    if lim.rlim_cur < n {
-        lim.rlim_cur = n.min(lim.rlim_max);
-        // SAFETY: lim is a valid struct rlimit, only read by the kernel.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-            return 0;
-        }
-    }
-    lim.rlim_cur
+/// Raises this test process's soft RLIMIT_NOFILE to its hard limit, with the
+/// server's own call (so the tests need no libc); returns the new soft limit.
+pub fn raise_fd_limit() -> u64 {
+    nbdlite::sys::raise_nofile_limit().map_or(0, |(_, after)| after)
 }
 
 /// Kills and reaps a child when dropped, so a failed assert leaks no process.
