@@ -55,7 +55,9 @@ pub struct Ctx<'a> {
 }
 
 pub struct Conn {
-    /// The connection's serial number, for log lines.
+    /// The server's number for this connection: unique for the life of the
+    /// process (slab keys are reused), so it names the connection in log lines
+    /// and tells a queued handshake deadline from a successor's.
     id: u64,
     rfd: OwnedFd,
     /// A separate fd for writing (`-s` with distinct stdin and stdout).
@@ -80,9 +82,6 @@ pub struct Conn {
     closing: Option<&'static str>,
     /// When a message was last handled.
     last_active: Instant,
-    /// The server's number for this connection, unique for the process (slab
-    /// keys are reused): lets a deadline queued for it tell it from a successor.
-    pub serial: u64,
 }
 
 impl Conn {
@@ -116,7 +115,6 @@ impl Conn {
             eof: false,
             closing: None,
             last_active: ctx.now,
-            serial: 0,
         }
     }
 
@@ -141,6 +139,10 @@ impl Conn {
     /// requests already sent are answered (with ESHUTDOWN) before we hang up.
     pub fn begin_shutdown(&mut self) {
         self.readable = true;
+    }
+
+    pub fn serial(&self) -> u64 {
+        self.id
     }
 
     pub fn in_handshake(&self) -> bool {

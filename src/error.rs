@@ -32,7 +32,7 @@ impl fmt::Display for Error {
 
 /// An I/O error as a user reads it: "No such file or directory", without Rust's
 /// " (os error 2)" suffix.
-fn plain(e: &io::Error) -> String {
+pub fn plain(e: &io::Error) -> String {
     let text = e.to_string();
     match (e.raw_os_error(), text.rfind(" (os error ")) {
         (Some(_), Some(i)) => text[..i].to_string(),

@@ -29,8 +29,8 @@ impl Listener {
     }
 
     /// Accepts one client: a non-blocking, close-on-exec socket, and who it is
-    /// (for the log).
-    pub fn accept(&self) -> io::Result<(OwnedFd, String)> {
+    /// (formatted only if the log asks).
+    pub fn accept(&self) -> io::Result<(OwnedFd, Peer)> {
         match self {
             Listener::Tcp(l) => {
                 let (s, peer) = l.accept()?;
@@ -38,15 +38,11 @@ impl Listener {
                 if let Err(e) = s.set_nodelay(true) {
                     log::debug!("TCP_NODELAY: {e}");
                 }
-                Ok((s.into(), peer.to_string()))
+                Ok((s.into(), Peer::Tcp(peer)))
             }
             Listener::Unix(l) => {
                 let (s, peer) = l.accept()?;
-                let peer = match peer.as_pathname() {
-                    Some(p) => p.display().to_string(),
-                    None => "a Unix socket".to_string(),
-                };
-                Ok((s.into(), peer))
+                Ok((s.into(), Peer::Unix(peer)))
             }
         }
     }
@@ -68,6 +64,27 @@ impl Listener {
                 .ok()
                 .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
                 .unwrap_or_else(|| "unix socket".into()),
+        }
+    }
+}
+
+/// Who a client is, for the log line that says it connected.
+pub enum Peer {
+    Tcp(SocketAddr),
+    Unix(std::os::unix::net::SocketAddr),
+    /// Handed to us already connected (`-s`, `Accept=yes`).
+    Inherited,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(a) => write!(f, "{a}"),
+            Peer::Unix(a) => match a.as_pathname() {
+                Some(p) => write!(f, "{}", p.display()),
+                None => f.write_str("a Unix socket"),
+            },
+            Peer::Inherited => f.write_str("an inherited socket"),
         }
     }
 }

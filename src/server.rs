@@ -16,7 +16,7 @@ use crate::backend::{Backend, Extent};
 use crate::buf::Pool;
 use crate::conn::{Conn, Ctx, Step};
 use crate::export::Export;
-use crate::listen::Listener;
+use crate::listen::{Listener, Peer};
 use crate::notify::Notifier;
 use crate::sys;
 
@@ -215,7 +215,7 @@ impl Server {
             refusals: Refusals::default(),
         };
         for (rfd, wfd) in setup.connections {
-            server.add(rfd, wfd, "an inherited socket")?;
+            server.add(rfd, wfd, &Peer::Inherited)?;
         }
         Ok(server)
     }
@@ -345,7 +345,7 @@ impl Server {
             {
                 Ok(()) => conn.write_registered = want,
                 Err(e) => {
-                    log::warn!("conn {}: epoll: {e}", conn.serial);
+                    log::warn!("conn {}: epoll: {e}", conn.serial());
                     self.close(key);
                 }
             }
@@ -354,7 +354,7 @@ impl Server {
 
     /// Registers a connected client and sends it the greeting.
     /// Registers a new client. `peer` says who it is, for the log.
-    fn add(&mut self, rfd: OwnedFd, wfd: Option<OwnedFd>, peer: &str) -> io::Result<()> {
+    fn add(&mut self, rfd: OwnedFd, wfd: Option<OwnedFd>, peer: &Peer) -> io::Result<()> {
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let token = Token(key);
@@ -376,15 +376,13 @@ impl Server {
             shutting_down: false,
             now: self.now,
         };
-        // Logs name connections by serial, which (unlike slab keys) is never reused.
         self.serial += 1;
         let conn = entry.insert(Conn::new(self.serial, rfd, wfd, self.oldstyle, &mut ctx));
-        conn.serial = self.serial;
         if let Some(t) = self.handshake_timeout
             && conn.in_handshake()
         {
             self.handshakes.push_back(HandshakeDeadline {
-                at: Instant::now() + t,
+                at: self.now + t,
                 key,
                 serial: self.serial,
             });
@@ -509,7 +507,7 @@ impl Server {
         self.handshakes.retain(|d| {
             conns
                 .get(d.key)
-                .is_some_and(|c| c.serial == d.serial && c.in_handshake())
+                .is_some_and(|c| c.serial() == d.serial && c.in_handshake())
         });
         self.handshakes.shrink_to(2 * self.handshakes.len() + 64);
     }
@@ -518,12 +516,13 @@ impl Server {
     /// of connections that finished the handshake or left, so that the poll
     /// timeout only ever wakes the loop for a client still negotiating.
     fn expire_handshakes(&mut self) {
-        let now = Instant::now();
+        // The wake-up's clock reading: no extra clock read per loop turn.
+        let now = self.now;
         while let Some(d) = self.handshakes.front().copied() {
             let live = self
                 .conns
                 .get(d.key)
-                .is_some_and(|c| c.serial == d.serial && c.in_handshake());
+                .is_some_and(|c| c.serial() == d.serial && c.in_handshake());
             if live && d.at > now {
                 return;
             }

@@ -8,22 +8,10 @@ mod common;
 use std::io::Read;
 use std::process::{Command, Output, Stdio};
 
-use common::{Server, TempDir, have, run, wait_exit};
+use common::{Server, TempDir, have, json_field, run, wait_exit};
 
 fn bench() -> &'static str {
     env!("CARGO_BIN_EXE_nbdlite-bench")
-}
-
-/// `"key": value` from the one-line JSON report, as text.
-fn json_field<'a>(json: &'a str, key: &str) -> &'a str {
-    let k = format!("\"{key}\": ");
-    let at = json
-        .find(&k)
-        .unwrap_or_else(|| panic!("no {key} in {json}"))
-        + k.len();
-    let rest = &json[at..];
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    rest[..end].trim()
 }
 
 fn number(json: &str, key: &str) -> f64 {

@@ -7,7 +7,7 @@ mod common;
 use std::fs;
 use std::process::Command;
 
-use common::{Server, TempDir, bin, have, run, run_ok, system_path};
+use common::{Server, TempDir, bin, have, json_field, run, run_ok, system_path};
 
 fn nbdinfo(args: &[&str]) -> String {
     run_ok(Command::new("nbdinfo").args(args), 60)
@@ -26,18 +26,6 @@ fn nbdsh(uri: &str, script: &str) -> String {
         ]),
         60,
     )
-}
-
-/// `"key": value` from nbdinfo's JSON, as text.
-fn json_field<'a>(json: &'a str, key: &str) -> &'a str {
-    let k = format!("\"{key}\": ");
-    let at = json
-        .find(&k)
-        .unwrap_or_else(|| panic!("no {key} in {json}"))
-        + k.len();
-    let rest = &json[at..];
-    let end = rest.find([',', '\n', '}']).unwrap_or(rest.len());
-    rest[..end].trim()
 }
 
 #[test]

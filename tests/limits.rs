@@ -216,16 +216,13 @@ fn connections_beyond_the_limit_are_closed_at_once() {
     assert_eq!(c.read(0, 0, 5).unwrap(), b"third");
 }
 
-/// A server under `prlimit --nofile=64` meets 100 clients: it must neither spin
-/// nor stop serving once they leave.
-fn under_low_fd_limit(extra: &[&str], expect_in_log: &str) {
-    if !common::have(&["prlimit"]) {
-        return;
-    }
+/// `nbdlite -f -U … -P … EXTRA memory 1M` started with the descriptor limits
+/// `soft:hard` (prlimit's --nofile syntax).
+fn under_prlimit(nofile: &str, extra: &[&str]) -> Server {
     let dir = TempDir::new();
     let (sock, pidfile, log) = (dir.join("sock"), dir.join("pid"), dir.join("log"));
     let mut cmd = Command::new("prlimit");
-    cmd.arg("--nofile=64:64")
+    cmd.arg(format!("--nofile={nofile}"))
         .arg("--")
         .arg(common::bin())
         .arg("-f")
@@ -235,7 +232,16 @@ fn under_low_fd_limit(extra: &[&str], expect_in_log: &str) {
         .arg(&pidfile)
         .args(extra)
         .args(["memory", "1M"]);
-    let srv = Server::spawn(cmd, dir, sock, pidfile, log);
+    Server::spawn(cmd, dir, sock, pidfile, log)
+}
+
+/// A server under `prlimit --nofile=64` meets 100 clients: it must neither spin
+/// nor stop serving once they leave.
+fn under_low_fd_limit(extra: &[&str], expect_in_log: &str) {
+    if !common::have(&["prlimit"]) {
+        return;
+    }
+    let srv = under_prlimit("64:64", extra);
     let clients: Vec<UnixStream> = (0..100)
         .map(|_| UnixStream::connect(&srv.sock).expect("connect"))
         .collect();
@@ -274,19 +280,7 @@ fn the_descriptor_limit_is_raised_to_the_hard_limit() {
     if !common::have(&["prlimit"]) {
         return;
     }
-    let dir = TempDir::new();
-    let (sock, pidfile, log) = (dir.join("sock"), dir.join("pid"), dir.join("log"));
-    let mut cmd = Command::new("prlimit");
-    cmd.arg("--nofile=64:4096")
-        .arg("--")
-        .arg(common::bin())
-        .arg("-f")
-        .arg("-U")
-        .arg(&sock)
-        .arg("-P")
-        .arg(&pidfile)
-        .args(["memory", "1M"]);
-    let srv = Server::spawn(cmd, dir, sock, pidfile, log);
+    let srv = under_prlimit("64:4096", &[]);
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", srv.pid())).unwrap();
     let line = limits
         .lines()

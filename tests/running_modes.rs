@@ -241,6 +241,24 @@ fn single_on_a_socketpair() {
     assert!(wait_exit(&mut child.0, 10).expect("exit").success());
 }
 
+/// `systemd-socket-activate --inetd FLAGS -l SOCK nbdlite -s memory 1M`, once
+/// its socket exists; and the socket's URI.
+fn inetd(sock: &Path, flags: &[&str]) -> (Reap, String) {
+    let sa = Reap(
+        Command::new("systemd-socket-activate")
+            .arg("--inetd")
+            .args(flags)
+            .arg("-l")
+            .arg(sock)
+            .args([bin(), "-s", "memory", "1M"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(10, "the socket", || sock.exists());
+    (sa, format!("nbd+unix:///?socket={}", sock.display()))
+}
+
 /// `systemd-socket-activate --accept --inetd`: one process per client, with the
 /// client on stdin/stdout; without `--accept` the listening socket itself is
 /// on stdin, and nbdlite serves the first client from it, then exits.
@@ -250,18 +268,7 @@ fn single_under_an_inetd() {
         return;
     }
     let dir = TempDir::new();
-    let sock = dir.join("s");
-    let sa = Reap(
-        Command::new("systemd-socket-activate")
-            .args(["--accept", "--inetd", "-l"])
-            .arg(&sock)
-            .args([bin(), "-s", "memory", "1M"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until(10, "the socket", || sock.exists());
-    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    let (sa, uri) = inetd(&dir.join("s"), &["--accept"]);
     let io = |cmd: &str| {
         run_ok(
             Command::new("qemu-io").args(["-f", "raw", &uri, "-c", cmd]),
@@ -273,18 +280,7 @@ fn single_under_an_inetd() {
     assert!(!io("read -P 0 0 4k").contains("failed"));
     drop(sa);
 
-    let sock = dir.join("t");
-    let mut sa = Reap(
-        Command::new("systemd-socket-activate")
-            .args(["--inetd", "-l"])
-            .arg(&sock)
-            .args([bin(), "-s", "memory", "1M"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until(10, "the socket", || sock.exists());
-    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    let (mut sa, uri) = inetd(&dir.join("t"), &[]);
     run_ok(
         Command::new("qemu-io").args(["-f", "raw", &uri, "-c", "read 0 4k"]),
         30,

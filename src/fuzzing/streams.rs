@@ -1,6 +1,7 @@
 //! Byte streams a client could send, built from a seeded xorshift generator:
 //! for the randomized tests, and for the fuzz targets' seed corpora.
 
+pub use crate::proto::option::testing::{info_data, meta_data, option};
 use crate::proto::reply::Style;
 use crate::proto::*;
 
@@ -41,38 +42,6 @@ impl Rng {
     pub fn byte(&mut self) -> u8 {
         self.next_u64() as u8
     }
-}
-
-/// A whole option request.
-pub fn option(opt: u32, data: &[u8]) -> Vec<u8> {
-    let mut v = IHAVEOPT.to_be_bytes().to_vec();
-    v.extend_from_slice(&opt.to_be_bytes());
-    v.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    v.extend_from_slice(data);
-    v
-}
-
-/// INFO/GO data.
-pub fn info_data(name: &[u8], items: &[u16]) -> Vec<u8> {
-    let mut v = (name.len() as u32).to_be_bytes().to_vec();
-    v.extend_from_slice(name);
-    v.extend_from_slice(&(items.len() as u16).to_be_bytes());
-    for i in items {
-        v.extend_from_slice(&i.to_be_bytes());
-    }
-    v
-}
-
-/// LIST/SET_META_CONTEXT data.
-pub fn meta_data(name: &[u8], queries: &[&[u8]]) -> Vec<u8> {
-    let mut v = (name.len() as u32).to_be_bytes().to_vec();
-    v.extend_from_slice(name);
-    v.extend_from_slice(&(queries.len() as u32).to_be_bytes());
-    for q in queries {
-        v.extend_from_slice(&(q.len() as u32).to_be_bytes());
-        v.extend_from_slice(q);
-    }
-    v
 }
 
 /// A request header, compact or extended; the payload is the caller's.

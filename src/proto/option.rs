@@ -214,9 +214,10 @@ fn take_string<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], &'static str> {
     Ok(s)
 }
 
-/// Encoders for option data, for tests of this module and of the handshake.
-#[cfg(test)]
-pub(crate) mod testing {
+/// Encoders for the client's side of options: for the tests of this module and
+/// of the handshake, and for the fuzzing harness's stream generator.
+#[doc(hidden)]
+pub mod testing {
     use super::IHAVEOPT;
 
     /// A whole option request.

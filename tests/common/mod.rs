@@ -333,3 +333,17 @@ impl Drop for PidGuard {
         }
     }
 }
+
+/// `"key": value` from a JSON object (nbdinfo's, nbdlite-bench's), as text: a
+/// number, `true`, or a string with its quotes. Enough for flat objects.
+#[track_caller]
+pub fn json_field<'a>(json: &'a str, key: &str) -> &'a str {
+    let k = format!("\"{key}\": ");
+    let at = json
+        .find(&k)
+        .unwrap_or_else(|| panic!("no {key} in {json}"))
+        + k.len();
+    let rest = &json[at..];
+    let end = rest.find([',', '\n', '}']).unwrap_or(rest.len());
+    rest[..end].trim()
+}

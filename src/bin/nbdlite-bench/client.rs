@@ -10,6 +10,7 @@ use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use nbdlite::error::plain;
 use nbdlite::proto::{
     CFLAG_FIXED_NEWSTYLE, CFLAG_NO_ZEROES, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT,
     INFO_EXPORT, NBDMAGIC, OLDSTYLE_MAGIC, OPT_EXPORT_NAME, OPT_GO, OPT_REPLY_MAGIC, REP_ACK,
@@ -292,15 +293,6 @@ fn be64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);
     u64::from_be_bytes(a)
-}
-
-/// An I/O error without Rust's " (os error N)" suffix, as C tools print it.
-pub fn plain(e: &io::Error) -> String {
-    let text = e.to_string();
-    match (e.raw_os_error(), text.rfind(" (os error ")) {
-        (Some(_), Some(i)) => text[..i].to_string(),
-        _ => text,
-    }
 }
 
 #[cfg(test)]

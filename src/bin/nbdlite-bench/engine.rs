@@ -17,10 +17,11 @@ use mio::{Events, Interest, Poll, Token};
 use nbdlite::proto::STRUCTURED_REPLY_MAGIC;
 use nbdlite::proto::{CMD_DISC, CMD_READ, CMD_WRITE, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC};
 
-use crate::client::{Socket, plain};
+use crate::client::Socket;
 use crate::hist::Histogram;
 use crate::stream::Stream;
 use crate::workload::{Io, Workload};
+use nbdlite::error::plain;
 
 const REQUEST_LEN: usize = 28;
 const REPLY_LEN: usize = 16;
