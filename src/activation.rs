@@ -4,7 +4,7 @@
 //! `detect` is a pure check of the variables; `take` claims the fds and asks the
 //! kernel what each one is.
 
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 
 use crate::error::Error;
 use crate::sys::{self, SocketKind};
@@ -82,19 +82,23 @@ pub fn set_cloexec(n: u32) -> Result<(), Error> {
 pub fn take(n: u32) -> Result<Vec<Inherited>, Error> {
     let mut out = Vec::with_capacity(n as usize);
     for fd in FIRST_FD..FIRST_FD + n as RawFd {
-        let kind = sys::socket_kind(fd).map_err(|e| {
+        // Open: `set_cloexec` checked; claimed once: the superserver handed it to us.
+        let owned = sys::claim_inherited(fd).map_err(|e| {
+            Error::Setup(
+                format!("socket activation: invalid file descriptor fd = {fd}"),
+                e,
+            )
+        })?;
+        let kind = sys::socket_kind(owned.as_fd()).map_err(|e| {
             Error::Setup(
                 format!("socket activation: fd {fd} is not a usable socket"),
                 e,
             )
         })?;
         classify(fd, kind)?;
-        sys::set_nonblocking(fd).map_err(Error::setup(format!(
+        sys::set_nonblocking(owned.as_fd()).map_err(Error::setup(format!(
             "socket activation: fd {fd}: O_NONBLOCK"
         )))?;
-        // SAFETY: the superserver handed fd to us; it is open (set_cloexec succeeded)
-        // and nothing else in this process owns it.
-        let owned = unsafe { sys::own_fd(fd) };
         out.push(if kind.listening {
             Inherited::Listener {
                 fd: owned,

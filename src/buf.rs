@@ -91,8 +91,9 @@ impl InBuf {
         }
     }
 
-    /// `n` writable bytes after the pending ones (stale contents): fill a prefix,
-    /// then `commit` it. Moves the pending bytes to a bigger block if they must.
+    /// At least `n` writable bytes after the pending ones (all the room the block
+    /// has; stale contents): fill a prefix, then `commit` it. Moves the pending
+    /// bytes to a bigger block if they must.
     pub fn space(&mut self, n: usize, pool: &mut Pool) -> &mut [u8] {
         if self.data.len() - self.end < n {
             let len = self.len();
@@ -106,7 +107,7 @@ impl InBuf {
             self.start = 0;
             self.end = len;
         }
-        &mut self.data[self.end..self.end + n]
+        &mut self.data[self.end..]
     }
 
     pub fn commit(&mut self, n: usize) {
@@ -119,6 +120,12 @@ impl InBuf {
         if self.is_empty() && !self.data.is_empty() {
             pool.give(std::mem::take(&mut self.data));
         }
+    }
+}
+
+impl std::fmt::Debug for InBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InBuf({} pending of {})", self.len(), self.data.len())
     }
 }
 
@@ -163,6 +170,9 @@ impl Seg {
 }
 
 /// Output bytes waiting for the socket.
+///
+/// Invariant: only the back segment may be empty (a block waiting to be
+/// appended to), so the front of a non-empty queue always has bytes to write.
 #[derive(Default)]
 pub struct OutQueue {
     segs: VecDeque<Seg>,
@@ -190,10 +200,8 @@ impl OutQueue {
     /// Fills `iov` with the front of the queue; returns how many slices it used.
     pub fn slices<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
-        for (slot, seg) in iov.iter_mut().zip(&self.segs) {
-            if seg.start == seg.end {
-                break;
-            }
+        let written = self.segs.iter().filter(|s| s.start < s.end);
+        for (slot, seg) in iov.iter_mut().zip(written) {
             *slot = IoSlice::new(&seg.bytes.as_slice()[seg.start..seg.end]);
             n += 1;
         }
@@ -243,6 +251,7 @@ impl Out<'_> {
     /// fill a prefix, then `commit` it.
     pub fn space(&mut self, n: usize) -> &mut [u8] {
         if self.q.segs.back().is_none_or(|s| s.room() < n) {
+            self.drop_empty_back();
             let block = self.pool.take(n);
             self.q.segs.push_back(Seg {
                 bytes: Bytes::Owned(block),
@@ -270,6 +279,9 @@ impl Out<'_> {
     }
 
     pub fn put(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
         self.space(bytes.len()).copy_from_slice(bytes);
         self.commit(bytes.len());
     }
@@ -277,6 +289,10 @@ impl Out<'_> {
     /// Queues `bytes[range]` without copying it: the queue keeps the storage
     /// alive until the socket has taken it.
     pub fn lend(&mut self, bytes: Rc<[u8]>, range: Range<usize>) {
+        if range.is_empty() {
+            return;
+        }
+        self.drop_empty_back();
         self.q.len += range.len();
         self.q.segs.push_back(Seg {
             bytes: Bytes::Lent(bytes),
@@ -285,7 +301,20 @@ impl Out<'_> {
         });
     }
 
-    pub fn mark(&self) -> Mark {
+    /// Before a segment is pushed behind it, an empty back segment goes (the
+    /// queue's invariant).
+    fn drop_empty_back(&mut self) {
+        if self.q.segs.back().is_some_and(|s| s.start == s.end)
+            && let Some(seg) = self.q.segs.pop_back()
+        {
+            seg.bytes.give_back(self.pool);
+        }
+    }
+
+    /// A position to roll back to. An empty back segment is dropped first, so a
+    /// rollback never has to restore one.
+    pub fn mark(&mut self) -> Mark {
+        self.drop_empty_back();
         Mark {
             segs: self.q.segs.len(),
             end: self.q.segs.back().map_or(0, |s| s.end),
@@ -321,7 +350,7 @@ mod tests {
     fn input_compacts_and_grows() {
         let mut pool = Pool::default();
         let mut b = InBuf::default();
-        b.space(5, &mut pool).copy_from_slice(b"hello");
+        b.space(5, &mut pool)[..5].copy_from_slice(b"hello");
         b.commit(5);
         b.consume(2);
         assert_eq!(b.pending(), b"llo");
@@ -358,6 +387,57 @@ mod tests {
         assert!(q.is_empty());
         q.release(&mut pool);
         assert!(pool.free.len() >= 2);
+    }
+
+    /// Only the back segment may be empty, so a queue with bytes always gives
+    /// writev something to write.
+    fn assert_invariant(q: &OutQueue) {
+        let n = q.segs.len();
+        for (i, seg) in q.segs.iter().enumerate() {
+            assert!(
+                i + 1 == n || seg.start < seg.end,
+                "empty segment {i} of {n}"
+            );
+        }
+        if !q.is_empty() {
+            let mut iov = [IoSlice::new(&[]); 4];
+            assert!(q.slices(&mut iov) > 0, "bytes queued but nothing to write");
+        }
+    }
+
+    #[test]
+    fn empty_appends_leave_no_empty_segment_in_front() {
+        let mut pool = Pool::default();
+        let mut q = OutQueue::default();
+        let mut w = q.writer(&mut pool);
+        w.put(&[]);
+        w.put(&vec![1u8; 2 * BLOCK]); // too big for the first block
+        w.lend(Rc::from(&b"abc"[..]), 1..1);
+        w.space(0);
+        w.commit(0);
+        assert_invariant(&q);
+        assert_eq!(contents(&q).len(), 2 * BLOCK);
+        // An empty block at the back, then a lent page behind it.
+        let mut q = OutQueue::default();
+        let mut w = q.writer(&mut pool);
+        w.space(10);
+        w.lend(Rc::from(&b"abc"[..]), 0..3);
+        w.space(100);
+        assert_invariant(&q);
+        assert_eq!(contents(&q), b"abc");
+        q.consume(3, &mut pool);
+        assert!(q.is_empty());
+        assert_invariant(&q);
+        // A mark taken over an empty back segment rolls back cleanly.
+        let mut w = q.writer(&mut pool);
+        w.put(b"x");
+        w.space(2 * BLOCK);
+        let m = w.mark();
+        w.lend(Rc::from(&b"abc"[..]), 0..3);
+        w.rollback(m);
+        w.put(b"y");
+        assert_invariant(&q);
+        assert_eq!(contents(&q), b"xy");
     }
 
     #[test]

@@ -1,81 +1,105 @@
-//! One client: its socket, its buffers, and the phase it is in.
+//! One client: its socket, its output queue, its protocol driver, and the
+//! readiness the kernel reported.
 //!
-//! The connection never sees the Poll. The server tells it what readiness the
-//! kernel reported; it remembers that (edge-triggered events do not repeat) and
-//! reads, parses, runs and writes until it would block, runs out of its turn, or
-//! is done.
+//! The server hands each event to `Conn::handle`; the connection remembers
+//! readiness (edge-triggered events do not repeat), reads, runs and writes until
+//! it would block, runs out of its turn, or is done, and keeps its own
+//! registration with the Poll up to date. It never sees the Poll itself, only
+//! the registry.
 
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use crate::backend::{Backend, Extent};
-use crate::buf::{InBuf, OutQueue, Pool};
-use crate::driver::{Driver, Phase, Progress};
-use crate::export::Export;
+use mio::event::Source;
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+
+use crate::buf::OutQueue;
+use crate::ctx::Ctx;
+use crate::driver::{Driver, Phase, Progress, Received};
 use crate::handshake::Handshake;
+use crate::lifecycle::Activity;
 use crate::logging;
 use crate::proto::option::{greeting_newstyle, greeting_oldstyle};
 use crate::proto::reply::Style;
 use crate::sys;
-use crate::transmission::{Env, Session};
+use crate::transmission::Session;
 
 /// Requests (or options) handled per turn, so one busy client cannot starve the rest.
 const TURN: usize = 64;
 /// Stop reading requests while this much output is unsent; resume once it drains.
 const OUT_LIMIT: usize = 64 << 20;
-/// Read at least this much per read(2).
-const READ_CHUNK: usize = 64 * 1024;
 /// Blocks handed to one writev(2).
 const IOV_MAX: usize = 256;
-/// At shutdown, a client quiet this long is idle and let go at once; a busier
-/// one may have a request on the wire, so it gets ESHUTDOWN and time to leave.
-const QUIET: Duration = Duration::from_millis(500);
 
-/// What the server should do with a connection after driving it.
+/// What the server tells a connection.
+#[derive(Debug, Clone, Copy)]
+pub enum Event {
+    /// The kernel reported readiness on its socket.
+    Ready(Readiness),
+    /// Its turn again, without news from the kernel: it yielded, it was just
+    /// accepted, or a shutdown is waiting for it to go quiet.
+    Resume,
+    /// The server is shutting down: look at the socket once more, so that
+    /// requests already sent are answered (with ESHUTDOWN) before we hang up.
+    Shutdown,
+    /// The handshake deadline the server queued for connection `serial` (slab
+    /// keys are reused: the serial tells whether it is still this one's), set
+    /// `after` its start, has passed.
+    Deadline { serial: u64, after: Duration },
+}
+
+/// Readiness as mio reports it; errors and hang-ups count as both, so the next
+/// read or write finds them.
+#[derive(Debug, Clone, Copy)]
+pub struct Readiness {
+    pub readable: bool,
+    pub writable: bool,
+    pub read_closed: bool,
+}
+
+impl From<&mio::event::Event> for Readiness {
+    fn from(ev: &mio::event::Event) -> Readiness {
+        Readiness {
+            readable: ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+            writable: ev.is_writable() || ev.is_write_closed() || ev.is_error(),
+            read_closed: ev.is_read_closed() || ev.is_error(),
+        }
+    }
+}
+
+/// What the server should do with a connection after an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     /// Nothing to do until the next readiness event.
     Wait,
-    /// Its turn is over but it has more to do: drive it again soon.
+    /// Its turn is over but it has more to do: resume it soon.
     Yield,
     /// Finished: deregister and drop it.
     Close,
 }
 
-/// Everything a connection borrows from the server for one turn.
-pub struct Ctx<'a> {
-    pub backend: &'a mut dyn Backend,
-    pub export: &'a Export,
-    pub extents: &'a mut Vec<Extent>,
-    pub pool: &'a mut Pool,
-    pub shutting_down: bool,
-    /// The loop's clock for this turn (read once per wake-up).
-    pub now: Instant,
-}
-
 pub struct Conn {
     /// The server's number for this connection: unique for the life of the
-    /// process (slab keys are reused), so it names the connection in log lines
-    /// and tells a queued handshake deadline from a successor's.
+    /// process (slab keys are reused), so it names the connection in log lines.
     id: u64,
     rfd: OwnedFd,
     /// A separate fd for writing (`-s` with distinct stdin and stdout).
     wfd: Option<OwnedFd>,
-    inb: InBuf,
     out: OutQueue,
-    /// The protocol: what the input means and what to answer.
+    /// The protocol and its unprocessed input.
     driver: Driver,
     /// Readiness last reported and not yet used up (cleared on EAGAIN).
-    pub readable: bool,
+    readable: bool,
     /// The peer has shut down its side (EPOLLRDHUP): the data before the FIN may
     /// have come with the same edge, so a short read no longer means "drained",
     /// and reading goes on until it returns 0.
-    pub read_closed: bool,
-    pub writable: bool,
-    /// Whether the Poll currently reports writability for this connection (the
-    /// server's business: see `wants_write_events`).
-    pub write_registered: bool,
+    read_closed: bool,
+    writable: bool,
+    /// Our token, and whether the Poll reports writability for us now.
+    token: Token,
+    write_registered: bool,
     /// The client will send nothing more.
     eof: bool,
     /// Why we are closing once the output drains.
@@ -88,7 +112,7 @@ impl Conn {
     /// A connection that starts by sending the greeting.
     pub fn new(id: u64, rfd: OwnedFd, wfd: Option<OwnedFd>, oldstyle: bool, ctx: &mut Ctx) -> Conn {
         let mut out = OutQueue::default();
-        let mut w = out.writer(ctx.pool);
+        let mut w = out.writer(&mut ctx.pool);
         let phase = if oldstyle {
             let session = Session {
                 style: Style::Simple,
@@ -105,12 +129,12 @@ impl Conn {
             id,
             rfd,
             wfd,
-            inb: InBuf::default(),
             out,
             driver: Driver::new(phase),
             readable: true,
             read_closed: false,
             writable: true,
+            token: Token(usize::MAX),
             write_registered: false,
             eof: false,
             closing: None,
@@ -118,45 +142,44 @@ impl Conn {
         }
     }
 
-    pub fn read_fd(&self) -> RawFd {
-        self.rfd.as_raw_fd()
+    /// Whether this is connection `serial`, still negotiating: the question a
+    /// queued handshake deadline asks.
+    pub fn negotiating(&self, serial: u64) -> bool {
+        self.id == serial && self.driver.in_handshake()
     }
 
-    pub fn write_fd(&self) -> Option<RawFd> {
-        self.wfd.as_ref().map(|f| f.as_raw_fd())
-    }
-
-    /// Whether the connection is waiting for the socket to take more output.
-    ///
-    /// Interest in writability is registered only then: a socket is almost always
-    /// writable, and every reply the client reads would otherwise wake the loop
-    /// for nothing (and, on some kernels and VMs, cost a cross-CPU wakeup per request).
-    pub fn wants_write_events(&self) -> bool {
-        !self.writable && !self.out.is_empty()
-    }
-
-    /// The server is shutting down: look at the socket once more, so that
-    /// requests already sent are answered (with ESHUTDOWN) before we hang up.
-    pub fn begin_shutdown(&mut self) {
-        self.readable = true;
-    }
-
-    pub fn serial(&self) -> u64 {
-        self.id
-    }
-
-    pub fn in_handshake(&self) -> bool {
-        self.driver.in_handshake()
-    }
-
-    /// Does as much work as readiness and the turn allow.
-    pub fn drive(&mut self, ctx: &mut Ctx) -> Step {
+    /// The one entry point: acts on `ev`, does as much work as readiness and
+    /// the turn allow, and keeps its registration with the Poll current.
+    pub fn handle(&mut self, ev: Event, ctx: &mut Ctx, registry: &Registry) -> Step {
         let _scope = logging::conn_scope(self.id);
-        let step = self.turn(ctx);
+        match ev {
+            Event::Ready(r) => {
+                self.readable |= r.readable;
+                self.read_closed |= r.read_closed;
+                self.writable |= r.writable;
+            }
+            Event::Resume => {}
+            Event::Shutdown => self.readable = true,
+            Event::Deadline { serial, after } => {
+                if !self.negotiating(serial) {
+                    return Step::Wait;
+                }
+                let secs = after.as_secs_f64();
+                log::warn!("handshake not finished within {secs}s: disconnecting");
+                return Step::Close;
+            }
+        }
+        let mut step = self.turn(ctx);
         // Storage with nothing pending goes back to the pool between bursts.
-        self.inb.release(ctx.pool);
+        self.driver.release(&mut ctx.pool);
         if self.out.is_empty() {
-            self.out.release(ctx.pool);
+            self.out.release(&mut ctx.pool);
+        }
+        if step != Step::Close
+            && let Err(e) = self.update_interest(registry)
+        {
+            log::warn!("epoll: {e}");
+            step = Step::Close;
         }
         if step == Step::Close {
             log::debug!("closed: {}", self.closing.unwrap_or("error"));
@@ -177,7 +200,7 @@ impl Conn {
             }
             if self.writable
                 && !self.out.is_empty()
-                && let Err(e) = self.flush(ctx.pool)
+                && let Err(e) = self.flush(ctx)
             {
                 log::debug!("write: {e}");
                 return Step::Close;
@@ -203,37 +226,32 @@ impl Conn {
             }
             // The front message is incomplete: read more.
             if self.eof {
-                if !self.inb.is_empty() || self.driver.skip() > 0 {
+                if self.driver.mid_message() {
                     log::warn!("client disconnected in the middle of a message");
                 }
                 self.closing = Some("client closed the connection");
                 continue;
             }
             if !self.readable {
-                // Shutting down: an idle client is let go at once; one that was
-                // refused gets to disconnect itself.
-                let idle = self.inb.is_empty()
-                    && self.driver.skip() == 0
-                    // A request arrived after shutdown began and was refused: the
-                    // client now owes us a soft disconnect, which we wait for.
-                    && !self.driver.refused_in_shutdown()
-                    && ctx.now.duration_since(self.last_active) >= QUIET;
-                if ctx.shutting_down && !self.in_handshake() && idle {
+                if ctx.lifecycle.may_let_go(&self.activity(), ctx.now) {
                     self.closing = Some("server shutting down");
                     continue;
                 }
                 return Step::Wait;
             }
-            match self.fill(ctx.pool) {
-                Ok(0) => self.eof = true,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    log::debug!("read: {e}");
-                    return Step::Close;
-                }
+            if let Err(e) = self.fill(ctx) {
+                log::debug!("read: {e}");
+                return Step::Close;
             }
+        }
+    }
+
+    /// What the lifecycle needs to know to let this connection go at shutdown.
+    fn activity(&self) -> Activity {
+        Activity {
+            negotiating: self.driver.in_handshake(),
+            quiet: self.driver.quiet(),
+            last_active: self.last_active,
         }
     }
 
@@ -242,7 +260,7 @@ impl Conn {
     fn process(&mut self, ctx: &mut Ctx, budget: &mut usize) -> Progress {
         let mut progress = Progress::NeedInput;
         while *budget > 0 && self.out.len() < OUT_LIMIT {
-            match self.one(ctx) {
+            match self.driver.step(ctx, &mut self.out) {
                 Progress::Some => {
                     *budget -= 1;
                     progress = Progress::Some;
@@ -254,45 +272,36 @@ impl Conn {
         progress
     }
 
-    /// Handles the message at the front of the input, if it is complete.
-    fn one(&mut self, ctx: &mut Ctx) -> Progress {
-        let mut env = Env {
-            backend: &mut *ctx.backend,
-            export: ctx.export,
-            extents: &mut *ctx.extents,
-            shutting_down: ctx.shutting_down,
-        };
-        let mut out = self.out.writer(&mut *ctx.pool);
-        let (used, progress) = self.driver.one(self.inb.pending(), &mut env, &mut out);
-        self.inb.consume(used);
-        progress
+    /// One read(2) into the driver's input. EAGAIN and EINTR are not errors.
+    fn fill(&mut self, ctx: &mut Ctx) -> io::Result<()> {
+        let fd = self.rfd.as_fd();
+        match self.driver.receive(&mut ctx.pool, |buf| sys::read(fd, buf)) {
+            Ok(Received::Eof) => self.eof = true,
+            // A short read drained the socket: anything arriving later raises a
+            // new edge, so skip the read that would only say EAGAIN.
+            Ok(Received::Bytes { drained }) => self.readable &= !drained || self.read_closed,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        Ok(())
     }
 
-    /// One read(2) into the input buffer.
-    fn fill(&mut self, pool: &mut Pool) -> io::Result<usize> {
-        let want = READ_CHUNK.max(self.driver.need().saturating_sub(self.inb.len()));
-        let n = sys::read(self.rfd.as_raw_fd(), self.inb.space(want, pool))?;
-        self.inb.commit(n);
-        if n > 0 && n < want && !self.read_closed {
-            // A short read drained the socket: anything arriving later raises a new
-            // edge, so skip the read that would only say EAGAIN.
-            self.readable = false;
-        }
-        Ok(n)
+    fn write_fd(&self) -> BorrowedFd<'_> {
+        self.wfd.as_ref().unwrap_or(&self.rfd).as_fd()
     }
 
     /// Writes queued output until it is gone or the socket is full: many replies
     /// per writev(2), straight from the blocks they were built in.
-    fn flush(&mut self, pool: &mut Pool) -> io::Result<()> {
-        let fd = self.write_fd().unwrap_or(self.rfd.as_raw_fd());
+    fn flush(&mut self, ctx: &mut Ctx) -> io::Result<()> {
         while !self.out.is_empty() {
             let written = {
                 let mut iov = [IoSlice::new(&[]); IOV_MAX];
                 let n = self.out.slices(&mut iov);
-                sys::writev(fd, &iov[..n])
+                sys::writev(self.write_fd(), &iov[..n])
             };
             match written {
-                Ok(n) => self.out.consume(n, pool),
+                Ok(n) => self.out.consume(n, &mut ctx.pool),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.writable = false;
                     break;
@@ -302,5 +311,60 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// Asks the Poll for writability only while output waits for room: a socket
+    /// is almost always writable, and every reply the client reads would
+    /// otherwise wake the loop for nothing (and, on some kernels and VMs, cost a
+    /// cross-CPU wakeup per request). A separate write fd stays registered for
+    /// writability throughout.
+    fn update_interest(&mut self, registry: &Registry) -> io::Result<()> {
+        let want = !self.writable && !self.out.is_empty();
+        if want == self.write_registered || self.wfd.is_some() {
+            return Ok(());
+        }
+        let interest = if want {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        SourceFd(&self.rfd.as_raw_fd()).reregister(registry, self.token, interest)?;
+        self.write_registered = want;
+        Ok(())
+    }
+}
+
+/// A connection registers its own descriptors: one socket for both directions,
+/// or (stdin/stdout pipes) a read fd and a write fd under the same token.
+impl Source for Conn {
+    fn register(&mut self, registry: &Registry, token: Token, _: Interest) -> io::Result<()> {
+        self.token = token;
+        SourceFd(&self.rfd.as_raw_fd()).register(registry, token, Interest::READABLE)?;
+        if let Some(w) = &self.wfd {
+            SourceFd(&w.as_raw_fd()).register(registry, token, Interest::WRITABLE)?;
+        }
+        self.write_registered = self.wfd.is_some();
+        Ok(())
+    }
+
+    fn reregister(&mut self, registry: &Registry, token: Token, _: Interest) -> io::Result<()> {
+        self.token = token;
+        let interest = match self.write_registered && self.wfd.is_none() {
+            true => Interest::READABLE | Interest::WRITABLE,
+            false => Interest::READABLE,
+        };
+        SourceFd(&self.rfd.as_raw_fd()).reregister(registry, token, interest)?;
+        if let Some(w) = &self.wfd {
+            SourceFd(&w.as_raw_fd()).reregister(registry, token, Interest::WRITABLE)?;
+        }
+        Ok(())
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        let r = SourceFd(&self.rfd.as_raw_fd()).deregister(registry);
+        if let Some(w) = &self.wfd {
+            SourceFd(&w.as_raw_fd()).deregister(registry)?;
+        }
+        r
     }
 }

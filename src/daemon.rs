@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
@@ -50,7 +50,7 @@ pub fn detach_stdio(keep_stderr: bool) -> Result<(), Error> {
         .map_err(Error::setup("/dev/null"))?;
     let targets: &[i32] = if keep_stderr { &[0, 1] } else { &[0, 1, 2] };
     for &fd in targets {
-        sys::dup2(null.as_raw_fd(), fd).map_err(Error::setup("dup2"))?;
+        sys::dup2(null.as_fd(), fd).map_err(Error::setup("dup2"))?;
     }
     Ok(())
 }

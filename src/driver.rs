@@ -1,17 +1,27 @@
-//! The pure half of a connection: what the bytes at the front of its input mean
-//! and what goes back.
+//! The pure half of a connection: the bytes received so far, what the message
+//! at their front means, and what goes back.
 //!
-//! No sockets and no clock. `Conn` hands it the bytes received so far and drops
-//! as many as it says it used; the fuzz targets and the randomized tests hand it
-//! arbitrary bytes in arbitrary pieces. Keeping this logic out of `Conn` is what
-//! makes the code they exercise the very code the server runs.
+//! No sockets and no clock. `Conn` hands `receive` a function that reads from
+//! its socket; the fuzz targets and the randomized tests hand it one that copies
+//! arbitrary bytes in arbitrary pieces. Both go through the same input buffer
+//! and its growth policy, so the code they exercise is the code the server runs.
 
-use crate::buf::Out;
+use std::io;
+
+use crate::buf::{InBuf, OutQueue, Pool};
+use crate::ctx::Ctx;
 use crate::export::MAX_REQUEST;
 use crate::handshake::{Handshake, Outcome};
 use crate::proto::request::parse_request;
 use crate::proto::{CMD_DISC, Parse};
-use crate::transmission::{self, Env, Session};
+use crate::transmission::{self, Session};
+
+/// Read at least this much per read(2).
+const READ_CHUNK: usize = 64 * 1024;
+/// Beyond what has arrived, the input buffer grows by at most this much at a
+/// time: a request header promising 64 MiB reserves this, not 64 MiB. Large
+/// enough that a 1 MiB WRITE takes few reads.
+const GROWTH_STEP: usize = 256 * 1024;
 
 /// Where a connection is in the protocol.
 #[derive(Debug)]
@@ -31,61 +41,102 @@ pub enum Progress {
     Close(&'static str),
 }
 
-/// One connection's protocol state.
+/// What one `receive` got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// The client will send nothing more.
+    Eof,
+    /// Some bytes; `drained` when the read was short, so the source had no more
+    /// for now.
+    Bytes { drained: bool },
+}
+
+/// One connection's protocol state and its unprocessed input.
 #[derive(Debug)]
 pub struct Driver {
+    input: InBuf,
+    state: State,
+}
+
+/// The protocol state proper, apart from the bytes it reads.
+#[derive(Debug)]
+struct State {
     phase: Phase,
     /// Input bytes still to be thrown away (option data or a WRITE payload we refused).
     skip: u64,
     /// Total bytes the message at the front needs: how much to read next.
     need: usize,
-    /// A request arrived while the server was shutting down (and was refused).
+    /// A request arrived while the server was shutting down (and was refused):
+    /// the client owes us a soft disconnect.
     refused_in_shutdown: bool,
 }
 
 impl Driver {
-    /// Log lines name the connection through `logging::conn_scope`, which
-    /// the connection holds while it drives us.
     pub fn new(phase: Phase) -> Driver {
         Driver {
-            phase,
-            skip: 0,
-            need: 0,
-            refused_in_shutdown: false,
+            input: InBuf::default(),
+            state: State {
+                phase,
+                skip: 0,
+                need: 0,
+                refused_in_shutdown: false,
+            },
         }
     }
 
     pub fn in_handshake(&self) -> bool {
-        matches!(self.phase, Phase::Handshake(_))
+        matches!(self.state.phase, Phase::Handshake(_))
     }
 
-    /// The transmission settings, once the handshake is over.
-    pub fn session(&self) -> Option<Session> {
-        match self.phase {
-            Phase::Transmission(s) => Some(s),
-            Phase::Handshake(_) => None,
-        }
+    /// Reads once through `read` into the input buffer, which grows with what
+    /// arrives (see `GROWTH_STEP`), never with what a length field promises.
+    pub fn receive(
+        &mut self,
+        pool: &mut Pool,
+        read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<Received> {
+        let len = self.input.len();
+        let missing = self.state.need.saturating_sub(len);
+        let want = READ_CHUNK.max(missing.min(len.max(GROWTH_STEP)));
+        let room = self.input.space(want, pool);
+        let asked = room.len();
+        let n = read(room)?;
+        self.input.commit(n);
+        Ok(match n {
+            0 => Received::Eof,
+            n => Received::Bytes { drained: n < asked },
+        })
     }
 
-    /// Input bytes still to be discarded before the next message.
-    pub fn skip(&self) -> u64 {
-        self.skip
+    /// Handles the message at the front of the input, if it is complete,
+    /// queueing any reply on `out`.
+    pub fn step(&mut self, ctx: &mut Ctx, out: &mut OutQueue) -> Progress {
+        let (used, progress) = self.state.one(self.input.pending(), ctx, out);
+        self.input.consume(used);
+        progress
     }
 
-    /// Bytes the message at the front needs in all (0: no more than a header),
-    /// never more than the largest request we serve plus its header.
-    pub fn need(&self) -> usize {
-        self.need
+    /// Nothing half-received, nothing to skip, and no refused request whose
+    /// client owes us a disconnect: the connection may be let go at shutdown.
+    pub fn quiet(&self) -> bool {
+        !self.mid_message() && !self.state.refused_in_shutdown
     }
 
-    pub fn refused_in_shutdown(&self) -> bool {
-        self.refused_in_shutdown
+    /// Part of a message has arrived, or its data is still being skipped.
+    pub fn mid_message(&self) -> bool {
+        !self.input.is_empty() || self.state.skip > 0
     }
 
-    /// Handles the message at the front of `input`, if it is complete, queueing
-    /// any reply on `out`. Returns how many bytes of `input` were used: the caller
-    /// drops them before the next call.
-    pub fn one(&mut self, input: &[u8], env: &mut Env, out: &mut Out) -> (usize, Progress) {
+    /// Gives the input buffer back to the pool if nothing is pending.
+    pub fn release(&mut self, pool: &mut Pool) {
+        self.input.release(pool);
+    }
+}
+
+impl State {
+    /// Handles the message at the front of `input`, if it is complete. Returns
+    /// how many bytes of `input` were used.
+    fn one(&mut self, input: &[u8], ctx: &mut Ctx, out: &mut OutQueue) -> (usize, Progress) {
         let mut skipped = 0;
         if self.skip > 0 {
             let n = self.skip.min(input.len() as u64);
@@ -99,13 +150,13 @@ impl Driver {
         let (used, progress) = match &mut self.phase {
             Phase::Handshake(hs) => {
                 let mut replies = Vec::new();
-                let outcome = hs.step(input, &mut replies, env.export, env.shutting_down);
-                out.put(&replies);
+                let outcome = hs.step(input, &mut replies, &ctx.export, ctx.shutting_down());
+                out.writer(&mut ctx.pool).put(&replies);
                 self.handshake_outcome(outcome)
             }
             Phase::Transmission(s) => {
                 let s = *s;
-                self.request(&s, input, env, out)
+                self.request(&s, input, ctx, out)
             }
         };
         (skipped + used, progress)
@@ -141,8 +192,8 @@ impl Driver {
         &mut self,
         s: &Session,
         input: &[u8],
-        env: &mut Env,
-        out: &mut Out,
+        ctx: &mut Ctx,
+        out: &mut OutQueue,
     ) -> (usize, Progress) {
         let (req, hdr) = match parse_request(input, s.extended()) {
             Parse::Done(req, n) => (req, n),
@@ -162,7 +213,8 @@ impl Driver {
             }
             // Compact WRITE: refuse it, then read past its payload without keeping it.
             log::warn!("WRITE of {} bytes refused", req.payload);
-            transmission::error(s, &req, out, crate::proto::EINVAL, "request too large");
+            let mut w = out.writer(&mut ctx.pool);
+            transmission::error(s, &req, &mut w, crate::proto::EINVAL, "request too large");
             self.skip = req.payload;
             return (hdr, Progress::Some);
         }
@@ -171,9 +223,32 @@ impl Driver {
             self.need = total;
             return (0, Progress::NeedInput);
         }
-        self.refused_in_shutdown |= env.shutting_down;
-        transmission::handle(s, env, &req, &input[hdr..total], out);
+        self.refused_in_shutdown |= ctx.shutting_down();
+        transmission::handle(s, ctx, &req, &input[hdr..total], out);
         self.need = 0;
         (total, Progress::Some)
+    }
+}
+
+/// What the fuzz harness's checker inspects between steps.
+#[cfg(feature = "fuzzing")]
+impl Driver {
+    pub(crate) fn session(&self) -> Option<Session> {
+        match self.state.phase {
+            Phase::Transmission(s) => Some(s),
+            Phase::Handshake(_) => None,
+        }
+    }
+
+    pub(crate) fn skip(&self) -> u64 {
+        self.state.skip
+    }
+
+    pub(crate) fn need(&self) -> usize {
+        self.state.need
+    }
+
+    pub(crate) fn pending(&self) -> &[u8] {
+        self.input.pending()
     }
 }

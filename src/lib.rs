@@ -2,6 +2,10 @@
 //! the `nbdlite-bench` load generator, the fuzz targets and the tests. Only the
 //! binary is a supported interface; the library exists so that the protocol
 //! code that is fuzzed and tested is the very code the server runs.
+//!
+//! Unsafe code lives in `sys` alone (each block says why it is sound).
+
+#![deny(unsafe_code)]
 
 pub mod activation;
 pub mod backend;
@@ -9,13 +13,16 @@ pub mod buf;
 pub mod captive;
 pub mod cli;
 pub mod conn;
+pub mod ctx;
 pub mod daemon;
 pub mod driver;
 pub mod error;
 pub mod export;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handshake;
+pub mod lifecycle;
 pub mod listen;
 pub mod logging;
 pub mod notify;
@@ -23,5 +30,6 @@ pub mod privileges;
 pub mod proto;
 pub mod server;
 pub mod startup;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod transmission;

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
 use mio::event::Source;
@@ -177,7 +177,7 @@ fn bind_any(port: u16) -> Result<(Vec<Listener>, u16), Error> {
 fn tcp(addr: SocketAddr) -> io::Result<Listener> {
     let l = std::net::TcpListener::bind(addr)?;
     l.set_nonblocking(true)?;
-    if let Err(e) = sys::listen_max(l.as_raw_fd()) {
+    if let Err(e) = sys::listen_max(l.as_fd()) {
         log::debug!("listen backlog: {e}");
     }
     Ok(Listener::Tcp(TcpListener::from_std(l)))

@@ -2,7 +2,7 @@
 //! bind the sockets, go into the background, write the pidfile, say we are
 //! ready, start `--run`, and hand over to the event loop.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use crate::activation::{self, Inherited};
 use crate::backend::{self, Backend};
@@ -225,30 +225,24 @@ fn inherited(fds: Vec<Inherited>) -> (Vec<Listener>, Connections) {
 /// in "wait" mode (`systemd-socket-activate --inetd` without `--accept`)
 /// hands us its listening socket instead: we accept one client from it.
 fn stdio() -> Result<Sockets, Error> {
-    if let Ok(kind) = sys::socket_kind(0)
+    let stdin = sys::claim_inherited(0).map_err(Error::setup("-s: fd 0"))?;
+    sys::set_nonblocking(stdin.as_fd()).map_err(Error::setup("-s: fd 0"))?;
+    if let Ok(kind) = sys::socket_kind(stdin.as_fd())
         && kind.listening
     {
-        sys::set_nonblocking(0).map_err(Error::setup("-s: fd 0"))?;
-        // SAFETY: fd 0 is open (a listening socket) and -s reserves it for us.
-        let fd = unsafe { sys::own_fd(0) };
-        return Ok((vec![Listener::inherited(fd, kind.domain)], Vec::new(), None));
+        return Ok((
+            vec![Listener::inherited(stdin, kind.domain)],
+            Vec::new(),
+            None,
+        ));
     }
-    Ok((Vec::new(), vec![stdio_connection()?], None))
-}
-
-/// The client on stdin/stdout.
-fn stdio_connection() -> Result<(OwnedFd, Option<OwnedFd>), Error> {
-    for fd in [0, 1] {
-        sys::set_nonblocking(fd).map_err(Error::setup(format!("-s: fd {fd}")))?;
-    }
-    // SAFETY: fds 0 and 1 are open (set_nonblocking succeeded) and nothing else
-    // in this process uses them: -s reserves stdin and stdout for the client.
-    let rfd = unsafe { sys::own_fd(0) };
-    let wfd = if sys::same_file(0, 1) {
+    // One socket serves both directions; else stdout is the write side.
+    let stdout = if sys::same_file(0, 1) {
         None
     } else {
-        // SAFETY: as above.
-        Some(unsafe { sys::own_fd(1) })
+        let fd = sys::claim_inherited(1).map_err(Error::setup("-s: fd 1"))?;
+        sys::set_nonblocking(fd.as_fd()).map_err(Error::setup("-s: fd 1"))?;
+        Some(fd)
     };
-    Ok((rfd, wfd))
+    Ok((Vec::new(), vec![(stdin, stdout)], None))
 }

@@ -4,8 +4,12 @@
 //! is sound; most are plain system calls on an fd the caller owns or borrows.
 
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
+
+#[cfg(feature = "fuzzing")]
+pub mod alloc;
 
 /// Turns the C convention (-1 and errno) into `io::Result`.
 fn cvt<T: PartialEq + From<i8>>(r: T) -> io::Result<T> {
@@ -16,21 +20,24 @@ fn cvt<T: PartialEq + From<i8>>(r: T) -> io::Result<T> {
     }
 }
 
-pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+pub fn read(fd: BorrowedFd, buf: &mut [u8]) -> io::Result<usize> {
+    let fd = fd.as_raw_fd();
     // SAFETY: buf is a valid writable region of buf.len() bytes.
     let n = cvt(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })?;
     Ok(n as usize)
 }
 
 /// writev(2). `IoSlice` is documented to be ABI-compatible with `struct iovec`.
-pub fn writev(fd: RawFd, bufs: &[IoSlice]) -> io::Result<usize> {
+pub fn writev(fd: BorrowedFd, bufs: &[IoSlice]) -> io::Result<usize> {
+    let fd = fd.as_raw_fd();
     let n = bufs.len().min(libc::c_int::MAX as usize) as libc::c_int;
     // SAFETY: bufs points to n IoSlices (each a valid iovec over live memory).
     let w = cvt(unsafe { libc::writev(fd, bufs.as_ptr().cast(), n) })?;
     Ok(w as usize)
 }
 
-/// Sets FD_CLOEXEC; fails (EBADF) when `fd` is not open.
+/// Sets FD_CLOEXEC; fails (EBADF) when `fd` is not open. A number, not a
+/// borrowed fd: it checks inherited descriptors that nothing owns yet.
 pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl on an integer fd has no memory effects; a bad fd gives EBADF.
     let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
@@ -39,7 +46,8 @@ pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+pub fn set_nonblocking(fd: BorrowedFd) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
     // SAFETY: fcntl on an integer fd has no memory effects.
     let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
     // SAFETY: as above.
@@ -47,9 +55,14 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-fn getsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
+fn getsockopt_int(
+    fd: BorrowedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<libc::c_int> {
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let fd = fd.as_raw_fd();
     // SAFETY: v and len are valid for writes and len holds v's size.
     cvt(unsafe { libc::getsockopt(fd, level, name, (&raw mut v).cast(), &mut len) })?;
     Ok(v)
@@ -67,7 +80,7 @@ pub struct SocketKind {
 }
 
 /// Asks the kernel what kind of socket `fd` is (ENOTSOCK when it is none).
-pub fn socket_kind(fd: RawFd) -> io::Result<SocketKind> {
+pub fn socket_kind(fd: BorrowedFd) -> io::Result<SocketKind> {
     Ok(SocketKind {
         sock_type: getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?,
         domain: getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?,
@@ -75,30 +88,44 @@ pub fn socket_kind(fd: RawFd) -> io::Result<SocketKind> {
     })
 }
 
-/// Takes ownership of an fd inherited from our parent.
-///
-/// # Safety
-/// `fd` must be open and owned by nothing else in this process.
-pub unsafe fn own_fd(fd: RawFd) -> OwnedFd {
-    // SAFETY: the caller promises that fd is open and unowned.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+/// Descriptors claimed by `claim_inherited`: each may be claimed once.
+static CLAIMED: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+
+/// Takes ownership of a descriptor inherited from our parent: a socket-activated
+/// one (3 and up) or, with `-s`, stdin or stdout. Fails if it is not open or was
+/// claimed before, so no two owners can ever close the same descriptor.
+pub fn claim_inherited(fd: RawFd) -> io::Result<OwnedFd> {
+    // A poisoned lock only means a panic elsewhere; the list itself is intact.
+    let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
+    if fd < 0 || claimed.contains(&fd) {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: fcntl on an integer fd has no memory effects; EBADF if not open.
+    cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    claimed.push(fd);
+    // SAFETY: fd is open; the process was handed it by its parent and nothing in
+    // it takes inherited descriptors but this function, which hands each out once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Raises a listening socket's backlog to the system maximum (somaxconn): std
 /// binds with 128, too few for a harness that opens hundreds of clients at once.
-pub fn listen_max(fd: RawFd) -> io::Result<()> {
+pub fn listen_max(fd: BorrowedFd) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
     // SAFETY: no memory is passed; listen on a listening socket just updates its backlog.
     cvt(unsafe { libc::listen(fd, libc::SOMAXCONN.max(4096)) })?;
     Ok(())
 }
 
-pub fn fallocate(fd: RawFd, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+pub fn fallocate(fd: BorrowedFd, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
     // SAFETY: no memory is passed; the kernel checks fd and ranges.
     cvt(unsafe { libc::fallocate(fd, mode, offset as libc::off_t, len as libc::off_t) })?;
     Ok(())
 }
 
-fn seek(fd: RawFd, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+fn seek(fd: BorrowedFd, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+    let fd = fd.as_raw_fd();
     // SAFETY: lseek has no memory effects.
     match cvt(unsafe { libc::lseek(fd, offset as libc::off_t, whence) }) {
         Ok(pos) => Ok(Some(pos as u64)),
@@ -108,16 +135,17 @@ fn seek(fd: RawFd, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> 
 }
 
 /// Next offset ≥ `offset` holding data; None when only a hole follows.
-pub fn seek_data(fd: RawFd, offset: u64) -> io::Result<Option<u64>> {
+pub fn seek_data(fd: BorrowedFd, offset: u64) -> io::Result<Option<u64>> {
     seek(fd, offset, libc::SEEK_DATA)
 }
 
 /// Next hole ≥ `offset` (end of file counts as one).
-pub fn seek_hole(fd: RawFd, offset: u64) -> io::Result<Option<u64>> {
+pub fn seek_hole(fd: BorrowedFd, offset: u64) -> io::Result<Option<u64>> {
     seek(fd, offset, libc::SEEK_HOLE)
 }
 
-pub fn fadvise_willneed(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+pub fn fadvise_willneed(fd: BorrowedFd, offset: u64, len: u64) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
     // SAFETY: no memory is passed. posix_fadvise returns the error instead of setting errno.
     let r = unsafe {
         libc::posix_fadvise(
@@ -135,7 +163,8 @@ pub fn fadvise_willneed(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
 }
 
 /// Logical sector size of a block device (BLKSSZGET).
-pub fn logical_sector_size(fd: RawFd) -> io::Result<u32> {
+pub fn logical_sector_size(fd: BorrowedFd) -> io::Result<u32> {
+    let fd = fd.as_raw_fd();
     const BLKSSZGET: libc::c_ulong = 0x1268;
     let mut size: libc::c_int = 0;
     // SAFETY: BLKSSZGET writes one int through the pointer, which is valid.
@@ -212,7 +241,8 @@ pub fn setsid() -> io::Result<()> {
 }
 
 /// Points `target` (0, 1 or 2) at `fd`.
-pub fn dup2(fd: RawFd, target: RawFd) -> io::Result<()> {
+pub fn dup2(fd: BorrowedFd, target: RawFd) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
     // SAFETY: no memory effects; target is a standard stream we mean to replace.
     cvt(unsafe { libc::dup2(fd, target) })?;
     Ok(())
@@ -231,7 +261,8 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Whether fds 0 and 1 are the same open socket, so one fd serves both directions.
+/// Whether fds 0 and 1 are the same open socket, so one fd serves both
+/// directions. Numbers: they are looked at before anything owns them.
 pub fn same_file(a: RawFd, b: RawFd) -> bool {
     let stat = |fd| {
         let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
@@ -445,7 +476,8 @@ pub fn nofile_limit() -> io::Result<u64> {
 /// The lowest descriptor number not in use: at start-up, when descriptors are
 /// allocated densely from 0, about how many are open. (Cheaper than listing
 /// /proc/self/fd, on the path of a socket-activated cold start.)
-pub fn lowest_free_fd(open: RawFd) -> io::Result<usize> {
+pub fn lowest_free_fd(open: BorrowedFd) -> io::Result<usize> {
+    let open = open.as_raw_fd();
     // SAFETY: F_DUPFD_CLOEXEC on an open fd creates a new fd, closed below.
     let fd = cvt(unsafe { libc::fcntl(open, libc::F_DUPFD_CLOEXEC, 0) })?;
     // SAFETY: fd was just created by us and is owned by nothing else.

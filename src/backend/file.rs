@@ -6,7 +6,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 
@@ -56,7 +56,7 @@ impl File {
         }
         let size = file.seek(SeekFrom::End(0))?;
         let min_block = if block_device {
-            sys::logical_sector_size(file.as_raw_fd()).unwrap_or(512)
+            sys::logical_sector_size(file.as_fd()).unwrap_or(512)
         } else {
             1
         };
@@ -85,7 +85,7 @@ impl File {
         if *unsupported {
             return Ok(false);
         }
-        match sys::fallocate(self.file.as_raw_fd(), mode, offset, len) {
+        match sys::fallocate(self.file.as_fd(), mode, offset, len) {
             Ok(()) => Ok(true),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) => {
                 *unsupported = true;
@@ -158,7 +158,7 @@ impl Backend for File {
     }
 
     fn cache(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        sys::fadvise_willneed(self.file.as_raw_fd(), offset, len)
+        sys::fadvise_willneed(self.file.as_fd(), offset, len)
     }
 
     fn extents(
@@ -168,7 +168,7 @@ impl Backend for File {
         max: usize,
         out: &mut Vec<Extent>,
     ) -> io::Result<()> {
-        let fd = self.file.as_raw_fd();
+        let fd = self.file.as_fd();
         let end = offset.saturating_add(len).min(self.size);
         if self.block_device {
             out.push(Extent {

@@ -2,33 +2,39 @@
 //! of the server.
 //!
 //! `run` feeds a byte stream, cut into arbitrary pieces, through the server's own
-//! `Driver` exactly as `Conn` does (append what arrived, handle messages until one
-//! is incomplete or the connection closes, drop what was used), and checks every
-//! step with `check`, which parses the replies back on its own. `fuzz_one` is a
+//! `Driver` exactly as `Conn` does: each piece arrives through `Driver::receive`,
+//! the same input buffer and growth policy a socket read goes through, then
+//! messages are handled until one is incomplete or the connection closes. Every
+//! step is checked with `check`, which parses the replies back on its own. `fuzz_one` is a
 //! whole fuzz iteration: decode the input, run it in its chunking and unsplit,
 //! and demand the same result.
 
-pub mod alloc;
 pub mod check;
 pub mod streams;
+
+pub use crate::sys::alloc;
 
 use std::hash::Hasher;
 use std::io::IoSlice;
 
 use crate::backend::{Backend, Caps, Memory, Null, Pattern};
 use crate::buf::{OutQueue, Pool};
+use crate::ctx::Ctx;
 use crate::driver::{Driver, Phase, Progress};
 use crate::export::Export;
 use crate::handshake::Handshake;
+use crate::lifecycle::Lifecycle;
+use crate::notify::Notifier;
 use crate::proto::reply::Style;
-use crate::transmission::{Env, Session};
+use crate::transmission::Session;
 
 /// Export sizes to pick from: past a page boundary and not page aligned, one
 /// block, empty, and three pages and a bit (several extents).
 const SIZES: [u64; 4] = [65536 + 512, 4096, 0, 3 * 32768 + 512];
 
 /// The largest allocation a run may make beyond its input: Pool blocks (64 KiB),
-/// backend pages (32 KiB) and reads of the largest export are far below it.
+/// the input buffer's growth step (256 KiB), backend pages (32 KiB) and reads of
+/// the largest export are below it.
 pub const ALLOC_LIMIT: usize = 1 << 20;
 
 /// Which backend serves the export.
@@ -94,6 +100,15 @@ impl Config {
         }
     }
 
+    /// A server's lifecycle, shutting down if the configuration says so.
+    fn lifecycle(&self) -> Lifecycle {
+        let mut l = Lifecycle::new(None, false, Notifier::new(None));
+        if self.shutting_down {
+            l.shut_down(0);
+        }
+        l
+    }
+
     fn backend(&self) -> Box<dyn Backend> {
         match self.kind {
             Kind::Memory => Box::new(Memory::new(self.size)),
@@ -151,16 +166,14 @@ pub struct Run {
 /// Panics on any broken invariant.
 pub fn run(cfg: &Config, start: Start, stream: &[u8], chunks: &[usize]) -> Run {
     let export = cfg.export();
-    let mut backend = cfg.backend();
-    let mut extents = Vec::new();
+    let mut ctx = Ctx::new(cfg.backend(), export.clone(), cfg.lifecycle());
     let phase = match start {
         Start::Handshake => Phase::Handshake(Handshake::default()),
         Start::Transmission => Phase::Transmission(cfg.session()),
     };
     let mut drv = Driver::new(phase);
     let mut checker = check::Checker::new(&export, start);
-    let (mut queue, mut pool) = (OutQueue::default(), Pool::default());
-    let mut pending: Vec<u8> = Vec::new();
+    let mut queue = OutQueue::default();
     let mut hash = Fnv::default();
     let mut run = Run {
         end: End::Eof,
@@ -170,34 +183,43 @@ pub fn run(cfg: &Config, start: Start, stream: &[u8], chunks: &[usize]) -> Run {
         out_hash: 0,
         session: None,
     };
-    for piece in pieces(stream, chunks) {
-        pending.extend_from_slice(piece);
-        // Every handled message uses at least one byte: more steps than bytes
-        // (plus the one that finds the front incomplete) is a loop.
-        let mut budget = pending.len() + 1;
-        loop {
-            assert!(budget > 0, "no progress: {} bytes pending", pending.len());
-            budget -= 1;
-            let before = check::State::of(&drv);
-            let mut env = Env {
-                backend: &mut *backend,
-                export: &export,
-                extents: &mut extents,
-                shutting_down: cfg.shutting_down,
-            };
-            let (used, progress) = drv.one(&pending, &mut env, &mut queue.writer(&mut pool));
-            let reply = drain(&mut queue, &mut pool);
-            checker.step(&before, &drv, &pending, used, progress, &reply);
-            hash.write(&reply);
-            run.out_len += reply.len();
-            pending.drain(..used);
-            run.consumed += used;
-            match progress {
-                Progress::Some => run.steps += 1,
-                Progress::NeedInput => break,
-                Progress::Close(why) => {
-                    run.end = End::Closed(why);
-                    return finish(run, &drv, hash);
+    for mut piece in pieces(stream, chunks) {
+        while !piece.is_empty() {
+            // As a read(2) would: as much of the piece as the buffer offers.
+            let mut n = 0;
+            let got = drv.receive(&mut ctx.pool, |room| {
+                n = room.len().min(piece.len());
+                room[..n].copy_from_slice(&piece[..n]);
+                Ok(n)
+            });
+            assert!(got.is_ok() && n > 0, "the input buffer offered no room");
+            piece = &piece[n..];
+            // Every handled message uses at least one byte: more steps than bytes
+            // (plus the one that finds the front incomplete) is a loop.
+            let mut budget = drv.pending().len() + 1;
+            loop {
+                assert!(
+                    budget > 0,
+                    "no progress: {} bytes pending",
+                    drv.pending().len()
+                );
+                budget -= 1;
+                let before = check::State::of(&drv);
+                let pending = drv.pending().to_vec();
+                let progress = drv.step(&mut ctx, &mut queue);
+                let used = pending.len() - drv.pending().len();
+                let reply = drain(&mut queue, &mut ctx.pool);
+                checker.step(&before, &drv, &pending, used, progress, &reply);
+                hash.write(&reply);
+                run.out_len += reply.len();
+                run.consumed += used;
+                match progress {
+                    Progress::Some => run.steps += 1,
+                    Progress::NeedInput => break,
+                    Progress::Close(why) => {
+                        run.end = End::Closed(why);
+                        return finish(run, &drv, hash);
+                    }
                 }
             }
         }

@@ -4,6 +4,7 @@
 //!
 //! A binary opts in with
 //! `#[global_allocator] static A: nbdlite::fuzzing::alloc::Counting = Counting;`.
+//! Compiled only with the `fuzzing` feature; here because it is unsafe code.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -1,0 +1,177 @@
+//! Option haggling: the newstyle handshake as a state machine.
+//!
+//! Pure apart from logging: it is fed the bytes received so far and appends its
+//! replies to a byte vector. The connection does the I/O. What each option
+//! takes and answers is decided in one table, `options::rule`.
+
+mod options;
+#[cfg(test)]
+mod tests;
+
+use crate::export::Export;
+use crate::proto::option::*;
+use crate::proto::reply::Style;
+use crate::proto::*;
+use crate::transmission::Session;
+
+use options::{Answer, Data, Rule};
+
+/// nbdkit's limit: a client that has sent this many options without choosing an
+/// export is not going to.
+const MAX_OPTIONS: u32 = 32;
+
+/// What the connection should do after a step.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// `consumed` bytes were used; 0 means more input is needed.
+    Continue(usize),
+    /// A reply is queued; discard the next `skip` bytes of option data.
+    Skip { consumed: usize, skip: u64 },
+    /// The handshake is over: serve requests.
+    Transmission { consumed: usize, session: Session },
+    /// The client sent ABORT: send the ACK, then close.
+    Abort,
+    /// The client broke a MUST (or we cannot answer it): send what is queued, then close.
+    Close(&'static str),
+}
+
+/// Which metadata context a client selected, and for which export name.
+#[derive(Debug, Default)]
+struct MetaSelection {
+    export: Vec<u8>,
+    base_allocation: bool,
+}
+
+#[derive(Debug)]
+pub struct Handshake {
+    /// The client's flags have arrived.
+    flags_read: bool,
+    no_zeroes: bool,
+    style: Style,
+    meta: MetaSelection,
+    options: u32,
+}
+
+impl Default for Handshake {
+    fn default() -> Self {
+        Handshake {
+            flags_read: false,
+            no_zeroes: false,
+            style: Style::Simple,
+            meta: MetaSelection::default(),
+            options: 0,
+        }
+    }
+}
+
+impl Handshake {
+    /// Handles at most one message at the front of `input`.
+    pub fn step(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        ex: &Export,
+        shutting_down: bool,
+    ) -> Outcome {
+        if !self.flags_read {
+            return match parse_client_flags(input) {
+                Parse::Done(flags, n) => self.client_flags(flags, n),
+                _ => Outcome::Continue(0),
+            };
+        }
+        let hdr = match parse_option_header(input) {
+            Parse::Done(h, _) => h,
+            Parse::NeedMore => return Outcome::Continue(0),
+            Parse::Malformed(why) => return Outcome::Close(why),
+        };
+        if self.options == MAX_OPTIONS && hdr.opt != OPT_ABORT {
+            return Outcome::Close("too many options without choosing an export");
+        }
+        let rule = options::rule(hdr.opt);
+        let total = OPTION_HEADER_LEN + hdr.len as usize;
+        let held = hdr.len <= rule.limit();
+        if held && input.len() < total {
+            return Outcome::Continue(0);
+        }
+        self.options += 1;
+        log::debug!(
+            "option {} ({}), {} bytes{}",
+            option_name(hdr.opt),
+            hdr.opt,
+            hdr.len,
+            if held { "" } else { ": not buffered" }
+        );
+        let data = if held {
+            Data::Held(&input[OPTION_HEADER_LEN..total])
+        } else {
+            Data::TooLong
+        };
+        let answer = if shutting_down && hdr.opt != OPT_ABORT {
+            shutdown_answer(hdr.opt, out)
+        } else {
+            self.answer(hdr.opt, rule, data, out, ex)
+        };
+        match (answer, held) {
+            (Answer::Replied, true) => Outcome::Continue(total),
+            (Answer::Replied, false) => Outcome::Skip {
+                consumed: OPTION_HEADER_LEN,
+                skip: u64::from(hdr.len),
+            },
+            (Answer::Transmission(session), _) => Outcome::Transmission {
+                consumed: total,
+                session,
+            },
+            (Answer::Abort, _) => Outcome::Abort,
+            (Answer::Close(why), _) => Outcome::Close(why),
+        }
+    }
+
+    /// Runs an option's entry of the table on its data.
+    fn answer(
+        &mut self,
+        opt: u32,
+        rule: Rule,
+        data: Data,
+        out: &mut Vec<u8>,
+        ex: &Export,
+    ) -> Answer {
+        match (rule, data) {
+            (Rule::NoData(_), Data::TooLong) => {
+                options::error(out, opt, REP_ERR_INVALID, "this option takes no data")
+            }
+            (Rule::NoData(run), Data::Held(_)) => run(self, out, ex),
+            (Rule::Data(_, run), data) => run(self, data, out, ex),
+            (Rule::Unknown, _) => options::error(out, opt, REP_ERR_UNSUP, "unknown option"),
+        }
+    }
+
+    fn client_flags(&mut self, flags: u32, n: usize) -> Outcome {
+        if flags & !(CFLAG_FIXED_NEWSTYLE | CFLAG_NO_ZEROES) != 0 {
+            return Outcome::Close("client sent unknown handshake flags");
+        }
+        // A client without FIXED_NEWSTYLE is served as if it had set it, as the spec allows.
+        self.no_zeroes = flags & CFLAG_NO_ZEROES != 0;
+        self.flags_read = true;
+        Outcome::Continue(n)
+    }
+
+    /// Transmission settings for entering `name` now. Contexts count only if the
+    /// last SET_META_CONTEXT named the same export.
+    fn session(&self, ex: &Export, name: &[u8]) -> Session {
+        let meta = self.meta.base_allocation && self.meta.export == name;
+        Session {
+            style: self.style,
+            flags: ex.flags(self.style, meta),
+            meta,
+        }
+    }
+}
+
+/// While the server shuts down, options (but ABORT) are refused; EXPORT_NAME
+/// has no way to be refused, so the client is let go.
+fn shutdown_answer(opt: u32, out: &mut Vec<u8>) -> Answer {
+    if opt == OPT_EXPORT_NAME {
+        return Answer::Close("shutting down");
+    }
+    options::error(out, opt, REP_ERR_SHUTDOWN, "server is shutting down")
+}

@@ -1,0 +1,223 @@
+//! The handshake's unit tests: every option through `Handshake::step`.
+
+use super::options::{MAX_INFO_DATA, MAX_OPTION_DATA};
+use super::*;
+use crate::export::test_export;
+use crate::proto::option::testing::{info_data, meta_data, option as opt};
+
+fn export() -> Export {
+    test_export(false, 1)
+}
+
+/// Reply types found in `out`, in order.
+fn reply_types(mut out: &[u8]) -> Vec<u32> {
+    let mut v = Vec::new();
+    while out.len() >= 20 {
+        assert_eq!(be64(out), OPT_REPLY_MAGIC);
+        v.push(be32(&out[12..]));
+        let len = be32(&out[16..]) as usize;
+        out = &out[20 + len..];
+    }
+    assert!(out.is_empty());
+    v
+}
+
+fn started() -> Handshake {
+    let mut h = Handshake::default();
+    assert_eq!(
+        h.step(&3u32.to_be_bytes(), &mut Vec::new(), &export(), false),
+        Outcome::Continue(4)
+    );
+    h
+}
+
+fn run(h: &mut Handshake, o: u32, data: &[u8]) -> (Outcome, Vec<u32>) {
+    let mut out = Vec::new();
+    let outcome = h.step(&opt(o, data), &mut out, &export(), false);
+    (outcome, reply_types(&out))
+}
+
+#[test]
+fn unknown_client_flags_close() {
+    let mut h = Handshake::default();
+    let o = h.step(&4u32.to_be_bytes(), &mut Vec::new(), &export(), false);
+    assert!(matches!(o, Outcome::Close(_)));
+}
+
+#[test]
+fn go_every_prefix_then_transmission() {
+    let mut h = started();
+    let msg = opt(OPT_GO, &info_data(b"", &[INFO_NAME, INFO_DESCRIPTION]));
+    for i in 0..msg.len() {
+        assert_eq!(
+            h.step(&msg[..i], &mut Vec::new(), &export(), false),
+            Outcome::Continue(0)
+        );
+    }
+    let mut out = Vec::new();
+    let o = h.step(&msg, &mut out, &export(), false);
+    assert!(matches!(o, Outcome::Transmission { consumed, .. } if consumed == msg.len()));
+    assert_eq!(
+        reply_types(&out),
+        vec![REP_INFO, REP_INFO, REP_INFO, REP_INFO, REP_ACK]
+    );
+}
+
+#[test]
+fn unknown_export() {
+    let mut h = started();
+    let (o, r) = run(&mut h, OPT_INFO, &info_data(b"nope", &[]));
+    assert!(matches!(o, Outcome::Continue(_)));
+    assert_eq!(r, vec![REP_ERR_UNKNOWN]);
+    let (o, _) = run(&mut h, OPT_EXPORT_NAME, b"nope");
+    assert!(matches!(o, Outcome::Close(_)));
+}
+
+#[test]
+fn unknown_option_and_bad_data() {
+    let mut h = started();
+    assert_eq!(run(&mut h, 99, b"xyz").1, vec![REP_ERR_UNSUP]);
+    assert_eq!(run(&mut h, OPT_LIST, b"x").1, vec![REP_ERR_INVALID]);
+    assert_eq!(run(&mut h, OPT_STARTTLS, b"").1, vec![REP_ERR_POLICY]);
+    assert_eq!(run(&mut h, OPT_STARTTLS, b"x").1, vec![REP_ERR_INVALID]);
+    assert_eq!(run(&mut h, OPT_INFO, b"\0\0").1, vec![REP_ERR_INVALID]);
+    assert_eq!(run(&mut h, OPT_LIST, b"").1, vec![REP_SERVER, REP_ACK]);
+}
+
+#[test]
+fn meta_contexts() {
+    let mut h = started();
+    // SET before structured replies
+    let set = meta_data(b"", &[BASE_ALLOCATION]);
+    assert_eq!(
+        run(&mut h, OPT_SET_META_CONTEXT, &set).1,
+        vec![REP_ERR_INVALID]
+    );
+    assert_eq!(run(&mut h, OPT_STRUCTURED_REPLY, b"").1, vec![REP_ACK]);
+    assert_eq!(
+        run(&mut h, OPT_STRUCTURED_REPLY, b"").1,
+        vec![REP_ERR_INVALID]
+    );
+    let all = meta_data(b"", &[]);
+    assert_eq!(
+        run(&mut h, OPT_LIST_META_CONTEXT, &all).1,
+        vec![REP_META_CONTEXT, REP_ACK]
+    );
+    let wild = meta_data(b"", &[b"base:", b"x-foo:bar"]);
+    assert_eq!(
+        run(&mut h, OPT_LIST_META_CONTEXT, &wild).1,
+        vec![REP_META_CONTEXT, REP_ACK]
+    );
+    let other = meta_data(b"", &[b"base:nothing", b"qemu:dirty-bitmap:a"]);
+    assert_eq!(run(&mut h, OPT_LIST_META_CONTEXT, &other).1, vec![REP_ACK]);
+    let bare = meta_data(b"", &[b"base:"]);
+    assert_eq!(run(&mut h, OPT_SET_META_CONTEXT, &bare).1, vec![REP_ACK]);
+    let mut bad = set.clone();
+    bad[11] = 200; // query length runs past the option
+    assert_eq!(
+        run(&mut h, OPT_SET_META_CONTEXT, &bad).1,
+        vec![REP_ERR_INVALID]
+    );
+    assert_eq!(
+        run(&mut h, OPT_SET_META_CONTEXT, &set).1,
+        vec![REP_META_CONTEXT, REP_ACK]
+    );
+    // contexts belong to the export name they were set for
+    let (o, _) = run(&mut h, OPT_GO, &info_data(b"disk", &[]));
+    let Outcome::Transmission { session, .. } = o else {
+        panic!("{o:?}")
+    };
+    assert!(!session.meta);
+    let mut h2 = started();
+    run(&mut h2, OPT_STRUCTURED_REPLY, b"");
+    run(&mut h2, OPT_SET_META_CONTEXT, &set);
+    let (o, _) = run(&mut h2, OPT_GO, &info_data(b"", &[]));
+    let Outcome::Transmission { session, .. } = o else {
+        panic!("{o:?}")
+    };
+    assert!(session.meta && session.style == Style::Structured);
+}
+
+#[test]
+fn extended_headers() {
+    let mut h = started();
+    assert_eq!(
+        run(&mut h, OPT_EXTENDED_HEADERS, b"x").1,
+        vec![REP_ERR_INVALID]
+    );
+    assert_eq!(run(&mut h, OPT_EXTENDED_HEADERS, b"").1, vec![REP_ACK]);
+    assert_eq!(
+        run(&mut h, OPT_EXTENDED_HEADERS, b"").1,
+        vec![REP_ERR_INVALID]
+    );
+    assert_eq!(
+        run(&mut h, OPT_STRUCTURED_REPLY, b"").1,
+        vec![REP_ERR_EXT_HEADER_REQD]
+    );
+    let (o, _) = run(&mut h, OPT_EXPORT_NAME, b"");
+    assert!(matches!(o, Outcome::Close(_)));
+}
+
+#[test]
+fn too_many_options() {
+    let mut h = started();
+    for _ in 0..MAX_OPTIONS {
+        assert!(matches!(run(&mut h, 99, b"").0, Outcome::Continue(_)));
+    }
+    assert!(matches!(run(&mut h, 99, b"").0, Outcome::Close(_)));
+}
+
+#[test]
+fn oversized_option_is_skipped() {
+    let header = |opt: u32, len: u32| {
+        let mut hdr = IHAVEOPT.to_be_bytes().to_vec();
+        hdr.extend_from_slice(&opt.to_be_bytes());
+        hdr.extend_from_slice(&len.to_be_bytes());
+        hdr
+    };
+    // Answered from the header alone: nothing of the data is needed.
+    for (opt, len, reply) in [
+        (OPT_GO, 1 << 30, REP_ERR_TOO_BIG),
+        (OPT_INFO, MAX_INFO_DATA + 1, REP_ERR_TOO_BIG),
+        (OPT_SET_META_CONTEXT, MAX_OPTION_DATA + 1, REP_ERR_TOO_BIG),
+        (OPT_LIST, u32::MAX, REP_ERR_INVALID),
+        (OPT_STRUCTURED_REPLY, 1, REP_ERR_INVALID),
+        (OPT_EXTENDED_HEADERS, 4097, REP_ERR_INVALID),
+        (0x4242, u32::MAX, REP_ERR_UNSUP),
+    ] {
+        let mut h = started();
+        let mut out = Vec::new();
+        let o = h.step(&header(opt, len), &mut out, &export(), false);
+        let skip = u64::from(len);
+        assert_eq!(o, Outcome::Skip { consumed: 16, skip }, "{opt}");
+        assert_eq!(reply_types(&out), vec![reply], "{opt}");
+    }
+    let mut h = started();
+    let o = h.step(
+        &header(OPT_EXPORT_NAME, 4097),
+        &mut Vec::new(),
+        &export(),
+        false,
+    );
+    assert!(matches!(o, Outcome::Close(_)));
+    // A GO naming a 4096-byte export and asking for every item fits.
+    let name = vec![b'x'; MAX_STRING];
+    let go = opt(OPT_GO, &info_data(&name, &[0, 1, 2, 3]));
+    let mut out = Vec::new();
+    let o = started().step(&go, &mut out, &export(), false);
+    assert_eq!(o, Outcome::Continue(go.len()));
+    assert_eq!(reply_types(&out), vec![REP_ERR_UNKNOWN]);
+}
+
+#[test]
+fn shutdown_refuses_options() {
+    let mut h = started();
+    let mut out = Vec::new();
+    let o = h.step(&opt(OPT_LIST, b""), &mut out, &export(), true);
+    assert!(matches!(o, Outcome::Continue(_)));
+    assert_eq!(reply_types(&out), vec![REP_ERR_SHUTDOWN]);
+    out.clear();
+    let o = h.step(&opt(OPT_ABORT, b""), &mut out, &export(), true);
+    assert_eq!(o, Outcome::Abort);
+    assert_eq!(reply_types(&out), vec![REP_ACK]);
+}

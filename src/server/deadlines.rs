@@ -1,0 +1,129 @@
+//! Handshake deadlines, in one queue.
+//!
+//! Every connection gets the same timeout, so deadlines come out sorted by
+//! accept time and one queue (no timer per connection) serves them all. Entries
+//! of connections that finished the handshake or left are dropped when they
+//! reach the front, and the whole queue is compacted when they are most of it.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    at: Instant,
+    key: usize,
+    serial: u64,
+}
+
+/// The queue; `live(key, serial)` answers whether an entry's connection is
+/// still negotiating (slab keys are reused, serials are not).
+#[derive(Debug)]
+pub struct Deadlines {
+    timeout: Option<Duration>,
+    queue: VecDeque<Entry>,
+}
+
+impl Deadlines {
+    /// `--handshake-timeout`; None: no deadlines at all.
+    pub fn new(timeout: Option<Duration>) -> Deadlines {
+        Deadlines {
+            timeout,
+            queue: VecDeque::new(),
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or_default()
+    }
+
+    /// Starts the clock for connection `serial` at slab `key`, accepted `now`
+    /// with `open` connections in all.
+    pub fn push(
+        &mut self,
+        key: usize,
+        serial: u64,
+        now: Instant,
+        open: usize,
+        live: impl Fn(usize, u64) -> bool,
+    ) {
+        let Some(t) = self.timeout else { return };
+        self.queue.push_back(Entry {
+            at: now + t,
+            key,
+            serial,
+        });
+        self.compact(open, live);
+    }
+
+    /// Forgets stale entries once they are most of the queue: one client stalled
+    /// at the front would otherwise keep every later entry, one per connection,
+    /// until it expires. Amortized O(1) per connection.
+    fn compact(&mut self, open: usize, live: impl Fn(usize, u64) -> bool) {
+        if self.queue.len() <= 2 * open + 64 {
+            return;
+        }
+        self.queue.retain(|d| live(d.key, d.serial));
+        self.queue.shrink_to(2 * self.queue.len() + 64);
+    }
+
+    /// The next connection whose deadline has passed by `now`, as (key, serial).
+    /// Stale entries at the front are dropped on the way, so that `next` only
+    /// ever wakes the loop for a client still negotiating.
+    pub fn expired(
+        &mut self,
+        now: Instant,
+        live: impl Fn(usize, u64) -> bool,
+    ) -> Option<(usize, u64)> {
+        while let Some(d) = self.queue.front().copied() {
+            let alive = live(d.key, d.serial);
+            if alive && d.at > now {
+                return None;
+            }
+            self.queue.pop_front();
+            if alive {
+                return Some((d.key, d.serial));
+            }
+        }
+        None
+    }
+
+    /// When the oldest deadline falls.
+    pub fn next(&self) -> Option<Instant> {
+        self.queue.front().map(|d| d.at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expire_in_order_skipping_the_finished() {
+        let t = Duration::from_secs(1);
+        let mut d = Deadlines::new(Some(t));
+        let now = Instant::now();
+        let live = |k: usize, _| k != 1;
+        for k in 0..3 {
+            d.push(k, k as u64 + 10, now, 3, live);
+        }
+        assert_eq!(d.expired(now, live), None);
+        assert_eq!(d.next(), Some(now + t));
+        assert_eq!(d.expired(now + t, live), Some((0, 10)));
+        assert_eq!(d.expired(now + t, live), Some((2, 12)), "1 finished");
+        assert_eq!(d.expired(now + t, live), None);
+        assert_eq!(d.next(), None);
+    }
+
+    #[test]
+    fn compacts_when_mostly_stale_and_none_without_a_timeout() {
+        let mut d = Deadlines::new(Some(Duration::from_secs(1)));
+        let now = Instant::now();
+        for k in 0..1000 {
+            d.push(k, k as u64, now, 1, |k, _| k == 0);
+        }
+        assert!(d.queue.len() <= 2 + 64 + 1, "{} entries", d.queue.len());
+        let mut off = Deadlines::new(None);
+        off.push(0, 0, now, 1, |_, _| true);
+        assert_eq!(off.next(), None);
+    }
+}

@@ -1,0 +1,345 @@
+//! The one event loop: a mio Poll with every listener, the signal pipe, and a
+//! slab of connections. Single-threaded: the backend needs no locks, and every
+//! connection sees every acknowledged write.
+//!
+//! The loop itself only dispatches: accepting is `accept`, handshake deadlines
+//! `deadlines`, signals and `--run` `signals`, the busy-poll window `spin`, and
+//! when to stop is the lifecycle's (`crate::lifecycle`). Each connection handles
+//! its own events (`Conn::handle`).
+
+mod accept;
+mod deadlines;
+mod signals;
+mod spin;
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::backend::Backend;
+use crate::buf::Pool;
+use crate::conn::{Conn, Event, Step};
+use crate::ctx::Ctx;
+use crate::export::Export;
+use crate::lifecycle::{Lifecycle, Verdict};
+use crate::listen::{Listener, Peer};
+use crate::notify::Notifier;
+use crate::sys;
+
+use accept::Acceptor;
+use deadlines::Deadlines;
+use signals::{Signal, Signals};
+use spin::Spin;
+
+/// Tokens from the top of the range; connections use their slab keys from 0,
+/// listeners count down from `accept::LISTENER_TOP`.
+const SIGNAL: Token = Token(usize::MAX);
+
+/// Pooled buffers are freed once the server has had no event for this long.
+const POOL_LINGER: Duration = Duration::from_secs(1);
+
+/// What `Server::new` needs besides the backend.
+pub struct Setup {
+    pub export: Export,
+    pub listeners: Vec<Listener>,
+    /// Clients that are already connected: `-s`, or systemd `Accept=yes` sockets.
+    /// Each is (read fd, separate write fd).
+    pub connections: Vec<(OwnedFd, Option<OwnedFd>)>,
+    pub signals: OwnedFd,
+    /// `-s` on an inherited listening socket: serve the first client only.
+    pub accept_once: bool,
+    pub oldstyle: bool,
+    pub idle_timeout: Option<Duration>,
+    /// How long to busy-poll after work before sleeping (zero: never).
+    pub busy_poll: Duration,
+    pub notifier: Notifier,
+    /// Clients that have not finished the handshake by then are dropped.
+    pub handshake_timeout: Option<Duration>,
+    /// Clients beyond this many are accepted and closed at once (None: what
+    /// RLIMIT_NOFILE allows).
+    pub max_connections: Option<usize>,
+}
+
+pub struct Server {
+    poll: Poll,
+    /// What connections share: backend, export, buffers, clock, lifecycle.
+    ctx: Ctx,
+    conns: Slab<Conn>,
+    acceptor: Acceptor,
+    deadlines: Deadlines,
+    signals: Signals,
+    spin: Spin,
+    /// Connections whose turn ended with work left: resumed without an event.
+    ready: Vec<usize>,
+    /// Clients accepted in the current batch (kept to reuse its storage).
+    accepted: Vec<(OwnedFd, Peer)>,
+    oldstyle: bool,
+    /// The next connection's serial number.
+    serial: u64,
+}
+
+impl Server {
+    pub fn new(setup: Setup, backend: Box<dyn Backend>) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let registry = poll.registry();
+        let signals = Signals::new(setup.signals, registry, SIGNAL)?;
+        let open_fds = sys::lowest_free_fd(registry.as_fd());
+        let acceptor = Acceptor::new(
+            setup.listeners,
+            registry,
+            setup.max_connections,
+            open_fds,
+            setup.accept_once,
+        )?;
+        let single = !setup.connections.is_empty() && !acceptor.is_listening();
+        let lifecycle = Lifecycle::new(
+            setup.idle_timeout,
+            single || setup.accept_once,
+            setup.notifier,
+        );
+        let mut server = Server {
+            poll,
+            ctx: Ctx::new(backend, setup.export, lifecycle),
+            conns: Slab::new(),
+            acceptor,
+            deadlines: Deadlines::new(setup.handshake_timeout),
+            signals,
+            spin: Spin::new(setup.busy_poll),
+            ready: Vec::new(),
+            accepted: Vec::new(),
+            oldstyle: setup.oldstyle,
+            serial: 0,
+        };
+        for (rfd, wfd) in setup.connections {
+            server.add(rfd, wfd, &Peer::Inherited)?;
+        }
+        Ok(server)
+    }
+
+    /// The `--run` command: its exit ends the server, with its status.
+    pub fn set_run_child(&mut self, child: Child) {
+        self.signals.set_run_child(child);
+    }
+
+    /// Serves until a signal, the `--run` command, idleness or the last single
+    /// connection ends it. Returns the exit code.
+    pub fn run(&mut self) -> i32 {
+        let mut events = Events::with_capacity(1024);
+        let mut busy = false;
+        loop {
+            // First: the work of the previous turn (or of start-up, where a
+            // single client may already be gone) may have ended the server.
+            if let Some(code) = self.should_exit() {
+                return code;
+            }
+            self.expire_handshakes();
+            let timeout = self.timeout();
+            let start = Instant::now();
+            let spun = timeout != Some(Duration::ZERO)
+                && busy
+                && self.spin.spin(&mut self.poll, &mut events);
+            if !spun && let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("poll: {e}");
+                return 1;
+            }
+            if busy && !events.is_empty() && timeout != Some(Duration::ZERO) {
+                self.spin.waited(start.elapsed());
+            }
+            busy = !events.is_empty();
+            self.ctx.now = Instant::now();
+            if !busy && !self.ctx.pool.is_empty() {
+                // Quiet for a while: give the buffers of the last burst back.
+                self.ctx.pool = Pool::default();
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    SIGNAL => self.on_signals(),
+                    t => match accept::listener_of(t) {
+                        Some(i) => self.accept(i),
+                        None => self.serve(t.0, Event::Ready(ev.into())),
+                    },
+                }
+            }
+            for key in std::mem::take(&mut self.ready) {
+                self.serve(key, Event::Resume);
+            }
+            for i in self.acceptor.take_pending() {
+                self.accept(i);
+            }
+            if self.ctx.lifecycle.shutting_down() && events.is_empty() {
+                // A shutdown tick: connections that have gone quiet may now close.
+                self.serve_all(Event::Resume);
+            }
+        }
+    }
+
+    /// Hands `ev` to connection `key` (if it is still there) and acts on the result.
+    fn serve(&mut self, key: usize, ev: Event) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return; // an event for a connection already closed
+        };
+        match conn.handle(ev, &mut self.ctx, self.poll.registry()) {
+            Step::Wait => {}
+            Step::Yield => self.ready.push(key),
+            Step::Close => self.close(key),
+        }
+    }
+
+    fn serve_all(&mut self, ev: Event) {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.serve(key, ev);
+        }
+    }
+
+    /// Registers a new client, which sends its greeting. `peer` says who it
+    /// is, for the log.
+    fn add(&mut self, rfd: OwnedFd, wfd: Option<OwnedFd>, peer: &Peer) -> io::Result<()> {
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        self.serial += 1;
+        let mut conn = Conn::new(self.serial, rfd, wfd, self.oldstyle, &mut self.ctx);
+        self.poll
+            .registry()
+            .register(&mut conn, Token(key), Interest::READABLE)?;
+        entry.insert(conn);
+        if !self.oldstyle {
+            let conns = &self.conns;
+            let live = |k, s| conns.get(k).is_some_and(|c: &Conn| c.negotiating(s));
+            let now = self.ctx.now;
+            self.deadlines
+                .push(key, self.serial, now, conns.len(), live);
+        }
+        log::debug!(
+            "conn {}: connected from {peer} ({} open)",
+            self.serial,
+            self.conns.len()
+        );
+        self.serve(key, Event::Resume);
+        Ok(())
+    }
+
+    fn close(&mut self, key: usize) {
+        let mut conn = self.conns.remove(key);
+        let _ = self.poll.registry().deregister(&mut conn);
+        drop(conn);
+        if self.conns.is_empty() {
+            self.ctx.lifecycle.all_closed(Instant::now());
+            // Nobody left to lend storage to: give it back to the allocator.
+            self.ctx.pool = Pool::default();
+        }
+        // A descriptor freed: accepting may work again after EMFILE.
+        if self.acceptor.slot_freed() {
+            self.accept_everywhere();
+        }
+    }
+
+    /// Accepts a batch of clients from listener `i`.
+    fn accept(&mut self, i: usize) {
+        let mut batch = std::mem::take(&mut self.accepted);
+        let open = self.conns.len();
+        if !self
+            .acceptor
+            .accept(i, open, self.poll.registry(), &mut batch)
+        {
+            self.ctx.lifecycle.failed(); // -s never got its client
+        }
+        for (fd, peer) in batch.drain(..) {
+            if let Err(e) = self.add(fd, None, &peer) {
+                log::warn!("cannot register a new connection: {e}");
+                if self.acceptor.once() {
+                    self.ctx.lifecycle.failed(); // -s could not serve its client
+                }
+            }
+        }
+        self.accepted = batch;
+    }
+
+    fn accept_everywhere(&mut self) {
+        for i in self.acceptor.all() {
+            self.accept(i);
+        }
+    }
+
+    /// Drops clients whose handshake deadline has passed.
+    fn expire_handshakes(&mut self) {
+        let after = self.deadlines.timeout();
+        loop {
+            let conns = &self.conns;
+            let live = |k, s| conns.get(k).is_some_and(|c: &Conn| c.negotiating(s));
+            let Some((key, serial)) = self.deadlines.expired(self.ctx.now, live) else {
+                return;
+            };
+            self.serve(key, Event::Deadline { serial, after });
+        }
+    }
+
+    fn on_signals(&mut self) {
+        for sig in self.signals.take() {
+            let begun = match sig {
+                Signal::Stop(s) => self.ctx.lifecycle.on_stop_signal(s),
+                Signal::RunExited(code) => self.ctx.lifecycle.shut_down(code),
+            };
+            if begun {
+                self.begin_shutdown();
+            }
+        }
+    }
+
+    /// Stops accepting; lets connections finish what is in flight (new options get
+    /// ERR_SHUTDOWN, new requests ESHUTDOWN) until the grace period ends.
+    fn begin_shutdown(&mut self) {
+        self.acceptor.close_all(self.poll.registry());
+        self.serve_all(Event::Shutdown);
+    }
+
+    /// How long poll may sleep.
+    fn timeout(&self) -> Option<Duration> {
+        if !self.ready.is_empty() || self.acceptor.has_pending() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        // Pooled buffers are freed after a quiet second (see `run`).
+        let trim = (!self.ctx.pool.is_empty()).then(|| now + POOL_LINGER);
+        [
+            self.ctx.lifecycle.wake_at(self.conns.len(), now),
+            self.acceptor.resume_at(),
+            trim,
+            self.deadlines.next(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|at| at.saturating_duration_since(now))
+    }
+
+    fn should_exit(&mut self) -> Option<i32> {
+        let now = Instant::now();
+        if self.acceptor.resume_if_due(now) {
+            self.accept_everywhere();
+        }
+        let open = self.conns.len();
+        match self
+            .ctx
+            .lifecycle
+            .verdict(open, self.acceptor.is_listening(), now)
+        {
+            Verdict::Continue => None,
+            Verdict::Exit(code) => Some(code),
+            Verdict::IdleExpired => {
+                // A client may be queued without its edge seen yet: take it if so.
+                self.accept_everywhere();
+                self.conns
+                    .is_empty()
+                    .then(|| self.ctx.lifecycle.idle_exit())
+            }
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! The transmission phase: checking a request against the export, running it on
+//! the backend, and encoding its reply into the connection's output queue.
+
+mod check;
+mod read;
+
+pub use check::{Refusal, check};
+
+use crate::backend::{Zero, nbd_errno};
+use crate::buf::{Out, OutQueue};
+use crate::ctx::Ctx;
+use crate::proto::reply::{self, Style};
+use crate::proto::request::Request;
+use crate::proto::*;
+
+/// What the handshake agreed for the rest of the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    pub style: Style,
+    /// Transmission flags as sent to the client.
+    pub flags: u16,
+    /// `base:allocation` is selected for this export.
+    pub meta: bool,
+}
+
+impl Session {
+    pub fn extended(&self) -> bool {
+        self.style == Style::Extended
+    }
+
+    fn has(&self, flag: u16) -> bool {
+        self.flags & flag != 0
+    }
+}
+
+/// Runs one request whose payload (if any) is complete, appending its reply to `queue`.
+pub fn handle(s: &Session, ctx: &mut Ctx, req: &Request, payload: &[u8], queue: &mut OutQueue) {
+    // With -v only: the level check is one atomic load when debug is off.
+    log::debug!(
+        "{} cookie {:#x} offset {} length {} flags {:#x}",
+        command_name(req.kind),
+        req.cookie,
+        req.offset,
+        req.length,
+        req.flags
+    );
+    let Ctx {
+        backend,
+        export,
+        extents,
+        pool,
+        lifecycle,
+        ..
+    } = ctx;
+    let out = &mut queue.writer(pool);
+    if lifecycle.shutting_down() {
+        return error(s, req, out, ESHUTDOWN, "server is shutting down");
+    }
+    let effect = match check(s, export, req, payload) {
+        Ok(len) => len,
+        Err(r) => {
+            log::debug!(
+                "{} offset {} length {}: {} ({})",
+                command_name(req.kind),
+                req.offset,
+                req.length,
+                r.msg,
+                r.errno
+            );
+            return error(s, req, out, r.errno, r.msg);
+        }
+    };
+    let backend = &mut **backend;
+    let fua = req.flags & CMD_FLAG_FUA != 0;
+    let result = match req.kind {
+        CMD_READ => return read::read(s, backend, extents, req, effect, out),
+        CMD_BLOCK_STATUS => {
+            let min_block = export.caps.min_block;
+            return read::block_status(s, backend, extents, min_block, req, effect, out);
+        }
+        _ if effect == 0 && req.kind != CMD_FLUSH => Ok(()),
+        CMD_WRITE => backend.write(payload, req.offset, fua),
+        CMD_FLUSH => backend.flush(),
+        CMD_TRIM => backend.trim(req.offset, effect, fua),
+        CMD_WRITE_ZEROES => {
+            let how = Zero {
+                may_trim: req.flags & CMD_FLAG_NO_HOLE == 0,
+                fast: req.flags & CMD_FLAG_FAST_ZERO != 0,
+            };
+            backend.zero(req.offset, effect, how, fua)
+        }
+        CMD_CACHE => backend.cache(req.offset, effect),
+        _ => unreachable!("check() refuses unknown commands"),
+    };
+    match result {
+        Ok(()) => ok(s, req, out),
+        Err(e) => {
+            let errno = nbd_errno(&e);
+            if errno != ENOTSUP {
+                log::warn!(
+                    "{} offset {} length {}: {e}",
+                    command_name(req.kind),
+                    req.offset,
+                    effect
+                );
+            }
+            error(s, req, out, errno, "backend error")
+        }
+    }
+}
+
+/// A successful reply with no payload.
+fn ok(s: &Session, req: &Request, out: &mut Out) {
+    match s.style {
+        Style::Extended => put_chunk(s, req, REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0, out),
+        _ => out.put(reply::simple(0, req.cookie).as_bytes()),
+    }
+}
+
+/// An error reply: simple when nothing else was negotiated, else an error chunk
+/// carrying `msg`.
+pub fn error(s: &Session, req: &Request, out: &mut Out, errno: u32, msg: &str) {
+    if s.style == Style::Simple {
+        return out.put(reply::simple(errno, req.cookie).as_bytes());
+    }
+    let msg = &msg.as_bytes()[..msg.len().min(MAX_STRING)];
+    put_chunk(
+        s,
+        req,
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_ERROR,
+        6 + msg.len() as u64,
+        out,
+    );
+    out.put(&reply::error_payload(errno, msg.len() as u16));
+    out.put(msg);
+}
+
+fn put_chunk(s: &Session, req: &Request, flags: u16, kind: u16, payload: u64, out: &mut Out) {
+    out.put(reply::chunk(s.style, flags, kind, req.cookie, req.offset, payload).as_bytes());
+}
+
+/// What the unit tests of this phase share.
+#[cfg(test)]
+mod testing {
+    use super::*;
+    use crate::backend::Memory;
+    use crate::export::Export;
+    use crate::lifecycle::Lifecycle;
+    use crate::notify::Notifier;
+
+    pub fn session(ex: &Export, style: Style, meta: bool) -> Session {
+        Session {
+            style,
+            flags: ex.flags(style, meta),
+            meta,
+        }
+    }
+
+    pub fn req(kind: u16, flags: u16, offset: u64, length: u64) -> Request {
+        Request {
+            flags,
+            kind,
+            cookie: 7,
+            offset,
+            length,
+            payload: 0,
+        }
+    }
+
+    /// A context serving `ex` from RAM.
+    pub fn with_memory(ex: &Export) -> Ctx {
+        let lifecycle = Lifecycle::new(None, false, Notifier::new(None));
+        Ctx::new(Box::new(Memory::new(ex.size)), ex.clone(), lifecycle)
+    }
+
+    /// Runs one request; returns every byte it queued.
+    pub fn run(s: &Session, ctx: &mut Ctx, r: Request, payload: &[u8]) -> Vec<u8> {
+        let mut q = OutQueue::default();
+        handle(s, ctx, &r, payload, &mut q);
+        let mut iov = [std::io::IoSlice::new(&[]); 64];
+        let n = q.slices(&mut iov);
+        iov[..n].iter().flat_map(|s| s.iter().copied()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{req, run, session, with_memory};
+    use super::*;
+    use crate::export::test_export as export;
+
+    #[test]
+    fn simple_read_write() {
+        let ex = export(false, 1);
+        let s = session(&ex, Style::Simple, false);
+        let mut c = with_memory(&ex);
+        let mut w = req(CMD_WRITE, 0, 10, 3);
+        w.payload = 3;
+        let r = run(&s, &mut c, w, b"abc");
+        assert_eq!(r, reply::simple(0, 7).as_bytes());
+        let r = run(&s, &mut c, req(CMD_READ, 0, 9, 5), &[]);
+        assert_eq!(&r[16..], b"\0abc\0");
+        let r = run(&s, &mut c, req(CMD_READ, 0, 1 << 20, 1), &[]);
+        assert_eq!(r, reply::simple(EINVAL, 7).as_bytes());
+    }
+
+    #[test]
+    fn shutdown_refuses_requests() {
+        let ex = export(false, 1);
+        let s = session(&ex, Style::Simple, false);
+        let mut c = with_memory(&ex);
+        c.lifecycle.shut_down(0);
+        let r = run(&s, &mut c, req(CMD_READ, 0, 0, 1), &[]);
+        assert_eq!(r, reply::simple(ESHUTDOWN, 7).as_bytes());
+    }
+}

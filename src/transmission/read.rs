@@ -1,0 +1,234 @@
+//! The replies that carry data: READ (sent from the backend's storage where it
+//! can lend it, holes as holes in structured replies) and BLOCK_STATUS.
+
+use super::{Session, error, put_chunk};
+use crate::backend::{Backend, Extent, nbd_errno};
+use crate::buf::Out;
+use crate::export::BASE_ALLOCATION_ID;
+use crate::proto::reply::{self, Style};
+use crate::proto::request::Request;
+use crate::proto::*;
+
+/// Most descriptors in one block-status reply (the spec asks for at most 2^20).
+const MAX_EXTENTS: usize = 1 << 16;
+/// Reads at least this large are sent from the backend's storage without a copy
+/// when it can lend it; smaller ones are cheaper to copy.
+const LEND_MIN: u64 = 32 * 1024;
+/// Most chunks one sparse READ is split into; the rest goes as data.
+const MAX_READ_CHUNKS: usize = 64;
+
+/// READ: data straight from the backend into the output queue, behind its header.
+pub fn read(
+    s: &Session,
+    backend: &mut dyn Backend,
+    runs: &mut Vec<Extent>,
+    req: &Request,
+    len: u64,
+    out: &mut Out,
+) {
+    let mark = out.mark();
+    let result = match s.style {
+        Style::Simple => {
+            out.put(reply::simple(0, req.cookie).as_bytes());
+            read_into(backend, req.offset, len, out)
+        }
+        _ if len == 0 => {
+            put_chunk(s, req, REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0, out);
+            Ok(())
+        }
+        _ => read_chunks(s, backend, runs, req, len, out),
+    };
+    if let Err(e) = result {
+        log::warn!("READ offset {} length {len}: {e}", req.offset);
+        out.rollback(mark);
+        error(s, req, out, nbd_errno(&e), "read failed");
+    }
+}
+
+/// Puts `len` bytes of the export behind the reply header just queued: lent by
+/// the backend when it can and the read is large enough to be worth it, else
+/// copied straight into the output queue.
+fn read_into(
+    backend: &mut dyn Backend,
+    offset: u64,
+    len: u64,
+    out: &mut Out,
+) -> std::io::Result<()> {
+    if len >= LEND_MIN && backend.lend(offset, len, &mut |bytes, range| out.lend(bytes, range)) {
+        return Ok(());
+    }
+    let n = len as usize; // ≤ MAX_REQUEST, checked
+    backend.read(&mut out.space(n)[..n], offset)?;
+    out.commit(n);
+    Ok(())
+}
+
+/// A structured READ reply: holes as OFFSET_HOLE where the backend knows them
+/// cheaply (and DF was not asked for), data as OFFSET_DATA. The last chunk is DONE.
+fn read_chunks(
+    s: &Session,
+    backend: &mut dyn Backend,
+    runs: &mut Vec<Extent>,
+    req: &Request,
+    len: u64,
+    out: &mut Out,
+) -> std::io::Result<()> {
+    let end = req.offset + len;
+    runs.clear();
+    if backend.caps().sparse_reads && req.flags & CMD_FLAG_DF == 0 {
+        backend.extents(req.offset, len, MAX_READ_CHUNKS, runs)?;
+    }
+    let mut pos = req.offset;
+    let mut i = 0;
+    while pos < end {
+        // The run at `pos`: a known hole, or data up to the next hole (or the end).
+        let (run, hole) = match runs.get(i) {
+            Some(e) if e.flags & STATE_ZERO != 0 => (e.len, true),
+            Some(e) => (e.len, false),
+            None => (end - pos, false),
+        };
+        i += 1;
+        let n = run.min(end - pos);
+        let done = if pos + n == end { REPLY_FLAG_DONE } else { 0 };
+        if hole {
+            put_chunk(s, req, done, REPLY_TYPE_OFFSET_HOLE, 12, out);
+            out.put(&reply::hole_payload(pos, n as u32));
+        } else {
+            put_chunk(s, req, done, REPLY_TYPE_OFFSET_DATA, 8 + n, out);
+            out.put(&pos.to_be_bytes());
+            read_into(backend, pos, n, out)?;
+        }
+        pos += n;
+    }
+    Ok(())
+}
+
+/// BLOCK_STATUS: one chunk for our one context.
+pub fn block_status(
+    s: &Session,
+    backend: &mut dyn Backend,
+    ext: &mut Vec<Extent>,
+    min_block: u32,
+    req: &Request,
+    len: u64,
+    out: &mut Out,
+) {
+    ext.clear();
+    let req_one = req.flags & CMD_FLAG_REQ_ONE != 0;
+    let max = if req_one { 1 } else { MAX_EXTENTS };
+    if let Err(e) = backend.extents(req.offset, len, max, ext) {
+        log::warn!("BLOCK_STATUS offset {} length {len}: {e}", req.offset);
+        return error(s, req, out, nbd_errno(&e), "block status failed");
+    }
+    clip_extents(ext, len, req_one, s.style, min_block);
+    let (per, head) = reply::block_status_layout(s.style);
+    let kind = if s.extended() {
+        REPLY_TYPE_BLOCK_STATUS_EXT
+    } else {
+        REPLY_TYPE_BLOCK_STATUS
+    };
+    let payload = (head + per * ext.len()) as u64;
+    put_chunk(s, req, REPLY_FLAG_DONE, kind, payload, out);
+    out.put(&BASE_ALLOCATION_ID.to_be_bytes());
+    if s.extended() {
+        out.put(&(ext.len() as u32).to_be_bytes());
+    }
+    let mut d = [0u8; 16];
+    for e in ext.iter() {
+        reply::descriptor(s.style, e.len, e.flags, &mut d);
+        out.put(&d[..per]);
+    }
+}
+
+/// Makes extents fit the reply: none past the request with REQ_ONE, and none
+/// wider than 32 bits in compact replies (cut at a block boundary, dropping the rest).
+fn clip_extents(ext: &mut Vec<Extent>, len: u64, req_one: bool, style: Style, min_block: u32) {
+    if ext.is_empty() {
+        // A backend that found nothing to say: status 0 ("allocated") is always true.
+        ext.push(Extent { len, flags: 0 });
+    }
+    if req_one {
+        ext.truncate(1);
+        ext[0].len = ext[0].len.min(len);
+    }
+    if style != Style::Extended {
+        let cap = u64::from(u32::MAX) & !(u64::from(min_block.max(512)) - 1);
+        if let Some(i) = ext.iter().position(|e| e.len > cap) {
+            ext.truncate(i + 1);
+            ext[i].len = cap;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::export::{BASE_ALLOCATION_ID, test_export as export};
+    use crate::proto::reply::Style;
+    use crate::proto::*;
+    use crate::transmission::testing::{req, run, session, with_memory};
+
+    #[test]
+    fn structured_read_with_holes() {
+        let ex = export(false, 1);
+        let s = session(&ex, Style::Structured, false);
+        let mut c = with_memory(&ex);
+        c.backend.write(&[9; 4096], 65536, false).unwrap();
+        let r = run(&s, &mut c, req(CMD_READ, 0, 0, 131072), &[]);
+        // hole chunk, data chunk (a whole 32 KiB page), final hole chunk
+        assert_eq!(be16(&r[6..]), REPLY_TYPE_OFFSET_HOLE);
+        assert_eq!(be16(&r[4..]), 0);
+        assert_eq!(be64(&r[20..]), 0);
+        assert_eq!(be32(&r[28..]), 65536);
+        let d = &r[32..];
+        assert_eq!(be16(&d[6..]), REPLY_TYPE_OFFSET_DATA);
+        assert_eq!(be32(&d[16..]) as usize, 8 + 32768);
+        assert_eq!(be64(&d[20..]), 65536);
+        assert_eq!(&d[28..28 + 4096], &[9; 4096]);
+        let h = &d[28 + 32768..];
+        assert_eq!(be16(&h[4..]), REPLY_FLAG_DONE);
+        assert_eq!(be16(&h[6..]), REPLY_TYPE_OFFSET_HOLE);
+        assert_eq!(be32(&h[28..]), 32768);
+        assert_eq!(h.len(), 32);
+        // DF: one data chunk with the zeroes in it
+        let r = run(&s, &mut c, req(CMD_READ, CMD_FLAG_DF, 0, 131072), &[]);
+        assert_eq!(r.len(), 20 + 8 + 131072);
+        assert_eq!(be16(&r[4..]), REPLY_FLAG_DONE);
+    }
+
+    #[test]
+    fn extended_replies_echo_offset() {
+        let ex = export(false, 1);
+        let s = session(&ex, Style::Extended, true);
+        let mut c = with_memory(&ex);
+        let r = run(&s, &mut c, req(CMD_FLUSH, 0, 0, 0), &[]);
+        assert_eq!(r.len(), 32);
+        assert_eq!(be32(&r), EXT_REPLY_MAGIC);
+        let r = run(&s, &mut c, req(CMD_BLOCK_STATUS, 0, 4096, 8192), &[]);
+        assert_eq!(be16(&r[6..]), REPLY_TYPE_BLOCK_STATUS_EXT);
+        assert_eq!(be64(&r[16..]), 4096);
+        assert_eq!(be64(&r[24..]), 8 + 16);
+        assert_eq!(be32(&r[32..]), BASE_ALLOCATION_ID);
+        assert_eq!(be32(&r[36..]), 1);
+        assert_eq!(be64(&r[40..]), (1 << 20) - 4096);
+        assert_eq!(be64(&r[48..]), 3);
+        let r = run(&s, &mut c, req(CMD_WRITE_ZEROES, 0, 0, 1 << 21), &[]);
+        assert_eq!(be16(&r[6..]), REPLY_TYPE_ERROR);
+        assert_eq!(be32(&r[32..]), ENOSPC);
+    }
+
+    #[test]
+    fn req_one_is_clipped() {
+        let ex = export(false, 1);
+        let s = session(&ex, Style::Structured, true);
+        let mut c = with_memory(&ex);
+        let r = run(
+            &s,
+            &mut c,
+            req(CMD_BLOCK_STATUS, CMD_FLAG_REQ_ONE, 0, 100),
+            &[],
+        );
+        assert_eq!(be16(&r[6..]), REPLY_TYPE_BLOCK_STATUS);
+        assert_eq!(be32(&r[16..]), 12);
+        assert_eq!(be32(&r[24..]), 100);
+    }
+}
