@@ -57,6 +57,8 @@ pub fn spawn(cmd: &str, ep: &Endpoint, nofile: Option<u64>) -> Result<Child, Err
     if let Some(soft) = nofile {
         crate::sys::nofile_limit_on_exec(&mut c, soft);
     }
+    // Not left running on its own if we are killed (we wait for it otherwise).
+    crate::sys::end_with_parent_on_exec(&mut c);
     c.arg("-c")
         .arg(cmd)
         .env("uri", &uri)

@@ -48,6 +48,8 @@ pub enum Event {
     /// keys are reused: the serial tells whether it is still this one's), set
     /// `after` its start, has passed.
     Deadline { serial: u64, after: Duration },
+    /// The server is done with it (the grace period after a shutdown is over).
+    Close,
 }
 
 /// Readiness as mio reports it; errors and hang-ups count as both, so the next
@@ -100,6 +102,11 @@ pub struct Conn {
     /// Our token, and whether the Poll reports writability for us now.
     token: Token,
     write_registered: bool,
+    /// Descriptors the Poll refuses (EPERM: a regular file or /dev/null given
+    /// to `-s`): they never block, so they are read and written as if always
+    /// ready.
+    unpolled_read: bool,
+    unpolled_write: bool,
     /// The client will send nothing more.
     eof: bool,
     /// Why we are closing once the output drains.
@@ -136,6 +143,8 @@ impl Conn {
             writable: true,
             token: Token(usize::MAX),
             write_registered: false,
+            unpolled_read: false,
+            unpolled_write: false,
             eof: false,
             closing: None,
             last_active: ctx.now,
@@ -160,6 +169,10 @@ impl Conn {
             }
             Event::Resume => {}
             Event::Shutdown => self.readable = true,
+            Event::Close => {
+                log::debug!("closed: the server is exiting");
+                return Step::Close;
+            }
             Event::Deadline { serial, after } => {
                 if !self.negotiating(serial) {
                     return Step::Wait;
@@ -279,7 +292,9 @@ impl Conn {
             Ok(Received::Eof) => self.eof = true,
             // A short read drained the socket: anything arriving later raises a
             // new edge, so skip the read that would only say EAGAIN.
-            Ok(Received::Bytes { drained }) => self.readable &= !drained || self.read_closed,
+            Ok(Received::Bytes { drained }) => {
+                self.readable &= !drained || self.read_closed || self.unpolled_read
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -320,7 +335,7 @@ impl Conn {
     /// writability throughout.
     fn update_interest(&mut self, registry: &Registry) -> io::Result<()> {
         let want = !self.writable && !self.out.is_empty();
-        if want == self.write_registered || self.wfd.is_some() {
+        if want == self.write_registered || self.wfd.is_some() || self.unpolled_write {
             return Ok(());
         }
         let interest = if want {
@@ -339,10 +354,11 @@ impl Conn {
 impl Source for Conn {
     fn register(&mut self, registry: &Registry, token: Token, _: Interest) -> io::Result<()> {
         self.token = token;
-        SourceFd(&self.rfd.as_raw_fd()).register(registry, token, Interest::READABLE)?;
-        if let Some(w) = &self.wfd {
-            SourceFd(&w.as_raw_fd()).register(registry, token, Interest::WRITABLE)?;
-        }
+        self.unpolled_read = !register_fd(&self.rfd, registry, token, Interest::READABLE)?;
+        self.unpolled_write = match &self.wfd {
+            Some(w) => !register_fd(w, registry, token, Interest::WRITABLE)?,
+            None => self.unpolled_read,
+        };
         self.write_registered = self.wfd.is_some();
         Ok(())
     }
@@ -353,18 +369,36 @@ impl Source for Conn {
             true => Interest::READABLE | Interest::WRITABLE,
             false => Interest::READABLE,
         };
-        SourceFd(&self.rfd.as_raw_fd()).reregister(registry, token, interest)?;
-        if let Some(w) = &self.wfd {
+        if !self.unpolled_read {
+            SourceFd(&self.rfd.as_raw_fd()).reregister(registry, token, interest)?;
+        }
+        if let (Some(w), false) = (&self.wfd, self.unpolled_write) {
             SourceFd(&w.as_raw_fd()).reregister(registry, token, Interest::WRITABLE)?;
         }
         Ok(())
     }
 
     fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        let r = SourceFd(&self.rfd.as_raw_fd()).deregister(registry);
-        if let Some(w) = &self.wfd {
+        if !self.unpolled_read {
+            SourceFd(&self.rfd.as_raw_fd()).deregister(registry)?;
+        }
+        if let (Some(w), false) = (&self.wfd, self.unpolled_write) {
             SourceFd(&w.as_raw_fd()).deregister(registry)?;
         }
-        r
+        Ok(())
+    }
+}
+
+/// Registers `fd`; false if the Poll cannot watch it (epoll refuses regular
+/// files and some devices with EPERM), which is no error: such a descriptor
+/// never blocks.
+fn register_fd(fd: &OwnedFd, registry: &Registry, token: Token, i: Interest) -> io::Result<bool> {
+    match SourceFd(&fd.as_raw_fd()).register(registry, token, i) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            log::debug!("fd {}: not pollable: used as always ready", fd.as_raw_fd());
+            Ok(false)
+        }
+        Err(e) => Err(e),
     }
 }

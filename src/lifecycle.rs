@@ -33,7 +33,20 @@ pub struct Lifecycle {
     /// Exit when the last connection closes and no listener is left (`-s`,
     /// `Accept=yes`).
     single: bool,
+    /// The `--run` command, whose status becomes ours.
+    run: Run,
     notifier: Notifier,
+}
+
+/// Where the `--run` command is. While it runs the server does not exit, even
+/// after a signal (as nbdkit, which waits for its command): exiting would leave
+/// the command running on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Run {
+    None,
+    Running,
+    /// A second signal asked for it to be ended; we wait for it to go.
+    Ending,
 }
 
 /// What a connection tells about itself when it asks to be let go.
@@ -57,6 +70,12 @@ pub enum Verdict {
     /// Idle for the timeout: exit unless a client turns up when the listeners
     /// are looked at once more.
     IdleExpired,
+    /// The server is done but the `--run` command is not: close any connection
+    /// left and wait for the command; `end_it` (a second signal) asks to
+    /// terminate it first.
+    AwaitRun {
+        end_it: bool,
+    },
 }
 
 impl Lifecycle {
@@ -68,8 +87,29 @@ impl Lifecycle {
             idle_timeout,
             idle_since: Instant::now(),
             single,
+            run: Run::None,
             notifier,
         }
+    }
+
+    /// The `--run` command has started.
+    pub fn run_started(&mut self) {
+        self.run = Run::Running;
+    }
+
+    /// The `--run` command exited with `code`: the server ends, with that status
+    /// (also when a signal had begun the shutdown: the command's status wins,
+    /// as with nbdkit). False if a shutdown had begun already.
+    pub fn run_exited(&mut self, code: i32) -> bool {
+        self.run = Run::None;
+        let begun = self.shut_down(code);
+        self.exit_code = code;
+        begun
+    }
+
+    /// The `--run` command is being ended (`Verdict::AwaitRun { end_it }`).
+    pub fn run_ending(&mut self) {
+        self.run = Run::Ending;
     }
 
     /// New options and requests are refused: the server is on its way out.
@@ -122,6 +162,16 @@ impl Lifecycle {
 
     /// Whether the loop should end, given `open` connections.
     pub fn verdict(&self, open: usize, has_listeners: bool, now: Instant) -> Verdict {
+        match self.serving_verdict(open, has_listeners, now) {
+            Verdict::Exit(_) if self.run != Run::None => Verdict::AwaitRun {
+                end_it: self.exit_now && self.run == Run::Running,
+            },
+            v => v,
+        }
+    }
+
+    /// The verdict as if there were no `--run` command.
+    fn serving_verdict(&self, open: usize, has_listeners: bool, now: Instant) -> Verdict {
         if self.exit_now {
             return Verdict::Exit(self.exit_code);
         }
@@ -147,19 +197,27 @@ impl Lifecycle {
         }
     }
 
-    /// Idle for the timeout and nobody came: say so and go.
-    pub fn idle_exit(&self) -> i32 {
+    /// Idle for the timeout and nobody came: say so and go. With a `--run`
+    /// command still running, a shutdown begins instead (None), and the server
+    /// waits for the command.
+    pub fn idle_exit(&mut self) -> Option<i32> {
         if let Some(t) = self.idle_timeout {
             log::info!("idle for {t:?}: exiting");
         }
+        if self.run != Run::None {
+            self.shut_down(0);
+            return None;
+        }
         self.notifier.stopping();
-        0
+        Some(0)
     }
 
     /// The moment the loop must wake for the lifecycle's sake: the end of the
     /// grace period, the next shutdown tick, or the end of idleness.
     pub fn wake_at(&self, open: usize, now: Instant) -> Option<Instant> {
         match (self.deadline, self.idle_timeout) {
+            // Only the command is left: its exit (SIGCHLD) wakes us.
+            (Some(_), _) if open == 0 => None,
             (Some(deadline), _) => Some(deadline.min(now + TICK)),
             (None, Some(t)) if open == 0 => Some(self.idle_since + t),
             _ => None,
@@ -217,6 +275,29 @@ mod tests {
             ..a
         };
         assert!(!l.may_let_go(&negotiating, now + QUIET));
+    }
+
+    #[test]
+    fn a_run_command_is_waited_for_and_its_status_kept() {
+        let mut l = lifecycle(None, false);
+        let now = Instant::now();
+        l.run_started();
+        assert!(l.on_stop_signal(libc::SIGTERM));
+        let wait = Verdict::AwaitRun { end_it: false };
+        assert_eq!(l.verdict(0, false, now), wait, "the command still runs");
+        assert_eq!(l.verdict(2, false, now + 2 * GRACE), wait, "grace over");
+        assert!(!l.on_stop_signal(libc::SIGTERM));
+        let end = Verdict::AwaitRun { end_it: true };
+        assert_eq!(l.verdict(0, false, now), end, "a second signal ends it");
+        l.run_ending();
+        assert_eq!(l.verdict(0, false, now), wait, "asked once");
+        assert!(!l.run_exited(143));
+        assert_eq!(l.verdict(0, false, now), Verdict::Exit(143));
+        // Without a signal: the command's exit ends the server with its status.
+        let mut l = lifecycle(None, false);
+        l.run_started();
+        assert!(l.run_exited(3));
+        assert_eq!(l.verdict(0, true, now), Verdict::Exit(3));
     }
 
     #[test]

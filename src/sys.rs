@@ -255,6 +255,35 @@ pub fn exit_with_parent() -> io::Result<()> {
     Ok(())
 }
 
+/// Sends SIGTERM to process `pid` (our `--run` child).
+pub fn terminate(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: kill(2) takes two integers; no memory is involved.
+    cvt(unsafe { libc::kill(pid, libc::SIGTERM) })?;
+    Ok(())
+}
+
+/// Makes the child `cmd` will start receive SIGTERM when we die, however we
+/// die (even by SIGKILL, which we cannot catch to end it ourselves). If we are
+/// already gone by the time it runs, it does not start.
+pub fn end_with_parent_on_exec(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid takes no arguments and cannot fail.
+    let parent = unsafe { libc::getpid() };
+    let run = move || {
+        // SAFETY: PR_SET_PDEATHSIG takes a signal number, no memory.
+        cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) })?;
+        // SAFETY: getppid takes no arguments and cannot fail.
+        if unsafe { libc::getppid() } != parent {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Ok(())
+    };
+    // SAFETY: between fork and exec the closure only calls prctl and getppid,
+    // which are async-signal-safe, and allocates nothing on success.
+    unsafe { cmd.pre_exec(run) };
+}
+
 /// Exits at once without unwinding or flushing: the parent side of a fork.
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and touches no Rust state.

@@ -241,6 +241,53 @@ fn single_on_a_socketpair() {
     assert!(wait_exit(&mut child.0, 10).expect("exit").success());
 }
 
+/// `-s` with stdin and stdout on regular files (as nbdkit's fuzzing does:
+/// `nbdkit -s memory 1M < requests > replies`): descriptors the Poll refuses
+/// are served without it, and the stream is answered in full.
+#[test]
+fn single_on_regular_files() {
+    use std::io::Write;
+    let dir = TempDir::new();
+    let (requests, replies) = (dir.join("requests.bin"), dir.join("replies.bin"));
+    let mut stream = 3u32.to_be_bytes().to_vec(); // FIXED_NEWSTYLE | NO_ZEROES
+    let go = wire::info_data(b"", &[]);
+    for v in [
+        wire::IHAVEOPT.to_be_bytes().as_slice(),
+        &wire::OPT_GO.to_be_bytes(),
+    ] {
+        stream.extend_from_slice(v);
+    }
+    stream.extend_from_slice(&(go.len() as u32).to_be_bytes());
+    stream.extend_from_slice(&go);
+    stream.extend(wire::request_bytes(false, 0, wire::CMD_WRITE, 1, 512, 5));
+    stream.extend_from_slice(b"hello");
+    stream.extend(wire::request_bytes(false, 0, wire::CMD_READ, 2, 512, 5));
+    stream.extend(wire::request_bytes(false, 0, wire::CMD_DISC, 3, 0, 0));
+    fs::write(&requests, &stream).unwrap();
+    // As a user types it: the shell opens the files.
+    let sh = |redirections: &str| {
+        let script = format!("exec \"$0\" -s memory 1M {redirections}");
+        run(Command::new("sh").args(["-c", &script, bin()]), 30)
+    };
+    let out = sh(&format!("< {} > {}", requests.display(), replies.display()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {err}", out.status);
+    // Read the replies back with the test client, through a socketpair.
+    let (mut tx, rx) = UnixStream::pair().unwrap();
+    tx.write_all(&fs::read(&replies).unwrap()).unwrap();
+    drop(tx);
+    let mut c = wire::Client::over(rx);
+    assert_eq!(&c.recv(18)[..8], b"NBDMAGIC");
+    while c.recv_opt_reply().kind != wire::REP_ACK {}
+    assert_eq!(c.reply(None).error, 0, "WRITE");
+    let r = c.reply(Some(5));
+    assert_eq!((r.error, r.payload.as_slice()), (0, &b"hello"[..]), "READ");
+    // Nothing at all: EOF at once, a clean exit.
+    let out = sh("< /dev/null > /dev/null");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "/dev/null: {}: {err}", out.status);
+}
+
 /// `systemd-socket-activate --inetd FLAGS -l SOCK nbdlite -s memory 1M`, once
 /// its socket exists; and the socket's URI.
 fn inetd(sock: &Path, flags: &[&str]) -> (Reap, String) {
@@ -469,4 +516,76 @@ fn threads_are_accepted_and_ignored() {
     }
     let (code, _, _) = nbdlite_in(dir.path(), &["--tls=off", "memory", "1M", "--run", "true"]);
     assert_eq!(code, Some(0));
+}
+
+/// A captive command that writes its pid to `ready`, then waits for `go` to
+/// appear and exits 3.
+fn waiting_command(dir: &TempDir) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    let (ready, go) = (dir.join("ready"), dir.join("go"));
+    let cmd = format!(
+        "echo $$ > {r}.tmp && mv {r}.tmp {r}; while [ ! -e {g} ]; do sleep 0.02; done; exit 3",
+        r = ready.display(),
+        g = go.display()
+    );
+    (cmd, ready, go)
+}
+
+/// `nbdlite -v -U - memory 1M --run CMD`, its log in `log`.
+fn captive(cmd: &str, log: &Path) -> Reap {
+    Reap(
+        Command::new(bin())
+            .args(["-v", "-U", "-", "memory", "1M", "--run", cmd])
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The captive command's pid, once it runs.
+fn command_pid(ready: &Path) -> String {
+    wait_until(10, "the command to start", || ready.exists());
+    fs::read_to_string(ready).unwrap().trim().to_string()
+}
+
+fn kill(sig: &str, pid: u32) {
+    run_ok(Command::new("kill").args([sig, &pid.to_string()]), 10);
+}
+
+/// A signal to a captive nbdlite stops the serving, not the command: it is
+/// waited for and its status is nbdlite's, as with nbdkit. A second signal
+/// ends the command; a SIGKILL takes it down with nbdlite.
+#[test]
+fn a_captive_command_is_never_left_running_on_its_own() {
+    let dir = TempDir::new();
+    let log = dir.join("log");
+    let (cmd, ready, go) = waiting_command(&dir);
+    let mut srv = captive(&cmd, &log);
+    command_pid(&ready);
+    kill("-TERM", srv.0.id());
+    fs::write(&go, "").unwrap();
+    let st = wait_exit(&mut srv.0, 10).expect("exits once the command does");
+    assert_eq!(st.code(), Some(3), "the command's status");
+
+    let dir = TempDir::new();
+    let log = dir.join("log");
+    let (cmd, ready, _) = waiting_command(&dir);
+    let mut srv = captive(&cmd, &log);
+    command_pid(&ready);
+    kill("-TERM", srv.0.id());
+    // Two signals sent at once could merge into one: the second follows the first's effect.
+    wait_until(10, "the first signal to be seen", || {
+        fs::read_to_string(&log).is_ok_and(|l| l.contains("shutting down"))
+    });
+    kill("-TERM", srv.0.id());
+    let st = wait_exit(&mut srv.0, 10).expect("a second signal ends the command");
+    assert_eq!(st.code(), Some(128 + 15), "the command was terminated");
+
+    let dir = TempDir::new();
+    let (cmd, ready, _) = waiting_command(&dir);
+    let mut srv = captive(&cmd, &dir.join("log"));
+    let pid = command_pid(&ready);
+    kill("-KILL", srv.0.id());
+    wait_exit(&mut srv.0, 10).expect("killed");
+    wait_until(10, "the command to end with nbdlite", || !alive(&pid));
 }

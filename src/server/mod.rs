@@ -123,6 +123,7 @@ impl Server {
     /// The `--run` command: its exit ends the server, with its status.
     pub fn set_run_child(&mut self, child: Child) {
         self.signals.set_run_child(child);
+        self.ctx.lifecycle.run_started();
     }
 
     /// Serves until a signal, the `--run` command, idleness or the last single
@@ -285,7 +286,7 @@ impl Server {
         for sig in self.signals.take() {
             let begun = match sig {
                 Signal::Stop(s) => self.ctx.lifecycle.on_stop_signal(s),
-                Signal::RunExited(code) => self.ctx.lifecycle.shut_down(code),
+                Signal::RunExited(code) => self.ctx.lifecycle.run_exited(code),
             };
             if begun {
                 self.begin_shutdown();
@@ -333,12 +334,25 @@ impl Server {
         {
             Verdict::Continue => None,
             Verdict::Exit(code) => Some(code),
+            Verdict::AwaitRun { end_it } => {
+                self.serve_all(Event::Close);
+                if end_it {
+                    self.signals.end_run_child();
+                    self.ctx.lifecycle.run_ending();
+                }
+                None
+            }
             Verdict::IdleExpired => {
                 // A client may be queued without its edge seen yet: take it if so.
                 self.accept_everywhere();
-                self.conns
-                    .is_empty()
-                    .then(|| self.ctx.lifecycle.idle_exit())
+                if !self.conns.is_empty() {
+                    return None;
+                }
+                let code = self.ctx.lifecycle.idle_exit();
+                if code.is_none() {
+                    self.begin_shutdown(); // and wait for --run
+                }
+                code
             }
         }
     }

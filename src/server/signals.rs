@@ -39,6 +39,17 @@ impl Signals {
         self.run_child = Some(child);
     }
 
+    /// Asks the `--run` command to end (SIGTERM): a second signal came while the
+    /// server was waiting for it.
+    pub fn end_run_child(&mut self) {
+        if let Some(child) = &self.run_child {
+            log::info!("ending the --run command");
+            if let Err(e) = sys::terminate(child.id()) {
+                log::warn!("--run command: kill: {e}");
+            }
+        }
+    }
+
     /// Everything the pipe holds, in the order it came.
     pub fn take(&mut self) -> Vec<Signal> {
         let mut found = Vec::new();
