@@ -4,6 +4,7 @@
 //! code that is fuzzed and tested is the very code the server runs.
 
 pub mod activation;
+pub mod aio;
 pub mod backend;
 pub mod buf;
 pub mod captive;
