@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 pub mod activation;
+pub mod aio;
 pub mod backend;
 pub mod buf;
 pub mod captive;

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 #[cfg(feature = "fuzzing")]
 pub mod alloc;
+pub mod uring;
 
 /// Turns the C convention (-1 and errno) into `io::Result`.
 fn cvt<T: PartialEq + From<i8>>(r: T) -> io::Result<T> {
@@ -145,21 +146,41 @@ pub fn seek_hole(fd: BorrowedFd, offset: u64) -> io::Result<Option<u64>> {
 }
 
 pub fn fadvise_willneed(fd: BorrowedFd, offset: u64, len: u64) -> io::Result<()> {
+    fadvise(fd, offset, len, libc::POSIX_FADV_WILLNEED)
+}
+
+/// Drops a file's clean cached pages (benchmarks start cold with it).
+pub fn fadvise_dontneed(fd: BorrowedFd, offset: u64, len: u64) -> io::Result<()> {
+    fadvise(fd, offset, len, libc::POSIX_FADV_DONTNEED)
+}
+
+fn fadvise(fd: BorrowedFd, offset: u64, len: u64, advice: libc::c_int) -> io::Result<()> {
     let fd = fd.as_raw_fd();
     // SAFETY: no memory is passed. posix_fadvise returns the error instead of setting errno.
-    let r = unsafe {
-        libc::posix_fadvise(
-            fd,
-            offset as libc::off_t,
-            len as libc::off_t,
-            libc::POSIX_FADV_WILLNEED,
-        )
-    };
+    let r = unsafe { libc::posix_fadvise(fd, offset as libc::off_t, len as libc::off_t, advice) };
     if r == 0 {
         Ok(())
     } else {
         Err(io::Error::from_raw_os_error(r))
     }
+}
+
+/// pwritev2 with RWF_DSYNC: one call that returns once the data is durable
+/// (a FUA write without a separate fdatasync). Returns the bytes written.
+pub fn pwrite_dsync(fd: BorrowedFd, buf: &[u8], offset: u64) -> io::Result<usize> {
+    let fd = fd.as_raw_fd();
+    let iov = IoSlice::new(buf);
+    // SAFETY: iov is one valid iovec over buf, which outlives the call.
+    let n = cvt(unsafe {
+        libc::pwritev2(
+            fd,
+            (&raw const iov).cast(),
+            1,
+            offset as libc::off_t,
+            libc::RWF_DSYNC,
+        )
+    })?;
+    Ok(n as usize)
 }
 
 /// Logical sector size of a block device (BLKSSZGET).
