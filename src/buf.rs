@@ -34,7 +34,7 @@ pub struct Pool {
 
 impl Pool {
     /// A block of at least `min` bytes: a pooled one if any fits, else a new one.
-    fn take(&mut self, min: usize) -> Block {
+    pub fn take(&mut self, min: usize) -> Block {
         if let Some(i) = self.free.iter().rposition(|b| b.len() >= min) {
             let b = self.free.swap_remove(i);
             self.bytes -= b.len();
@@ -49,7 +49,8 @@ impl Pool {
         self.free.is_empty()
     }
 
-    fn give(&mut self, b: Block) {
+    /// Takes a block back (or frees it, when the pool is full).
+    pub fn give(&mut self, b: Block) {
         if b.is_empty() {
             return;
         }
@@ -298,6 +299,21 @@ impl Out<'_> {
             bytes: Bytes::Lent(bytes),
             start: range.start,
             end: range.end,
+        });
+    }
+
+    /// Queues a whole block of ours (a buffer the disk read into) without
+    /// copying it; it goes back to the pool once written.
+    pub fn give(&mut self, block: Vec<u8>) {
+        if block.is_empty() {
+            return;
+        }
+        self.drop_empty_back();
+        self.q.len += block.len();
+        self.q.segs.push_back(Seg {
+            start: 0,
+            end: block.len(),
+            bytes: Bytes::Owned(block),
         });
     }
 

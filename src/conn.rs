@@ -15,8 +15,9 @@ use mio::event::Source;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
+use crate::aio::Done;
 use crate::buf::OutQueue;
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, Origin};
 use crate::driver::{Driver, Phase, Progress, Received};
 use crate::handshake::Handshake;
 use crate::lifecycle::Activity;
@@ -24,7 +25,7 @@ use crate::logging;
 use crate::proto::option::{greeting_newstyle, greeting_oldstyle};
 use crate::proto::reply::Style;
 use crate::sys;
-use crate::transmission::Session;
+use crate::transmission::{InFlight, Session};
 
 /// Requests (or options) handled per turn, so one busy client cannot starve the rest.
 const TURN: usize = 64;
@@ -34,7 +35,7 @@ const OUT_LIMIT: usize = 64 << 20;
 const IOV_MAX: usize = 256;
 
 /// What the server tells a connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub enum Event {
     /// The kernel reported readiness on its socket.
     Ready(Readiness),
@@ -50,6 +51,11 @@ pub enum Event {
     Deadline { serial: u64, after: Duration },
     /// The server is done with it (the grace period after a shutdown is over).
     Close,
+    /// One of its requests came back from the I/O engine (routed by slab key:
+    /// the origin's serial says whether it is really this connection's).
+    Completed { flight: InFlight, done: Done },
+    /// The I/O engine has room again for the request it was holding.
+    Room,
 }
 
 /// Readiness as mio reports it; errors and hang-ups count as both, so the next
@@ -109,6 +115,10 @@ pub struct Conn {
     unpolled_write: bool,
     /// The client will send nothing more.
     eof: bool,
+    /// Holding a request the I/O engine has no room for (see `Progress::Blocked`).
+    blocked: bool,
+    /// In the server's queue of connections waiting for room.
+    waiting_for_room: bool,
     /// Why we are closing once the output drains.
     closing: Option<&'static str>,
     /// When a message was last handled.
@@ -146,6 +156,8 @@ impl Conn {
             unpolled_read: false,
             unpolled_write: false,
             eof: false,
+            blocked: false,
+            waiting_for_room: false,
             closing: None,
             last_active: ctx.now,
         }
@@ -161,6 +173,10 @@ impl Conn {
     /// the turn allow, and keeps its registration with the Poll current.
     pub fn handle(&mut self, ev: Event, ctx: &mut Ctx, registry: &Registry) -> Step {
         let _scope = logging::conn_scope(self.id);
+        ctx.serving = Origin {
+            key: self.token.0,
+            serial: self.id,
+        };
         match ev {
             Event::Ready(r) => {
                 self.readable |= r.readable;
@@ -172,6 +188,18 @@ impl Conn {
             Event::Close => {
                 log::debug!("closed: the server is exiting");
                 return Step::Close;
+            }
+            Event::Completed { flight, done } => {
+                if flight.origin.serial != self.id {
+                    ctx.pool.give(done.buf); // a predecessor's, in the same slab slot
+                    return Step::Wait;
+                }
+                self.driver.complete(ctx, &flight, done, &mut self.out);
+                self.blocked = false; // a share of the engine came back
+            }
+            Event::Room => {
+                self.waiting_for_room = false;
+                self.blocked = false;
             }
             Event::Deadline { serial, after } => {
                 if !self.negotiating(serial) {
@@ -219,15 +247,19 @@ impl Conn {
                 return Step::Close;
             }
             if self.closing.is_some() {
-                // flush() either emptied the queue or met EAGAIN.
-                return if self.out.is_empty() {
+                // flush() either emptied the queue or met EAGAIN; requests still
+                // in the I/O engine get their replies first.
+                return if self.out.is_empty() && !self.driver.awaiting_io() {
                     Step::Close
                 } else {
                     Step::Wait
                 };
             }
-            if self.out.len() >= OUT_LIMIT {
-                return Step::Wait; // resumes on the next writable edge
+            if self.blocked {
+                return Step::Wait; // a completion or freed room resumes us
+            }
+            if self.backlog() >= OUT_LIMIT {
+                return Step::Wait; // resumes on the next writable edge or completion
             }
             if let Progress::Some = progress {
                 self.last_active = ctx.now;
@@ -259,6 +291,12 @@ impl Conn {
         }
     }
 
+    /// Output the client has yet to read: queued, and still to come from the
+    /// I/O engine.
+    fn backlog(&self) -> usize {
+        self.out.len() + self.driver.awaited_data()
+    }
+
     /// What the lifecycle needs to know to let this connection go at shutdown.
     fn activity(&self) -> Activity {
         Activity {
@@ -272,13 +310,21 @@ impl Conn {
     /// output passes its limit.
     fn process(&mut self, ctx: &mut Ctx, budget: &mut usize) -> Progress {
         let mut progress = Progress::NeedInput;
-        while *budget > 0 && self.out.len() < OUT_LIMIT {
+        while *budget > 0 && self.backlog() < OUT_LIMIT {
             match self.driver.step(ctx, &mut self.out) {
                 Progress::Some => {
                     *budget -= 1;
                     progress = Progress::Some;
                 }
                 Progress::NeedInput => break,
+                Progress::Blocked => {
+                    self.blocked = true;
+                    if !self.waiting_for_room {
+                        self.waiting_for_room = true;
+                        ctx.waiting.push_back(ctx.serving);
+                    }
+                    break;
+                }
                 close => return close,
             }
         }

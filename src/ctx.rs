@@ -2,12 +2,24 @@
 //! lent to a connection for each of its turns (and to the fuzz harness, which
 //! drives the same code without sockets).
 
+use std::collections::VecDeque;
 use std::time::Instant;
+
+use slab::Slab;
 
 use crate::backend::{Backend, Extent};
 use crate::buf::Pool;
 use crate::export::Export;
 use crate::lifecycle::Lifecycle;
+use crate::transmission::InFlight;
+
+/// A connection, as something outlives it may name it: its slab key and its
+/// serial (keys are reused, serials are not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub key: usize,
+    pub serial: u64,
+}
 
 pub struct Ctx {
     /// The storage; single-threaded, so `&mut` is all the locking there is.
@@ -20,6 +32,14 @@ pub struct Ctx {
     /// The loop's clock, read once per wake-up.
     pub now: Instant,
     pub lifecycle: Lifecycle,
+    /// Requests handed to the backend's I/O engine, by the tag their completion
+    /// carries: the reply is built when it comes back, whoever asked is still there.
+    pub inflight: Slab<InFlight>,
+    /// Connections holding a request the engine had no room for, in the order
+    /// they asked: resumed in that order as room frees, so none starves.
+    pub waiting: VecDeque<Origin>,
+    /// The connection whose turn it is.
+    pub serving: Origin,
 }
 
 impl Ctx {
@@ -31,6 +51,9 @@ impl Ctx {
             pool: Pool::default(),
             now: Instant::now(),
             lifecycle,
+            inflight: Slab::new(),
+            waiting: VecDeque::new(),
+            serving: Origin { key: 0, serial: 0 },
         }
     }
 

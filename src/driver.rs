@@ -8,13 +8,15 @@
 
 use std::io;
 
+use crate::aio::Done;
 use crate::buf::{InBuf, OutQueue, Pool};
 use crate::ctx::Ctx;
 use crate::export::MAX_REQUEST;
 use crate::handshake::{Handshake, Outcome};
+use crate::proto::request::Request;
 use crate::proto::request::parse_request;
-use crate::proto::{CMD_DISC, Parse};
-use crate::transmission::{self, Session};
+use crate::proto::{CMD_DISC, CMD_READ, Parse};
+use crate::transmission::{self, Handled, InFlight, Session};
 
 /// Read at least this much per read(2).
 const READ_CHUNK: usize = 64 * 1024;
@@ -39,6 +41,9 @@ pub enum Progress {
     NeedInput,
     /// End the connection (after sending what is queued).
     Close(&'static str),
+    /// The request at the front must wait for room in the I/O engine (see
+    /// `transmission::room_for`); a completion or freed room resumes it.
+    Blocked,
 }
 
 /// What one `receive` got.
@@ -69,6 +74,10 @@ struct State {
     /// A request arrived while the server was shutting down (and was refused):
     /// the client owes us a soft disconnect.
     refused_in_shutdown: bool,
+    /// Requests in the I/O engine, their replies still to come.
+    in_flight: usize,
+    /// Bytes of data those replies will carry (their READs' lengths).
+    in_flight_data: usize,
 }
 
 impl Driver {
@@ -80,6 +89,8 @@ impl Driver {
                 skip: 0,
                 need: 0,
                 refused_in_shutdown: false,
+                in_flight: 0,
+                in_flight_data: 0,
             },
         }
     }
@@ -116,10 +127,30 @@ impl Driver {
         progress
     }
 
-    /// Nothing half-received, nothing to skip, and no refused request whose
-    /// client owes us a disconnect: the connection may be let go at shutdown.
+    /// Nothing half-received, nothing to skip, no reply still to come, and no
+    /// refused request whose client owes us a disconnect: the connection may be
+    /// let go at shutdown.
     pub fn quiet(&self) -> bool {
-        !self.mid_message() && !self.state.refused_in_shutdown
+        !self.mid_message() && !self.awaiting_io() && !self.state.refused_in_shutdown
+    }
+
+    /// Requests are in the I/O engine: their completions (and replies) are to
+    /// come, so the connection may not close yet.
+    pub fn awaiting_io(&self) -> bool {
+        self.state.in_flight > 0
+    }
+
+    /// Data that replies still in the I/O engine will carry: output to come,
+    /// which counts against a client's output limit as queued output does.
+    pub fn awaited_data(&self) -> usize {
+        self.state.in_flight_data
+    }
+
+    /// A request of ours came back from the I/O engine: its reply goes on `out`.
+    pub fn complete(&mut self, ctx: &mut Ctx, flight: &InFlight, done: Done, out: &mut OutQueue) {
+        self.state.in_flight -= 1;
+        self.state.in_flight_data -= reply_data(&flight.req, flight.effect);
+        transmission::complete(flight, done, &mut ctx.pool, out);
     }
 
     /// Part of a message has arrived, or its data is still being skipped.
@@ -223,10 +254,26 @@ impl State {
             self.need = total;
             return (0, Progress::NeedInput);
         }
-        self.refused_in_shutdown |= ctx.shutting_down();
-        transmission::handle(s, ctx, &req, &input[hdr..total], out);
         self.need = 0;
+        if !transmission::room_for(ctx, self.in_flight) {
+            return (0, Progress::Blocked);
+        }
+        self.refused_in_shutdown |= ctx.shutting_down();
+        if transmission::handle(s, ctx, &req, &input[hdr..total], out) == Handled::Submitted {
+            self.in_flight += 1;
+            self.in_flight_data += reply_data(&req, req.length);
+        }
         (total, Progress::Some)
+    }
+}
+
+/// Bytes of data a request's reply carries: a READ's length (≤ MAX_REQUEST, or
+/// it would not have been submitted), nothing for the others.
+fn reply_data(req: &Request, len: u64) -> usize {
+    if req.kind == CMD_READ {
+        len as usize
+    } else {
+        0
     }
 }
 

@@ -166,10 +166,16 @@ fn open_backend(cfg: &Config) -> Result<Box<dyn Backend>, Error> {
         BackendSpec::Null(size) => Box::new(backend::Null::new(*size)),
         BackendSpec::Pattern(size) => Box::new(backend::Pattern::new(*size)),
         BackendSpec::File(path) => Box::new(
-            backend::File::open(path, cfg.read_only)
+            backend::File::open(path, cfg.read_only, sync_io_asked())
                 .map_err(Error::setup(format!("file: {}", path.display())))?,
         ),
     })
+}
+
+/// NBDLITE_IO_URING=0 asks for synchronous file I/O (tests use it to run the
+/// fallback that a kernel without io_uring gets).
+fn sync_io_asked() -> bool {
+    std::env::var_os("NBDLITE_IO_URING").is_some_and(|v| v == "0")
 }
 
 /// What is served, as clients will see it.

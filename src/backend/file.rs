@@ -1,34 +1,38 @@
 //! `file`: a regular file or a block device.
 //!
-//! FLUSH is fdatasync; FUA syncs before the reply. TRIM punches holes, WRITE_ZEROES
-//! uses fallocate where the filesystem can, and block status asks the filesystem
-//! where the holes are (SEEK_DATA / SEEK_HOLE).
+//! Its data goes through the asynchronous engine (`crate::aio`): reads, writes,
+//! FLUSH (fdatasync), FUA (durable before the reply), TRIM (punched holes),
+//! WRITE_ZEROES (fallocate where the filesystem can) and CACHE (readahead) are
+//! submitted without blocking and completed on the event loop. Block status asks
+//! the filesystem where the holes are (SEEK_DATA / SEEK_HOLE), at once.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
+use std::rc::Rc;
 
-use super::{Backend, Caps, Extent, Zero, not_fast};
+use super::{Backend, Caps, Data, Extent};
+use crate::aio::Engine;
 use crate::proto::{STATE_HOLE, STATE_ZERO};
 use crate::sys;
 
 pub struct File {
-    file: fs::File,
+    /// Shared with the engine, whose in-flight operations keep it open.
+    file: Rc<fs::File>,
+    engine: Engine,
     size: u64,
     read_only: bool,
     block_device: bool,
     min_block: u32,
-    /// fallocate modes that failed with EOPNOTSUPP once: don't ask again.
-    no_punch: bool,
-    no_zero_range: bool,
 }
 
 impl File {
     /// Opens `path` read-write unless `read_only`; falls back to read-only when
-    /// the file may not be written (permissions, read-only filesystem).
-    pub fn open(path: &Path, read_only: bool) -> io::Result<File> {
+    /// the file may not be written (permissions, read-only filesystem). Its I/O
+    /// goes through io_uring unless that is missing or `sync_io` asks otherwise.
+    pub fn open(path: &Path, read_only: bool, sync_io: bool) -> io::Result<File> {
         let (mut file, read_only) = if read_only {
             (OpenOptions::new().read(true).open(path)?, true)
         } else {
@@ -60,55 +64,17 @@ impl File {
         } else {
             1
         };
+        let file = Rc::new(file);
         Ok(File {
+            engine: Engine::new(file.clone(), sync_io),
             file,
             size,
             read_only,
             block_device,
             min_block,
-            no_punch: false,
-            no_zero_range: false,
         })
     }
-
-    fn sync_if(&self, fua: bool) -> io::Result<()> {
-        if fua { self.file.sync_data() } else { Ok(()) }
-    }
-
-    /// Tries one fallocate mode; `Ok(false)` when the filesystem does not have it.
-    fn try_fallocate(&mut self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<bool> {
-        let unsupported = if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 {
-            &mut self.no_punch
-        } else {
-            &mut self.no_zero_range
-        };
-        if *unsupported {
-            return Ok(false);
-        }
-        match sys::fallocate(self.file.as_fd(), mode, offset, len) {
-            Ok(()) => Ok(true),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) => {
-                *unsupported = true;
-                Ok(false)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    fn write_zeroes(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        let zeroes = vec![0u8; len.min(1 << 20) as usize];
-        let mut pos = offset;
-        while pos < offset + len {
-            let n = (offset + len - pos).min(zeroes.len() as u64) as usize;
-            self.file.write_all_at(&zeroes[..n], pos)?;
-            pos += n as u64;
-        }
-        Ok(())
-    }
 }
-
-const PUNCH: libc::c_int = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-const ZERO_RANGE: libc::c_int = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
 
 impl Backend for File {
     fn size(&self) -> u64 {
@@ -124,41 +90,8 @@ impl Backend for File {
         }
     }
 
-    fn read(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
-    }
-
-    fn write(&mut self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
-        self.file.write_all_at(buf, offset)?;
-        self.sync_if(fua)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.sync_data()
-    }
-
-    fn trim(&mut self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
-        // A hint: a filesystem without hole punching simply keeps the data.
-        if self.try_fallocate(PUNCH, offset, len)? {
-            self.sync_if(fua)?;
-        }
-        Ok(())
-    }
-
-    fn zero(&mut self, offset: u64, len: u64, how: Zero, fua: bool) -> io::Result<()> {
-        let done = (how.may_trim && self.try_fallocate(PUNCH, offset, len)?)
-            || self.try_fallocate(ZERO_RANGE, offset, len)?;
-        if !done {
-            if how.fast {
-                return Err(not_fast());
-            }
-            self.write_zeroes(offset, len)?;
-        }
-        self.sync_if(fua)
-    }
-
-    fn cache(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        sys::fadvise_willneed(self.file.as_fd(), offset, len)
+    fn data(&mut self) -> Data<'_> {
+        Data::Engine(&mut self.engine)
     }
 
     fn extents(

@@ -11,7 +11,7 @@ use std::io;
 use std::ops::Range;
 use std::rc::Rc;
 
-use super::{Backend, Caps, Extent, Zero, pieces};
+use super::{Backend, Caps, Data, Extent, Store, Zero, pieces};
 use crate::proto::{STATE_HOLE, STATE_ZERO};
 
 /// Allocation unit. Small enough that scattered 4 KiB writes do not balloon,
@@ -94,61 +94,6 @@ impl Backend for Memory {
         }
     }
 
-    fn read(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let mut done = 0;
-        for (idx, within, n) in pieces(offset, buf.len() as u64, PAGE as u64) {
-            let dst = &mut buf[done..done + n];
-            match self.pages.get(&idx) {
-                Some(page) => dst.copy_from_slice(&page[within..within + n]),
-                None => dst.fill(0),
-            }
-            done += n;
-        }
-        Ok(())
-    }
-
-    fn write(&mut self, buf: &[u8], offset: u64, _fua: bool) -> io::Result<()> {
-        let mut done = 0;
-        for (idx, within, n) in pieces(offset, buf.len() as u64, PAGE as u64) {
-            self.page_mut(idx)[within..within + n].copy_from_slice(&buf[done..done + n]);
-            done += n;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn trim(&mut self, offset: u64, len: u64, _fua: bool) -> io::Result<()> {
-        self.clear(offset, len, true);
-        Ok(())
-    }
-
-    fn zero(&mut self, offset: u64, len: u64, how: Zero, _fua: bool) -> io::Result<()> {
-        // NO_HOLE: pages that hold data stay allocated (zeroed in place). Pages
-        // that are absent stay absent: allocating zeroes on request would let one
-        // request take all the memory there is.
-        self.clear(offset, len, how.may_trim);
-        Ok(())
-    }
-
-    fn lend(
-        &mut self,
-        offset: u64,
-        len: u64,
-        sink: &mut dyn FnMut(Rc<[u8]>, Range<usize>),
-    ) -> bool {
-        for (idx, within, n) in pieces(offset, len, PAGE as u64) {
-            let page = match self.pages.get(&idx) {
-                Some(p) => p.clone(),
-                None => self.zeroes.get_or_insert_with(zero_page).clone(),
-            };
-            sink(page, within..within + n);
-        }
-        true
-    }
-
     fn extents(
         &mut self,
         offset: u64,
@@ -202,6 +147,67 @@ impl Backend for Memory {
             pos = run_end;
         }
         Ok(())
+    }
+
+    fn data(&mut self) -> Data<'_> {
+        Data::Now(self)
+    }
+}
+
+impl Store for Memory {
+    fn read(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut done = 0;
+        for (idx, within, n) in pieces(offset, buf.len() as u64, PAGE as u64) {
+            let dst = &mut buf[done..done + n];
+            match self.pages.get(&idx) {
+                Some(page) => dst.copy_from_slice(&page[within..within + n]),
+                None => dst.fill(0),
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, buf: &[u8], offset: u64, _fua: bool) -> io::Result<()> {
+        let mut done = 0;
+        for (idx, within, n) in pieces(offset, buf.len() as u64, PAGE as u64) {
+            self.page_mut(idx)[within..within + n].copy_from_slice(&buf[done..done + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn trim(&mut self, offset: u64, len: u64, _fua: bool) -> io::Result<()> {
+        self.clear(offset, len, true);
+        Ok(())
+    }
+
+    fn zero(&mut self, offset: u64, len: u64, how: Zero, _fua: bool) -> io::Result<()> {
+        // NO_HOLE: pages that hold data stay allocated (zeroed in place). Pages
+        // that are absent stay absent: allocating zeroes on request would let one
+        // request take all the memory there is.
+        self.clear(offset, len, how.may_trim);
+        Ok(())
+    }
+
+    fn lend(
+        &mut self,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(Rc<[u8]>, Range<usize>),
+    ) -> bool {
+        for (idx, within, n) in pieces(offset, len, PAGE as u64) {
+            let page = match self.pages.get(&idx) {
+                Some(p) => p.clone(),
+                None => self.zeroes.get_or_insert_with(zero_page).clone(),
+            };
+            sink(page, within..within + n);
+        }
+        true
     }
 }
 

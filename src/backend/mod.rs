@@ -10,6 +10,7 @@ use std::io;
 use std::ops::Range;
 use std::rc::Rc;
 
+use crate::aio::Engine;
 use crate::proto;
 
 pub use file::File;
@@ -53,6 +54,30 @@ pub struct Extent {
 pub trait Backend {
     fn size(&self) -> u64;
     fn caps(&self) -> Caps;
+    /// Appends at most `max` (≥ 1) consecutive extents starting at `offset` to `out`,
+    /// covering at least one byte; the last may run past `offset + len`.
+    fn extents(
+        &mut self,
+        offset: u64,
+        len: u64,
+        max: usize,
+        out: &mut Vec<Extent>,
+    ) -> io::Result<()>;
+    /// Where requests that move data go.
+    fn data(&mut self) -> Data<'_>;
+}
+
+/// How a backend moves data.
+pub enum Data<'a> {
+    /// At once, on the loop's thread: the data is at hand (RAM, synthetic exports).
+    Now(&'a mut dyn Store),
+    /// Through an asynchronous engine whose completions come back to the loop:
+    /// a file's I/O can wait on a disk, and the loop must never wait with it.
+    Engine(&'a mut Engine),
+}
+
+/// Data that is at hand: every call completes before it returns.
+pub trait Store {
     /// Fills `buf` from `offset`.
     fn read(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Writes `buf` at `offset`; with `fua` the data is durable on return.
@@ -69,7 +94,7 @@ pub trait Backend {
     }
     /// Lends `[offset, offset + len)` as shared, immutable pieces of storage, in
     /// order, so a reply can be sent without copying it. A later write must not
-    /// change what was lent (copy on write). False: this backend cannot lend.
+    /// change what was lent (copy on write). False: this store cannot lend.
     fn lend(
         &mut self,
         _offset: u64,
@@ -78,15 +103,6 @@ pub trait Backend {
     ) -> bool {
         false
     }
-    /// Appends at most `max` (≥ 1) consecutive extents starting at `offset` to `out`,
-    /// covering at least one byte; the last may run past `offset + len`.
-    fn extents(
-        &mut self,
-        offset: u64,
-        len: u64,
-        max: usize,
-        out: &mut Vec<Extent>,
-    ) -> io::Result<()>;
 }
 
 /// Maps a system error to the small set of errors NBD allows on the wire.

@@ -2,7 +2,7 @@
 
 use std::io;
 
-use super::{Backend, Caps, Extent, Zero};
+use super::{Backend, Caps, Data, Extent, Store, Zero};
 use crate::proto::{STATE_HOLE, STATE_ZERO};
 
 pub struct Null {
@@ -29,6 +29,26 @@ impl Backend for Null {
         }
     }
 
+    fn extents(
+        &mut self,
+        offset: u64,
+        _len: u64,
+        _max: usize,
+        out: &mut Vec<Extent>,
+    ) -> io::Result<()> {
+        out.push(Extent {
+            len: self.size - offset,
+            flags: STATE_HOLE | STATE_ZERO,
+        });
+        Ok(())
+    }
+
+    fn data(&mut self) -> Data<'_> {
+        Data::Now(self)
+    }
+}
+
+impl Store for Null {
     fn read(&mut self, buf: &mut [u8], _offset: u64) -> io::Result<()> {
         buf.fill(0);
         Ok(())
@@ -47,20 +67,6 @@ impl Backend for Null {
     }
 
     fn zero(&mut self, _offset: u64, _len: u64, _how: Zero, _fua: bool) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn extents(
-        &mut self,
-        offset: u64,
-        _len: u64,
-        _max: usize,
-        out: &mut Vec<Extent>,
-    ) -> io::Result<()> {
-        out.push(Extent {
-            len: self.size - offset,
-            flags: STATE_HOLE | STATE_ZERO,
-        });
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 
 use std::io;
 
-use super::{Backend, Caps, Extent, Zero};
+use super::{Backend, Caps, Data, Extent, Store, Zero};
 
 pub struct Pattern {
     size: u64,
@@ -47,6 +47,26 @@ impl Backend for Pattern {
         }
     }
 
+    fn extents(
+        &mut self,
+        offset: u64,
+        _len: u64,
+        _max: usize,
+        out: &mut Vec<Extent>,
+    ) -> io::Result<()> {
+        out.push(Extent {
+            len: self.size - offset,
+            flags: 0,
+        });
+        Ok(())
+    }
+
+    fn data(&mut self) -> Data<'_> {
+        Data::Now(self)
+    }
+}
+
+impl Store for Pattern {
     fn read(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         fill(buf, offset);
         Ok(())
@@ -66,20 +86,6 @@ impl Backend for Pattern {
 
     fn zero(&mut self, _offset: u64, _len: u64, _how: Zero, _fua: bool) -> io::Result<()> {
         Err(read_only())
-    }
-
-    fn extents(
-        &mut self,
-        offset: u64,
-        _len: u64,
-        _max: usize,
-        out: &mut Vec<Extent>,
-    ) -> io::Result<()> {
-        out.push(Extent {
-            len: self.size - offset,
-            flags: 0,
-        });
-        Ok(())
     }
 }
 

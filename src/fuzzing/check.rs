@@ -114,6 +114,7 @@ impl Checker {
                 }
                 Progress::NeedInput => assert!(msg.len() < 4),
                 Progress::Close(_) => assert!(u32_at(msg, 0) & !3 != 0, "valid flags refused"),
+                Progress::Blocked => panic!("the handshake waited for the I/O engine"),
             }
             return;
         }
@@ -134,6 +135,7 @@ impl Checker {
                 assert!(magic_ok && len <= buffered_limit(opt) && msg.len() < 16 + len as usize);
                 assert!(reply.is_empty());
             }
+            Progress::Blocked => panic!("the handshake waited for the I/O engine"),
             Progress::Close(_) => {
                 // Only ABORT is answered before the close.
                 if !reply.is_empty() {

@@ -216,6 +216,8 @@ pub fn run(cfg: &Config, start: Start, stream: &[u8], chunks: &[usize]) -> Run {
                 match progress {
                     Progress::Some => run.steps += 1,
                     Progress::NeedInput => break,
+                    // Only a backend with an I/O engine (a file) waits for room.
+                    Progress::Blocked => panic!("blocked without an I/O engine"),
                     Progress::Close(why) => {
                         run.end = End::Closed(why);
                         return finish(run, &drv, hash);

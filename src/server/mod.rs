@@ -13,14 +13,16 @@ mod signals;
 mod spin;
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use crate::backend::Backend;
+use crate::aio::Done;
+use crate::backend::{Backend, Data};
 use crate::buf::Pool;
 use crate::conn::{Conn, Event, Step};
 use crate::ctx::Ctx;
@@ -38,6 +40,8 @@ use spin::Spin;
 /// Tokens from the top of the range; connections use their slab keys from 0,
 /// listeners count down from `accept::LISTENER_TOP`.
 const SIGNAL: Token = Token(usize::MAX);
+/// The I/O engine's completions (the backend's, if it has one).
+const ENGINE: Token = Token(usize::MAX - 1);
 
 /// Pooled buffers are freed once the server has had no event for this long.
 const POOL_LINGER: Duration = Duration::from_secs(1);
@@ -77,6 +81,8 @@ pub struct Server {
     ready: Vec<usize>,
     /// Clients accepted in the current batch (kept to reuse its storage).
     accepted: Vec<(OwnedFd, Peer)>,
+    /// Completions reaped from the I/O engine (kept to reuse its storage).
+    done: Vec<Done>,
     oldstyle: bool,
     /// The next connection's serial number.
     serial: u64,
@@ -111,9 +117,17 @@ impl Server {
             spin: Spin::new(setup.busy_poll),
             ready: Vec::new(),
             accepted: Vec::new(),
+            done: Vec::new(),
             oldstyle: setup.oldstyle,
             serial: 0,
         };
+        if let Data::Engine(engine) = server.ctx.backend.data()
+            && let Some(fd) = engine.fd()
+        {
+            let fd = fd.as_raw_fd();
+            let registry = server.poll.registry();
+            registry.register(&mut SourceFd(&fd), ENGINE, Interest::READABLE)?;
+        }
         for (rfd, wfd) in setup.connections {
             server.add(rfd, wfd, &Peer::Inherited)?;
         }
@@ -162,6 +176,7 @@ impl Server {
             for ev in events.iter() {
                 match ev.token() {
                     SIGNAL => self.on_signals(),
+                    ENGINE => {} // reaped below, every turn
                     t => match accept::listener_of(t) {
                         Some(i) => self.accept(i),
                         None => self.serve(t.0, Event::Ready(ev.into())),
@@ -176,8 +191,52 @@ impl Server {
             }
             if self.ctx.lifecycle.shutting_down() && events.is_empty() {
                 // A shutdown tick: connections that have gone quiet may now close.
-                self.serve_all(Event::Resume);
+                self.serve_all(|| Event::Resume);
             }
+            self.complete_io();
+        }
+    }
+
+    /// Hands every completion of the I/O engine to the connection that asked,
+    /// resumes connections that were waiting for room, then sends the engine
+    /// everything this turn queued (io_uring: in one system call).
+    fn complete_io(&mut self) {
+        let Data::Engine(engine) = self.ctx.backend.data() else {
+            return;
+        };
+        engine.reap(&mut self.done);
+        let mut done = std::mem::take(&mut self.done);
+        for d in done.drain(..) {
+            let Some(flight) = self.ctx.inflight.try_remove(d.tag as usize) else {
+                continue; // not a tag we gave out: cannot happen, and harmless
+            };
+            if self.conns.contains(flight.origin.key) {
+                let key = flight.origin.key;
+                self.serve(key, Event::Completed { flight, done: d });
+            } else {
+                self.ctx.pool.give(d.buf); // its client has gone
+            }
+        }
+        self.done = done;
+        self.resume_waiting();
+        if let Data::Engine(engine) = self.ctx.backend.data() {
+            engine.run();
+        }
+    }
+
+    /// Connections holding a request the engine had no room for, resumed in
+    /// the order they asked while there is room; each is looked at once per
+    /// turn (one whose own share is used up just queues again).
+    fn resume_waiting(&mut self) {
+        for _ in 0..self.ctx.waiting.len() {
+            let room = match self.ctx.backend.data() {
+                Data::Engine(e) => e.has_room(),
+                Data::Now(_) => true,
+            };
+            let Some(origin) = room.then(|| self.ctx.waiting.pop_front()).flatten() else {
+                return;
+            };
+            self.serve(origin.key, Event::Room);
         }
     }
 
@@ -193,10 +252,10 @@ impl Server {
         }
     }
 
-    fn serve_all(&mut self, ev: Event) {
+    fn serve_all(&mut self, ev: impl Fn() -> Event) {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
-            self.serve(key, ev);
+            self.serve(key, ev());
         }
     }
 
@@ -298,12 +357,16 @@ impl Server {
     /// ERR_SHUTDOWN, new requests ESHUTDOWN) until the grace period ends.
     fn begin_shutdown(&mut self) {
         self.acceptor.close_all(self.poll.registry());
-        self.serve_all(Event::Shutdown);
+        self.serve_all(|| Event::Shutdown);
     }
 
     /// How long poll may sleep.
-    fn timeout(&self) -> Option<Duration> {
-        if !self.ready.is_empty() || self.acceptor.has_pending() {
+    fn timeout(&mut self) -> Option<Duration> {
+        let io_busy = match self.ctx.backend.data() {
+            Data::Engine(e) => e.busy(),
+            Data::Now(_) => false,
+        };
+        if !self.ready.is_empty() || self.acceptor.has_pending() || io_busy {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -335,7 +398,7 @@ impl Server {
             Verdict::Continue => None,
             Verdict::Exit(code) => Some(code),
             Verdict::AwaitRun { end_it } => {
-                self.serve_all(Event::Close);
+                self.serve_all(|| Event::Close);
                 if end_it {
                     self.signals.end_run_child();
                     self.ctx.lifecycle.run_ending();

@@ -3,10 +3,12 @@
 
 mod check;
 mod read;
+mod submit;
 
 pub use check::{Refusal, check};
+pub use submit::{InFlight, complete, room_for};
 
-use crate::backend::{Zero, nbd_errno};
+use crate::backend::{Data, Extent, Store, Zero, nbd_errno};
 use crate::buf::{Out, OutQueue};
 use crate::ctx::Ctx;
 use crate::proto::reply::{self, Style};
@@ -33,8 +35,25 @@ impl Session {
     }
 }
 
-/// Runs one request whose payload (if any) is complete, appending its reply to `queue`.
-pub fn handle(s: &Session, ctx: &mut Ctx, req: &Request, payload: &[u8], queue: &mut OutQueue) {
+/// What became of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// Its reply is queued.
+    Replied,
+    /// It went to the backend's I/O engine; its reply is built when its
+    /// completion comes back (`complete`).
+    Submitted,
+}
+
+/// Runs one request whose payload (if any) is complete, appending its reply to
+/// `queue`, or hands it to the backend's I/O engine.
+pub fn handle(
+    s: &Session,
+    ctx: &mut Ctx,
+    req: &Request,
+    payload: &[u8],
+    queue: &mut OutQueue,
+) -> Handled {
     // With -v only: the level check is one atomic load when debug is off.
     log::debug!(
         "{} cookie {:#x} offset {} length {} flags {:#x}",
@@ -44,54 +63,116 @@ pub fn handle(s: &Session, ctx: &mut Ctx, req: &Request, payload: &[u8], queue: 
         req.length,
         req.flags
     );
+    let effect = match admit(s, ctx, req, payload) {
+        Ok(len) => len,
+        Err(r) => {
+            error(s, req, &mut queue.writer(&mut ctx.pool), r.errno, r.msg);
+            return Handled::Replied;
+        }
+    };
     let Ctx {
         backend,
         export,
         extents,
         pool,
-        lifecycle,
+        inflight,
+        serving,
         ..
     } = ctx;
-    let out = &mut queue.writer(pool);
-    if lifecycle.shutting_down() {
-        return error(s, req, out, ESHUTDOWN, "server is shutting down");
-    }
-    let effect = match check(s, export, req, payload) {
-        Ok(len) => len,
-        Err(r) => {
-            log::debug!(
-                "{} offset {} length {}: {} ({})",
-                command_name(req.kind),
-                req.offset,
-                req.length,
-                r.msg,
-                r.errno
-            );
-            return error(s, req, out, r.errno, r.msg);
-        }
-    };
     let backend = &mut **backend;
+    if req.kind == CMD_BLOCK_STATUS {
+        let out = &mut queue.writer(pool);
+        let min_block = export.caps.min_block;
+        read::block_status(s, backend, extents, min_block, req, effect, out);
+        return Handled::Replied;
+    }
+    if req.kind == CMD_READ
+        && let Err(e) = read::sparse_runs(s, backend, extents, req, effect)
+    {
+        read::failed(s, req, effect, &e, &mut queue.writer(pool));
+        return Handled::Replied;
+    }
+    match backend.data() {
+        Data::Engine(engine) if effect > 0 || req.kind == CMD_FLUSH => {
+            let origin = *serving;
+            submit::submit(
+                s, engine, inflight, origin, req, effect, payload, pool, queue,
+            )
+        }
+        Data::Engine(_) => {
+            ok(s, req, &mut queue.writer(pool)); // nothing to do: done
+            Handled::Replied
+        }
+        Data::Now(store) => {
+            now(
+                s,
+                store,
+                extents,
+                req,
+                effect,
+                payload,
+                &mut queue.writer(pool),
+            );
+            Handled::Replied
+        }
+    }
+}
+
+/// The checks every request passes first: not while shutting down, and valid
+/// for the session and the export. Returns the effect length.
+fn admit(s: &Session, ctx: &Ctx, req: &Request, payload: &[u8]) -> Result<u64, Refusal> {
+    if ctx.shutting_down() {
+        return Err(Refusal {
+            errno: ESHUTDOWN,
+            msg: "server is shutting down",
+        });
+    }
+    check(s, &ctx.export, req, payload).inspect_err(|r| {
+        log::debug!(
+            "{} offset {} length {}: {} ({})",
+            command_name(req.kind),
+            req.offset,
+            req.length,
+            r.msg,
+            r.errno
+        );
+    })
+}
+
+/// A request on data at hand: done now, its reply queued.
+fn now(
+    s: &Session,
+    store: &mut dyn Store,
+    runs: &[Extent],
+    req: &Request,
+    effect: u64,
+    payload: &[u8],
+    out: &mut Out,
+) {
     let fua = req.flags & CMD_FLAG_FUA != 0;
     let result = match req.kind {
-        CMD_READ => return read::read(s, backend, extents, req, effect, out),
-        CMD_BLOCK_STATUS => {
-            let min_block = export.caps.min_block;
-            return read::block_status(s, backend, extents, min_block, req, effect, out);
-        }
+        CMD_READ => return read::read(s, store, runs, req, effect, out),
         _ if effect == 0 && req.kind != CMD_FLUSH => Ok(()),
-        CMD_WRITE => backend.write(payload, req.offset, fua),
-        CMD_FLUSH => backend.flush(),
-        CMD_TRIM => backend.trim(req.offset, effect, fua),
-        CMD_WRITE_ZEROES => {
-            let how = Zero {
-                may_trim: req.flags & CMD_FLAG_NO_HOLE == 0,
-                fast: req.flags & CMD_FLAG_FAST_ZERO != 0,
-            };
-            backend.zero(req.offset, effect, how, fua)
-        }
-        CMD_CACHE => backend.cache(req.offset, effect),
+        CMD_WRITE => store.write(payload, req.offset, fua),
+        CMD_FLUSH => store.flush(),
+        CMD_TRIM => store.trim(req.offset, effect, fua),
+        CMD_WRITE_ZEROES => store.zero(req.offset, effect, zero_how(req), fua),
+        CMD_CACHE => store.cache(req.offset, effect),
         _ => unreachable!("check() refuses unknown commands"),
     };
+    finish(s, req, effect, result, out);
+}
+
+/// How WRITE_ZEROES may be carried out, from its flags.
+fn zero_how(req: &Request) -> Zero {
+    Zero {
+        may_trim: req.flags & CMD_FLAG_NO_HOLE == 0,
+        fast: req.flags & CMD_FLAG_FAST_ZERO != 0,
+    }
+}
+
+/// The reply to a request without data in its reply, once it is done.
+fn finish(s: &Session, req: &Request, effect: u64, result: std::io::Result<()>, out: &mut Out) {
     match result {
         Ok(()) => ok(s, req, out),
         Err(e) => {

@@ -2,7 +2,7 @@
 //! can lend it, holes as holes in structured replies) and BLOCK_STATUS.
 
 use super::{Session, error, put_chunk};
-use crate::backend::{Backend, Extent, nbd_errno};
+use crate::backend::{Backend, Extent, Store, nbd_errno};
 use crate::buf::Out;
 use crate::export::BASE_ALLOCATION_ID;
 use crate::proto::reply::{self, Style};
@@ -17,11 +17,35 @@ const LEND_MIN: u64 = 32 * 1024;
 /// Most chunks one sparse READ is split into; the rest goes as data.
 const MAX_READ_CHUNKS: usize = 64;
 
-/// READ: data straight from the backend into the output queue, behind its header.
-pub fn read(
+/// The runs a structured READ is split into: holes and data, where the backend
+/// knows them cheaply (and DF was not asked for). Empty: one run of data.
+pub fn sparse_runs(
     s: &Session,
     backend: &mut dyn Backend,
     runs: &mut Vec<Extent>,
+    req: &Request,
+    len: u64,
+) -> std::io::Result<()> {
+    runs.clear();
+    let wanted = s.style != Style::Simple && len > 0 && req.flags & CMD_FLAG_DF == 0;
+    if wanted && backend.caps().sparse_reads {
+        backend.extents(req.offset, len, MAX_READ_CHUNKS, runs)?;
+    }
+    Ok(())
+}
+
+/// A READ that failed: said in the log, and as its reply.
+pub fn failed(s: &Session, req: &Request, len: u64, e: &std::io::Error, out: &mut Out) {
+    log::warn!("READ offset {} length {len}: {e}", req.offset);
+    error(s, req, out, nbd_errno(e), "read failed");
+}
+
+/// READ on data at hand: straight from the store into the output queue,
+/// behind its header, split at `runs` (see `sparse_runs`).
+pub fn read(
+    s: &Session,
+    store: &mut dyn Store,
+    runs: &[Extent],
     req: &Request,
     len: u64,
     out: &mut Out,
@@ -30,54 +54,63 @@ pub fn read(
     let result = match s.style {
         Style::Simple => {
             out.put(reply::simple(0, req.cookie).as_bytes());
-            read_into(backend, req.offset, len, out)
+            read_into(store, req.offset, len, out)
         }
         _ if len == 0 => {
             put_chunk(s, req, REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0, out);
             Ok(())
         }
-        _ => read_chunks(s, backend, runs, req, len, out),
+        _ => read_chunks(s, store, runs, req, len, out),
     };
     if let Err(e) = result {
-        log::warn!("READ offset {} length {len}: {e}", req.offset);
         out.rollback(mark);
-        error(s, req, out, nbd_errno(&e), "read failed");
+        failed(s, req, len, &e, out);
+    }
+}
+
+/// The header of a READ reply whose `len` bytes of data follow in one piece:
+/// simple, or one OFFSET_DATA chunk that is the last.
+pub fn data_header(s: &Session, req: &Request, len: u64, out: &mut Out) {
+    match s.style {
+        Style::Simple => out.put(reply::simple(0, req.cookie).as_bytes()),
+        _ => {
+            put_chunk(
+                s,
+                req,
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_OFFSET_DATA,
+                8 + len,
+                out,
+            );
+            out.put(&req.offset.to_be_bytes());
+        }
     }
 }
 
 /// Puts `len` bytes of the export behind the reply header just queued: lent by
-/// the backend when it can and the read is large enough to be worth it, else
+/// the store when it can and the read is large enough to be worth it, else
 /// copied straight into the output queue.
-fn read_into(
-    backend: &mut dyn Backend,
-    offset: u64,
-    len: u64,
-    out: &mut Out,
-) -> std::io::Result<()> {
-    if len >= LEND_MIN && backend.lend(offset, len, &mut |bytes, range| out.lend(bytes, range)) {
+fn read_into(store: &mut dyn Store, offset: u64, len: u64, out: &mut Out) -> std::io::Result<()> {
+    if len >= LEND_MIN && store.lend(offset, len, &mut |bytes, range| out.lend(bytes, range)) {
         return Ok(());
     }
     let n = len as usize; // ≤ MAX_REQUEST, checked
-    backend.read(&mut out.space(n)[..n], offset)?;
+    store.read(&mut out.space(n)[..n], offset)?;
     out.commit(n);
     Ok(())
 }
 
-/// A structured READ reply: holes as OFFSET_HOLE where the backend knows them
-/// cheaply (and DF was not asked for), data as OFFSET_DATA. The last chunk is DONE.
+/// A structured READ reply: holes as OFFSET_HOLE, data as OFFSET_DATA, split at
+/// `runs`; the last chunk is DONE.
 fn read_chunks(
     s: &Session,
-    backend: &mut dyn Backend,
-    runs: &mut Vec<Extent>,
+    store: &mut dyn Store,
+    runs: &[Extent],
     req: &Request,
     len: u64,
     out: &mut Out,
 ) -> std::io::Result<()> {
     let end = req.offset + len;
-    runs.clear();
-    if backend.caps().sparse_reads && req.flags & CMD_FLAG_DF == 0 {
-        backend.extents(req.offset, len, MAX_READ_CHUNKS, runs)?;
-    }
     let mut pos = req.offset;
     let mut i = 0;
     while pos < end {
@@ -96,7 +129,7 @@ fn read_chunks(
         } else {
             put_chunk(s, req, done, REPLY_TYPE_OFFSET_DATA, 8 + n, out);
             out.put(&pos.to_be_bytes());
-            read_into(backend, pos, n, out)?;
+            read_into(store, pos, n, out)?;
         }
         pos += n;
     }
@@ -162,6 +195,7 @@ fn clip_extents(ext: &mut Vec<Extent>, len: u64, req_one: bool, style: Style, mi
 
 #[cfg(test)]
 mod tests {
+    use crate::backend::Data;
     use crate::export::{BASE_ALLOCATION_ID, test_export as export};
     use crate::proto::reply::Style;
     use crate::proto::*;
@@ -172,7 +206,10 @@ mod tests {
         let ex = export(false, 1);
         let s = session(&ex, Style::Structured, false);
         let mut c = with_memory(&ex);
-        c.backend.write(&[9; 4096], 65536, false).unwrap();
+        let Data::Now(store) = c.backend.data() else {
+            panic!("RAM is at hand")
+        };
+        store.write(&[9; 4096], 65536, false).unwrap();
         let r = run(&s, &mut c, req(CMD_READ, 0, 0, 131072), &[]);
         // hole chunk, data chunk (a whole 32 KiB page), final hole chunk
         assert_eq!(be16(&r[6..]), REPLY_TYPE_OFFSET_HOLE);
