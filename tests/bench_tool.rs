@@ -8,7 +8,7 @@ mod common;
 use std::io::Read;
 use std::process::{Command, Output, Stdio};
 
-use common::{Server, TempDir, have, json_field, run, wait_exit};
+use common::{Server, have, json_field, run, wait_exit};
 
 fn bench() -> &'static str {
     env!("CARGO_BIN_EXE_nbdlite-bench")
@@ -20,13 +20,17 @@ fn number(json: &str, key: &str) -> f64 {
         .unwrap_or_else(|_| panic!("{key} is not a number: {v}"))
 }
 
+/// How long a bench run of half a second may take in all, start-up included,
+/// before it counts as hung.
+const RUN_LIMIT_SECS: u64 = 30;
+
 /// Runs the bench with `args` and the options every test shares.
 fn run_bench(uri: &str, args: &[&str]) -> Output {
     run(
         Command::new(bench())
             .args(["-c", "4", "-q", "4", "-t", "0.5", "--json", uri])
             .args(args),
-        30,
+        RUN_LIMIT_SECS,
     )
 }
 
@@ -57,8 +61,10 @@ fn check_ok(uri: &str, rw: &str) -> String {
         number(&stdout, "requests"),
         "{stdout}"
     );
+    // At least the half second asked for; at most what the run may take (a
+    // loaded machine may stretch it far beyond 0.5 s).
     let secs = number(&stdout, "seconds");
-    assert!((0.5..5.0).contains(&secs), "{stdout}");
+    assert!((0.5..RUN_LIMIT_SECS as f64).contains(&secs), "{stdout}");
     assert!(number(&stdout, "lat_p50_us") <= number(&stdout, "lat_p99_us"));
     assert!(number(&stdout, "lat_p99_us") <= number(&stdout, "lat_max_us"));
     stdout
@@ -77,18 +83,7 @@ fn nbdkit_read_and_write() {
     if !have(&["nbdkit"]) {
         return;
     }
-    let dir = TempDir::new();
-    let sock = dir.join("sock");
-    let pidfile = dir.join("pid");
-    let log = dir.join("log");
-    let mut cmd = Command::new("nbdkit");
-    cmd.arg("-f")
-        .arg("-U")
-        .arg(&sock)
-        .arg("-P")
-        .arg(&pidfile)
-        .args(["memory", "64M"]);
-    let srv = Server::spawn(cmd, dir, sock, pidfile, log);
+    let srv = Server::start_with(Command::new("nbdkit"), &["memory", "64M"]);
     check_ok(&srv.uri(), "randread");
     check_ok(&srv.uri(), "randwrite");
 }

@@ -7,26 +7,7 @@ mod common;
 use std::fs;
 use std::process::Command;
 
-use common::{Server, TempDir, bin, have, json_field, run, run_ok, system_path};
-
-fn nbdinfo(args: &[&str]) -> String {
-    run_ok(Command::new("nbdinfo").args(args), 60)
-}
-
-/// Runs an nbdsh script against `uri` (`h` is connected, with base:allocation
-/// requested); returns stdout.
-fn nbdsh(uri: &str, script: &str) -> String {
-    run_ok(
-        Command::new("nbdsh").env("PATH", system_path()).args([
-            "--base-allocation",
-            "-u",
-            uri,
-            "-c",
-            script,
-        ]),
-        60,
-    )
-}
+use common::{Server, TempDir, bin, have, json_field, nbdinfo, nbdsh, nbdsh_command, run_ok};
 
 #[test]
 fn nbdinfo_shows_every_capability() {
@@ -220,7 +201,7 @@ fn single_mode_under_connect_command() {
         return;
     }
     let out = run_ok(
-        Command::new("nbdsh").env("PATH", system_path()).args([
+        nbdsh_command().args([
             "-c",
             &format!(
                 r#"
@@ -257,30 +238,21 @@ fn nbdcopy_four_connections_in_and_out() {
         .collect();
     fs::write(&src, &data).unwrap();
     let srv = Server::start(&["memory", "16M"]);
-    run_ok(
-        Command::new("nbdcopy").args([
-            "--connections=4",
-            "--flush",
-            src.to_str().unwrap(),
-            &srv.uri(),
-        ]),
-        120,
-    );
+    let nbdcopy = |args: &[&str]| run_ok(Command::new("nbdcopy").args(args), 120);
+    nbdcopy(&[
+        "--connections=4",
+        "--flush",
+        src.to_str().unwrap(),
+        &srv.uri(),
+    ]);
     let back = dir.join("back.raw");
-    run_ok(
-        Command::new("nbdcopy").args(["--connections=4", &srv.uri(), back.to_str().unwrap()]),
-        120,
-    );
+    nbdcopy(&["--connections=4", &srv.uri(), back.to_str().unwrap()]);
     assert!(fs::read(&back).unwrap() == data, "copy differs");
 
     // The pattern export copied out: every 8-byte word is its own offset.
     let pat = Server::start(&["pattern", "4M"]);
     let out = dir.join("pattern.raw");
-    let r = run(
-        Command::new("nbdcopy").args([&pat.uri(), out.to_str().unwrap()]),
-        60,
-    );
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    nbdcopy(&[&pat.uri(), out.to_str().unwrap()]);
     let p = fs::read(&out).unwrap();
     for at in [0usize, 8, 4096, (4 << 20) - 8] {
         assert_eq!(

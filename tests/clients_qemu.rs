@@ -7,35 +7,28 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Server, TempDir, have, run, run_ok};
-
-fn qemu_io(uri: &str, cmds: &[&str]) -> String {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw", uri]);
-    for cmd in cmds {
-        c.args(["-c", cmd]);
-    }
-    let out = run_ok(&mut c, 60);
-    assert!(!out.contains("failed"), "qemu-io: {out}");
-    out
-}
+use common::{
+    Server, TempDir, bin, have, qemu_img, qemu_io, qemu_io_command, run, run_ok, sparse_file,
+};
 
 /// `qemu-img convert -f raw -O raw FROM TO` (`-n`: into an existing target).
 fn convert(from: &str, to: &str, existing: bool) {
-    let mut c = Command::new("qemu-img");
-    c.arg("convert");
+    let mut args = vec!["convert"];
     if existing {
-        c.arg("-n");
+        args.push("-n");
     }
-    run_ok(c.args(["-f", "raw", "-O", "raw", from, to]), 300);
+    args.extend(["-f", "raw", "-O", "raw", from, to]);
+    qemu_img(&args);
 }
 
 /// `qemu-img compare`: the two raw images hold the same bytes.
 fn compare(a: &str, b: &str) {
-    run_ok(
-        Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "raw", a, b]),
-        300,
-    );
+    qemu_img(&["compare", "-f", "raw", "-F", "raw", a, b]);
+}
+
+/// `qemu-img map` of a raw image, as JSON.
+fn map(uri: &str) -> String {
+    qemu_img(&["map", "--output=json", "-f", "raw", uri])
 }
 
 /// Deterministic bytes that differ at every offset.
@@ -84,10 +77,7 @@ fn memory_write_read_zero_discard_map() {
             "flush",
         ],
     );
-    let map = run_ok(
-        Command::new("qemu-img").args(["map", "--output=json", "-f", "raw", &uri]),
-        60,
-    );
+    let map = map(&uri);
     // data at 0..64k, a hole where zeroed with unmap, data 128k..512k, then a hole
     // from the discard on to the data at 3M
     assert!(map.contains(r#""start": 0, "length": 65536, "depth": 0, "present": true, "zero": false, "data": true"#), "{map}");
@@ -102,25 +92,18 @@ fn extended_headers_are_negotiated_and_used() {
     }
     let srv = Server::start(&["memory", "64M"]);
     let out = run(
-        Command::new("qemu-io").args([
-            "--trace",
-            "nbd_*",
-            "-f",
-            "raw",
+        qemu_io_command(
             &srv.uri(),
-            "-c",
-            "write -P 0x5a 1m 256k",
-            "-c",
-            "read -P 0x5a 1m 256k",
-            "-c",
-            "write -z -u 2m 1m",
-            "-c",
-            "discard 4m 1m",
-            "-c",
-            "flush",
-            "-c",
-            "map",
-        ]),
+            &[
+                "write -P 0x5a 1m 256k",
+                "read -P 0x5a 1m 256k",
+                "write -z -u 2m 1m",
+                "discard 4m 1m",
+                "flush",
+                "map",
+            ],
+        )
+        .args(["--trace", "nbd_*"]),
         60,
     );
     let trace = String::from_utf8_lossy(&out.stderr);
@@ -194,15 +177,10 @@ fn sparse_file_holes_survive() {
     }
     let dir = TempDir::new();
     let img = dir.join("sparse.raw");
-    let f = fs::File::create(&img).unwrap();
-    f.set_len(32 << 20).unwrap();
-    drop(f);
+    sparse_file(&img, 32 << 20);
     let srv = Server::start(&["file", img.to_str().unwrap()]);
     qemu_io(&srv.uri(), &["write -P 0x42 8m 1m"]);
-    let map = run_ok(
-        Command::new("qemu-img").args(["map", "--output=json", "-f", "raw", &srv.uri()]),
-        60,
-    );
+    let map = map(&srv.uri());
     assert!(map.contains(r#""start": 0, "length": 8388608, "depth": 0, "present": true, "zero": true, "data": false"#), "{map}");
     assert!(map.contains(r#""start": 8388608, "length": 1048576, "depth": 0, "present": true, "zero": false, "data": true"#), "{map}");
     let copy = dir.join("copy.raw");
@@ -221,10 +199,7 @@ fn read_only_file_export() {
     let img = dir.join("ro.raw");
     fs::write(&img, vec![9u8; 1 << 20]).unwrap();
     let srv = Server::start(&["-r", "file", img.to_str().unwrap()]);
-    let out = run(
-        Command::new("qemu-io").args(["-f", "raw", &srv.uri(), "-c", "write -P 1 0 4k"]),
-        60,
-    );
+    let out = run(&mut qemu_io_command(&srv.uri(), &["write -P 1 0 4k"]), 60);
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -232,7 +207,7 @@ fn read_only_file_export() {
         "{text}"
     );
     let out = run_ok(
-        Command::new("qemu-io").args(["-r", "-f", "raw", &srv.uri(), "-c", "read -P 9 0 1M"]),
+        qemu_io_command(&srv.uri(), &["read -P 9 0 1M"]).arg("-r"),
         60,
     );
     assert!(!out.contains("failed"), "{out}");
@@ -261,13 +236,24 @@ fn a_gibibyte_through_memory() {
     assert_eq!(f.metadata().unwrap().len(), 1 << 30);
 }
 
+/// One server on a Unix socket and a TCP port: what is written over one is read
+/// over the other. The clients run under `--run`, which hands them `$port` (the
+/// port the kernel chose for `-p 0`) and `$uri` (the Unix socket's URI).
 #[test]
 fn tcp_and_unix_at_once() {
     if !have(&["qemu-io"]) {
         return;
     }
-    let port = common::free_port();
-    let srv = Server::start(&["-i", "127.0.0.1", "-p", &port.to_string(), "memory", "8M"]);
-    qemu_io(&format!("nbd://127.0.0.1:{port}"), &["write -P 3 0 64k"]);
-    qemu_io(&srv.uri(), &["read -P 3 0 64k"]);
+    let dir = TempDir::new();
+    let sock = dir.join("sock");
+    let clients = "qemu-io -f raw \"nbd://127.0.0.1:$port\" -c 'write -P 3 0 64k' && \
+                   qemu-io -f raw \"$uri\" -c 'read -P 3 0 64k'";
+    let out = run_ok(
+        Command::new(bin())
+            .args(["-U", sock.to_str().unwrap(), "-i", "127.0.0.1", "-p", "0"])
+            .args(["memory", "8M", "--run", clients]),
+        120,
+    );
+    assert!(!out.contains("failed"), "{out}");
+    assert_eq!(out.matches("64 KiB, 1 ops").count(), 2, "{out}");
 }

@@ -5,14 +5,15 @@
 //! acknowledged the server is killed with SIGKILL, and a new one on the same
 //! file returns every acknowledged byte.
 //!
-//! NBDLITE_SOAK_SECS sets how long each soak runs (default 2 seconds per backend).
+//! NBDLITE_SOAK_SECS sets how long each soak runs (default 2 seconds per backend);
+//! each client makes at least `MIN_WRITES` writes however slow the machine.
 
 mod common;
 #[path = "common/wire.rs"]
 mod wire;
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::OsString;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,9 @@ const CLIENTS: u64 = 16;
 /// Blocks each client owns: client t writes blocks [t * OWN, (t + 1) * OWN).
 const OWN: u64 = 64;
 const SIZE: u64 = CLIENTS * OWN * BLOCK as u64;
+/// Writes each client makes even if the soak time has run out (a loaded
+/// machine, a slow fdatasync): the soak always does this much work.
+const MIN_WRITES: u64 = 16;
 
 fn soak_time() -> Duration {
     let secs = std::env::var("NBDLITE_SOAK_SECS")
@@ -92,7 +96,7 @@ fn client(sock: &Path, t: u64, until: Instant) -> (HashMap<u64, u64>, u64) {
     let mut acked: HashMap<u64, u64> = HashMap::new();
     let mut seq = 0;
     let mut cookie = 0;
-    while Instant::now() < until {
+    while seq < MIN_WRITES || Instant::now() < until {
         // A run of 1..8 of our blocks, with FUA or followed by FLUSH.
         let n = 1 + rng.below(8);
         let first = t * OWN + rng.below(OWN - n + 1);
@@ -186,12 +190,18 @@ fn soak_memory() {
     assert!(srv.stop().success());
 }
 
-#[test]
-fn soak_file_then_restart() {
+/// A sparse image of the soak's size in a fresh directory, and the server
+/// arguments that serve it.
+fn disk_image() -> (TempDir, [OsString; 2]) {
     let dir = TempDir::new();
     let img = dir.join("disk.img");
-    std::fs::File::create(&img).unwrap().set_len(SIZE).unwrap();
-    let args = [OsStr::new("file"), img.as_os_str()];
+    common::sparse_file(&img, SIZE);
+    (dir, ["file".into(), img.into()])
+}
+
+#[test]
+fn soak_file_then_restart() {
+    let (_dir, args) = disk_image();
     let srv = Server::start(&args);
     let acked = soak(&srv);
     assert!(srv.stop().success());
@@ -202,10 +212,7 @@ fn soak_file_then_restart() {
 
 #[test]
 fn a_killed_server_loses_nothing_flushed() {
-    let dir = TempDir::new();
-    let img = dir.join("disk.img");
-    std::fs::File::create(&img).unwrap().set_len(SIZE).unwrap();
-    let args = [OsStr::new("file"), img.as_os_str()];
+    let (_dir, args) = disk_image();
     let mut srv = Server::start(&args);
     let (mut c, _, _) = Client::ready(&srv.sock, true, false, false);
     let mut rng = Rng(42);

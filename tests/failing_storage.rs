@@ -10,17 +10,13 @@ mod common;
 mod wire;
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Server, TempDir};
+use common::{LoopDevice, Server, TempDir, is_root, sparse_file};
 use wire::*;
 
 const KIB: u64 = 1024;
-
-fn is_root() -> bool {
-    common::proc_status(std::process::id() as i32, "Uid") == 0
-}
 
 /// Prints a loud SKIP line. Not a failure even in CI: mounting and loop
 /// devices are privileges of the machine (a container may refuse them to
@@ -29,30 +25,43 @@ fn skip(why: &str) {
     eprintln!("\n*** SKIP: {why}; this test did not run ***\n");
 }
 
-/// A tmpfs mounted on a directory, unmounted on drop.
-struct Mount(PathBuf);
+/// A tmpfs mounted on a fresh directory, unmounted (then the directory
+/// removed) on drop.
+struct Mount {
+    at: PathBuf,
+    _dir: TempDir,
+}
 
 impl Mount {
-    fn tmpfs(dir: &Path, options: &str) -> Option<Mount> {
+    /// A tmpfs with mount `options` (e.g. `size=1m`), or None (and a SKIP line)
+    /// where this machine cannot mount one.
+    fn tmpfs(options: &str) -> Option<Mount> {
         if !is_root() {
             skip("mounting a tmpfs needs root");
             return None;
         }
+        let dir = TempDir::new();
+        let at = dir.join("mnt");
+        std::fs::create_dir(&at).unwrap();
         let st = Command::new("mount")
             .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(dir)
+            .arg(&at)
             .status();
         if !st.is_ok_and(|s| s.success()) {
             skip("mount -t tmpfs failed");
             return None;
         }
-        Some(Mount(dir.to_path_buf()))
+        Some(Mount { at, _dir: dir })
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.at.join(name)
     }
 
     fn remount(&self, options: &str) {
         let st = Command::new("mount")
             .args(["-o", &format!("remount,{options}")])
-            .arg(&self.0)
+            .arg(&self.at)
             .status()
             .expect("mount");
         assert!(st.success(), "remount {options}");
@@ -61,51 +70,21 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
     }
-}
-
-/// A loop device over a file, detached on drop.
-struct Loop(String);
-
-impl Loop {
-    fn new(img: &Path) -> Option<Loop> {
-        let out = Command::new("losetup")
-            .args(["-f", "--show"])
-            .arg(img)
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| Loop(String::from_utf8_lossy(&out.stdout).trim().to_string()))
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
-}
-
-fn sparse(path: &Path, size: u64) {
-    std::fs::File::create(path).unwrap().set_len(size).unwrap();
 }
 
 #[test]
 fn a_full_filesystem_gives_enospc_and_the_connection_stays_up() {
-    let dir = TempDir::new();
-    let mnt = dir.join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let Some(_mount) = Mount::tmpfs(&mnt, "size=1m") else {
+    let Some(mnt) = Mount::tmpfs("size=1m") else {
         return;
     };
     // An 8 MiB sparse file on a 1 MiB filesystem.
     let img = mnt.join("disk.img");
-    sparse(&img, 8 << 20);
+    sparse_file(&img, 8 << 20);
     let mut srv = Server::start(&[OsStr::new("file"), img.as_os_str()]);
     for (sr, eh) in [(false, false), (true, false), (false, true)] {
-        std::fs::File::create(&img).unwrap(); // empty: all space back
-        sparse(&img, 8 << 20);
+        sparse_file(&img, 8 << 20); // truncated first: all space back
         let (mut c, _, _) = Client::ready(&srv.sock, sr, eh, false);
         let chunk = vec![0x5a; 64 * KIB as usize];
         let mut written = 0;
@@ -151,17 +130,14 @@ fn a_failing_flush_is_eio_and_the_connection_stays_up() {
     if !common::have(&["losetup"]) {
         return;
     }
-    let dir = TempDir::new();
-    let mnt = dir.join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let Some(_mount) = Mount::tmpfs(&mnt, "size=1m") else {
+    let Some(mnt) = Mount::tmpfs("size=1m") else {
         return;
     };
     // A 4 MiB loop device over a file on a 1 MiB tmpfs: writes land in the page
     // cache; writeback then fails, and fdatasync says so.
     let img = mnt.join("backing.img");
-    sparse(&img, 4 << 20);
-    let Some(dev) = Loop::new(&img) else {
+    sparse_file(&img, 4 << 20);
+    let Some(dev) = LoopDevice::new(&img, None) else {
         return skip("losetup failed (no loop devices?)");
     };
     let srv = Server::start(&["file", &dev.0]);
@@ -185,15 +161,12 @@ fn a_failing_flush_is_eio_and_the_connection_stays_up() {
 
 #[test]
 fn a_file_that_cannot_be_written_is_served_read_only() {
-    let dir = TempDir::new();
-    let mnt = dir.join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let Some(mount) = Mount::tmpfs(&mnt, "size=1m") else {
+    let Some(mnt) = Mount::tmpfs("size=1m") else {
         return;
     };
     let img = mnt.join("disk.img");
     std::fs::write(&img, vec![0x42; 64 * KIB as usize]).unwrap();
-    mount.remount("ro");
+    mnt.remount("ro");
     // Without -r, as nbdkit's file plugin does: read-only, with a warning.
     let srv = Server::start(&[OsStr::new("file"), img.as_os_str()]);
     assert!(
@@ -248,6 +221,7 @@ fn a_failing_log_costs_lines_not_the_server() {
             dir,
             sock,
             pidfile,
+            port: None,
         };
         common::wait_until(10, "the pidfile", || srv.pidfile.exists() || !srv.alive());
         // Clients that make the server log at every level.

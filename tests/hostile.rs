@@ -83,7 +83,6 @@ fn option_length_beyond_what_the_option_needs() {
         // 20 clients per class, each leaving with the data unsent.
         for _ in 0..20 {
             let mut c = Client::start(&srv.sock);
-            c.s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
             let mut hdr = IHAVEOPT.to_be_bytes().to_vec();
             hdr.extend_from_slice(&opt.to_be_bytes());
             hdr.extend_from_slice(&len.to_be_bytes());
@@ -301,42 +300,34 @@ fn reset(s: TcpStream) {
     drop(s);
 }
 
+/// The server still answers a fresh client over TCP.
+#[track_caller]
+fn alive_and_serving_tcp(srv: &mut Server) {
+    assert!(srv.alive(), "the server died: {}", srv.log_text());
+    let mut s = tcp_client(srv.tcp_port());
+    s.write_all(&request_bytes(false, 0, CMD_READ, 1, 0, 512))
+        .unwrap();
+    let mut r = [0u8; 16 + 512];
+    s.read_exact(&mut r).unwrap();
+    assert_eq!((u32_at(&r, 0), u32_at(&r, 4)), (SIMPLE, 0), "READ reply");
+}
+
 /// A client that resets the connection while 100 replies are queued for it.
 #[test]
 fn reset_with_a_hundred_replies_queued() {
-    let port = common::free_port();
-    let dir = common::TempDir::new();
-    let (sock, pidfile, log) = (dir.join("sock"), dir.join("pid"), dir.join("log"));
-    let mut cmd = std::process::Command::new(common::bin());
-    cmd.args(["-f", "-v", "-i", "127.0.0.1", "-p", &port.to_string(), "-U"])
-        .arg(&sock)
-        .arg("-P")
-        .arg(&pidfile)
-        .args(["memory", "64M"]);
-    let mut srv = Server::spawn(cmd, dir, sock, pidfile, log);
+    let mut srv = Server::start_tcp(&["-v", "memory", "64M"]);
     for len in [512u64, 1 << 20] {
-        let mut s = tcp_client(port);
-        let mut batch = Vec::new();
-        for i in 0..100u64 {
-            batch.extend(request_bytes(
-                false,
-                0,
-                CMD_READ,
-                i,
-                i * len % (64 << 20),
-                len,
-            ));
-        }
-        s.write_all(&batch).unwrap();
+        let mut s = tcp_client(srv.tcp_port());
+        s.write_all(&read_batch(100, len, 64 << 20)).unwrap();
         // The first reply is back: the rest are queued or on their way.
         let mut h = [0u8; 16];
         s.read_exact(&mut h).unwrap();
         reset(s);
-        alive_and_serving(&mut srv);
+        alive_and_serving_tcp(&mut srv);
     }
     // Each reset is met as an error on that connection alone.
-    common::wait_until(5, "both resets to be seen", || {
+    common::wait_until(10, "both resets to be seen", || {
         srv.log_text().matches("reset by peer").count() >= 2
     });
-    alive_and_serving(&mut srv);
+    alive_and_serving_tcp(&mut srv);
 }

@@ -10,16 +10,14 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Server, TempDir, bin, have, run, run_ok, wait_exit, wait_until};
+use common::{
+    PidGuard, Server, TempDir, bin, have, nbdlite_in, pid_alive, qemu_io, rss_kib, run_ok,
+    wait_exit, wait_until,
+};
 
 /// Runs nbdlite to completion; (exit code, stdout, stderr).
 fn nbdlite(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = run(Command::new(bin()).args(args), 30);
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    nbdlite_in(&std::env::temp_dir(), args)
 }
 
 #[test]
@@ -83,23 +81,6 @@ fn help_and_version() {
     assert_eq!(out, format!("nbdlite {}\n", env!("CARGO_PKG_VERSION")));
 }
 
-/// Kills the daemon named by a pidfile when dropped.
-struct Daemon(std::path::PathBuf);
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(pid) = fs::read_to_string(&self.0) {
-            let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
-        }
-    }
-}
-
-fn alive(pid: &str) -> bool {
-    fs::metadata(format!("/proc/{pid}")).is_ok()
-        && !fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
-}
-
 #[test]
 fn background_mode() {
     if !have(&["qemu-io"]) {
@@ -108,48 +89,32 @@ fn background_mode() {
     let dir = TempDir::new();
     fs::write(dir.join("disk.img"), vec![0x33u8; 1 << 20]).unwrap();
     let (sock, pidfile) = (dir.join("s"), dir.join("pid"));
-    let _guard = Daemon(pidfile.clone());
+    let _guard = PidGuard(pidfile.clone());
     // A relative file path, resolved before the daemon moves to /.
-    let out = run(
-        Command::new(bin()).current_dir(dir.path()).args([
+    let (code, _, err) = nbdlite_in(
+        dir.path(),
+        &[
             "-U",
             sock.to_str().unwrap(),
             "-P",
             pidfile.to_str().unwrap(),
             "file",
             "disk.img",
-        ]),
-        30,
+        ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(code, Some(0), "{err}");
     // Ready the moment the parent returns.
     let pid = fs::read_to_string(&pidfile).expect("pidfile written before the parent exits");
     let pid = pid.trim().to_string();
-    assert!(alive(&pid));
+    assert!(pid_alive(&pid));
     assert_ne!(pid, std::process::id().to_string());
     let cwd = fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
     assert_eq!(cwd, std::path::Path::new("/"));
     let uri = format!("nbd+unix:///?socket={}", sock.display());
-    let io = run_ok(
-        Command::new("qemu-io").args([
-            "-f",
-            "raw",
-            &uri,
-            "-c",
-            "read -P 0x33 0 1M",
-            "-c",
-            "write -P 4 0 4k",
-        ]),
-        30,
-    );
-    assert!(!io.contains("failed"), "{io}");
+    qemu_io(&uri, &["read -P 0x33 0 1M", "write -P 4 0 4k"]);
     assert_eq!(fs::read(dir.join("disk.img")).unwrap()[..4096], [4u8; 4096]);
     run_ok(Command::new("kill").arg(&pid), 10);
-    wait_until(10, "the daemon to exit", || !alive(&pid));
+    wait_until(10, "the daemon to exit", || !pid_alive(&pid));
     assert!(
         !sock.exists() && !pidfile.exists(),
         "socket and pidfile removed"
@@ -243,15 +208,32 @@ fn a_client_that_vanishes_mid_reply_does_not_kill_the_server() {
 
 #[test]
 fn idle_timeout() {
-    // Nobody connects: gone soon after the timeout, with status 0.
-    let mut srv = Server::start(&["--idle-timeout", "0.3", "memory", "1M"]);
-    let st = wait_exit(&mut srv.child, 10).expect("idle exit");
-    assert!(st.success());
-    assert!(!srv.sock.exists() && !srv.pidfile.exists());
-    // A connected client keeps it alive; its departure starts the clock.
-    let mut srv = Server::start(&["--idle-timeout", "0.3", "memory", "1M"]);
+    // Nobody connects: gone soon after the timeout, with status 0. Run to the
+    // end (waiting for the pidfile could miss a server this quick).
+    let dir = TempDir::new();
+    let (sock, pidfile) = (dir.join("s"), dir.join("pid"));
+    let (code, _, err) = nbdlite_in(
+        dir.path(),
+        &[
+            "-f",
+            "-U",
+            "s",
+            "-P",
+            "pid",
+            "--idle-timeout",
+            "0.3",
+            "memory",
+            "1M",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!sock.exists() && !pidfile.exists());
+    // A connected client keeps it alive; its departure starts the clock. The
+    // client must connect before the clock started at start-up runs out: the
+    // timeout leaves a loaded machine time for that.
+    let mut srv = Server::start(&["--idle-timeout", "2", "memory", "1M"]);
     let (c, _, _) = wire::Client::ready(&srv.sock, false, false, false);
-    std::thread::sleep(Duration::from_millis(700)); // deliberately past the timeout
+    std::thread::sleep(Duration::from_millis(2500)); // deliberately past the timeout
     assert!(srv.alive(), "exited with a client connected");
     drop(c);
     assert!(
@@ -313,7 +295,7 @@ fn abstract_notify_socket() {
 fn exit_with_parent() {
     let dir = TempDir::new();
     let (sock, pidfile) = (dir.join("s"), dir.join("pid"));
-    let _guard = Daemon(pidfile.clone());
+    let _guard = PidGuard(pidfile.clone());
     // The parent: a shell that starts nbdlite, then waits to be killed.
     let script = format!(
         "{} --exit-with-parent -U {} -P {} memory 1M & while :; do sleep 1; done",
@@ -331,7 +313,7 @@ fn exit_with_parent() {
     let pid = fs::read_to_string(&pidfile).unwrap().trim().to_string();
     parent.kill().unwrap();
     parent.wait().unwrap();
-    wait_until(10, "nbdlite to follow its parent", || !alive(&pid));
+    wait_until(10, "nbdlite to follow its parent", || !pid_alive(&pid));
 }
 
 #[test]
@@ -371,13 +353,6 @@ fn single_mode_over_a_pair_of_pipes() {
     assert!(wait_exit(&mut child, 10).expect("exit").success());
 }
 
-/// VmRSS of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[test]
 fn a_gibibyte_of_ram_costs_nothing_until_written() {
     let srv = Server::start(&["memory", "1G"]);
@@ -385,7 +360,7 @@ fn a_gibibyte_of_ram_costs_nothing_until_written() {
     let clients: Vec<_> = (0..50)
         .map(|_| wire::Client::ready(&srv.sock, true, false, false).0)
         .collect();
-    let rss = rss_kib(srv.child.id());
+    let rss = rss_kib(srv.pid());
     assert!(rss < 4096, "RSS {rss} KiB before any write");
     drop(clients);
 }

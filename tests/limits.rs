@@ -19,7 +19,8 @@ const MIB: u64 = 1 << 20;
 /// conn.rs: the unsent output above which a connection's requests are not read.
 const OUT_LIMIT_KIB: u64 = 64 << 10;
 
-/// Reads `n` MiB in 1 MiB requests, pipelined 8 deep; returns MiB/s.
+/// Reads `n` MiB in 1 MiB requests, pipelined 8 deep, each of which must
+/// succeed (within the client's read timeout); returns MiB/s, to print.
 fn read_speed(c: &mut Client, n: u64) -> f64 {
     let start = Instant::now();
     let mut sent = 0;
@@ -40,10 +41,7 @@ fn read_speed(c: &mut Client, n: u64) -> f64 {
 fn a_client_that_never_reads_costs_at_most_the_output_limit() {
     let dir = TempDir::new();
     let img = dir.join("disk.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(64 * MIB)
-        .unwrap();
+    common::sparse_file(&img, 64 * MIB);
     // The file backend copies every read into the output queue (memory lends its pages).
     let srv = Server::start(&[std::ffi::OsStr::new("file"), img.as_os_str()]);
     let (mut other, _, _) = Client::ready(&srv.sock, false, false, false);
@@ -53,13 +51,12 @@ fn a_client_that_never_reads_costs_at_most_the_output_limit() {
     // Requests for 1 MiB reads, sent until the server stops taking them: with
     // nothing read, each costs a megabyte of output until the limit is reached.
     let (mut hog, _, _) = Client::ready(&srv.sock, false, false, false);
+    // A write that blocks this long: the server has stopped reading (a loaded
+    // machine may only make it conclude so late, never wrongly).
     hog.s
-        .set_write_timeout(Some(Duration::from_millis(300)))
+        .set_write_timeout(Some(Duration::from_secs(1)))
         .unwrap();
-    let mut batch = Vec::new();
-    for i in 0..1024u64 {
-        batch.extend(request_bytes(false, 0, CMD_READ, i, (i % 64) * MIB, MIB));
-    }
+    let batch = read_batch(1024, MIB, 64 * MIB);
     let mut sent = 0u64;
     let stopped = loop {
         match hog.s.write_all(&batch) {
@@ -84,14 +81,11 @@ fn a_client_that_never_reads_costs_at_most_the_output_limit() {
         "RSS grew from {base} to {hog_rss} KiB"
     );
 
-    // Meanwhile another client is served as fast as before.
+    // Meanwhile another client is served: every one of its reads completes (a
+    // stalled loop would fail it at the client's 10 s read timeout). Its speed
+    // is measured, not asserted: on a shared machine it says little.
     let with_hog = read_speed(&mut other, 64);
     eprintln!("another client reads at {alone:.0} MiB/s alone, {with_hog:.0} MiB/s beside it");
-    // Generous: CI machines are shared; a stalled loop would read at ~0.
-    assert!(
-        with_hog > alone / 10.0,
-        "{with_hog:.0} MiB/s beside the hog, {alone:.0} alone"
-    );
     common::wait_until(5, "RSS to stay put", || {
         rss_kib(srv.pid()) < base + OUT_LIMIT_KIB + 8 * 1024
     });
@@ -148,7 +142,10 @@ fn a_thousand_silent_clients_do_not_delay_a_new_one() {
     assert_eq!(c.read(0, 0, 5).unwrap(), b"hello");
     let took = start.elapsed();
     eprintln!("handshake, write and read beside {n} silent clients: {took:?}");
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    // The fault this catches: the new client served only after the silent ones
+    // time out (the 10 s handshake timeout). Far from 10 s, far above what a
+    // loaded machine needs.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
     drop(silent);
 }
 
@@ -161,8 +158,8 @@ fn a_stalled_handshake_is_dropped_after_the_timeout() {
     let mut silent = Client::connect_raw(&srv.sock);
     let mut stalled = Client::start(&srv.sock);
     stalled.send(&IHAVEOPT.to_be_bytes()); // half an option header, then nothing
-    assert!(stalled.closed_by_peer(5), "a stalled client is dropped");
-    assert!(silent.closed_by_peer(5), "a silent client is dropped");
+    assert!(stalled.closed_by_peer(10), "a stalled client is dropped");
+    assert!(silent.closed_by_peer(10), "a silent client is dropped");
     let took = start.elapsed();
     assert!(took >= Duration::from_millis(900), "dropped after {took:?}");
     assert_eq!(done.write(0, b"still here"), 0);
@@ -172,13 +169,22 @@ fn a_stalled_handshake_is_dropped_after_the_timeout() {
         "a log line names the connection: {log}"
     );
     // With nobody negotiating, the server sleeps: no wake-ups for deadlines.
+    // It may still wake to let its buffer pool go (a second after its last
+    // use, later on a loaded machine), so one quiet second of the next five
+    // will do; a server woken for deadlines has none.
     let pid = srv.pid();
-    let quiet = || proc_status(pid, "voluntary_ctxt_switches");
-    std::thread::sleep(Duration::from_millis(1200)); // lets the buffer pool linger out
-    let before = quiet();
-    std::thread::sleep(Duration::from_millis(1000));
-    let woke = quiet() - before;
-    assert!(woke <= 2, "an idle server woke {woke} times in a second");
+    let wakeups = || proc_status(pid, "voluntary_ctxt_switches");
+    let mut woke = Vec::new();
+    let quiet = (0..5).any(|_| {
+        let before = wakeups();
+        std::thread::sleep(Duration::from_secs(1)); // deliberately: wake-ups in a second
+        woke.push(wakeups() - before);
+        woke.last() <= Some(&2)
+    });
+    assert!(
+        quiet,
+        "an idle server woke {woke:?} times in successive seconds"
+    );
     still_serves(&srv.sock);
 }
 
@@ -219,20 +225,11 @@ fn connections_beyond_the_limit_are_closed_at_once() {
 /// `nbdlite -f -U … -P … EXTRA memory 1M` started with the descriptor limits
 /// `soft:hard` (prlimit's --nofile syntax).
 fn under_prlimit(nofile: &str, extra: &[&str]) -> Server {
-    let dir = TempDir::new();
-    let (sock, pidfile, log) = (dir.join("sock"), dir.join("pid"), dir.join("log"));
     let mut cmd = Command::new("prlimit");
     cmd.arg(format!("--nofile={nofile}"))
         .arg("--")
-        .arg(common::bin())
-        .arg("-f")
-        .arg("-U")
-        .arg(&sock)
-        .arg("-P")
-        .arg(&pidfile)
-        .args(extra)
-        .args(["memory", "1M"]);
-    Server::spawn(cmd, dir, sock, pidfile, log)
+        .arg(common::bin());
+    Server::start_with(cmd, &[extra, &["memory", "1M"]].concat())
 }
 
 /// A server under `prlimit --nofile=64` meets 100 clients: it must neither spin
@@ -247,7 +244,7 @@ fn under_low_fd_limit(extra: &[&str], expect_in_log: &str) {
         .collect();
     wait_until(5, expect_in_log, || srv.log_text().contains(expect_in_log));
     let before = cpu_ticks(srv.pid());
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_secs(1)); // deliberately: CPU used in a second
     let used = cpu_ticks(srv.pid()) - before;
     eprintln!("{extra:?}: {used} ticks of CPU in a second with 100 clients and 64 fds");
     assert!(

@@ -7,44 +7,15 @@ mod common;
 mod wire;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::{
-    PidGuard, Reap, Server, TempDir, bin, have, run, run_ok, system_path, wait_exit, wait_until,
+    PidGuard, Reap, Server, TempDir, bin, first_line, have, is_root, nbdlite_in, pid_alive,
+    qemu_img, qemu_io, run_ok, socket_activate, wait_exit, wait_until,
 };
-
-/// Runs nbdlite to completion in `dir`; (exit code, stdout, stderr).
-fn nbdlite_in(dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = run(
-        Command::new(bin())
-            .args(args)
-            .current_dir(dir)
-            .env("PATH", system_path()),
-        60,
-    );
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn is_root() -> bool {
-    run_ok(Command::new("id").arg("-u"), 5).trim() == "0"
-}
-
-fn alive(pid: &str) -> bool {
-    // A zombie has exited: only a live process has a non-Z state.
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit(')')
-            .next()
-            .is_some_and(|r| !r.trim_start().starts_with('Z'))
-    })
-}
 
 #[test]
 fn run_sets_every_variable_in_the_environment_and_the_command() {
@@ -124,13 +95,9 @@ fn captive_examples_work_as_written() {
         ],
     );
     assert_eq!(code, Some(0), "{out}{err}");
-    run_ok(
-        Command::new("qemu-img")
-            .args(["compare", "-f", "raw", "-F", "qcow2"])
-            .arg(&img)
-            .arg(dir.join("disk.qcow2")),
-        30,
-    );
+    let qcow2 = dir.join("disk.qcow2");
+    let (img, qcow2) = (img.to_str().unwrap(), qcow2.to_str().unwrap());
+    qemu_img(&["compare", "-f", "raw", "-F", "qcow2", img, qcow2]);
 }
 
 #[test]
@@ -144,11 +111,8 @@ fn private_socket_is_removed_after_a_signal() {
             .spawn()
             .unwrap(),
     );
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let sock = line.trim().split_once("?socket=").expect("a Unix URI").1;
+    let line = first_line(child.0.stdout.take().unwrap(), 10).expect("the URI");
+    let sock = line.split_once("?socket=").expect("a Unix URI").1;
     let sock = Path::new(sock).to_path_buf();
     assert!(sock.exists(), "{line}");
     wire::still_serves(&sock);
@@ -182,33 +146,29 @@ fn print_uri_before_forking() {
     let pid = fs::read_to_string(&pidfile).unwrap().trim().to_string();
     wire::still_serves(&sock);
     run_ok(Command::new("kill").arg(&pid), 5);
-    wait_until(10, "the daemon to exit", || !alive(&pid));
+    wait_until(10, "the daemon to exit", || !pid_alive(&pid));
 
     // TCP: the port actually bound.
-    let mut child = Command::new(bin())
-        .args([
-            "-f",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            "0",
-            "-e",
-            "x y",
-            "--print-uri",
-        ])
-        .args(["memory", "1M"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    let mut child = Reap(
+        Command::new(bin())
+            .args([
+                "-f",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                "0",
+                "-e",
+                "x y",
+                "--print-uri",
+            ])
+            .args(["memory", "1M"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let line = first_line(child.0.stdout.take().unwrap(), 10).expect("the URI");
     let rest = line
-        .trim()
         .strip_prefix("nbd://127.0.0.1:")
         .unwrap_or_else(|| panic!("{line}"));
     let (port, name) = rest.split_once('/').unwrap();
@@ -289,20 +249,10 @@ fn single_on_regular_files() {
 }
 
 /// `systemd-socket-activate --inetd FLAGS -l SOCK nbdlite -s memory 1M`, once
-/// its socket exists; and the socket's URI.
+/// its socket listens; and the socket's URI.
 fn inetd(sock: &Path, flags: &[&str]) -> (Reap, String) {
-    let sa = Reap(
-        Command::new("systemd-socket-activate")
-            .arg("--inetd")
-            .args(flags)
-            .arg("-l")
-            .arg(sock)
-            .args([bin(), "-s", "memory", "1M"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until(10, "the socket", || sock.exists());
+    let flags = [&["--inetd"], flags].concat();
+    let sa = socket_activate(sock, &flags, &[bin(), "-s", "memory", "1M"]);
     (sa, format!("nbd+unix:///?socket={}", sock.display()))
 }
 
@@ -316,22 +266,13 @@ fn single_under_an_inetd() {
     }
     let dir = TempDir::new();
     let (sa, uri) = inetd(&dir.join("s"), &["--accept"]);
-    let io = |cmd: &str| {
-        run_ok(
-            Command::new("qemu-io").args(["-f", "raw", &uri, "-c", cmd]),
-            30,
-        )
-    };
-    assert!(!io("write -P 0x55 0 4k").contains("failed"));
+    qemu_io(&uri, &["write -P 0x55 0 4k"]);
     // A fresh process, a fresh RAM disk.
-    assert!(!io("read -P 0 0 4k").contains("failed"));
+    qemu_io(&uri, &["read -P 0 0 4k"]);
     drop(sa);
 
     let (mut sa, uri) = inetd(&dir.join("t"), &[]);
-    run_ok(
-        Command::new("qemu-io").args(["-f", "raw", &uri, "-c", "read 0 4k"]),
-        30,
-    );
+    qemu_io(&uri, &["read 0 4k"]);
     let st = wait_exit(&mut sa.0, 10).expect("nbdlite exits after its one client");
     assert!(st.success(), "{st}");
 }
@@ -491,7 +432,7 @@ fn logging_destinations_and_levels() {
         fs::read_to_string(dir.join("err")).is_ok_and(|l| l.contains("warning: conn 1: "))
     });
     run_ok(Command::new("kill").arg(&pid), 5);
-    wait_until(10, "the daemon to exit", || !alive(&pid));
+    wait_until(10, "the daemon to exit", || !pid_alive(&pid));
 }
 
 #[test]

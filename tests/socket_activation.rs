@@ -14,11 +14,14 @@ use std::io::Read;
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{TempDir, bin, have, run, run_ok, wait_exit, wait_until};
+use common::{
+    TempDir, bin, cpu_ticks, have, nbdinfo, nbdsh, qemu_io, run, run_ok, socket_activate,
+    wait_exit, wait_until,
+};
 
 /// An activated server; killed and reaped on drop.
 struct Activated {
@@ -32,8 +35,8 @@ impl Activated {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn pid(&self) -> u32 {
-        self.child.id()
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
     }
 
     /// Waits for the pidfile (the server is serving), or panics if it died.
@@ -49,6 +52,13 @@ impl Activated {
             }
             pidfile.exists()
         });
+    }
+
+    /// The server's log says `what`.
+    #[track_caller]
+    fn assert_logged(&self, what: &str) {
+        let log = self.log_text();
+        assert!(log.contains(what), "no {what:?} in the log: {log}");
     }
 
     #[track_caller]
@@ -145,11 +155,7 @@ fn the_seed_test_and_a_full_session() {
     assert_eq!(size, 1 << 20);
     assert_eq!(c.write(4096, b"activated"), 0);
     assert_eq!(c.read(0, 4096, 9).unwrap(), b"activated");
-    assert!(
-        srv.log_text().contains("socket activation: 1 fd(s)"),
-        "{}",
-        srv.log_text()
-    );
+    srv.assert_logged("socket activation: 1 fd(s)");
     // FD_CLOEXEC on the inherited fd, and LISTEN_* gone from the environment.
     let fdinfo = fs::read_to_string(format!("/proc/{}/fdinfo/3", srv.pid())).unwrap();
     let flags = fdinfo
@@ -165,7 +171,7 @@ fn the_seed_test_and_a_full_session() {
         .trim()
         .parse()
         .unwrap();
-    assert_eq!(written, srv.pid());
+    assert_eq!(written, srv.pid() as u32);
 }
 
 #[test]
@@ -203,20 +209,8 @@ fn unix_and_tcp_in_one_process() {
     c.go(b"");
     assert_eq!(c.write(0, b"both"), 0);
     if have(&["qemu-io"]) {
-        let out = run_ok(
-            Command::new("qemu-io").args([
-                "-f",
-                "raw",
-                &format!("nbd://127.0.0.1:{port}"),
-                "-c",
-                "read -P 0x62 0 1",
-            ]),
-            30,
-        );
-        assert!(
-            !out.contains("failed"),
-            "a write on the Unix socket is read over TCP: {out}"
-        );
+        // A write on the Unix socket is read over TCP.
+        qemu_io(&format!("nbd://127.0.0.1:{port}"), &["read -P 0x62 0 1"]);
     }
 }
 
@@ -244,50 +238,38 @@ fn flags_that_choose_sockets_are_refused() {
     }
 }
 
+/// A server given a socket at fd 3 but LISTEN_* variables that are not for it
+/// (LISTEN_FDS = `fds`, LISTEN_PID = `pid` or its own), run as
+/// `-U DIR/own.sock ARGS memory 1M`; and the path of that socket.
+fn not_activated(
+    dir: &TempDir,
+    fds: &str,
+    pid: Option<&str>,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (Activated, PathBuf) {
+    let (l, _) = unix_listener(dir);
+    let own = dir.join("own.sock");
+    let all = [&["-U", own.to_str().unwrap()], args, &["memory", "1M"]].concat();
+    (activate(dir, stdio_of(l), None, fds, pid, env, &all), own)
+}
+
 #[test]
 fn variables_for_another_process_are_ignored() {
     let dir = TempDir::new();
-    let (l, _) = unix_listener(&dir);
-    let own = dir.join("own.sock");
-    let own_s = own.to_str().unwrap();
     // LISTEN_PID=1 is not us: a warning, then -U works as if nothing was set.
-    let mut srv = activate(
-        &dir,
-        stdio_of(l),
-        None,
-        "1",
-        Some("1"),
-        &[],
-        &["-f", "-U", own_s, "memory", "1M"],
-    );
+    let (mut srv, own) = not_activated(&dir, "1", Some("1"), &[], &["-f"]);
     srv.wait_serving();
-    assert!(
-        srv.log_text()
-            .contains("warning: LISTEN_PID=1 was not for us"),
-        "{}",
-        srv.log_text()
-    );
+    srv.assert_logged("warning: LISTEN_PID=1 was not for us");
     let mut c = wire::Client::start(&own);
     c.go(b"");
     for bad in ["x", "0", "-1"] {
         let dir = TempDir::new();
-        let (l, _) = unix_listener(&dir);
-        let own = dir.join("own.sock");
-        let mut srv = activate(
-            &dir,
-            stdio_of(l),
-            None,
-            bad,
-            None,
-            &[],
-            &["-f", "-U", own.to_str().unwrap(), "memory", "1M"],
-        );
+        let (mut srv, _) = not_activated(&dir, bad, None, &[], &["-f"]);
         srv.wait_serving();
-        assert!(
-            srv.log_text().contains("malformed LISTEN_FDS"),
-            "{bad}: {}",
-            srv.log_text()
-        );
+        srv.assert_logged(&format!(
+            "malformed LISTEN_FDS environment variable '{bad}'"
+        ));
     }
 }
 
@@ -296,19 +278,10 @@ fn no_child_inherits_the_variables() {
     // Activation forbids --run, so look at a --run child of a server whose
     // LISTEN_PID was not its own: the variables are gone all the same.
     let dir = TempDir::new();
-    let (l, _) = unix_listener(&dir);
     let out = dir.join("env");
     let run = format!("env > {}", out.display());
-    let own = dir.join("own.sock");
-    let mut srv = activate(
-        &dir,
-        stdio_of(l),
-        None,
-        "1",
-        Some("1"),
-        &[("LISTEN_FDNAMES", "nbd"), ("NOTIFY_SOCKET", "/nonexistent")],
-        &["-U", own.to_str().unwrap(), "--run", &run, "memory", "1M"],
-    );
+    let env = [("LISTEN_FDNAMES", "nbd"), ("NOTIFY_SOCKET", "/nonexistent")];
+    let (mut srv, _) = not_activated(&dir, "1", Some("1"), &env, &["--run", &run]);
     assert!(srv.exit_status(10).success(), "{}", srv.log_text());
     let env = fs::read_to_string(&out).unwrap();
     for v in [
@@ -339,32 +312,12 @@ fn broken_inheritance_is_fatal_and_never_spins() {
     let null = fs::File::open("/dev/null").unwrap();
     let mut srv = activate_one(&dir, Stdio::from(null), &["memory", "1M"]);
     assert_eq!(srv.exit_status(10).code(), Some(1));
-    assert!(
-        srv.log_text().contains("fd 3 is not a usable socket"),
-        "{}",
-        srv.log_text()
-    );
+    srv.assert_logged("fd 3 is not a usable socket");
     // fd 3 is a datagram socket.
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut srv = activate_one(&dir, stdio_of(udp), &["memory", "1M"]);
     assert_eq!(srv.exit_status(10).code(), Some(1));
-    assert!(
-        srv.log_text().contains("not a stream socket"),
-        "{}",
-        srv.log_text()
-    );
-}
-
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    srv.assert_logged("not a stream socket");
 }
 
 #[test]
@@ -420,14 +373,17 @@ fn idle_exit_leaves_the_socket_to_the_next_server() {
     let dir = TempDir::new();
     let (l, path) = unix_listener(&dir);
     let keep = l.try_clone().unwrap(); // the superserver's copy
+    // A client waiting before the server starts: connected from the first
+    // moment, so the idle clock cannot run out before it arrives.
+    let c = UnixStream::connect(&path).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut srv = activate_one(
         &dir,
         stdio_of(l),
         &["--idle-timeout", "0.5", "memory", "1M"],
     );
-    srv.wait_serving();
+    assert_eq!(&greeting(&c), b"NBDMAGIC");
     // A connected client, even an idle one, keeps it alive past the timeout.
-    let c = wire::Client::connect(&path);
     std::thread::sleep(Duration::from_millis(900)); // deliberately past the idle timeout
     assert!(
         srv.child.try_wait().unwrap().is_none(),
@@ -444,36 +400,6 @@ fn idle_exit_leaves_the_socket_to_the_next_server() {
     assert_eq!(&greeting(&late), b"NBDMAGIC");
 }
 
-/// Retries `f` until it succeeds (a superserver socket appears asynchronously).
-fn retry_ok(what: &str, mut f: impl FnMut() -> bool) {
-    wait_until(20, what, &mut f);
-}
-
-fn sa_child(args: &[&str]) -> Child {
-    Command::new("systemd-socket-activate")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("systemd-socket-activate")
-}
-
-struct Reap(Child);
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = Command::new("pkill")
-            .args(["-P", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn connects(path: &Path) -> bool {
-    UnixStream::connect(path).is_ok()
-}
-
 #[test]
 fn under_systemd_socket_activate() {
     if !have(&["systemd-socket-activate", "nbdinfo", "nbdsh"]) {
@@ -481,17 +407,9 @@ fn under_systemd_socket_activate() {
     }
     let dir = TempDir::new();
     let path = dir.join("s");
-    let p = path.to_str().unwrap();
-    let _sa = Reap(sa_child(&["-l", p, bin(), "memory", "1G"]));
-    retry_ok("the socket", || path.exists());
-    let uri = format!("nbd+unix:///?socket={p}");
-    let mut last = String::new();
-    retry_ok("nbdinfo", || {
-        let out = run(Command::new("nbdinfo").arg(&uri), 30);
-        last = String::from_utf8_lossy(&out.stdout).into_owned();
-        out.status.success()
-    });
-    assert!(last.contains("1073741824"), "{last}");
+    let _sa = socket_activate(&path, &[], &[bin(), "memory", "1G"]);
+    let out = nbdinfo(&[&format!("nbd+unix:///?socket={}", path.display())]);
+    assert!(out.contains("1073741824"), "{out}");
 }
 
 #[test]
@@ -501,25 +419,15 @@ fn under_systemd_socket_activate_accept() {
     }
     let dir = TempDir::new();
     let path = dir.join("s");
-    let p = path.to_str().unwrap();
-    let sa = Reap(sa_child(&["--accept", "-l", p, bin(), "memory", "1M"]));
-    retry_ok("the socket", || path.exists() && connects(&path));
-    let uri = format!("nbd+unix:///?socket={p}");
-    let nbdsh = |script: &str| {
-        run_ok(
-            Command::new("nbdsh")
-                .env("PATH", common::system_path())
-                .args(["-u", &uri, "-c", script]),
-            30,
-        )
-    };
+    let sa = socket_activate(&path, &["--accept"], &[bin(), "memory", "1M"]);
+    let uri = format!("nbd+unix:///?socket={}", path.display());
     // Each connection gets a fresh server: the first one's write is not seen by the second.
-    nbdsh("h.pwrite(b'first', 0)");
-    let out = nbdsh("print(bytes(h.pread(5, 0)))");
+    nbdsh(&uri, "h.pwrite(b'first', 0)");
+    let out = nbdsh(&uri, "print(bytes(h.pread(5, 0)))");
     assert!(out.contains(r"b'\x00\x00\x00\x00\x00'"), "{out}");
     // And each exits when its client leaves.
     let ppid = sa.0.id().to_string();
-    retry_ok("the per-connection servers to exit", || {
+    wait_until(20, "the per-connection servers to exit", || {
         let out = run(
             Command::new("ps").args(["-o", "pid=,stat=,comm=", "--ppid", &ppid]),
             10,
@@ -528,26 +436,28 @@ fn under_systemd_socket_activate_accept() {
     });
 }
 
+/// systemd's Accept=yes over TCP: fd 3 is one accepted TCP connection. The
+/// test is the superserver (systemd-socket-activate cannot listen on port 0,
+/// and a fixed port could be taken): it accepts one connection on a port the
+/// kernel chose and starts nbdlite with it, while qemu-io is that client.
 #[test]
 fn accept_mode_over_tcp() {
-    if !have(&["systemd-socket-activate", "qemu-io"]) {
+    if !have(&["qemu-io"]) {
         return;
     }
-    let port = common::free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let _sa = Reap(sa_child(&["--accept", "-l", &addr, bin(), "memory", "1M"]));
-    retry_ok("the TCP socket", || TcpStream::connect(&addr).is_ok());
-    let out = run_ok(
-        Command::new("qemu-io").args([
-            "-f",
-            "raw",
-            &format!("nbd://{addr}"),
-            "-c",
-            "write -P 9 0 64k",
-            "-c",
-            "read -P 9 0 64k",
-        ]),
-        30,
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let superserver = std::thread::spawn(move || {
+        let (conn, _) = l.accept().expect("accept");
+        let dir = TempDir::new();
+        let srv = activate_one(&dir, stdio_of(conn), &["memory", "1M"]);
+        (dir, srv)
+    });
+    qemu_io(
+        &format!("nbd://127.0.0.1:{port}"),
+        &["write -P 9 0 64k", "read -P 9 0 64k"],
     );
-    assert!(!out.contains("failed"), "{out}");
+    let (_dir, mut srv) = superserver.join().expect("the superserver");
+    // Its one client has gone, and so has it.
+    assert!(srv.exit_status(10).success(), "{}", srv.log_text());
 }

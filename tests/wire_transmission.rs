@@ -225,18 +225,7 @@ fn a_client_that_never_reads_does_not_stall_others() {
     let srv = Server::start(&["memory", "64M"]);
     let (mut hog, _, _) = Client::ready(&srv.sock, false, false, false);
     // 256 reads of 1 MiB, replies never read: far more than the socket buffers hold.
-    let mut batch = Vec::new();
-    for i in 0..256u64 {
-        batch.extend(request_bytes(
-            false,
-            0,
-            CMD_READ,
-            i,
-            (i % 64) << 20,
-            1 << 20,
-        ));
-    }
-    hog.send(&batch);
+    hog.send(&read_batch(256, 1 << 20, 64 << 20));
     for _ in 0..3 {
         still_serves(&srv.sock);
     }
@@ -419,35 +408,13 @@ fn shutdown_under_load_answers_every_request() {
     assert!(!srv.sock.exists());
 }
 
-/// A loop device with 4096-byte logical sectors, detached on drop. Needs root.
-struct Loop(String);
-impl Loop {
-    fn new(img: &std::path::Path) -> Option<Loop> {
-        let out = std::process::Command::new("losetup")
-            .args(["-f", "--show", "-b", "4096", img.to_str()?])
-            .output()
-            .ok()?;
-        let dev = String::from_utf8(out.stdout).ok()?.trim().to_string();
-        (out.status.success() && dev.starts_with("/dev/")).then_some(Loop(dev))
-    }
-}
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("losetup")
-            .args(["-d", &self.0])
-            .status();
-    }
-}
-
 #[test]
 fn block_device_minimum_block_size() {
     let dir = common::TempDir::new();
     let img = dir.join("blk.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(8 << 20)
-        .unwrap();
-    let Some(dev) = Loop::new(&img) else {
+    common::sparse_file(&img, 8 << 20);
+    // 4096-byte logical sectors.
+    let Some(dev) = common::LoopDevice::new(&img, Some(4096)) else {
         eprintln!(
             "\n*** SKIP: cannot set up a loop device (needs root); block-device test did not run ***\n"
         );
@@ -485,18 +452,7 @@ fn queued_reads_are_not_changed_by_later_writes() {
         assert_eq!(w.write(i << 20, &vec![0x11; 1 << 20]), 0);
     }
     let (mut hog, _, _) = Client::ready(&srv.sock, false, false, false);
-    let mut batch = Vec::new();
-    for i in 0..48u64 {
-        batch.extend(request_bytes(
-            false,
-            0,
-            CMD_READ,
-            i,
-            (i % 16) << 20,
-            1 << 20,
-        ));
-    }
-    hog.send(&batch);
+    hog.send(&read_batch(48, 1 << 20, 16 << 20));
     for i in 0..16u64 {
         assert_eq!(w.write(i << 20, &vec![0x22; 1 << 20]), 0);
         assert_eq!(w.cmd(0, CMD_TRIM, (i << 20) + 4096, 65536), 0);

@@ -7,10 +7,11 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The binary under test.
@@ -157,25 +158,34 @@ pub fn run_ok(cmd: &mut Command, secs: u64) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A server in the foreground on a private Unix socket. Dropping it kills and
-/// reaps the process, so a failed assert leaks nothing.
+/// A server in the foreground on a private Unix socket (or, from `start_tcp`,
+/// on a TCP port the kernel chose). Dropping it kills and reaps the process, so
+/// a failed assert leaks nothing.
 pub struct Server {
     pub child: Child,
     pub dir: TempDir,
+    /// The Unix socket; from `start_tcp`, a path where none was made.
     pub sock: PathBuf,
     pub pidfile: PathBuf,
     pub log: PathBuf,
+    /// The TCP port, from `start_tcp`.
+    pub port: Option<u16>,
 }
 
 impl Server {
     /// `nbdlite -f -U DIR/sock -P DIR/pid ARGS…`, ready when the pidfile appears.
     #[track_caller]
     pub fn start<S: AsRef<OsStr>>(args: &[S]) -> Server {
+        Server::start_with(Command::new(bin()), args)
+    }
+
+    /// `PROGRAM… -f -U DIR/sock -P DIR/pid ARGS…`: `start` for another server
+    /// that takes nbdkit's flags (nbdkit itself), or nbdlite behind a wrapper
+    /// (`prlimit … -- nbdlite`).
+    #[track_caller]
+    pub fn start_with<S: AsRef<OsStr>>(mut cmd: Command, args: &[S]) -> Server {
         let dir = TempDir::new();
-        let sock = dir.join("sock");
-        let pidfile = dir.join("pid");
-        let log = dir.join("log");
-        let mut cmd = Command::new(bin());
+        let (sock, pidfile, log) = (dir.join("sock"), dir.join("pid"), dir.join("log"));
         cmd.arg("-f")
             .arg("-U")
             .arg(&sock)
@@ -185,43 +195,89 @@ impl Server {
         Server::spawn(cmd, dir, sock, pidfile, log)
     }
 
+    /// `nbdlite -f -i 127.0.0.1 -p 0 --print-uri -P DIR/pid ARGS…`, on TCP
+    /// alone: the kernel picks the port as it binds (no port is chosen before,
+    /// so none can be taken in between), and the server prints
+    /// `nbd://127.0.0.1:PORT` once it listens. That line is the readiness
+    /// signal. (Given `-U` too, it would print the Unix URI instead.)
+    #[track_caller]
+    pub fn start_tcp<S: AsRef<OsStr>>(args: &[S]) -> Server {
+        let dir = TempDir::new();
+        let (sock, pidfile, log) = (dir.join("sock"), dir.join("pid"), dir.join("log"));
+        let mut cmd = Command::new(bin());
+        cmd.args(["-f", "-i", "127.0.0.1", "-p", "0", "--print-uri", "-P"])
+            .arg(&pidfile)
+            .args(args);
+        let mut s = Server::launch(cmd, dir, sock, pidfile, log, Stdio::piped());
+        let out = s.child.stdout.take().expect("piped stdout");
+        let Some(line) = first_line(out, 10) else {
+            panic!("nbdlite printed no URI within 10s: {}", s.log_text());
+        };
+        let port = line
+            .strip_prefix("nbd://127.0.0.1:")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("not a TCP URI on 127.0.0.1: {line}"));
+        s.port = Some(port);
+        s.wait_for_pidfile();
+        s
+    }
+
     /// Like `start`, with full control of the command line: the caller passes
-    /// `-P` with `pidfile_in(dir)` and whatever listening flags it wants.
+    /// `-P` with `pidfile` and whatever listening flags it wants.
     #[track_caller]
     pub fn spawn(
-        mut cmd: Command,
+        cmd: Command,
         dir: TempDir,
         sock: PathBuf,
         pidfile: PathBuf,
         log: PathBuf,
     ) -> Server {
+        let mut s = Server::launch(cmd, dir, sock, pidfile, log, Stdio::null());
+        s.wait_for_pidfile();
+        s
+    }
+
+    /// Starts the process, stderr into `log`; does not wait for anything.
+    fn launch(
+        mut cmd: Command,
+        dir: TempDir,
+        sock: PathBuf,
+        pidfile: PathBuf,
+        log: PathBuf,
+        stdout: Stdio,
+    ) -> Server {
         let err = fs::File::create(&log).expect("log file");
         let child = cmd
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(err)
             .spawn()
-            .expect("spawn nbdlite");
-        let mut s = Server {
+            .expect("spawn the server");
+        Server {
             child,
             dir,
             sock,
             pidfile,
             log,
-        };
+            port: None,
+        }
+    }
+
+    /// Bounded wait for the pidfile, written once the server is listening.
+    #[track_caller]
+    fn wait_for_pidfile(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !s.pidfile.exists() {
-            if let Ok(Some(st)) = s.child.try_wait() {
-                panic!("nbdlite exited early ({st}): {}", s.log_text());
+        while !self.pidfile.exists() {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("the server exited early ({st}): {}", self.log_text());
             }
             assert!(
                 Instant::now() < deadline,
-                "nbdlite did not write its pidfile: {}",
-                s.log_text()
+                "the server did not write its pidfile: {}",
+                self.log_text()
             );
             std::thread::sleep(Duration::from_millis(2));
         }
-        s
     }
 
     pub fn uri(&self) -> String {
@@ -230,6 +286,18 @@ impl Server {
 
     pub fn uri_export(&self, name: &str) -> String {
         format!("nbd+unix:///{name}?socket={}", self.sock.display())
+    }
+
+    /// The port of a server from `start_tcp`.
+    #[track_caller]
+    pub fn tcp_port(&self) -> u16 {
+        self.port.expect("a server from Server::start_tcp")
+    }
+
+    /// `nbd://127.0.0.1:PORT`, for a server from `start_tcp`.
+    #[track_caller]
+    pub fn tcp_uri(&self) -> String {
+        format!("nbd://127.0.0.1:{}", self.tcp_port())
     }
 
     pub fn pid(&self) -> i32 {
@@ -272,10 +340,166 @@ impl Drop for Server {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (the kernel picked it).
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
+/// The first line a child writes to `out` (without its line end), waiting at
+/// most `secs` seconds; None if it closed `out` first or took longer. The rest
+/// of its output is read and thrown away, so it never blocks on a full pipe.
+pub fn first_line(out: impl Read + Send + 'static, secs: u64) -> Option<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(out);
+        let mut line = String::new();
+        let got = r.read_line(&mut line).is_ok_and(|n| n > 0);
+        let _ = tx.send(got.then(|| line.trim_end().to_string()));
+        let _ = std::io::copy(&mut r, &mut std::io::sink());
+    });
+    rx.recv_timeout(Duration::from_secs(secs)).ok().flatten()
+}
+
+/// Runs nbdlite to completion in `dir`, with `system_path()`; (exit code,
+/// stdout, stderr).
+pub fn nbdlite_in(dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = run(
+        Command::new(bin())
+            .args(args)
+            .current_dir(dir)
+            .env("PATH", system_path()),
+        60,
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `qemu-io -f raw URI -c CMD…`, for a caller that adds options (`-r`,
+/// `--trace`: qemu-io takes them after the image too) or expects a failure.
+pub fn qemu_io_command(uri: &str, cmds: &[&str]) -> Command {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw", uri]);
+    for cmd in cmds {
+        c.args(["-c", cmd]);
+    }
+    c
+}
+
+/// qemu-io with commands that must all succeed; returns its stdout.
+#[track_caller]
+pub fn qemu_io(uri: &str, cmds: &[&str]) -> String {
+    let out = run_ok(&mut qemu_io_command(uri, cmds), 60);
+    assert!(!out.contains("failed"), "qemu-io: {out}");
+    out
+}
+
+/// `qemu-img ARGS…`, which must succeed; returns its stdout.
+#[track_caller]
+pub fn qemu_img(args: &[&str]) -> String {
+    run_ok(Command::new("qemu-img").args(args), 300)
+}
+
+/// `nbdinfo ARGS…`, which must succeed; returns its stdout.
+#[track_caller]
+pub fn nbdinfo(args: &[&str]) -> String {
+    run_ok(Command::new("nbdinfo").args(args), 60)
+}
+
+/// nbdsh, with `system_path()` so that it finds Debian's python3.
+pub fn nbdsh_command() -> Command {
+    let mut c = Command::new("nbdsh");
+    c.env("PATH", system_path());
+    c
+}
+
+/// Runs an nbdsh script against `uri` (`h` is connected, with base:allocation
+/// requested); returns stdout.
+#[track_caller]
+pub fn nbdsh(uri: &str, script: &str) -> String {
+    run_ok(
+        nbdsh_command().args(["--base-allocation", "-u", uri, "-c", script]),
+        60,
+    )
+}
+
+/// A sparse file of `size` bytes (all holes).
+pub fn sparse_file(path: &Path, size: u64) {
+    fs::File::create(path)
+        .and_then(|f| f.set_len(size))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// Whether this test runs as root (mounts and loop devices need it).
+pub fn is_root() -> bool {
+    proc_status(std::process::id() as i32, "Uid") == 0
+}
+
+/// Whether a process (by the pid a pidfile holds) is running: a zombie has
+/// exited already.
+pub fn pid_alive(pid: &str) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    })
+}
+
+/// Whether a Unix socket is bound at `path` and listening, as the kernel's
+/// table says: the signal that a superserver is ready, which a test cannot get
+/// by connecting (that would start a server, or use up a one-client one).
+pub fn unix_listening(path: &Path) -> bool {
+    const ACCEPTCON: u32 = 0x0001_0000; // "Flags": __SO_ACCEPTCON, listening
+    let want = path.as_os_str().to_string_lossy();
+    fs::read_to_string("/proc/net/unix").is_ok_and(|t| {
+        t.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 8
+                && f[7] == want
+                && u32::from_str_radix(f[3], 16).is_ok_and(|x| x & ACCEPTCON != 0)
+        })
+    })
+}
+
+/// `systemd-socket-activate FLAGS… -l SOCK SERVER…` (SERVER: a program and its
+/// arguments), once SOCK listens; killed with the servers it started on drop.
+#[track_caller]
+pub fn socket_activate(sock: &Path, flags: &[&str], server: &[&str]) -> Reap {
+    let sa = Command::new("systemd-socket-activate")
+        .args(flags)
+        .arg("-l")
+        .arg(sock)
+        .args(server)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn systemd-socket-activate");
+    let sa = Reap(sa);
+    wait_until(20, "systemd-socket-activate to listen", || {
+        unix_listening(sock)
+    });
+    sa
+}
+
+/// A loop device over a file (with `sector`-byte logical sectors if given),
+/// detached on drop. None if it cannot be set up (not root, no loop devices).
+pub struct LoopDevice(pub String);
+
+impl LoopDevice {
+    pub fn new(img: &Path, sector: Option<u32>) -> Option<LoopDevice> {
+        let mut c = Command::new("losetup");
+        c.args(["-f", "--show"]);
+        if let Some(b) = sector {
+            c.args(["-b", &b.to_string()]);
+        }
+        let out = c.arg(img).output().ok()?;
+        let dev = String::from_utf8(out.stdout).ok()?.trim().to_string();
+        (out.status.success() && dev.starts_with("/dev/")).then_some(LoopDevice(dev))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
 }
 
 /// A field of /proc/PID/status (the number before " kB" for sizes).
@@ -312,11 +536,15 @@ pub fn raise_fd_limit() -> u64 {
     nbdlite::sys::raise_nofile_limit().map_or(0, |(_, after)| after)
 }
 
-/// Kills and reaps a child when dropped, so a failed assert leaks no process.
+/// Kills and reaps a child when dropped, so a failed assert leaks no process;
+/// the child's own children first (a superserver's per-connection servers).
 pub struct Reap(pub Child);
 
 impl Drop for Reap {
     fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-P", &self.0.id().to_string()])
+            .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

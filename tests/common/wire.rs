@@ -313,30 +313,23 @@ impl Client {
                     payload,
                 }
             }
-            STRUCTURED => {
-                let h = self.recv(16);
-                let len = be32(&h[12..]) as usize;
+            STRUCTURED | EXTENDED => {
+                // Extended: a 64-bit offset, then a 64-bit length.
+                let ext = magic == EXTENDED;
+                let h = self.recv(if ext { 28 } else { 16 });
+                let (offset, len) = if ext {
+                    (be64(&h[12..]), be64(&h[20..]))
+                } else {
+                    (0, u64::from(be32(&h[12..])))
+                };
                 Reply {
                     magic,
                     flags: be16(&h),
                     kind: be16(&h[2..]),
                     cookie: be64(&h[4..]),
-                    offset: 0,
+                    offset,
                     error: 0,
-                    payload: self.recv(len),
-                }
-            }
-            EXTENDED => {
-                let h = self.recv(28);
-                let len = be64(&h[20..]) as usize;
-                Reply {
-                    magic,
-                    flags: be16(&h),
-                    kind: be16(&h[2..]),
-                    cookie: be64(&h[4..]),
-                    offset: be64(&h[12..]),
-                    error: 0,
-                    payload: self.recv(len),
+                    payload: self.recv(len as usize),
                 }
             }
             other => panic!("bad reply magic {other:#x}"),
@@ -429,6 +422,14 @@ pub fn request_bytes(
         v.extend_from_slice(&(len as u32).to_be_bytes());
     }
     v
+}
+
+/// `count` compact READ requests of `len` bytes, cookies 0, 1, 2…, at offsets
+/// `len` apart that wrap at `span`: a batch to send in one write.
+pub fn read_batch(count: u64, len: u64, span: u64) -> Vec<u8> {
+    (0..count)
+        .flat_map(|i| request_bytes(false, 0, CMD_READ, i, i * len % span, len))
+        .collect()
 }
 
 /// A fresh client can still negotiate, write and read.
