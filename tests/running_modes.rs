@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 
 use common::{
     PidGuard, Reap, Server, TempDir, bin, first_line, have, is_root, nbdlite_in, pid_alive,
-    qemu_img, qemu_io, run_ok, socket_activate, wait_exit, wait_until,
+    qemu_img, qemu_io, run, run_ok, socket_activate, wait_exit, wait_until,
 };
 
 #[test]
@@ -528,5 +528,5 @@ fn a_captive_command_is_never_left_running_on_its_own() {
     let pid = command_pid(&ready);
     kill("-KILL", srv.0.id());
     wait_exit(&mut srv.0, 10).expect("killed");
-    wait_until(10, "the command to end with nbdlite", || !alive(&pid));
+    wait_until(10, "the command to end with nbdlite", || !pid_alive(&pid));
 }
