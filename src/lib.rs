@@ -24,4 +24,5 @@ pub mod proto;
 pub mod server;
 pub mod startup;
 pub mod sys;
+pub mod tls;
 pub mod transmission;
