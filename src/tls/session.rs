@@ -75,18 +75,19 @@ impl Session {
                 }
                 Err(e) => return Err(e),
             }
-            match self.tls.read_tls(&mut Fd(fd)) {
-                Ok(_) => {}
+            let eof = match self.tls.read_tls(&mut Fd(fd)) {
+                Ok(n) => n == 0,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
-            }
+            };
             let processed = self.process();
-            // Handshake flights, a KeyUpdate answer or the alert for an error.
-            match self.flush(fd) {
-                Err(e) if e.kind() != io::ErrorKind::WouldBlock && processed.is_ok() => {
-                    return Err(e);
-                }
-                _ => processed?,
+            // Handshake flights, a KeyUpdate answer or the alert for an error;
+            // after EOF, a failure to send them says nothing new.
+            let sent = self.flush(fd);
+            processed?;
+            match sent {
+                Err(e) if !eof && e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                _ => {}
             }
         }
     }

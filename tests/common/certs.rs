@@ -47,19 +47,19 @@ pub fn make_or_skip(dir: &Path, test: &str) -> Option<Certs> {
     None
 }
 
-/// Runs openssl with `args` in `dir`; panics with its stderr if it fails.
+/// Runs `openssl ARGS` in `dir` (ARGS split at spaces: no argument here has
+/// one); panics with its stderr if it fails.
 #[track_caller]
-pub fn openssl(dir: &Path, args: &[&str]) {
+pub fn openssl(dir: &Path, args: &str) {
     let out = Command::new("openssl")
-        .args(args)
+        .args(args.split_whitespace())
         .current_dir(dir)
         .stdin(Stdio::null())
         .output()
         .expect("run openssl");
     assert!(
         out.status.success(),
-        "openssl {}: {}",
-        args.join(" "),
+        "openssl {args}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -97,60 +97,27 @@ fn ca_config(dir: &Path) -> String {
 fn key(dir: &Path, name: &str) {
     openssl(
         dir,
-        &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            name,
-        ],
+        &format!("genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out {name}"),
     );
 }
 
 /// A certificate for `key`, named `cn`, signed by the CA in `dir`, with the
 /// extensions of `section`.
-fn signed(dir: &Path, key_file: &str, cert: &str, cn: &str, section: &str) {
-    let csr = format!("{cert}.csr");
+fn signed(dir: &Path, key: &str, cert: &str, cn: &str, section: &str) {
     openssl(
         dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            key_file,
-            "-subj",
-            &format!("/CN={cn}"),
-            "-out",
-            &csr,
-        ],
+        &format!("req -new -key {key} -subj /CN={cn} -out {cert}.csr"),
     );
     openssl(
         dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca-cert.pem",
-            "-CAkey",
-            "ca-key.pem",
-            "-CAcreateserial",
-            "-days",
-            "30",
-            "-extfile",
-            "ext.cnf",
-            "-extensions",
-            section,
-            "-out",
-            cert,
-        ],
+        &format!(
+            "x509 -req -in {cert}.csr -CA ca-cert.pem -CAkey ca-key.pem -CAcreateserial \
+             -days 30 -extfile ext.cnf -extensions {section} -out {cert}"
+        ),
     );
 }
 
-/// Makes the certificates under `root` (which must exist).
+/// Makes the certificates under `root` (which must exist; its path has no spaces).
 pub fn make(root: &Path) -> Certs {
     let dir = root.join("pki");
     let selfsigned = root.join("selfsigned");
@@ -166,23 +133,8 @@ pub fn make(root: &Path) -> Certs {
     key(&dir, "ca-key.pem");
     openssl(
         &dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "ca-key.pem",
-            "-subj",
-            "/CN=nbdlite test CA",
-            "-days",
-            "30",
-            "-config",
-            "ext.cnf",
-            "-extensions",
-            "ca",
-            "-out",
-            "ca-cert.pem",
-        ],
+        "req -x509 -new -key ca-key.pem -subj /CN=nbdlite-test-CA -days 30 \
+         -config ext.cnf -extensions ca -out ca-cert.pem",
     );
     key(&dir, "server-key.pem");
     signed(
@@ -197,51 +149,30 @@ pub fn make(root: &Path) -> Certs {
         &dir,
         "client-key.pem",
         "client-cert.pem",
-        "good client",
+        "good-client",
         "client",
     );
 
     key(&revoked, "client-key.pem");
-    let revoked_key = revoked.join("client-key.pem");
-    let revoked_cert = revoked.join("client-cert.pem");
+    let r = revoked.display();
+    let revoked_cert = format!("{r}/client-cert.pem");
     signed(
         &dir,
-        revoked_key.to_str().expect("UTF-8 temp path"),
-        revoked_cert.to_str().expect("UTF-8 temp path"),
-        "revoked client",
+        &format!("{r}/client-key.pem"),
+        &revoked_cert,
+        "revoked-client",
         "client",
     );
-    openssl(
-        &dir,
-        &[
-            "ca",
-            "-config",
-            "ca.cnf",
-            "-revoke",
-            revoked_cert.to_str().unwrap(),
-        ],
-    );
-    openssl(
-        &dir,
-        &["ca", "-config", "ca.cnf", "-gencrl", "-out", "ca-crl.pem"],
-    );
+    openssl(&dir, &format!("ca -config ca.cnf -revoke {revoked_cert}"));
+    openssl(&dir, "ca -config ca.cnf -gencrl -out ca-crl.pem");
 
+    // Same name as the good client, not signed by the CA.
     key(&selfsigned, "client-key.pem");
     openssl(
         &selfsigned,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "client-key.pem",
-            "-subj",
-            "/CN=good client",
-            "-days",
-            "30",
-            "-out",
-            "client-cert.pem",
-        ],
+        "req -x509 -new -key client-key.pem -subj /CN=good-client -days 30 \
+         -addext basicConstraints=critical,CA:FALSE -addext extendedKeyUsage=clientAuth \
+         -out client-cert.pem",
     );
     for d in [&selfsigned, &revoked] {
         fs::copy(dir.join("ca-cert.pem"), d.join("ca-cert.pem")).expect("copy ca-cert.pem");
@@ -256,36 +187,15 @@ pub fn make(root: &Path) -> Certs {
 /// An RSA-2048 key and a self-signed certificate for localhost, as
 /// `{prefix}-key.pem` and `{prefix}-cert.pem` in `dir`.
 pub fn rsa_pair(dir: &Path, prefix: &str) {
-    let key = format!("{prefix}-key.pem");
-    let cert = format!("{prefix}-cert.pem");
     openssl(
         dir,
-        &[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            &key,
-        ],
+        &format!("genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out {prefix}-key.pem"),
     );
     openssl(
         dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            &key,
-            "-subj",
-            "/CN=localhost",
-            "-days",
-            "30",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-            "-out",
-            &cert,
-        ],
+        &format!(
+            "req -x509 -new -key {prefix}-key.pem -subj /CN=localhost -days 30 \
+             -addext subjectAltName=DNS:localhost -out {prefix}-cert.pem"
+        ),
     );
 }

@@ -62,6 +62,7 @@ impl Pair {
         ssock.set_nonblocking(true)?;
         let name = ServerName::try_from("localhost").expect("a valid name");
         let mut client = ClientConnection::new(client, name).expect("client connection");
+        client.set_buffer_limit(None);
         let mut hello = Vec::new();
         while client.wants_write() {
             client.write_tls(&mut hello)?;
@@ -79,7 +80,10 @@ impl Pair {
     /// The server's error, if it fails; else the client's.
     pub fn handshake(&mut self) -> io::Result<()> {
         for _ in 0..100 {
-            if !self.client.is_handshaking() && !self.server.is_handshaking() && !self.server.wants_write() {
+            if !self.client.is_handshaking()
+                && !self.server.is_handshaking()
+                && !self.server.wants_write()
+            {
                 return Ok(());
             }
             self.turn()?;
@@ -89,11 +93,12 @@ impl Pair {
 
     /// One turn: server sends, client reads and answers, server reads.
     pub fn turn(&mut self) -> io::Result<()> {
-        let fd = self.ssock.as_fd();
-        would_block_ok(self.server.flush(fd))?;
-        let client_result = self.client_io();
+        would_block_ok(self.server.flush(self.ssock.as_fd()))?;
+        let mut data = Vec::new();
+        let client_result = self.client_io(&mut data);
+        assert!(data.is_empty(), "application data during the handshake");
         let mut buf = [0u8; 1024];
-        match self.server.read(fd, &mut buf) {
+        match self.server.read(self.ssock.as_fd(), &mut buf) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => panic!("{n} bytes of application data during the handshake"),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -102,8 +107,10 @@ impl Pair {
         client_result
     }
 
-    /// The client reads what the server sent and writes what it wants to.
-    fn client_io(&mut self) -> io::Result<()> {
+    /// The client reads what the server sent, keeps the plaintext in `sink`,
+    /// and writes what it wants to.
+    fn client_io(&mut self, sink: &mut Vec<u8>) -> io::Result<()> {
+        let mut buf = [0u8; 16 * 1024];
         loop {
             match self.client.read_tls(&mut self.csock) {
                 Ok(0) => break,
@@ -111,6 +118,14 @@ impl Pair {
                     let r = self.client.process_new_packets();
                     self.client_flush()?;
                     r.map_err(io::Error::other)?;
+                    loop {
+                        match self.client.reader().read(&mut buf) {
+                            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                            Ok(n) => sink.extend_from_slice(&buf[..n]),
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) => return Err(e),
+                        }
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
@@ -154,7 +169,6 @@ impl Pair {
     pub fn server_to_client(&mut self, parts: &[&[u8]]) -> Vec<u8> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let (mut part, mut off, mut got) = (0, 0, Vec::new());
-        let mut buf = vec![0u8; 64 * 1024];
         for _ in 0..100_000 {
             if got.len() == total {
                 break;
@@ -176,15 +190,7 @@ impl Pair {
             } else {
                 would_block_ok(self.server.flush(self.ssock.as_fd())).expect("server flush");
             }
-            self.client_io().expect("client io");
-            loop {
-                match self.client.reader().read(&mut buf) {
-                    Ok(0) => panic!("client saw EOF"),
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => panic!("client read: {e}"),
-                }
-            }
+            self.client_io(&mut got).expect("client io");
         }
         got
     }
