@@ -161,7 +161,7 @@ fn unreadable_key_is_named() {
         return;
     };
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(c.dir.join("server-key.pem"), fs::Permissions::from_mode(0)).unwrap();
+    fs::set_permissions(c.dir.join("server-key.pem"), fs::Permissions::from_mode(0o000)).unwrap();
     assert_eq!(
         error(&c.dir, false),
         format!("{}/server-key.pem: Permission denied", c.dir.display())
