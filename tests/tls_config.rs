@@ -70,9 +70,9 @@ fn rsa_keys_load_and_a_mismatch_is_caught() {
         return;
     };
     let d = copy(&c, &tmp, "rsa");
-    certs::rsa_pair(&d, "server");
+    certs::rsa_pair(&c, &d, "server");
     server_config(&opts(&d, false)).unwrap();
-    certs::rsa_pair(&d, "other");
+    certs::rsa_pair(&c, &d, "other");
     // An RSA key for another RSA certificate, and an EC key for an RSA certificate.
     for wrong in ["other-key.pem".into(), c.dir.join("server-key.pem")] {
         fs::copy(d.join(wrong), d.join("server-key.pem")).unwrap();
@@ -161,7 +161,11 @@ fn unreadable_key_is_named() {
         return;
     };
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(c.dir.join("server-key.pem"), fs::Permissions::from_mode(0o000)).unwrap();
+    fs::set_permissions(
+        c.dir.join("server-key.pem"),
+        fs::Permissions::from_mode(0o000),
+    )
+    .unwrap();
     assert_eq!(
         error(&c.dir, false),
         format!("{}/server-key.pem: Permission denied", c.dir.display())

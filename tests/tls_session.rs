@@ -66,6 +66,23 @@ fn tls13_and_tls12_carry_data_both_ways() {
 }
 
 #[test]
+fn rsa_server_keys_sign_in_both_versions() {
+    let tmp = TempDir::new();
+    let Some(mut c) = certs::make_or_skip(tmp.path(), "rsa_server_keys") else {
+        return;
+    };
+    let rsa = tmp.join("rsa");
+    std::fs::create_dir(&rsa).unwrap();
+    certs::rsa_pair(&c, &rsa, "server");
+    std::fs::copy(c.dir.join("ca-cert.pem"), rsa.join("ca-cert.pem")).unwrap();
+    c.dir = rsa;
+    for tls12 in [false, true] {
+        let mut p = connect(&c, false, None, tls12).unwrap();
+        assert_eq!(p.client_to_server(b"x"), b"x");
+    }
+}
+
+#[test]
 fn client_certificates_are_checked_with_verify_peer() {
     let tmp = TempDir::new();
     let Some(c) = certs::make_or_skip(tmp.path(), "client_certificates") else {

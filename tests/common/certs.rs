@@ -10,7 +10,7 @@
 //! - `selfsigned`: the same CA, with a self-signed client certificate;
 //! - `revoked`: the same CA, with a client certificate the CRL revokes.
 //!
-//! Keys are ECDSA P-256 (fast to make); `rsa_pair` makes an RSA one.
+//! Keys are ECDSA P-256 (fast to make); `rsa_pair` makes an RSA pair.
 //! Also compiled into the library's unit tests (`#[path]`), so it uses std only.
 #![allow(dead_code)]
 
@@ -184,18 +184,17 @@ pub fn make(root: &Path) -> Certs {
     }
 }
 
-/// An RSA-2048 key and a self-signed certificate for localhost, as
-/// `{prefix}-key.pem` and `{prefix}-cert.pem` in `dir`.
-pub fn rsa_pair(dir: &Path, prefix: &str) {
-    openssl(
-        dir,
-        &format!("genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out {prefix}-key.pem"),
+/// An RSA-2048 key and a certificate for localhost signed by the CA of
+/// `certs`, as `{prefix}-key.pem` and `{prefix}-cert.pem` in `out`.
+pub fn rsa_pair(certs: &Certs, out: &Path, prefix: &str) {
+    let (key, cert) = (
+        out.join(format!("{prefix}-key.pem")),
+        out.join(format!("{prefix}-cert.pem")),
     );
+    let (key, cert) = (key.display().to_string(), cert.display().to_string());
     openssl(
-        dir,
-        &format!(
-            "req -x509 -new -key {prefix}-key.pem -subj /CN=localhost -days 30 \
-             -addext subjectAltName=DNS:localhost -out {prefix}-cert.pem"
-        ),
+        out,
+        &format!("genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out {key}"),
     );
+    signed(&certs.dir, &key, &cert, "localhost", "server");
 }
