@@ -11,6 +11,11 @@
 //! Replies are encrypted straight from the caller's slices: rustls copies each
 //! record's plaintext once into the record it seals in place, so pages lent by
 //! the memory backend are read once and never staged in a plaintext buffer.
+//! Bytes `write` reports taken are sealed already: the caller may release them.
+//!
+//! Decrypted bytes can wait inside the session while the socket is empty (a
+//! record larger than the caller's buffer): with edge-triggered readiness, a
+//! connection forgets that it is readable only when `read` says `WouldBlock`.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd};
