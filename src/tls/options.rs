@@ -74,12 +74,9 @@ impl TlsOptions {
 /// values (but before combined short flags, like every value option).
 pub fn parse(p: &mut pico_args::Arguments) -> Result<TlsOptions, Error> {
     let bad = |e: pico_args::Error| Error::usage(e.to_string());
-    let path = |s: &std::ffi::OsStr| Ok::<_, String>(PathBuf::from(s));
     let tls: Option<String> = p.opt_value_from_str("--tls").map_err(bad)?;
-    let certificates = p
-        .opt_value_from_os_str("--tls-certificates", path)
-        .map_err(bad)?;
-    let psk = p.opt_value_from_os_str("--tls-psk", path).map_err(bad)?;
+    let certificates = path_value(p, "--tls-certificates")?;
+    let psk = path_value(p, "--tls-psk")?;
     let verify_peer = p.contains("--tls-verify-peer");
     let asked = tls.as_deref().map(parse_mode).transpose()?;
     for (flag, v) in [("--tls-certificates", &certificates), ("--tls-psk", &psk)] {
@@ -107,6 +104,18 @@ pub fn parse(p: &mut pico_args::Arguments) -> Result<TlsOptions, Error> {
         ));
     }
     Ok(opts)
+}
+
+/// `KEY PATH` (any bytes) or `KEY=PATH` (UTF-8: pico-args splits only
+/// strings at `=`).
+fn path_value(p: &mut pico_args::Arguments, key: &'static str) -> Result<Option<PathBuf>, Error> {
+    let bad = |e: pico_args::Error| Error::usage(e.to_string());
+    let path = |s: &std::ffi::OsStr| Ok::<_, String>(PathBuf::from(s));
+    if let Some(v) = p.opt_value_from_os_str(key, path).map_err(bad)? {
+        return Ok(Some(v));
+    }
+    let v: Option<String> = p.opt_value_from_str(key).map_err(bad)?;
+    Ok(v.map(PathBuf::from))
 }
 
 fn parse_mode(s: &str) -> Result<TlsMode, Error> {
@@ -152,7 +161,16 @@ mod tests {
         assert_eq!(ok("--tls=off").mode(), TlsMode::Off);
         assert_eq!(ok("--tls off").mode(), TlsMode::Off);
         assert!(err("--tls=maybe").contains("expecting off, on or require, not 'maybe'"));
-        assert!(err("--tls-certificates=").contains("empty path"));
+        assert!(err("--tls-certificates=").contains("--tls-certificates"));
+        assert!(err("--tls-psk").contains("--tls-psk"));
+        let mut p = pico_args::Arguments::from_vec(vec!["--tls-certificates".into(), "".into()]);
+        let e = parse(&mut p).unwrap_err().to_string();
+        assert_eq!(e, "--tls-certificates: empty path");
+        assert_eq!(
+            ok("--tls=off --tls-psk=/a=b").psk,
+            Some(PathBuf::from("/a=b"))
+        );
+        assert_eq!(ok("--tls=off --tls-psk /k").psk, Some(PathBuf::from("/k")));
         let (r, rest) = run("-r --tls=off --tls-verify-peer memory 1M");
         assert!(r.unwrap().verify_peer);
         assert_eq!(rest, ["-r", "memory", "1M"]);
