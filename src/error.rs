@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::io;
+use std::path::PathBuf;
 
 #[derive(Debug)]
 pub enum Error {
@@ -9,6 +10,9 @@ pub enum Error {
     Usage(String),
     /// Setting up failed: what we were doing, and why it failed.
     Setup(String, io::Error),
+    /// A file named by the command line (or found where it says) is unusable
+    /// for a reason that is no system error: which file, and what is wrong.
+    BadFile(PathBuf, String),
 }
 
 impl Error {
@@ -26,6 +30,7 @@ impl fmt::Display for Error {
         match self {
             Error::Usage(msg) => f.write_str(msg),
             Error::Setup(what, e) => write!(f, "{what}: {}", plain(e)),
+            Error::BadFile(path, why) => write!(f, "{}: {why}", path.display()),
         }
     }
 }

@@ -33,4 +33,5 @@ pub mod server;
 pub mod startup;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tls;
 pub mod transmission;

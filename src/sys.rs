@@ -534,3 +534,19 @@ pub fn lowest_free_fd(open: BorrowedFd) -> io::Result<usize> {
     unsafe { libc::close(fd) };
     Ok(fd as usize)
 }
+
+/// The effective user id: nbdkit's rule for where TLS certificates live
+/// (root: /etc/pki/nbdkit; anyone else: under $HOME) follows it.
+pub fn geteuid() -> libc::uid_t {
+    // SAFETY: geteuid takes nothing, touches no memory and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Bytes the C allocator has handed out and not had back, in its main arena
+/// (glibc's mallinfo2): how the memory of one idle connection is measured, by
+/// code running on the main thread (`examples/tls_idle_memory.rs`).
+#[cfg(target_env = "gnu")]
+pub fn heap_in_use() -> usize {
+    // SAFETY: mallinfo2 only reads the allocator's counters and returns them by value.
+    unsafe { libc::mallinfo2() }.uordblks
+}

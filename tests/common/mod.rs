@@ -575,3 +575,4 @@ pub fn json_field<'a>(json: &'a str, key: &str) -> &'a str {
     let end = rest.find([',', '\n', '}']).unwrap_or(rest.len());
     rest[..end].trim()
 }
+pub mod certs;
