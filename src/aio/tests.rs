@@ -209,7 +209,7 @@ fn fua_and_flush() {
     each(|dir, sync| {
         let f = dir.file("data", 32 * MIB);
         let mut rig = Rig::new(&f, sync);
-        // One piece (RWF_DSYNC) and several (writes, then one fdatasync).
+        // One piece and several: the writes, then one fdatasync.
         for (off, len) in [(4096, 4096), (MIB, (10 * MIB) as usize)] {
             let data = pattern(off, len, 3);
             let (r, _) = rig.one(Op::Write {

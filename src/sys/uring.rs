@@ -31,12 +31,11 @@ pub enum Sqe {
         buf: BufId,
         range: Range<usize>,
     },
-    /// pwrite of `buf[range]` at `at`; `dsync`: RWF_DSYNC (durable on completion).
+    /// pwrite of `buf[range]` at `at`.
     Write {
         at: u64,
         buf: BufId,
         range: Range<usize>,
-        dsync: bool,
     },
     /// pwrite of static data (the shared zero buffer) at `at`.
     WriteStatic { at: u64, data: &'static [u8] },
@@ -236,16 +235,10 @@ impl Ring {
                 let (ptr, len) = (b.as_mut_ptr(), b.len() as u32);
                 on_file!(Read(ptr, len).offset(*at))
             }
-            Sqe::Write {
-                at,
-                buf,
-                range,
-                dsync,
-            } => {
+            Sqe::Write { at, buf, range } => {
                 let b = &self.lent[buf.0].buf[range.clone()];
                 let (ptr, len) = (b.as_ptr(), b.len() as u32);
-                let flags = if *dsync { libc::RWF_DSYNC } else { 0 };
-                on_file!(Write(ptr, len).offset(*at).rw_flags(flags))
+                on_file!(Write(ptr, len).offset(*at))
             }
             Sqe::WriteStatic { at, data } => {
                 let len = data.len().min(u32::MAX as usize) as u32;
