@@ -409,3 +409,14 @@ fn is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+#[test]
+fn the_fallback_warning_says_why() {
+    use super::uring::explain;
+    use crate::sys::uring::SetupError;
+    let e = |n| explain(SetupError::Setup(io::Error::from_raw_os_error(n)));
+    assert!(e(libc::ENOSYS).contains("seccomp"), "{}", e(libc::ENOSYS));
+    assert!(e(libc::EPERM).contains("io_uring_setup"));
+    let m = explain(SetupError::Missing(vec!["FALLOCATE", "FADVISE"]));
+    assert!(m.contains("FALLOCATE, FADVISE") && m.contains("5.6"), "{m}");
+}

@@ -240,7 +240,7 @@ fn to_sqe(call: Call, buf: &Buf) -> Sqe {
 }
 
 /// The warning's reason, with the likely cause.
-fn explain(e: SetupError) -> String {
+pub(super) fn explain(e: SetupError) -> String {
     match e {
         SetupError::Setup(e) => match e.raw_os_error() {
             Some(libc::ENOSYS) => {
