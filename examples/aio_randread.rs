@@ -4,6 +4,8 @@
 //!
 //! cargo run --release --example aio_randread -- [--sync] [--secs N] [--depth N] [--no-fio] [FILE]
 //! FILE defaults to /var/tmp/nbdlite-bench/data-2g.img (made once, as the harness does).
+//! --sync: the synchronous engine. --warm: keep the cache (cat FILE first) to see
+//! the engine's CPU per operation. --fua: 4 KiB FUA writes instead of reads.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;

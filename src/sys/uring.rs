@@ -193,7 +193,8 @@ impl Ring {
         }
         let buf = match sqe {
             Sqe::Read { buf, range, .. } | Sqe::Write { buf, range, .. } => {
-                assert!(self.lent[buf.0].buf.get(range.clone()).is_some());
+                let len = self.lent[buf.0].buf.len();
+                assert!(range.start <= range.end && range.end <= len);
                 assert!(u32::try_from(range.len()).is_ok());
                 Some(buf.0)
             }
@@ -218,7 +219,9 @@ impl Ring {
     }
 
     /// Builds the SQE. The pointers it holds are only made here, from lent
-    /// buffers whose ranges `push` checked.
+    /// buffers whose ranges `push` checked. No reference to a lent buffer's
+    /// bytes is made (the kernel may be writing into another part of it): only
+    /// raw pointers, from `Vec::as_mut_ptr`, which materialises none.
     fn entry(&mut self, sqe: &Sqe) -> squeue::Entry {
         macro_rules! on_file {
             ($op:ident ( $($arg:expr),* ) $(.$m:ident($v:expr))*) => {
@@ -231,14 +234,12 @@ impl Ring {
         }
         match sqe {
             Sqe::Read { at, buf, range } => {
-                let b = &mut self.lent[buf.0].buf[range.clone()];
-                let (ptr, len) = (b.as_mut_ptr(), b.len() as u32);
-                on_file!(Read(ptr, len).offset(*at))
+                let ptr = self.lent[buf.0].buf.as_mut_ptr().wrapping_add(range.start);
+                on_file!(Read(ptr, range.len() as u32).offset(*at))
             }
             Sqe::Write { at, buf, range } => {
-                let b = &self.lent[buf.0].buf[range.clone()];
-                let (ptr, len) = (b.as_ptr(), b.len() as u32);
-                on_file!(Write(ptr, len).offset(*at))
+                let ptr = self.lent[buf.0].buf.as_mut_ptr().wrapping_add(range.start);
+                on_file!(Write(ptr.cast_const(), range.len() as u32).offset(*at))
             }
             Sqe::WriteStatic { at, data } => {
                 let len = data.len().min(u32::MAX as usize) as u32;
