@@ -165,24 +165,6 @@ fn fadvise(fd: BorrowedFd, offset: u64, len: u64, advice: libc::c_int) -> io::Re
     }
 }
 
-/// pwritev2 with RWF_DSYNC: one call that returns once the data is durable
-/// (a FUA write without a separate fdatasync). Returns the bytes written.
-pub fn pwrite_dsync(fd: BorrowedFd, buf: &[u8], offset: u64) -> io::Result<usize> {
-    let fd = fd.as_raw_fd();
-    let iov = IoSlice::new(buf);
-    // SAFETY: iov is one valid iovec over buf, which outlives the call.
-    let n = cvt(unsafe {
-        libc::pwritev2(
-            fd,
-            (&raw const iov).cast(),
-            1,
-            offset as libc::off_t,
-            libc::RWF_DSYNC,
-        )
-    })?;
-    Ok(n as usize)
-}
-
 /// Logical sector size of a block device (BLKSSZGET).
 pub fn logical_sector_size(fd: BorrowedFd) -> io::Result<u32> {
     let fd = fd.as_raw_fd();

@@ -54,7 +54,7 @@ impl Blocking {
     }
 
     pub fn submit(&mut self, op: Op, tag: Tag) {
-        self.jobs.push_back(Job::new(op, tag, &LIMITS));
+        self.jobs.push_back(Job::new(op, tag));
     }
 
     /// One slice: a piece of each job in turn until the slice is used up.
@@ -94,14 +94,7 @@ impl Blocking {
         let f = &*self.file;
         let n = match call {
             Call::Read { at, range } => f.read_at(&mut buf[range.clone()], *at)?,
-            Call::Write { at, range, dsync } => {
-                let data = &buf[range.clone()];
-                if *dsync {
-                    write_dsync(f, data, *at)?
-                } else {
-                    f.write_at(data, *at)?
-                }
-            }
+            Call::Write { at, range } => f.write_at(&buf[range.clone()], *at)?,
             Call::WriteZeroes { at, len } => f.write_at(&ZEROES[..*len], *at)?,
             Call::Datasync => f.sync_data().map(|()| 0)?,
             Call::Fallocate { mode, at, len } => {
@@ -124,24 +117,6 @@ impl Blocking {
 
     pub fn in_flight(&self) -> usize {
         self.jobs.len() + self.done.len()
-    }
-}
-
-/// A durable write: pwritev2(RWF_DSYNC), or write then fdatasync on kernels
-/// before 4.7 that lack it.
-fn write_dsync(f: &File, data: &[u8], at: u64) -> io::Result<usize> {
-    match sys::pwrite_dsync(f.as_fd(), data, at) {
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
-            ) =>
-        {
-            let n = f.write_at(data, at)?;
-            f.sync_data()?;
-            Ok(n)
-        }
-        r => r,
     }
 }
 

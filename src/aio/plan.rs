@@ -54,7 +54,6 @@ pub(super) enum Call {
     Write {
         at: u64,
         range: Range<usize>,
-        dsync: bool,
     },
     /// Write `len` bytes of the shared zero buffer.
     WriteZeroes {
@@ -139,13 +138,11 @@ pub(super) struct Job {
     /// Some hole was punched (a TRIM with FUA then needs its sync).
     punched: bool,
     retries: u32,
-    /// A FUA write done as RWF_DSYNC writes needs no closing sync.
-    fua_by_dsync: bool,
 }
 
 impl Job {
     /// A job for `op`, and the buffer it reads into or writes from (empty for others).
-    pub fn new(op: Op, tag: Tag, lim: &Limits) -> (Job, Vec<u8>) {
+    pub fn new(op: Op, tag: Tag) -> (Job, Vec<u8>) {
         let (kind, start, len, buf) = match op {
             Op::Read { offset, buf } => (Kind::Read, offset, buf.len() as u64, buf),
             Op::Write { offset, buf, fua } => (Kind::Write { fua }, offset, buf.len() as u64, buf),
@@ -167,9 +164,6 @@ impl Job {
             }
             Op::Cache { offset, len } => (Kind::Cache, offset, len, Vec::new()),
         };
-        // One piece: RWF_DSYNC makes it durable in the same call. Several: one
-        // fdatasync after them all beats a journal commit per piece.
-        let fua_by_dsync = len <= lim.rw as u64;
         let job = Job {
             tag,
             kind,
@@ -183,7 +177,6 @@ impl Job {
             sync_done: false,
             punched: false,
             retries: 0,
-            fua_by_dsync,
         };
         (job, buf)
     }
@@ -206,7 +199,11 @@ impl Job {
     fn wants_sync(&self) -> bool {
         let needed = match self.kind {
             Kind::Flush => true,
-            Kind::Write { fua } => fua && !self.fua_by_dsync,
+            // A FUA write is its writes, then fdatasync: measured 2-5x the
+            // rate of RWF_DSYNC writes at depth 16 (io_uring runs buffered
+            // writes to one file one at a time, so each DSYNC write waits for
+            // its own journal commit; separate fdatasyncs share commits).
+            Kind::Write { fua } => fua,
             Kind::Trim { fua } => fua && self.punched,
             Kind::Zero { fua, .. } => fua,
             Kind::Read | Kind::Cache => false,
@@ -320,11 +317,7 @@ impl Job {
         let range = p.rel as usize..(p.rel + p.len) as usize;
         match p.how {
             How::Data if self.kind == Kind::Read => Call::Read { at, range },
-            How::Data => Call::Write {
-                at,
-                range,
-                dsync: matches!(self.kind, Kind::Write { fua: true }) && self.fua_by_dsync,
-            },
+            How::Data => Call::Write { at, range },
             How::Punch | How::PunchThenAlloc => Call::Fallocate {
                 mode: PUNCH,
                 at,

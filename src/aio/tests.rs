@@ -209,7 +209,7 @@ fn fua_and_flush() {
     each(|dir, sync| {
         let f = dir.file("data", 32 * MIB);
         let mut rig = Rig::new(&f, sync);
-        // One piece (RWF_DSYNC) and several (writes, then one fdatasync).
+        // One piece and several: the writes, then one fdatasync.
         for (off, len) in [(4096, 4096), (MIB, (10 * MIB) as usize)] {
             let data = pattern(off, len, 3);
             let (r, _) = rig.one(Op::Write {
@@ -408,4 +408,15 @@ fn is_root() -> bool {
                 .map(|l| l.split_whitespace().nth(1) == Some("0"))
         })
         .unwrap_or(false)
+}
+
+#[test]
+fn the_fallback_warning_says_why() {
+    use super::uring::explain;
+    use crate::sys::uring::SetupError;
+    let e = |n| explain(SetupError::Setup(io::Error::from_raw_os_error(n)));
+    assert!(e(libc::ENOSYS).contains("seccomp"), "{}", e(libc::ENOSYS));
+    assert!(e(libc::EPERM).contains("io_uring_setup"));
+    let m = explain(SetupError::Missing(vec!["FALLOCATE", "FADVISE"]));
+    assert!(m.contains("FALLOCATE, FADVISE") && m.contains("5.6"), "{m}");
 }

@@ -17,7 +17,7 @@ const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
 const ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
 
 fn job(op: Op) -> Job {
-    Job::new(op, 1, &LIM).0
+    Job::new(op, 1).0
 }
 
 fn zero(len: u64, may_trim: bool, fast: bool, fua: bool) -> Job {
@@ -115,7 +115,7 @@ fn transient_errors_reissue_the_piece() {
 }
 
 #[test]
-fn fua_writes_one_piece_dsync_else_a_closing_fdatasync() {
+fn fua_writes_then_one_closing_fdatasync() {
     let l = &mut Lacks::default();
     let mut small = job(Op::Write {
         offset: 0,
@@ -123,9 +123,16 @@ fn fua_writes_one_piece_dsync_else_a_closing_fdatasync() {
         fua: true,
     });
     let (p, c) = small.next(l, &LIM).expect("write");
-    assert!(matches!(c, Call::Write { dsync: true, .. }));
+    assert!(matches!(c, Call::Write { .. }));
+    assert!(
+        small.next(l, &LIM).is_none(),
+        "no sync before the write is done"
+    );
     small.complete(p, Ok(4096), l);
-    assert!(small.finished(), "no fdatasync after RWF_DSYNC");
+    let (p, c) = small.next(l, &LIM).expect("sync");
+    assert_eq!(c, Call::Datasync);
+    small.complete(p, Ok(0), l);
+    assert!(small.finished());
 
     let mut big = job(Op::Write {
         offset: 0,
@@ -133,11 +140,7 @@ fn fua_writes_one_piece_dsync_else_a_closing_fdatasync() {
         fua: true,
     });
     let pieces = take(&mut big, l);
-    assert!(
-        pieces
-            .iter()
-            .all(|(_, c)| matches!(c, Call::Write { dsync: false, .. }))
-    );
+    assert_eq!(pieces.len(), 2);
     big.complete(pieces[0].0, Ok(4096), l);
     assert!(
         big.next(l, &LIM).is_none(),
@@ -149,6 +152,17 @@ fn fua_writes_one_piece_dsync_else_a_closing_fdatasync() {
     assert!(!big.finished());
     big.complete(p, Ok(0), l);
     assert!(big.finished());
+    big.result().expect("ok");
+
+    // Without FUA: no sync.
+    let mut plain = job(Op::Write {
+        offset: 0,
+        buf: vec![1; 100],
+        fua: false,
+    });
+    let (p, _) = plain.next(l, &LIM).expect("write");
+    plain.complete(p, Ok(100), l);
+    assert!(plain.finished());
 }
 
 #[test]

@@ -85,7 +85,7 @@ impl Uring {
     }
 
     pub fn submit(&mut self, op: Op, tag: Tag) {
-        let (job, buf) = Job::new(op, tag, &LIMITS);
+        let (job, buf) = Job::new(op, tag);
         let buf = if buf.is_empty() {
             Buf::Held(buf)
         } else {
@@ -221,11 +221,10 @@ fn to_sqe(call: Call, buf: &Buf) -> Sqe {
             buf: lent(),
             range,
         },
-        Call::Write { at, range, dsync } => Sqe::Write {
+        Call::Write { at, range } => Sqe::Write {
             at,
             buf: lent(),
             range,
-            dsync,
         },
         Call::WriteZeroes { at, len } => Sqe::WriteStatic {
             at,
@@ -241,7 +240,7 @@ fn to_sqe(call: Call, buf: &Buf) -> Sqe {
 }
 
 /// The warning's reason, with the likely cause.
-fn explain(e: SetupError) -> String {
+pub(super) fn explain(e: SetupError) -> String {
     match e {
         SetupError::Setup(e) => match e.raw_os_error() {
             Some(libc::ENOSYS) => {
