@@ -7,6 +7,8 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
+pub mod net;
+
 /// Turns the C convention (-1 and errno) into `io::Result`.
 fn cvt<T: PartialEq + From<i8>>(r: T) -> io::Result<T> {
     if r == T::from(-1) {
