@@ -15,7 +15,8 @@ pub const BASE_ALLOCATION_ID: u32 = 1;
 
 #[derive(Debug, Clone)]
 pub struct Export {
-    /// Canonical name (`-e`); "" and this name both reach the export.
+    /// The name NBD_OPT_LIST and `$uri` show (`-e`). Clients may ask for any
+    /// name: all reach this one export.
     pub name: Vec<u8>,
     /// `--description`, for NBD_INFO_DESCRIPTION and NBD_OPT_LIST.
     pub description: Option<Vec<u8>>,
@@ -26,9 +27,12 @@ pub struct Export {
 }
 
 impl Export {
-    /// Whether a client asking for `name` reaches this export.
+    /// Whether a client asking for `name` reaches this export: any name does,
+    /// as with nbdkit's memory, file, null and pattern plugins, which serve one
+    /// export whatever the client asks for (qemu and scripts pass names of
+    /// their own). Only a name the spec forbids, over 4096 bytes, is refused.
     pub fn matches(&self, name: &[u8]) -> bool {
-        name.is_empty() || name == self.name.as_slice()
+        name.len() <= MAX_STRING
     }
 
     /// Transmission flags for a client that negotiated `style`, with or without
@@ -105,8 +109,10 @@ mod tests {
     }
 
     #[test]
-    fn names() {
+    fn any_name_the_spec_allows() {
         let e = export(false);
-        assert!(e.matches(b"") && e.matches(b"disk") && !e.matches(b"other"));
+        assert!(e.matches(b"") && e.matches(b"disk") && e.matches(b"other"));
+        assert!(e.matches(&[b'x'; MAX_STRING]));
+        assert!(!e.matches(&[b'x'; MAX_STRING + 1]));
     }
 }
