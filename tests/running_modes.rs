@@ -14,7 +14,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::{
-    PidGuard, Reap, Server, TempDir, bin, have, run, run_ok, system_path, wait_exit, wait_until,
+    PidGuard, Reap, Server, TempDir, bin, have, run, run_ok, start_printing_uri, system_path,
+    wait_exit, wait_until,
 };
 
 /// Runs nbdlite to completion in `dir`; (exit code, stdout, stderr).
@@ -136,19 +137,8 @@ fn captive_examples_work_as_written() {
 #[test]
 fn private_socket_is_removed_after_a_signal() {
     let dir = TempDir::new();
-    let mut child = Reap(
-        Command::new(bin())
-            .args(["-f", "-U", "-", "--print-uri", "memory", "1M"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let sock = line.trim().split_once("?socket=").expect("a Unix URI").1;
+    let (mut child, line) = start_printing_uri(&["-f", "-U", "-", "memory", "1M"]);
+    let sock = line.split_once("?socket=").expect("a Unix URI").1;
     let sock = Path::new(sock).to_path_buf();
     assert!(sock.exists(), "{line}");
     wire::still_serves(&sock);

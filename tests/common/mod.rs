@@ -347,3 +347,23 @@ pub fn json_field<'a>(json: &'a str, key: &str) -> &'a str {
     let end = rest.find([',', '\n', '}']).unwrap_or(rest.len());
     rest[..end].trim()
 }
+
+/// Starts `nbdlite --print-uri ARGS` (ARGS keep it in the foreground: `-f`)
+/// and reads the URI it prints once it listens. The URI is empty if the server
+/// exited instead; its stderr is left in the child's pipe to say why.
+pub fn start_printing_uri(args: &[&str]) -> (Reap, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Reap(
+        Command::new(bin())
+            .arg("--print-uri")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nbdlite"),
+    );
+    let mut line = String::new();
+    let out = child.0.stdout.take().expect("piped stdout");
+    let _ = BufReader::new(out).read_line(&mut line);
+    (child, line.trim().to_string())
+}
