@@ -54,7 +54,8 @@ Options:
   -v, --verbose           debug messages (always on stderr)
       --dump-config       print the build's configuration as key=value lines
       --help              this text
-  -V, --version           print the version (BACKEND --version: and the backend's)
+  -V, --version           print the version (BACKEND --version: and the
+                          backend's)
 
 Backends:
   memory [size=]SIZE      sparse RAM disk
