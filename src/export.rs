@@ -15,7 +15,8 @@ pub const BASE_ALLOCATION_ID: u32 = 1;
 
 #[derive(Debug, Clone)]
 pub struct Export {
-    /// Canonical name (`-e`); "" and this name both reach the export.
+    /// The name NBD_OPT_LIST and `$uri` show (`-e`). Clients may ask for any
+    /// name: all reach this one export.
     pub name: Vec<u8>,
     /// `--description`, for NBD_INFO_DESCRIPTION and NBD_OPT_LIST.
     pub description: Option<Vec<u8>>,
@@ -26,11 +27,6 @@ pub struct Export {
 }
 
 impl Export {
-    /// Whether a client asking for `name` reaches this export.
-    pub fn matches(&self, name: &[u8]) -> bool {
-        name.is_empty() || name == self.name.as_slice()
-    }
-
     /// Transmission flags for a client that negotiated `style`, with or without
     /// a metadata context.
     pub fn flags(&self, style: Style, meta: bool) -> u16 {
@@ -102,11 +98,5 @@ mod tests {
             ro & (TF_SEND_TRIM | TF_SEND_WRITE_ZEROES | TF_SEND_FAST_ZERO),
             0
         );
-    }
-
-    #[test]
-    fn names() {
-        let e = export(false);
-        assert!(e.matches(b"") && e.matches(b"disk") && !e.matches(b"other"));
     }
 }

@@ -4,12 +4,12 @@
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use mio::event::Source;
 use mio::net::{TcpListener, UnixListener};
 
-use crate::cli::{Config, DEFAULT_PORT, UnixSocket};
+use crate::cli::{Config, DEFAULT_PORT, Family, UnixSocket};
 use crate::error::Error;
 use crate::sys;
 
@@ -116,15 +116,14 @@ pub fn bind(cfg: &Config) -> Result<Bound, Error> {
                 dir.join("socket")
             }
         };
-        let l = UnixListener::bind(&path).map_err(Error::setup(path.display().to_string()))?;
-        b.listeners.push(Listener::Unix(l));
+        b.listeners.push(Listener::Unix(bind_unix(&path)?));
         b.unix_path = Some(path);
     }
     if cfg.unix.is_none() || cfg.port.is_some() || cfg.ipaddr.is_some() {
         let port = cfg.port.unwrap_or(DEFAULT_PORT);
         let (listeners, port) = match &cfg.ipaddr {
-            Some(addr) => bind_addr(addr, port)?,
-            None => bind_any(port)?,
+            Some(addr) => bind_addr(addr, port, cfg.family)?,
+            None => bind_any(port, cfg.family)?,
         };
         b.listeners.extend(listeners);
         b.port = Some(port);
@@ -132,32 +131,92 @@ pub fn bind(cfg: &Config) -> Result<Bound, Error> {
     Ok(b)
 }
 
-/// `-i ADDR`: every address the name resolves to.
-fn bind_addr(addr: &str, port: u16) -> Result<(Vec<Listener>, u16), Error> {
+/// The longest path a Unix socket address holds: `sun_path` is 108 bytes,
+/// and the kernel wants a terminating NUL in them.
+const MAX_UNIX_PATH: usize = 107;
+
+/// `-U PATH`. A path in use gets a message saying what is there: a file that
+/// is no socket, a socket some server listens on, or a stale socket left by an
+/// earlier server (nbdkit does not remove those either: the user decides).
+fn bind_unix(path: &Path) -> Result<UnixListener, Error> {
+    let shown = path.display().to_string();
+    let len = path.as_os_str().len();
+    if len > MAX_UNIX_PATH {
+        return Err(Error::usage(format!(
+            "{shown}: a Unix socket path is at most {MAX_UNIX_PATH} bytes, this one is {len}: \
+             choose a shorter one"
+        )));
+    }
+    UnixListener::bind(path).map_err(|e| match e.kind() {
+        io::ErrorKind::AddrInUse => Error::usage(format!("{shown}: {}", in_use(path))),
+        _ => Error::Setup(shown, e),
+    })
+}
+
+/// Why a Unix socket path is taken.
+fn in_use(path: &Path) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            "exists and is not a socket: remove it or choose another path"
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                "a stale socket from an earlier server (nobody listens on it): remove it"
+            }
+            _ => "another server is listening on this socket",
+        },
+        Err(_) => "Address already in use",
+    }
+}
+
+/// `-i ADDR`: every address the name resolves to (of one family with `-4`/`-6`).
+fn bind_addr(addr: &str, port: u16, family: Option<Family>) -> Result<(Vec<Listener>, u16), Error> {
     let addrs: Vec<SocketAddr> = (addr, port)
         .to_socket_addrs()
         .map_err(Error::setup(format!("-i {addr}")))?
+        .filter(|a| of_family(a, family))
         .collect();
+    if addrs.is_empty() {
+        let (flag, which) = match family {
+            Some(Family::V6) => ("-6", "IPv6"),
+            _ => ("-4", "IPv4"),
+        };
+        return Err(Error::usage(format!(
+            "-i {addr}: no {which} address, and {flag} asks for one"
+        )));
+    }
     let mut out = Vec::new();
     let mut port = port;
     for a in addrs {
         let a = SocketAddr::new(a.ip(), port);
-        out.push(tcp(a).map_err(Error::setup(a.to_string()))?);
+        out.push(tcp(a, family).map_err(Error::setup(a.to_string()))?);
         port = local_port(&out)?; // with -p 0, the rest share the first one's port
     }
     Ok((out, port))
 }
 
-/// No address: IPv6 and IPv4 wildcards. On a dual-stack host `[::]` already
-/// takes IPv4 too and the second bind fails with EADDRINUSE, which is fine; on
-/// a host without IPv6 only the first fails.
-fn bind_any(port: u16) -> Result<(Vec<Listener>, u16), Error> {
+fn of_family(a: &SocketAddr, family: Option<Family>) -> bool {
+    match family {
+        None => true,
+        Some(Family::V4) => a.is_ipv4(),
+        Some(Family::V6) => a.is_ipv6(),
+    }
+}
+
+/// No address: IPv6 and IPv4 wildcards (one of them with `-4`/`-6`). On a
+/// dual-stack host `[::]` already takes IPv4 too and the second bind fails
+/// with EADDRINUSE, which is fine; on a host without IPv6 only the first fails.
+fn bind_any(port: u16, family: Option<Family>) -> Result<(Vec<Listener>, u16), Error> {
     let mut out = Vec::new();
     let mut port = port;
     let mut first_error = None;
     for ip in ["::", "0.0.0.0"] {
         let a = SocketAddr::new(ip.parse().expect("literal address"), port);
-        match tcp(a) {
+        if !of_family(&a, family) {
+            continue;
+        }
+        match tcp(a, family) {
             Ok(l) => {
                 out.push(l);
                 port = local_port(&out)?;
@@ -174,12 +233,19 @@ fn bind_any(port: u16) -> Result<(Vec<Listener>, u16), Error> {
     }
 }
 
-fn tcp(addr: SocketAddr) -> io::Result<Listener> {
-    let l = std::net::TcpListener::bind(addr)?;
+/// A TCP listener; with `-6`, an IPv6 one that takes no IPv4 clients.
+fn tcp(addr: SocketAddr, family: Option<Family>) -> io::Result<Listener> {
+    let l = match addr {
+        SocketAddr::V6(a) if family == Some(Family::V6) => sys::net::tcp_listener_v6_only(a)?,
+        _ => {
+            let l = std::net::TcpListener::bind(addr)?;
+            if let Err(e) = sys::listen_max(l.as_fd()) {
+                log::debug!("listen backlog: {e}");
+            }
+            l
+        }
+    };
     l.set_nonblocking(true)?;
-    if let Err(e) = sys::listen_max(l.as_fd()) {
-        log::debug!("listen backlog: {e}");
-    }
     Ok(Listener::Tcp(TcpListener::from_std(l)))
 }
 

@@ -70,13 +70,24 @@ fn real_main() -> Result<i32, Error> {
             print!("{}", cli::HELP);
             return Ok(0);
         }
-        Command::Version => {
-            println!("nbdlite {}", env!("CARGO_PKG_VERSION"));
+        Command::Version(backend) => {
+            print!("{}", cli::version(backend.as_deref()));
+            return Ok(0);
+        }
+        Command::DumpConfig => {
+            let exe = std::env::current_exe().ok();
+            print!("{}", cli::dump_config(exe.as_deref()));
             return Ok(0);
         }
         Command::Serve(cfg) => cfg,
     };
     logging::init(cfg.log.unwrap_or(logging::Sink::Stderr), cfg.verbose);
+    if !cfg.debug_flags.is_empty() {
+        log::warn!(
+            "-D {} has no effect: nbdlite has no debug flags",
+            cfg.debug_flags.join(" -D ")
+        );
+    }
     if let Some(n) = activated {
         log::debug!(
             "socket activation: {n} fd(s), names {:?}",

@@ -28,9 +28,12 @@ impl Identity {
         let gid = match gid.or(primary) {
             Some(g) => g,
             None => {
-                return Err(Error::usage(format!(
-                    "-u {u}: not in the password database, so its group is unknown: give -g GROUP too"
-                )));
+                let why = if NSS {
+                    "not in the password database, so its group is unknown"
+                } else {
+                    "a static binary cannot look up its group"
+                };
+                return Err(Error::usage(format!("-u {u}: {why}: give -g GROUP too")));
             }
         };
         Ok(Some(Identity {
@@ -64,8 +67,26 @@ impl Identity {
     }
 }
 
+/// Whether names may be looked up. A static glibc binary cannot use NSS
+/// safely: glibc loads the modules of nsswitch.conf (nss_systemd…) as shared
+/// libraries into a process that has no dynamic libc, and a lookup that
+/// reaches one can crash. There only numeric ids are taken, without a lookup.
+const NSS: bool = !cfg!(target_feature = "crt-static");
+
+/// What to say when a static binary is given a name.
+fn static_no_names(flag: &str, name: &str, what: &str) -> Error {
+    Error::usage(format!(
+        "{flag} {name}: this nbdlite is a static binary, which cannot look names up \
+         (glibc's NSS needs the shared libc): give a numeric {what}"
+    ))
+}
+
 /// A name, or else a number: (uid, primary gid if the user is known).
 fn resolve_user(u: &str) -> Result<(libc::uid_t, Option<libc::gid_t>), Error> {
+    if !NSS {
+        let uid = u.parse().map_err(|_| static_no_names("-u", u, "uid"))?;
+        return Ok((uid, None));
+    }
     if let Some((uid, gid)) = sys::user_by_name(u).map_err(Error::setup(format!("-u {u}")))? {
         return Ok((uid, Some(gid)));
     }
@@ -77,6 +98,9 @@ fn resolve_user(u: &str) -> Result<(libc::uid_t, Option<libc::gid_t>), Error> {
 }
 
 fn resolve_group(g: &str) -> Result<libc::gid_t, Error> {
+    if !NSS {
+        return g.parse().map_err(|_| static_no_names("-g", g, "gid"));
+    }
     match sys::group_by_name(g).map_err(Error::setup(format!("-g {g}")))? {
         Some(gid) => Ok(gid),
         None => g

@@ -110,7 +110,10 @@ pub fn serve(
 fn raise_nofile_limit() -> Option<u64> {
     match sys::raise_nofile_limit() {
         Ok((before, after)) => {
-            log::debug!("RLIMIT_NOFILE: {before} raised to {after}");
+            // Already at the hard limit is the usual case and worth no line.
+            if after != before {
+                log::debug!("RLIMIT_NOFILE: {before} raised to {after}");
+            }
             Some(before)
         }
         Err(e) => {

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 #[cfg(feature = "fuzzing")]
 pub mod alloc;
+pub mod net;
 pub mod uring;
 
 /// Turns the C convention (-1 and errno) into `io::Result`.

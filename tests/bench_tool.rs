@@ -88,21 +88,68 @@ fn nbdkit_read_and_write() {
     check_ok(&srv.uri(), "randwrite");
 }
 
-#[test]
-fn refused_export_is_one_line_and_status_1() {
-    let srv = Server::start(&["-e", "disk", "memory", "1M"]);
-    let out = run_bench(&srv.uri_export("other"), &[]);
+/// A misuse or a refusal before the run: one line, status 1, no report.
+#[track_caller]
+fn refused(uri: &str, args: &[&str], needle: &str) {
+    let out = run_bench(uri, args);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("nbdlite-bench: "), "{err}");
+    assert!(
+        err.starts_with("nbdlite-bench: ") && err.contains(needle),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(out.stdout.is_empty());
 }
 
 #[test]
+fn refused_export_is_one_line_and_status_1() {
+    // nbdlite serves any name, but not one longer than the spec allows.
+    let srv = Server::start(&["-e", "disk", "memory", "1M"]);
+    refused(
+        &srv.uri_export(&"x".repeat(5000)),
+        &[],
+        "server refused export",
+    );
+}
+
+#[test]
+fn requests_over_the_advertised_maximum_are_refused_before_the_run() {
+    // nbdlite advertises 32 MiB as its maximum block size.
+    let srv = Server::start(&["memory", "128M"]);
+    refused(
+        &srv.uri(),
+        &["-s", "33M"],
+        "larger than the server's maximum block size (33554432 bytes): use -s 32M or less",
+    );
+}
+
+#[test]
+fn progress_lines_with_interval() {
+    let srv = Server::start(&["memory", "64M"]);
+    let out = run_bench(&srv.uri(), &["--interval", "0.1", "--warmup", "0.2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    // About seven in 0.7 s; a loaded machine may be late, never that late.
+    assert!(lines.len() >= 2, "{err}");
+    assert!(lines[0].ends_with("(warm-up)"), "{err}");
+    for l in &lines {
+        assert!(
+            l.contains(" IOPS ") && l.contains(" MiB/s ") && l.contains(" errors"),
+            "{l}"
+        );
+    }
+    // Not on a pipe without --interval.
+    let out = run_bench(&srv.uri(), &[]);
+    assert!(out.status.success() && out.stderr.is_empty());
+}
+
+#[test]
 fn error_replies_are_counted_and_status_1() {
     // Over the largest request nbdlite serves (64 MiB): every READ is refused.
-    let srv = Server::start(&["memory", "128M"]);
+    // Oldstyle, so that no maximum block size stops the bench asking.
+    let srv = Server::start(&["-o", "memory", "128M"]);
     let out = run_bench(&srv.uri(), &["-s", "65M"]);
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);

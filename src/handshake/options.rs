@@ -1,5 +1,9 @@
 //! Each NBD option decided in one place: what data it takes, how much of it we
 //! hold, and what it answers, including to data we would not hold.
+//!
+//! Any export name reaches the one export, as with nbdkit's memory, file, null
+//! and pattern plugins (qemu and scripts pass names of their own); names over
+//! 4096 bytes, which the spec forbids, are refused by the parsers.
 
 use super::{Handshake, MetaSelection};
 use crate::export::{BASE_ALLOCATION_ID, Export};
@@ -99,13 +103,6 @@ impl Handshake {
         if self.style == Style::Extended {
             return Answer::Close("EXPORT_NAME after extended headers");
         }
-        if !ex.matches(name) {
-            log::info!(
-                "client asked for unknown export {:?}",
-                String::from_utf8_lossy(name)
-            );
-            return Answer::Close("unknown export");
-        }
         let session = self.session(ex, name);
         put_export_name_reply(out, ex.size, session.flags, self.no_zeroes);
         Answer::Transmission(session)
@@ -164,10 +161,6 @@ impl Handshake {
                 return None;
             }
         };
-        if !ex.matches(req.name) {
-            error(out, opt, REP_ERR_UNKNOWN, "unknown export name");
-            return None;
-        }
         let session = self.session(ex, req.name);
         put_info_export(out, opt, ex.size, session.flags);
         if req.wants(INFO_NAME) {
@@ -226,7 +219,7 @@ impl Handshake {
         }
     }
 
-    fn list_meta(&mut self, data: Data, out: &mut Vec<u8>, ex: &Export) -> Answer {
+    fn list_meta(&mut self, data: Data, out: &mut Vec<u8>, _: &Export) -> Answer {
         let opt = OPT_LIST_META_CONTEXT;
         let Data::Held(data) = data else {
             return too_big(out, opt);
@@ -235,9 +228,6 @@ impl Handshake {
             Ok(r) => r,
             Err(why) => return error(out, opt, REP_ERR_INVALID, why),
         };
-        if !ex.matches(req.name) {
-            return error(out, opt, REP_ERR_UNKNOWN, "unknown export name");
-        }
         // No query lists everything; `base:` is the namespace wildcard.
         let all = req.queries.is_empty();
         if all
@@ -252,7 +242,7 @@ impl Handshake {
         Answer::Replied
     }
 
-    fn set_meta(&mut self, data: Data, out: &mut Vec<u8>, ex: &Export) -> Answer {
+    fn set_meta(&mut self, data: Data, out: &mut Vec<u8>, _: &Export) -> Answer {
         let opt = OPT_SET_META_CONTEXT;
         // The new selection replaces the old one, even when this request fails.
         self.meta = MetaSelection::default();
@@ -271,9 +261,6 @@ impl Handshake {
             Ok(r) => r,
             Err(why) => return error(out, opt, REP_ERR_INVALID, why),
         };
-        if !ex.matches(req.name) {
-            return error(out, opt, REP_ERR_UNKNOWN, "unknown export name");
-        }
         // Unknown namespaces and leaves are ignored; bare `base:` selects nothing.
         if req.queries.contains(&BASE_ALLOCATION) {
             put_meta_context(out, opt, BASE_ALLOCATION_ID, BASE_ALLOCATION);

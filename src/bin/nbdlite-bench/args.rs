@@ -33,6 +33,9 @@ Options:
   -p, --port PORT         the server's TCP port on localhost (instead of a URI)
   -e, --exportname NAME   the export to ask for with -U or -p (default \"\")
       --json              print the results as one JSON object
+      --interval SECONDS  print a progress line on stderr this often (default:
+                          each second when stderr is a terminal, else never;
+                          0: never)
       --help              this text
       --version           print the version
 
@@ -56,6 +59,9 @@ pub struct Config {
     pub seed: u64,
     pub threads: usize,
     pub json: bool,
+    /// `--interval`: how often to print progress (zero: never); `None`: each
+    /// second on a terminal.
+    pub interval: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -81,6 +87,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, String> {
     let unix = opt(&mut p, ["-U", "--unix"])?;
     let port = opt(&mut p, ["-p", "--port"])?;
     let export = opt(&mut p, ["-e", "--exportname"])?;
+    let interval = opt(&mut p, "--interval")?;
     if p.contains(["-h", "--help"]) {
         return Ok(Command::Help);
     }
@@ -131,6 +138,10 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, String> {
         },
         threads: count("--threads", threads, 1, 1, 1024)?.min(connections),
         json,
+        interval: match interval {
+            None => None,
+            v => Some(seconds("--interval", v, 0.0, true)?),
+        },
     })))
 }
 
@@ -228,13 +239,14 @@ mod tests {
             (Pattern::RandRead, 50, None)
         );
         assert_eq!((c.seed, c.threads, c.json), (1, 1, false));
+        assert_eq!(c.interval, None);
     }
 
     #[test]
     fn everything() {
         let c = config(
             "-c 64 -q 2 -t 0.5 --warmup 1 -s 1M --rw randrw --rwmix-read 70 \
-             --range 1G --seed 7 --threads 2 --json -U /tmp/s -e disk",
+             --range 1G --seed 7 --threads 2 --json -U /tmp/s -e disk --interval 0.5",
         );
         assert_eq!(c.target.address, Address::Unix("/tmp/s".into()));
         assert_eq!(c.target.export, "disk");
@@ -246,6 +258,8 @@ mod tests {
             (Pattern::RandRw, 70, Some(1 << 30))
         );
         assert_eq!((c.seed, c.threads, c.json), (7, 2, true));
+        assert_eq!(c.interval, Some(Duration::from_millis(500)));
+        assert_eq!(config("-p 1 --interval 0").interval, Some(Duration::ZERO));
         assert_eq!(config("-p 99 --threads 8 -c 3").threads, 3);
         assert!(matches!(parse_str("--help"), Ok(Command::Help)));
         assert!(matches!(parse_str("--version"), Ok(Command::Version)));
@@ -273,6 +287,8 @@ mod tests {
             "nbd://h/ extra",
             "-p 0",
             "--bogus -p 1",
+            "--interval -1 -p 1",
+            "--interval x -p 1",
         ] {
             assert!(parse_str(s).is_err(), "{s}");
         }

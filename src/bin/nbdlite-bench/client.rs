@@ -6,18 +6,17 @@
 //! asked for, so every reply is a simple one and a READ's data follows its header.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use nbdlite::error::plain;
 use nbdlite::proto::{
     CFLAG_FIXED_NEWSTYLE, CFLAG_NO_ZEROES, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT,
-    INFO_EXPORT, NBDMAGIC, OLDSTYLE_MAGIC, OPT_EXPORT_NAME, OPT_GO, OPT_REPLY_MAGIC, REP_ACK,
-    REP_ERR_UNSUP, REP_INFO,
+    INFO_BLOCK_SIZE, INFO_EXPORT, NBDMAGIC, OLDSTYLE_MAGIC, OPT_EXPORT_NAME, OPT_GO,
+    OPT_REPLY_MAGIC, REP_ACK, REP_ERR_UNSUP, REP_INFO,
 };
 
-use crate::uri::{Address, Target};
+use crate::stream::Stream;
+use crate::uri::Target;
 
 /// How long one handshake may take. A server that accepts but never speaks
 /// (qemu-nbd past its `--shared` limit) is reported instead of waited on.
@@ -27,84 +26,20 @@ const MAX_GO_REPLIES: usize = 64;
 /// Option replies longer than this are garbage, not something to allocate for.
 const MAX_OPTION_REPLY: u32 = 1 << 20;
 
-/// A connected socket, blocking until the event loop takes it.
-pub enum Socket {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
-
-impl Read for Socket {
-    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Socket::Unix(s) => s.read(b),
-            Socket::Tcp(s) => s.read(b),
-        }
-    }
-}
-
-impl Write for Socket {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        match self {
-            Socket::Unix(s) => s.write(b),
-            Socket::Tcp(s) => s.write(b),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// What the handshake told us about the export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExportInfo {
     pub size: u64,
     pub tflags: u16,
+    /// The largest request the server takes (NBD_INFO_BLOCK_SIZE), if it said.
+    pub max_block: Option<u32>,
 }
 
 /// Connects to `target` and negotiates; the socket is left blocking.
-pub fn open(target: &Target) -> Result<(Socket, ExportInfo), String> {
-    let mut sock = connect(&target.address)?;
-    let info = handshake(&mut sock, target.export.as_bytes())?;
-    Ok((sock, info))
-}
-
-fn connect(addr: &Address) -> Result<Socket, String> {
-    let sock = match addr {
-        Address::Unix(p) => {
-            let s =
-                UnixStream::connect(p).map_err(|e| format!("{}: {}", p.display(), plain(&e)))?;
-            s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-                .and_then(|_| s.set_write_timeout(Some(HANDSHAKE_TIMEOUT)))
-                .map_err(|e| format!("socket options: {}", plain(&e)))?;
-            Socket::Unix(s)
-        }
-        Address::Tcp(host, port) => {
-            let s =
-                connect_tcp(host, *port).map_err(|e| format!("{host}:{port}: {}", plain(&e)))?;
-            // Requests are written in batches already; Nagle would only delay them.
-            s.set_nodelay(true)
-                .and_then(|_| s.set_read_timeout(Some(HANDSHAKE_TIMEOUT)))
-                .and_then(|_| s.set_write_timeout(Some(HANDSHAKE_TIMEOUT)))
-                .map_err(|e| format!("socket options: {}", plain(&e)))?;
-            Socket::Tcp(s)
-        }
-    };
-    Ok(sock)
-}
-
-/// Each address the name resolves to in turn, none for longer than the
-/// handshake timeout (a blackholed host would otherwise take minutes).
-fn connect_tcp(host: &str, port: u16) -> std::io::Result<TcpStream> {
-    use std::net::ToSocketAddrs;
-    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
-    for a in (host, port).to_socket_addrs()? {
-        match TcpStream::connect_timeout(&a, HANDSHAKE_TIMEOUT) {
-            Ok(s) => return Ok(s),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
+pub fn open(target: &Target) -> Result<(Stream, ExportInfo), String> {
+    let mut s = Stream::connect(&target.address, HANDSHAKE_TIMEOUT)?;
+    let info = handshake(&mut s, target.export.as_bytes())?;
+    Ok((s, info))
 }
 
 /// Runs the client side of the handshake on any byte stream.
@@ -128,6 +63,7 @@ fn oldstyle<S: Read>(s: &mut S) -> Result<ExportInfo, String> {
     Ok(ExportInfo {
         size: be64(&rest[..8]),
         tflags: u16::from_be_bytes([rest[10], rest[11]]),
+        max_block: None,
     })
 }
 
@@ -150,36 +86,42 @@ fn newstyle<S: Read + Write>(s: &mut S, export: &[u8]) -> Result<ExportInfo, Str
     }
 }
 
-/// `NBD_OPT_GO`; `None` if the server does not support it.
+/// `NBD_OPT_GO`, asking for the block sizes too (the maximum is checked
+/// before the run); `None` if the server does not support GO.
 fn go<S: Read + Write>(s: &mut S, export: &[u8]) -> Result<Option<ExportInfo>, String> {
-    let mut data = Vec::with_capacity(6 + export.len());
+    let mut data = Vec::with_capacity(8 + export.len());
     data.extend_from_slice(&(export.len() as u32).to_be_bytes());
     data.extend_from_slice(export);
-    data.extend_from_slice(&0u16.to_be_bytes()); // no extra info items: INFO_EXPORT always comes
+    // One item asked for: INFO_EXPORT comes anyway.
+    data.extend_from_slice(&1u16.to_be_bytes());
+    data.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
     write_all(s, &option(OPT_GO, &data))?;
-    let mut info = None;
+    let mut info: Option<ExportInfo> = None;
+    let mut max_block = None;
     // A server may send some INFO replies before its ACK, not endlessly many.
     for _ in 0..MAX_GO_REPLIES {
         let (kind, body) = option_reply(s, OPT_GO)?;
+        let item = (body.len() >= 2).then(|| u16::from_be_bytes([body[0], body[1]]));
         match kind {
             REP_ACK => {
-                return info
-                    .map(Some)
-                    .ok_or_else(|| "server finished GO without sending the export size".into());
+                let info = info.ok_or("server finished GO without sending the export size")?;
+                return Ok(Some(ExportInfo { max_block, ..info }));
             }
-            REP_INFO
-                if body.len() >= 12 && u16::from_be_bytes([body[0], body[1]]) == INFO_EXPORT =>
-            {
+            REP_INFO if item == Some(INFO_EXPORT) && body.len() >= 12 => {
                 info = Some(ExportInfo {
                     size: be64(&body[2..10]),
                     tflags: u16::from_be_bytes([body[10], body[11]]),
+                    max_block: None,
                 });
+            }
+            REP_INFO if item == Some(INFO_BLOCK_SIZE) && body.len() >= 14 => {
+                max_block = Some(be32(&body[10..14]));
             }
             REP_ERR_UNSUP => return Ok(None),
             k if k & (1 << 31) != 0 => {
                 return Err(format!(
                     "server refused export '{}': {}{}",
-                    String::from_utf8_lossy(export),
+                    shown(export),
                     rep_error_name(k),
                     message(&body)
                 ));
@@ -191,6 +133,15 @@ fn go<S: Read + Write>(s: &mut S, export: &[u8]) -> Result<Option<ExportInfo>, S
     Err(format!("server sent over {MAX_GO_REPLIES} replies to GO"))
 }
 
+/// An export name for a message: at most 64 characters of it.
+fn shown(export: &[u8]) -> String {
+    let name = String::from_utf8_lossy(export);
+    match name.char_indices().nth(64) {
+        Some((i, _)) => format!("{}...", &name[..i]),
+        None => name.into_owned(),
+    }
+}
+
 /// `NBD_OPT_EXPORT_NAME`: the server answers with size and flags, or hangs up.
 fn export_name<S: Read + Write>(
     s: &mut S,
@@ -200,15 +151,12 @@ fn export_name<S: Read + Write>(
     write_all(s, &option(OPT_EXPORT_NAME, export))?;
     let mut reply = [0u8; 10 + 124];
     let len = if no_zeroes { 10 } else { reply.len() };
-    read_exact(s, &mut reply[..len], "EXPORT_NAME reply").map_err(|e| {
-        format!(
-            "{e} (does export '{}' exist?)",
-            String::from_utf8_lossy(export)
-        )
-    })?;
+    read_exact(s, &mut reply[..len], "EXPORT_NAME reply")
+        .map_err(|e| format!("{e} (does export '{}' exist?)", shown(export)))?;
     Ok(ExportInfo {
         size: be64(&reply[..8]),
         tflags: u16::from_be_bytes([reply[8], reply[9]]),
+        max_block: None,
     })
 }
 
@@ -348,11 +296,20 @@ mod tests {
         reply(OPT_GO, REP_INFO, &d)
     }
 
+    fn block_size(min: u32, preferred: u32, max: u32) -> Vec<u8> {
+        let mut d = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
+        for v in [min, preferred, max] {
+            d.extend_from_slice(&v.to_be_bytes());
+        }
+        reply(OPT_GO, REP_INFO, &d)
+    }
+
     #[test]
     fn go() {
         let mut s = script(&[
             &greeting(),
             &info_export(1 << 30, 3),
+            &block_size(1, 4096, 32 << 20),
             &reply(OPT_GO, REP_ACK, b""),
         ]);
         let info = handshake(&mut s, b"disk").unwrap();
@@ -360,13 +317,16 @@ mod tests {
             info,
             ExportInfo {
                 size: 1 << 30,
-                tflags: 3
+                tflags: 3,
+                max_block: Some(32 << 20),
             }
         );
         assert_eq!(be32(&s.output), CFLAG_FIXED_NEWSTYLE | CFLAG_NO_ZEROES);
         assert_eq!(&s.output[4..12], b"IHAVEOPT");
         assert_eq!(be32(&s.output[12..]), OPT_GO);
         assert_eq!(&s.output[24..28], b"disk");
+        // one information request: NBD_INFO_BLOCK_SIZE
+        assert_eq!(&s.output[28..], &[0, 1, 0, 3]);
     }
 
     #[test]
@@ -389,7 +349,8 @@ mod tests {
             handshake(&mut script(&[&g]), b"").unwrap(),
             ExportInfo {
                 size: 4096,
-                tflags: 1
+                tflags: 1,
+                max_block: None,
             }
         );
     }

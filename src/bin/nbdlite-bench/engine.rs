@@ -1,36 +1,20 @@
-//! The event loop: one mio Poll over a set of connections, each keeping its
-//! queue depth of requests in flight.
-//!
-//! Requests are stamped when queued and written in batches by writev(2), WRITE
-//! payloads straight from one shared buffer. Replies are parsed in place in a
-//! scratch buffer shared by every connection of the thread: a connection only
-//! keeps the few bytes of a header split across reads, and a READ's data is
-//! counted and dropped as it streams past, so memory does not grow with the
-//! request size or the queue depth.
+//! The event loop: one mio Poll over a set of connections (`conn.rs`), each
+//! keeping its queue depth of requests in flight, through the phases of a
+//! run: warm-up, measuring, and draining what is still in flight.
 
-use std::collections::VecDeque;
-use std::io::{self, IoSlice, Read, Write};
+use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
-use nbdlite::proto::STRUCTURED_REPLY_MAGIC;
-use nbdlite::proto::{CMD_DISC, CMD_READ, CMD_WRITE, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC};
-
-use crate::client::Socket;
-use crate::hist::Histogram;
-use crate::stream::Stream;
-use crate::workload::{Io, Workload};
 use nbdlite::error::plain;
 
-const REQUEST_LEN: usize = 28;
-const REPLY_LEN: usize = 16;
+use crate::conn::Conn;
+use crate::progress;
+use crate::record::{Recorder, Stats};
+
 /// Bytes read per read(2) into the thread's scratch buffer.
 const SCRATCH: usize = 256 * 1024;
-/// Slices handed to one writev(2) (each request is one or two).
-const IOV: usize = 64;
-/// Reads per connection per turn (4 MiB).
-const TURN: usize = 16;
 /// How long requests still in flight at the end may take to come back.
 const DRAIN: Duration = Duration::from_secs(10);
 /// Longest sleep in poll, so a failure on another thread is noticed soon.
@@ -45,362 +29,6 @@ pub struct Plan<'a> {
     pub payload: &'a [u8],
 }
 
-/// What one thread measured; merged across threads for the report.
-#[derive(Default)]
-pub struct Stats {
-    pub hist: Histogram,
-    pub reads: u64,
-    pub writes: u64,
-    pub bytes: u64,
-    /// Error replies, counted from the first request on (warm-up included).
-    pub errors: u64,
-    pub first_error: Option<String>,
-    /// From the end of the warm-up to the last counted completion.
-    pub elapsed: Duration,
-}
-
-impl Stats {
-    pub fn merge(&mut self, o: &Stats) {
-        self.hist.merge(&o.hist);
-        self.reads += o.reads;
-        self.writes += o.writes;
-        self.bytes += o.bytes;
-        self.errors += o.errors;
-        if self.first_error.is_none() {
-            self.first_error.clone_from(&o.first_error);
-        }
-        self.elapsed = self.elapsed.max(o.elapsed);
-    }
-}
-
-/// A request in flight; its index in the slot table is its cookie.
-#[derive(Clone, Copy)]
-struct Slot {
-    sent: Instant,
-    io: Io,
-    busy: bool,
-}
-
-/// A request header waiting to be written, with the length of its payload.
-struct Pending {
-    hdr: [u8; REQUEST_LEN],
-    payload: usize,
-}
-
-/// The thread-wide state a completion touches.
-struct Recorder {
-    stats: Stats,
-    /// Past the warm-up: completions count.
-    recording: bool,
-    /// Before the end: completions are replaced by new requests.
-    issuing: bool,
-    /// The clock, read once per read(2).
-    now: Instant,
-    last_completion: Option<Instant>,
-}
-
-impl Recorder {
-    fn complete(&mut self, slot: &Slot, size: u64, error: u32) {
-        if error != 0 {
-            self.stats.errors += 1;
-            if self.stats.first_error.is_none() {
-                self.stats.first_error = Some(format!(
-                    "{} at offset {} failed with error {error} ({})",
-                    if slot.io.write { "WRITE" } else { "READ" },
-                    slot.io.offset,
-                    errno_name(error)
-                ));
-            }
-            // A refusal is not I/O: it must not inflate IOPS, MiB/s or latency.
-            return;
-        }
-        if !self.recording {
-            return;
-        }
-        let nanos = self.now.saturating_duration_since(slot.sent).as_nanos();
-        self.stats
-            .hist
-            .record(u64::try_from(nanos).unwrap_or(u64::MAX));
-        if slot.io.write {
-            self.stats.writes += 1;
-        } else {
-            self.stats.reads += 1;
-        }
-        self.stats.bytes += size;
-        self.last_completion = Some(self.now);
-    }
-}
-
-/// One connection: its socket, its request stream, what it has in flight, and
-/// where it is in the reply stream.
-pub struct Conn {
-    /// Index among all connections, for messages.
-    id: usize,
-    stream: Stream,
-    work: Workload,
-    slots: Vec<Slot>,
-    free: Vec<u32>,
-    out: VecDeque<Pending>,
-    /// Bytes of `out.front()` (header, then payload) already written.
-    out_done: usize,
-    /// A reply header split across reads.
-    hdr: [u8; REPLY_LEN],
-    hdr_len: usize,
-    /// READ data still to come for the reply to `data_slot`.
-    data_left: u64,
-    data_slot: usize,
-    /// The server hung up or the socket failed: read to the end every time.
-    hup: bool,
-}
-
-impl Conn {
-    /// Takes over a socket that finished its handshake.
-    pub fn new(id: usize, sock: Socket, work: Workload, qd: usize) -> Result<Conn, String> {
-        let stream = Stream::from_socket(sock)
-            .map_err(|e| format!("connection {id}: non-blocking mode: {}", plain(&e)))?;
-        let now = Instant::now();
-        let idle = Slot {
-            sent: now,
-            io: Io {
-                write: false,
-                offset: 0,
-            },
-            busy: false,
-        };
-        Ok(Conn {
-            id,
-            stream,
-            work,
-            slots: vec![idle; qd],
-            free: (0..qd as u32).rev().collect(),
-            out: VecDeque::with_capacity(qd),
-            out_done: 0,
-            hdr: [0; REPLY_LEN],
-            hdr_len: 0,
-            data_left: 0,
-            data_slot: 0,
-            hup: false,
-        })
-    }
-
-    fn in_flight(&self) -> usize {
-        self.slots.len() - self.free.len()
-    }
-
-    fn fail(&self, what: impl std::fmt::Display) -> String {
-        format!("connection {}: {what}", self.id)
-    }
-
-    /// Queues a new request in every free slot, stamped `now`.
-    fn fill(&mut self, size: u64, now: Instant) {
-        while let Some(cookie) = self.free.pop() {
-            let io = self.work.next();
-            let kind = if io.write { CMD_WRITE } else { CMD_READ };
-            self.out.push_back(Pending {
-                hdr: request(kind, u64::from(cookie), io.offset, size as u32),
-                payload: if io.write { size as usize } else { 0 },
-            });
-            self.slots[cookie as usize] = Slot {
-                sent: now,
-                io,
-                busy: true,
-            };
-        }
-    }
-
-    /// Writes queued requests until done or the socket is full.
-    fn flush(&mut self, payload: &[u8]) -> Result<(), String> {
-        while !self.out.is_empty() {
-            let mut iov = [IoSlice::new(&[]); IOV];
-            let mut n = 0;
-            let mut skip = self.out_done;
-            for p in self.out.iter() {
-                if n + 2 > IOV {
-                    break;
-                }
-                for part in [&p.hdr[..], &payload[..p.payload]] {
-                    if skip >= part.len() {
-                        skip -= part.len();
-                    } else {
-                        iov[n] = IoSlice::new(&part[skip..]);
-                        skip = 0;
-                        n += 1;
-                    }
-                }
-            }
-            match self.stream.write_vectored(&iov[..n]) {
-                Ok(0) => return Err(self.fail("server stopped accepting data")),
-                Ok(written) => self.advance(written),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.fail(format_args!("writing: {}", plain(&e)))),
-            }
-        }
-        Ok(())
-    }
-
-    /// Drops `written` bytes off the front of the queue.
-    fn advance(&mut self, mut written: usize) {
-        while let Some(p) = self.out.front() {
-            let left = REQUEST_LEN + p.payload - self.out_done;
-            if written < left {
-                self.out_done += written;
-                return;
-            }
-            written -= left;
-            self.out_done = 0;
-            self.out.pop_front();
-        }
-    }
-
-    /// Reads and handles replies until the socket is empty, replacing each
-    /// completed request with a new one while `rec.issuing`. Returns true if it
-    /// stopped at the end of its turn with more to read: a connection streaming
-    /// large READs must not keep the loop, and the latencies of the others, to
-    /// itself.
-    ///
-    /// A read that does not fill `scratch` took everything there was, and any
-    /// byte that arrives later raises a new edge-triggered event, so we stop
-    /// there rather than spend one more read(2) per wake-up to see EAGAIN
-    /// (a third of our syscalls at queue depth 1-2). The exception is a hang-up
-    /// (`hup`): the EOF may have come with the data, and no edge follows it.
-    fn on_readable(
-        &mut self,
-        scratch: &mut [u8],
-        rec: &mut Recorder,
-        plan: &Plan,
-    ) -> Result<bool, String> {
-        for _ in 0..TURN {
-            match self.stream.read(scratch) {
-                Ok(0) if self.in_flight() == 0 && !rec.issuing => return Ok(false),
-                Ok(0) => {
-                    return Err(self.fail(format_args!(
-                        "server closed the connection with {} request(s) in flight",
-                        self.in_flight()
-                    )));
-                }
-                Ok(n) => {
-                    rec.now = Instant::now();
-                    self.replies(&scratch[..n], rec, plan.size)?;
-                    if rec.issuing {
-                        self.fill(plan.size, rec.now);
-                    }
-                    self.flush(plan.payload)?;
-                    if n < scratch.len() && !self.hup {
-                        return Ok(false);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.fail(format_args!("reading: {}", plain(&e)))),
-            }
-        }
-        Ok(true)
-    }
-
-    /// Handles every reply (or part of one) in `buf`.
-    fn replies(&mut self, mut buf: &[u8], rec: &mut Recorder, size: u64) -> Result<(), String> {
-        while !buf.is_empty() {
-            if self.data_left > 0 {
-                let n = (buf.len() as u64).min(self.data_left);
-                self.data_left -= n;
-                buf = &buf[n as usize..];
-                if self.data_left == 0 {
-                    self.finish(self.data_slot, rec, size, 0);
-                }
-                continue;
-            }
-            let hdr: [u8; REPLY_LEN] = if self.hdr_len == 0 && buf.len() >= REPLY_LEN {
-                let mut h = [0; REPLY_LEN];
-                h.copy_from_slice(&buf[..REPLY_LEN]);
-                buf = &buf[REPLY_LEN..];
-                h
-            } else {
-                let n = (REPLY_LEN - self.hdr_len).min(buf.len());
-                self.hdr[self.hdr_len..self.hdr_len + n].copy_from_slice(&buf[..n]);
-                self.hdr_len += n;
-                buf = &buf[n..];
-                if self.hdr_len < REPLY_LEN {
-                    return Ok(());
-                }
-                self.hdr_len = 0;
-                self.hdr
-            };
-            self.header(&hdr, rec, size)?;
-        }
-        Ok(())
-    }
-
-    /// One simple reply header: completes its request, or waits for READ data.
-    fn header(&mut self, h: &[u8; REPLY_LEN], rec: &mut Recorder, size: u64) -> Result<(), String> {
-        let (error, cookie) = parse_reply(h).map_err(|e| self.fail(e))?;
-        let slot = usize::try_from(cookie)
-            .ok()
-            .filter(|&c| c < self.slots.len() && self.slots[c].busy)
-            .ok_or_else(|| self.fail(format_args!("reply to unknown cookie {cookie:#x}")))?;
-        if error == 0 && !self.slots[slot].io.write && size > 0 {
-            self.data_left = size;
-            self.data_slot = slot;
-        } else {
-            self.finish(slot, rec, size, error);
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self, slot: usize, rec: &mut Recorder, size: u64, error: u32) {
-        self.slots[slot].busy = false;
-        rec.complete(&self.slots[slot], size, error);
-        self.free.push(slot as u32);
-    }
-
-    /// Says goodbye with NBD_CMD_DISC, best effort: the numbers are already in.
-    /// Not in the middle of a half-written request (the server would read the
-    /// DISC as the rest of it): then closing the socket is the goodbye.
-    fn disconnect(&mut self) {
-        if self.out_done == 0 {
-            let _ = self.stream.write(&request(CMD_DISC, 0, 0, 0));
-        }
-    }
-}
-
-/// A compact request header.
-fn request(kind: u16, cookie: u64, offset: u64, len: u32) -> [u8; REQUEST_LEN] {
-    let mut h = [0u8; REQUEST_LEN];
-    h[..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
-    h[6..8].copy_from_slice(&kind.to_be_bytes());
-    h[8..16].copy_from_slice(&cookie.to_be_bytes());
-    h[16..24].copy_from_slice(&offset.to_be_bytes());
-    h[24..28].copy_from_slice(&len.to_be_bytes());
-    h
-}
-
-/// A simple reply header: its error and cookie.
-fn parse_reply(h: &[u8; REPLY_LEN]) -> Result<(u32, u64), &'static str> {
-    let word = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-    match word(0) {
-        SIMPLE_REPLY_MAGIC => {}
-        STRUCTURED_REPLY_MAGIC => return Err("structured reply, which we did not ask for"),
-        _ => return Err("bad reply magic (garbage from the server)"),
-    }
-    let cookie = (u64::from(word(8)) << 32) | u64::from(word(12));
-    Ok((word(4), cookie))
-}
-
-/// Names of the errors NBD servers send.
-fn errno_name(e: u32) -> &'static str {
-    match e {
-        1 => "EPERM",
-        5 => "EIO",
-        12 => "ENOMEM",
-        22 => "EINVAL",
-        28 => "ENOSPC",
-        75 => "EOVERFLOW",
-        95 => "ENOTSUP",
-        108 => "ESHUTDOWN",
-        _ => "unknown",
-    }
-}
-
 /// Why a thread stopped early.
 pub enum Failure {
     /// Another thread failed and said so; this one just stopped.
@@ -410,8 +38,14 @@ pub enum Failure {
 
 /// Runs the plan on `conns` until the time is up and every request is answered.
 /// `stop` is raised by whichever thread fails first.
-pub fn run(mut conns: Vec<Conn>, plan: &Plan, stop: &AtomicBool) -> Result<Stats, Failure> {
-    let result = drive(&mut conns, plan, stop);
+/// Its running totals go to `board` as it goes, for the progress line.
+pub fn run(
+    mut conns: Vec<Conn>,
+    plan: &Plan,
+    stop: &AtomicBool,
+    board: &progress::Slot,
+) -> Result<Stats, Failure> {
+    let result = drive(&mut conns, plan, stop, board);
     if result.is_err() {
         stop.store(true, Ordering::Relaxed);
     }
@@ -421,7 +55,12 @@ pub fn run(mut conns: Vec<Conn>, plan: &Plan, stop: &AtomicBool) -> Result<Stats
     result
 }
 
-fn drive(conns: &mut [Conn], plan: &Plan, stop: &AtomicBool) -> Result<Stats, Failure> {
+fn drive(
+    conns: &mut [Conn],
+    plan: &Plan,
+    stop: &AtomicBool,
+    board: &progress::Slot,
+) -> Result<Stats, Failure> {
     let err = Failure::Error;
     let mut poll = Poll::new().map_err(|e| err(format!("epoll: {}", plain(&e))))?;
     for (i, c) in conns.iter_mut().enumerate() {
@@ -435,13 +74,7 @@ fn drive(conns: &mut [Conn], plan: &Plan, stop: &AtomicBool) -> Result<Stats, Fa
     }
     let start = Instant::now();
     let mut clock = Clock::new(start, plan);
-    let mut rec = Recorder {
-        stats: Stats::default(),
-        recording: plan.warmup.is_zero(),
-        issuing: true,
-        now: start,
-        last_completion: None,
-    };
+    let mut rec = Recorder::new(start, plan.warmup.is_zero());
     for c in conns.iter_mut() {
         c.fill(plan.size, start);
         c.flush(plan.payload).map_err(err)?;
@@ -489,6 +122,7 @@ fn drive(conns: &mut [Conn], plan: &Plan, stop: &AtomicBool) -> Result<Stats, Fa
                 again.push(i);
             }
         }
+        board.publish(&rec.totals);
     }
     let last = rec
         .last_completion
@@ -546,96 +180,5 @@ impl Clock {
             )));
         }
         Ok(Some(self.stopped_at + DRAIN))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::workload::Pattern;
-
-    fn conn(qd: usize) -> (Conn, std::os::unix::net::UnixStream) {
-        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let w = Workload::new(Pattern::RandRead, 4096, 1 << 20, 50, 1, 0, 1).unwrap();
-        (Conn::new(0, Socket::Unix(a), w, qd).unwrap(), b)
-    }
-
-    fn rec() -> Recorder {
-        Recorder {
-            stats: Stats::default(),
-            recording: true,
-            issuing: true,
-            now: Instant::now(),
-            last_completion: None,
-        }
-    }
-
-    fn reply(error: u32, cookie: u64) -> Vec<u8> {
-        let mut v = SIMPLE_REPLY_MAGIC.to_be_bytes().to_vec();
-        v.extend_from_slice(&error.to_be_bytes());
-        v.extend_from_slice(&cookie.to_be_bytes());
-        v
-    }
-
-    #[test]
-    fn replies_split_anywhere() {
-        let mut stream = Vec::new();
-        for (cookie, error) in [(1u64, 0u32), (0, 0), (2, 5)] {
-            stream.extend(reply(error, cookie));
-            if error == 0 {
-                stream.extend(vec![0xaa; 4096]);
-            }
-        }
-        for cut in [1, 7, 16, 17, 4111, 4112, 4113, 5000] {
-            let (mut c, _peer) = conn(3);
-            c.fill(4096, Instant::now());
-            let mut r = rec();
-            let mut rest = &stream[..];
-            while !rest.is_empty() {
-                let n = cut.min(rest.len());
-                c.replies(&rest[..n], &mut r, 4096).unwrap();
-                rest = &rest[n..];
-            }
-            assert_eq!(c.in_flight(), 0, "cut {cut}");
-            assert_eq!((r.stats.reads, r.stats.errors), (2, 1));
-            assert_eq!((r.stats.hist.count(), r.stats.bytes), (2, 8192));
-            assert!(r.stats.first_error.as_deref().unwrap().contains("EIO"));
-        }
-    }
-
-    #[test]
-    fn garbage_is_an_error_not_a_panic() {
-        let (mut c, _peer) = conn(2);
-        c.fill(4096, Instant::now());
-        let mut r = rec();
-        assert!(c.replies(&reply(0, 7), &mut r, 4096).is_err());
-        assert!(c.replies(&[0xff; 16], &mut r, 4096).is_err());
-        let (mut c, _peer) = conn(2);
-        let mut r = rec();
-        // nothing in flight: any cookie is unknown
-        assert!(c.replies(&reply(0, 0), &mut r, 4096).is_err());
-        let mut s = STRUCTURED_REPLY_MAGIC.to_be_bytes().to_vec();
-        s.extend([0; 12]);
-        c.fill(4096, Instant::now());
-        assert!(c.replies(&s, &mut r, 4096).is_err());
-    }
-
-    #[test]
-    fn partial_writes_resume_mid_request() {
-        let (mut c, _peer) = conn(3);
-        c.out.push_back(Pending {
-            hdr: request(CMD_WRITE, 0, 0, 10),
-            payload: 10,
-        });
-        c.out.push_back(Pending {
-            hdr: request(CMD_READ, 1, 0, 10),
-            payload: 0,
-        });
-        c.advance(30);
-        assert_eq!((c.out.len(), c.out_done), (2, 30));
-        c.advance(8);
-        assert_eq!((c.out.len(), c.out_done), (1, 0));
-        c.advance(28);
-        assert!(c.out.is_empty());
     }
 }

@@ -4,21 +4,31 @@
 
 mod args;
 mod client;
+mod conn;
 mod engine;
 mod hist;
+mod progress;
+mod record;
 mod report;
 mod stream;
 mod uri;
+mod wire;
 mod workload;
 
-use std::sync::atomic::AtomicBool;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use nbdlite::proto::{TF_HAS_FLAGS, TF_READ_ONLY};
 
 use args::{Command, Config};
-use client::{ExportInfo, Socket};
-use engine::{Conn, Failure, Plan, Stats};
-use report::Summary;
+use client::ExportInfo;
+use conn::Conn;
+use engine::{Failure, Plan};
+use progress::Board;
+use record::Stats;
+use report::{Summary, human};
+use stream::Stream;
 use workload::{Rng, Workload};
 
 fn main() {
@@ -58,7 +68,7 @@ fn real_main() -> Result<i32, String> {
         run: cfg.time,
         payload: &payload,
     };
-    let stats = run_threads(groups, &plan)?;
+    let stats = run_threads(groups, &plan, progress_interval(&cfg))?;
     let summary = Summary::new(&cfg, info.size, range, &stats);
     if cfg.json {
         print!("{}", summary.json());
@@ -77,7 +87,7 @@ fn real_main() -> Result<i32, String> {
 
 /// Opens every connection before any traffic, so that connecting is not
 /// measured. All must see the same export.
-fn open_all(cfg: &Config) -> Result<(Vec<Socket>, ExportInfo), String> {
+fn open_all(cfg: &Config) -> Result<(Vec<Stream>, ExportInfo), String> {
     let mut socks = Vec::with_capacity(cfg.connections);
     let mut first: Option<ExportInfo> = None;
     for i in 0..cfg.connections {
@@ -106,6 +116,16 @@ fn check(cfg: &Config, info: ExportInfo) -> Result<u64, String> {
         return Err(format!(
             "--range {range} is larger than the export ({} bytes)",
             info.size
+        ));
+    }
+    if let Some(max) = info.max_block
+        && cfg.size > u64::from(max)
+    {
+        return Err(format!(
+            "requests of {} bytes are larger than the server's maximum block size \
+             ({max} bytes): use -s {} or less",
+            cfg.size,
+            human(u64::from(max))
         ));
     }
     if cfg.size > range {
@@ -137,7 +157,7 @@ fn payload(size: u64, seed: u64) -> Vec<u8> {
 }
 
 /// Deals the connections out to the threads, round-robin.
-fn spread(cfg: &Config, socks: Vec<Socket>, range: u64) -> Result<Vec<Vec<Conn>>, String> {
+fn spread(cfg: &Config, socks: Vec<Stream>, range: u64) -> Result<Vec<Vec<Conn>>, String> {
     let mut groups: Vec<Vec<Conn>> = (0..cfg.threads).map(|_| Vec::new()).collect();
     let n = socks.len() as u64;
     for (i, s) in socks.into_iter().enumerate() {
@@ -155,23 +175,51 @@ fn spread(cfg: &Config, socks: Vec<Socket>, range: u64) -> Result<Vec<Vec<Conn>>
     Ok(groups)
 }
 
-/// Runs each group on its own thread (the first on this one) and merges the
+/// How often to print a progress line, if at all: `--interval`, else each
+/// second when stderr is a terminal (someone is watching).
+fn progress_interval(cfg: &Config) -> Option<Duration> {
+    let every = match cfg.interval {
+        Some(i) => i,
+        None if std::io::stderr().is_terminal() => Duration::from_secs(1),
+        None => Duration::ZERO,
+    };
+    (!every.is_zero()).then_some(every)
+}
+
+/// Runs each group on its own thread (the first on this one), with a thread
+/// for the progress line if `progress` says how often, and merges the
 /// results. The first real error wins over the "stopped" of the others.
-fn run_threads(mut groups: Vec<Vec<Conn>>, plan: &Plan) -> Result<Stats, String> {
+fn run_threads(
+    mut groups: Vec<Vec<Conn>>,
+    plan: &Plan,
+    progress: Option<Duration>,
+) -> Result<Stats, String> {
     let stop = AtomicBool::new(false);
+    let done = AtomicBool::new(false);
+    let board = Board::new(groups.len());
+    let start = Instant::now();
     // Never empty: args::parse makes threads at least 1.
     let mine = groups.remove(0);
     let results: Vec<Result<Stats, Failure>> = std::thread::scope(|scope| {
+        let reporter = progress.map(|every| {
+            let (board, done) = (&board, &done);
+            scope.spawn(move || progress::report(board, start, every, plan.warmup, done))
+        });
         let handles: Vec<_> = groups
             .into_iter()
-            .map(|g| scope.spawn(|| engine::run(g, plan, &stop)))
+            .zip(&board.slots[1..])
+            .map(|(g, slot)| scope.spawn(|| engine::run(g, plan, &stop, slot)))
             .collect();
-        let mut all = vec![engine::run(mine, plan, &stop)];
+        let mut all = vec![engine::run(mine, plan, &stop, &board.slots[0])];
         for h in handles {
             all.push(
                 h.join()
                     .unwrap_or_else(|_| Err(Failure::Error("a worker thread panicked".into()))),
             );
+        }
+        done.store(true, Ordering::Relaxed);
+        if let Some(r) = reporter {
+            r.thread().unpark();
         }
         all
     });

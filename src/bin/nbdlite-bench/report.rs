@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use crate::args::Config;
-use crate::engine::Stats;
+use crate::record::Stats;
 use crate::workload::Pattern;
 
 /// Everything the report shows, computed once.

@@ -1,31 +1,88 @@
-//! The event loop's socket: a non-blocking Unix or TCP stream behind one type,
-//! so that the loop, the reads and the writev(2) batches are written once.
+//! The bench's one socket type: a Unix or TCP stream, connected and used
+//! blocking (with timeouts) for the handshake, then switched to non-blocking
+//! and registered with the event loop, which reads it, writes it with
+//! writev(2) batches, and polls it through its fd.
 
 use std::io::{self, IoSlice, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
 
 use mio::event::Source;
+use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
+use nbdlite::error::plain;
 
-use crate::client::Socket;
+use crate::uri::Address;
 
-/// A non-blocking socket, Unix or TCP.
 pub enum Stream {
-    Unix(mio::net::UnixStream),
-    Tcp(mio::net::TcpStream),
+    Unix(UnixStream),
+    Tcp(TcpStream),
 }
 
 impl Stream {
-    pub fn from_socket(s: Socket) -> io::Result<Stream> {
-        Ok(match s {
-            Socket::Unix(s) => {
-                s.set_nonblocking(true)?;
-                Stream::Unix(mio::net::UnixStream::from_std(s))
+    /// Connects to `addr`, blocking, with reads, writes and each TCP connect
+    /// attempt bounded by `timeout` (a blackholed host would otherwise take
+    /// minutes, a server that never speaks for ever).
+    pub fn connect(addr: &Address, timeout: Duration) -> Result<Stream, String> {
+        let s = match addr {
+            Address::Unix(p) => Stream::Unix(
+                UnixStream::connect(p).map_err(|e| format!("{}: {}", p.display(), plain(&e)))?,
+            ),
+            Address::Tcp(host, port) => {
+                let s = connect_tcp(host, *port, timeout)
+                    .map_err(|e| format!("{host}:{port}: {}", plain(&e)))?;
+                // Requests are written in batches already; Nagle would only delay them.
+                s.set_nodelay(true)
+                    .map_err(|e| format!("socket options: {}", plain(&e)))?;
+                Stream::Tcp(s)
             }
-            Socket::Tcp(s) => {
-                s.set_nonblocking(true)?;
-                Stream::Tcp(mio::net::TcpStream::from_std(s))
-            }
-        })
+        };
+        s.set_timeouts(timeout)
+            .map_err(|e| format!("socket options: {}", plain(&e)))?;
+        Ok(s)
+    }
+
+    fn set_timeouts(&self, t: Duration) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s
+                .set_read_timeout(Some(t))
+                .and_then(|()| s.set_write_timeout(Some(t))),
+            Stream::Tcp(s) => s
+                .set_read_timeout(Some(t))
+                .and_then(|()| s.set_write_timeout(Some(t))),
+        }
+    }
+
+    /// For the event loop, once the handshake is done.
+    pub fn set_nonblocking(&self) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_nonblocking(true),
+            Stream::Tcp(s) => s.set_nonblocking(true),
+        }
+    }
+}
+
+/// Each address the name resolves to in turn, none for longer than `timeout`.
+fn connect_tcp(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
+    use std::net::ToSocketAddrs;
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for a in (host, port).to_socket_addrs()? {
+        match TcpStream::connect_timeout(&a, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tcp(s) => s.as_raw_fd(),
+        }
     }
 }
 
@@ -58,25 +115,17 @@ impl Write for Stream {
     }
 }
 
+/// Registered by its fd: the stream is std's, and mio needs only the fd.
 impl Source for Stream {
     fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.register(r, t, i),
-            Stream::Tcp(s) => s.register(r, t, i),
-        }
+        SourceFd(&self.as_raw_fd()).register(r, t, i)
     }
 
     fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.reregister(r, t, i),
-            Stream::Tcp(s) => s.reregister(r, t, i),
-        }
+        SourceFd(&self.as_raw_fd()).reregister(r, t, i)
     }
 
     fn deregister(&mut self, r: &Registry) -> io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.deregister(r),
-            Stream::Tcp(s) => s.deregister(r),
-        }
+        SourceFd(&self.as_raw_fd()).deregister(r)
     }
 }

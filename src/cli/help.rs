@@ -1,0 +1,165 @@
+//! What nbdlite says about itself: `--help`, `--version` (with or without a
+//! backend, as nbdkit does) and `--dump-config`, the `key=value` lines tools
+//! probe an nbdkit-like server with.
+
+use std::path::Path;
+
+pub const HELP: &str = "\
+nbdlite - a single-threaded NBD server
+
+usage: nbdlite [OPTIONS] BACKEND [KEY=VALUE ...]
+
+Options:
+  -f, --foreground, --no-fork
+                          do not fork into the background
+  -U, --unix PATH         listen on a Unix socket (- for a private random one)
+  -p, --port PORT         TCP port (default 10809)
+  -i, --ipaddr, --ip-addr ADDR
+                          listen on this address only
+  -4, --ipv4-only         TCP on IPv4 only (-i resolves to IPv4 addresses)
+  -6, --ipv6-only         TCP on IPv6 only (-i resolves to IPv6 addresses)
+  -s, --single, --stdin   serve one client on stdin/stdout, then exit
+  -r, --readonly, --read-only
+                          refuse writes
+  -e, --exportname, --export-name, --export NAME
+                          the name LIST and $uri show (default \"\"); a
+                          client asking for any name gets the export
+      --description TEXT  the export's description
+  -P, --pidfile, --pid-file PATH
+                          write the server's pid here once it is listening
+  -n, --newstyle, --new-style
+                          fixed newstyle handshake (default)
+  -o, --oldstyle, --old-style
+                          oldstyle handshake
+      --run CMD           run CMD (with $uri set), exit when it exits; implies
+                          -f and, without -U/-p/-i, a private Unix socket
+      --print-uri         print the export's NBD URI on stdout once listening
+  -u, --user USER         change to this user (name or uid) after binding
+  -g, --group GROUP       change to this group (name or gid) after binding
+      --log DEST          stderr, syslog or null (default: stderr in the
+                          foreground, syslog once in the background)
+      --exit-with-parent  exit when the parent process exits
+      --idle-timeout SECS exit once no client has been connected for SECS
+      --busy-poll USECS   spin up to this long for the next request before
+                          sleeping; adapts to the traffic (default 50; 0: never)
+      --handshake-timeout SECS
+                          drop clients that have not finished the handshake
+                          after SECS (default 10; 0: never)
+      --max-connections N refuse clients beyond N at once (default: as many
+                          as the file descriptor limit allows)
+      --no-sr             do not offer structured replies
+      --tls off           TLS is not supported: only 'off' is accepted
+  -t, --threads N         accepted for nbdkit compatibility; no effect
+  -D, --debug NAME.FLAG=N accepted for nbdkit compatibility; no effect
+  -v, --verbose           debug messages (always on stderr)
+      --dump-config       print the build's configuration as key=value lines
+      --help              this text
+  -V, --version           print the version (BACKEND --version: and the
+                          backend's)
+
+Backends:
+  memory [size=]SIZE      sparse RAM disk
+  file [file=]PATH        a regular file or block device
+  null [size=]SIZE        reads zeroes, discards writes (default size 0)
+  pattern [size=]SIZE     read-only; each 8-byte word holds its own offset
+                          (default size 0)
+
+SIZE is bytes with an optional suffix: s (512), k/K, M, G, T, P, E (powers of 1024).
+Socket activation (LISTEN_FDS/LISTEN_PID) and NOTIFY_SOCKET are supported; see nbdlite(1).
+";
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Whether this build can serve TLS. The TLS work (a default cargo feature
+/// `tls`) turns this into `cfg!(feature = "tls")`; until then it cannot.
+pub fn tls_available() -> bool {
+    false
+}
+
+/// `--version`, and `BACKEND --version`, which names the backend too (as
+/// `nbdkit PLUGIN --version` does). Backends are built in, so theirs is ours.
+pub fn version(backend: Option<&str>) -> String {
+    let mut s = format!("nbdlite {VERSION}\n");
+    if let Some(b) = backend {
+        s.push_str(&format!("{b} {VERSION}\n"));
+    }
+    s
+}
+
+/// `--dump-config`: nbdkit's keys that mean something for nbdlite, in
+/// nbdkit's format (sorted `key=value` lines), each one true of this build.
+/// `binary` is the running executable, if the kernel can tell.
+pub fn dump_config(binary: Option<&Path>) -> String {
+    let mut lines = vec![
+        ("exit_with_parent", "yes".to_string()),
+        ("host_cpu", std::env::consts::ARCH.to_string()),
+        ("host_os", host_os()),
+        ("name", "nbdlite".to_string()),
+        ("tls", yes_no(tls_available())),
+        ("version", VERSION.to_string()),
+        ("version_major", env!("CARGO_PKG_VERSION_MAJOR").to_string()),
+        ("version_minor", env!("CARGO_PKG_VERSION_MINOR").to_string()),
+    ];
+    if let Some(b) = binary {
+        lines.push(("binary", b.display().to_string()));
+    }
+    lines.sort();
+    lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+}
+
+/// The operating system the way autoconf (and so nbdkit) spells it:
+/// `linux-gnu`, `linux-musl`.
+fn host_os() -> String {
+    let env = if cfg!(target_env = "gnu") {
+        "-gnu"
+    } else if cfg!(target_env = "musl") {
+        "-musl"
+    } else {
+        ""
+    };
+    format!("{}{env}", std::env::consts::OS)
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_like_nbdkit() {
+        assert_eq!(version(None), format!("nbdlite {VERSION}\n"));
+        assert_eq!(
+            version(Some("memory")),
+            format!("nbdlite {VERSION}\nmemory {VERSION}\n")
+        );
+    }
+
+    #[test]
+    fn dump_config_is_sorted_key_value_lines() {
+        let d = dump_config(Some(Path::new("/usr/bin/nbdlite")));
+        let keys: Vec<&str> = d.lines().map(|l| l.split_once('=').unwrap().0).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        for want in [
+            "binary=/usr/bin/nbdlite",
+            "name=nbdlite",
+            "tls=no",
+            "exit_with_parent=yes",
+            &format!("version={VERSION}"),
+            &format!("host_cpu={}", std::env::consts::ARCH),
+        ] {
+            assert!(d.lines().any(|l| l == want), "{want} in {d}");
+        }
+        let major = d.lines().find_map(|l| l.strip_prefix("version_major="));
+        let minor = d.lines().find_map(|l| l.strip_prefix("version_minor="));
+        assert_eq!(
+            format!("{}.{}.", major.unwrap(), minor.unwrap()),
+            VERSION[..VERSION.rfind('.').unwrap() + 1]
+        );
+        assert!(!dump_config(None).contains("binary="));
+    }
+}

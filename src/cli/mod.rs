@@ -1,0 +1,484 @@
+//! The command line, nbdkit-style: `nbdlite [OPTIONS] BACKEND [KEY=VALUE ...]`,
+//! with nbdkit's spellings of each option.
+//!
+//! Parses a list of arguments (never the process environment) into a `Config`,
+//! so that tests can call it directly. `values` turns option values into
+//! settings, `backend` reads the backend and its parameter, `help` holds what
+//! nbdlite says about itself.
+
+mod backend;
+mod help;
+mod values;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::logging::Sink;
+
+pub use backend::{BackendSpec, parse_size};
+pub use help::{HELP, dump_config, tls_available, version};
+pub use values::{DEFAULT_BUSY_POLL, DEFAULT_HANDSHAKE_TIMEOUT};
+use values::{flag, os_value, value};
+
+pub const DEFAULT_PORT: u16 = 10809;
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Command {
+    Serve(Box<Config>),
+    Help,
+    /// `--version`, or `BACKEND --version` (a backend that exists).
+    Version(Option<String>),
+    DumpConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnixSocket {
+    Path(PathBuf),
+    /// `-U -`: a private socket in a fresh temporary directory.
+    Random,
+}
+
+/// `-4` / `-6`: TCP on one address family only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub foreground: bool,
+    pub unix: Option<UnixSocket>,
+    pub port: Option<u16>,
+    pub ipaddr: Option<String>,
+    /// `-4`/`-6`; `None`: both families.
+    pub family: Option<Family>,
+    pub single: bool,
+    pub read_only: bool,
+    pub export_name: String,
+    pub description: Option<String>,
+    pub pidfile: Option<PathBuf>,
+    pub verbose: bool,
+    pub oldstyle: bool,
+    pub run: Option<String>,
+    pub exit_with_parent: bool,
+    pub idle_timeout: Option<Duration>,
+    pub busy_poll: Duration,
+    pub no_sr: bool,
+    pub print_uri: bool,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// `--log`; `None` means the default, which depends on forking.
+    pub log: Option<Sink>,
+    /// `-t N` was given: warn that it is ignored.
+    pub threads_ignored: bool,
+    /// `-D NAME.FLAG=N`, accepted as nbdkit's are: warn that they do nothing.
+    pub debug_flags: Vec<String>,
+    pub backend: BackendSpec,
+    /// Hardening: `--handshake-timeout` (None: never) and `--max-connections`
+    /// (None: what the descriptor limit allows).
+    pub handshake_timeout: Option<Duration>,
+    pub max_connections: Option<usize>,
+}
+
+impl Config {
+    /// Whether the process stays in the foreground.
+    pub fn stays_in_foreground(&self, activated: bool) -> bool {
+        self.foreground || self.single || self.run.is_some() || self.exit_with_parent || activated
+    }
+}
+
+/// The options that take a value, as given (each under any of its spellings).
+struct Values {
+    unix: Option<String>,
+    port: Option<String>,
+    ipaddr: Option<String>,
+    export_name: Option<String>,
+    description: Option<String>,
+    pidfile: Option<OsString>,
+    run: Option<String>,
+    idle: Option<String>,
+    tls: Option<String>,
+    threads: Option<String>,
+    busy_poll: Option<String>,
+    user: Option<String>,
+    group: Option<String>,
+    log: Option<String>,
+    handshake_timeout: Option<String>,
+    max_connections: Option<String>,
+    debug: Vec<String>,
+}
+
+impl Values {
+    /// Takes them off the command line first: combined short flags (`-fv`)
+    /// are only safe to look for once no value is left that could look like one.
+    fn take(p: &mut pico_args::Arguments) -> Result<Values, Error> {
+        Ok(Values {
+            unix: value(p, &["-U", "--unix"])?,
+            port: value(p, &["-p", "--port"])?,
+            ipaddr: value(p, &["-i", "--ipaddr", "--ip-addr"])?,
+            export_name: value(p, &["-e", "--exportname", "--export-name", "--export"])?,
+            description: value(p, &["--description"])?,
+            pidfile: os_value(p, &["-P", "--pidfile", "--pid-file"])?,
+            run: value(p, &["--run"])?,
+            idle: value(p, &["--idle-timeout"])?,
+            tls: value(p, &["--tls"])?,
+            threads: value(p, &["-t", "--threads"])?,
+            busy_poll: value(p, &["--busy-poll"])?,
+            user: value(p, &["-u", "--user"])?,
+            group: value(p, &["-g", "--group"])?,
+            log: value(p, &["--log"])?,
+            handshake_timeout: value(p, &["--handshake-timeout"])?,
+            max_connections: value(p, &["--max-connections"])?,
+            debug: p
+                .values_from_str(["-D", "--debug"])
+                .map_err(|e| Error::usage(e.to_string()))?,
+        })
+    }
+}
+
+/// Parses `args` (without the program name). `activated` says socket activation
+/// is on, which rules out every flag that chooses where to listen.
+pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
+    let mut p = pico_args::Arguments::from_vec(args);
+    let v = Values::take(&mut p)?;
+    // -4 and -6: the last one wins (as nbdkit), so their order matters.
+    let rest = p.finish();
+    let family = last_family(&rest);
+    let mut p = pico_args::Arguments::from_vec(rest);
+    flag(&mut p, &["-4", "--ipv4-only"]);
+    flag(&mut p, &["-6", "--ipv6-only"]);
+
+    if flag(&mut p, &["--help", "-h"]) {
+        return Ok(Command::Help);
+    }
+    if flag(&mut p, &["--dump-config"]) {
+        return Ok(Command::DumpConfig);
+    }
+    let version = flag(&mut p, &["-V", "--version"]);
+    let foreground = flag(&mut p, &["-f", "--foreground", "--no-fork"]);
+    let single = flag(&mut p, &["-s", "--single", "--stdin"]);
+    let read_only = flag(&mut p, &["-r", "--readonly", "--read-only"]);
+    let verbose = flag(&mut p, &["-v", "--verbose"]);
+    let newstyle = flag(&mut p, &["-n", "--newstyle", "--new-style"]);
+    let oldstyle = flag(&mut p, &["-o", "--oldstyle", "--old-style"]);
+    let exit_with_parent = flag(&mut p, &["--exit-with-parent"]);
+    let no_sr = flag(&mut p, &["--no-sr"]);
+    let print_uri = flag(&mut p, &["--print-uri"]);
+    let rest = remaining(p)?;
+    if version {
+        // `BACKEND --version` names the backend too, if there is one.
+        let name = rest.iter().find(|a| !a.starts_with('-'));
+        if let Some(name) = name {
+            backend::known(name)?;
+        }
+        return Ok(Command::Version(name.cloned()));
+    }
+
+    if activated {
+        for (given, flag) in [
+            (v.ipaddr.is_some(), "-i"),
+            (v.port.is_some(), "-p"),
+            (single, "-s"),
+            (v.unix.is_some(), "-U"),
+            (v.run.is_some(), "--run"),
+        ] {
+            if given {
+                return Err(Error::usage(format!(
+                    "cannot use socket activation with {flag} flag"
+                )));
+            }
+        }
+    }
+    if newstyle && oldstyle {
+        return Err(Error::usage("-n and -o cannot be used together"));
+    }
+    if single && (v.unix.is_some() || v.port.is_some() || v.ipaddr.is_some() || v.run.is_some()) {
+        return Err(Error::usage("-s cannot be used with -U, -p, -i or --run"));
+    }
+    values::tls(v.tls.as_deref())?;
+    if let Some(t) = &v.threads {
+        values::threads(t)?;
+    }
+    for d in &v.debug {
+        values::debug_flag(d)?;
+    }
+    let log = v.log.as_deref().map(values::log).transpose()?;
+    for (flag, name) in [("-u", &v.user), ("-g", &v.group)] {
+        if name.as_deref() == Some("") {
+            return Err(Error::usage(format!("{flag}: empty name")));
+        }
+    }
+    let port = v.port.as_deref().map(values::port).transpose()?;
+    let mut unix = v.unix.map(|u| {
+        if u == "-" {
+            UnixSocket::Random
+        } else {
+            UnixSocket::Path(PathBuf::from(u))
+        }
+    });
+    if v.run.is_some() && unix.is_none() && port.is_none() && v.ipaddr.is_none() {
+        // A captive server is private unless asked otherwise.
+        unix = Some(UnixSocket::Random);
+    }
+    let export_name = v.export_name.unwrap_or_default();
+    for (what, s) in [
+        ("export name", Some(&export_name)),
+        ("description", v.description.as_ref()),
+    ] {
+        if s.is_some_and(|s| s.len() > 4096) {
+            return Err(Error::usage(format!("{what} is longer than 4096 bytes")));
+        }
+    }
+
+    if let Some(opt) = rest.iter().find(|a| a.starts_with('-') && a.len() > 1) {
+        return Err(Error::usage(format!(
+            "unknown option: {opt} (see nbdlite --help)"
+        )));
+    }
+    let Some((name, params)) = rest.split_first() else {
+        return Err(Error::usage(
+            "no backend given: try 'nbdlite -f memory 1G' (see nbdlite --help)",
+        ));
+    };
+    let backend = backend::parse(name, params)?;
+
+    Ok(Command::Serve(Box::new(Config {
+        foreground,
+        unix,
+        port,
+        ipaddr: v.ipaddr,
+        family,
+        single,
+        read_only,
+        export_name,
+        description: v.description,
+        pidfile: v.pidfile.map(PathBuf::from),
+        verbose,
+        oldstyle,
+        run: v.run,
+        exit_with_parent,
+        idle_timeout: v.idle.as_deref().map(values::idle_timeout).transpose()?,
+        busy_poll: values::busy_poll(v.busy_poll.as_deref())?,
+        no_sr,
+        print_uri,
+        user: v.user,
+        group: v.group,
+        log,
+        threads_ignored: v.threads.is_some(),
+        debug_flags: v.debug,
+        backend,
+        handshake_timeout: values::handshake_timeout(v.handshake_timeout.as_deref())?,
+        max_connections: v
+            .max_connections
+            .as_deref()
+            .map(values::max_connections)
+            .transpose()?,
+    })))
+}
+
+/// The family of the last `-4`/`-6` (`--ipv4-only`/`--ipv6-only`), also
+/// inside combined short flags (`-f6`). Only flags are left in `args` by now,
+/// besides the backend and its parameters, which do not start with `-`.
+fn last_family(args: &[OsString]) -> Option<Family> {
+    let mut family = None;
+    for a in args.iter().filter_map(|a| a.to_str()) {
+        match a {
+            "--ipv4-only" => family = Some(Family::V4),
+            "--ipv6-only" => family = Some(Family::V6),
+            _ if a.starts_with('-') && !a.starts_with("--") => {
+                for c in a.chars() {
+                    match c {
+                        '4' => family = Some(Family::V4),
+                        '6' => family = Some(Family::V6),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    family
+}
+
+/// What is left once every option is taken: the backend and its parameters
+/// (and any unknown option, which the caller reports).
+fn remaining(p: pico_args::Arguments) -> Result<Vec<String>, Error> {
+    p.finish()
+        .into_iter()
+        .map(|a| {
+            a.into_string()
+                .map_err(|a| Error::usage(format!("argument is not UTF-8: {a:?}")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<OsString> {
+        s.split_whitespace().map(OsString::from).collect()
+    }
+
+    fn config(s: &str) -> Config {
+        match parse(args(s), false) {
+            Ok(Command::Serve(c)) => *c,
+            other => panic!("{s}: {other:?}"),
+        }
+    }
+
+    fn error(s: &str, activated: bool) -> String {
+        match parse(args(s), activated) {
+            Err(e) => e.to_string(),
+            Ok(c) => panic!("{s}: accepted: {c:?}"),
+        }
+    }
+
+    #[test]
+    fn nbdkit_service_options() {
+        let c = config("-u nobody --group=nogroup --log=syslog --print-uri -t 4 memory 1M");
+        assert_eq!(c.user.as_deref(), Some("nobody"));
+        assert_eq!(c.group.as_deref(), Some("nogroup"));
+        assert_eq!(c.log, Some(Sink::Syslog));
+        assert!(c.print_uri && c.threads_ignored);
+        let c = config("--threads=2 --log null memory 1M");
+        assert_eq!((c.log, c.threads_ignored), (Some(Sink::Null), true));
+        assert_eq!(config("memory 1M").log, None);
+        assert!(error("--log=journal memory 1M", false).contains("--log"));
+        assert!(error("-u= memory 1M", false).contains("-u"));
+    }
+
+    #[test]
+    fn run_defaults_to_a_private_socket() {
+        assert_eq!(
+            config("--run true memory 1M").unix,
+            Some(UnixSocket::Random)
+        );
+        let c = config("--run true -p 0 memory 1M");
+        assert_eq!((c.unix, c.port), (None, Some(0)));
+        assert_eq!(config("--run true -i ::1 memory 1M").unix, None);
+    }
+
+    #[test]
+    fn options_anywhere() {
+        let c = config("-U - memory 1G --run true -r");
+        assert_eq!(c.unix, Some(UnixSocket::Random));
+        assert_eq!(c.run.as_deref(), Some("true"));
+        assert!(c.read_only);
+        let c = config("-fv -p 0 -e disk --description=hello memory 1M");
+        assert!(c.foreground && c.verbose);
+        assert_eq!(c.port, Some(0));
+        assert_eq!(c.export_name, "disk");
+        assert_eq!(c.description.as_deref(), Some("hello"));
+        let c = config("--idle-timeout 2.5 -t 16 --tls=off --no-sr --busy-poll 0 memory 1M");
+        assert_eq!(c.idle_timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(c.busy_poll, Duration::ZERO);
+        assert_eq!(config("memory 1").busy_poll, DEFAULT_BUSY_POLL);
+        assert!(c.no_sr);
+        assert!(error("--bogus memory 1M", false).contains("unknown option: --bogus"));
+        assert!(error("-p http memory 1M", false).contains("not a port"));
+        assert!(error("--tls=require memory 1M", false).contains("TLS"));
+        assert!(error("--idle-timeout 0 memory 1M", false).contains("idle-timeout"));
+        assert!(error("-s -U x memory 1M", false).contains("-s cannot"));
+        assert!(matches!(parse(args("--help"), false), Ok(Command::Help)));
+        assert!(error("-f", false).contains("no backend"));
+    }
+
+    #[test]
+    fn hardening_options() {
+        let c = config("memory 1M");
+        assert_eq!(c.handshake_timeout, Some(DEFAULT_HANDSHAKE_TIMEOUT));
+        assert_eq!(c.max_connections, None);
+        let c = config("--handshake-timeout 0 --max-connections=3 memory 1M");
+        assert_eq!(c.handshake_timeout, None);
+        assert_eq!(c.max_connections, Some(3));
+        let c = config("--handshake-timeout=1.5 memory 1M");
+        assert_eq!(c.handshake_timeout, Some(Duration::from_millis(1500)));
+        assert!(error("--handshake-timeout -1 memory 1M", false).contains("handshake-timeout"));
+        assert!(error("--handshake-timeout x memory 1M", false).contains("handshake-timeout"));
+        assert!(error("--max-connections 0 memory 1M", false).contains("max-connections"));
+        assert!(error("--max-connections lots memory 1M", false).contains("max-connections"));
+    }
+
+    #[test]
+    fn activation_forbids_listening_flags() {
+        for (flags, name) in [
+            ("-i ::1", "-i"),
+            ("-p 1", "-p"),
+            ("-s", "-s"),
+            ("-U x", "-U"),
+            ("--run true", "--run"),
+        ] {
+            let msg = error(&format!("{flags} memory 1M"), true);
+            assert_eq!(
+                msg,
+                format!("cannot use socket activation with {name} flag")
+            );
+        }
+        assert!(matches!(
+            parse(args("-P /tmp/p -v memory 1M"), true),
+            Ok(Command::Serve(_))
+        ));
+    }
+
+    #[test]
+    fn nbdkit_spellings() {
+        let c = config(
+            "--read-only --export=disk --pid-file /tmp/p --no-fork --ip-addr ::1 \
+             --new-style memory 1M",
+        );
+        assert!(c.read_only && c.foreground && !c.oldstyle);
+        assert_eq!(c.export_name, "disk");
+        assert_eq!(c.pidfile, Some(PathBuf::from("/tmp/p")));
+        assert_eq!(c.ipaddr.as_deref(), Some("::1"));
+        assert_eq!(config("--export-name x memory 1M").export_name, "x");
+        assert_eq!(config("--pidfile=/p memory 1M").pidfile, Some("/p".into()));
+        assert!(config("--old-style memory 1M").oldstyle);
+        assert!(error("--new-style --old-style memory 1M", false).contains("-n and -o"));
+        assert!(error("-e a --export b memory 1M", false).contains("more than once"));
+        let c = config("-D nbdkit.backend.datapath=0 --debug=a.b=1 -t 4 memory 1M");
+        assert_eq!(c.debug_flags, ["nbdkit.backend.datapath=0", "a.b=1"]);
+        assert!(c.threads_ignored);
+        assert!(error("-D foo memory 1M", false).contains("NAME.FLAG=N"));
+        assert!(error("-t x memory 1M", false).contains("-t"));
+    }
+
+    #[test]
+    fn last_of_ipv4_and_ipv6_only_wins() {
+        assert_eq!(config("memory 1M").family, None);
+        assert_eq!(config("-4 memory 1M").family, Some(Family::V4));
+        assert_eq!(config("--ipv6-only memory 1M").family, Some(Family::V6));
+        assert_eq!(config("-4 -6 memory 1M").family, Some(Family::V6));
+        assert_eq!(
+            config("-6 -f --ipv4-only memory 1M").family,
+            Some(Family::V4)
+        );
+        let c = config("-f6v4 memory 1M");
+        assert_eq!(c.family, Some(Family::V4));
+        assert!(c.foreground && c.verbose);
+        // a value that looks like the flag is not one
+        assert_eq!(config("-e -6 memory 1M").family, None);
+    }
+
+    #[test]
+    fn version_help_and_dump_config() {
+        let version = |s: &str| match parse(args(s), false) {
+            Ok(Command::Version(b)) => b,
+            other => panic!("{s}: {other:?}"),
+        };
+        assert_eq!(version("--version"), None);
+        assert_eq!(version("-V"), None);
+        assert_eq!(version("memory --version").as_deref(), Some("memory"));
+        assert_eq!(version("-f null 1M --version").as_deref(), Some("null"));
+        assert!(error("nosuch --version", false).contains("unknown backend 'nosuch'"));
+        assert!(matches!(
+            parse(args("--dump-config"), false),
+            Ok(Command::DumpConfig)
+        ));
+        assert!(matches!(parse(args("-h memory"), false), Ok(Command::Help)));
+    }
+}

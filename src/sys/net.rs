@@ -1,0 +1,43 @@
+//! A TCP listener that takes IPv6 clients only (`-6`, as nbdkit's): the
+//! IPV6_V6ONLY option must be set between socket(2) and bind(2), and std's
+//! `TcpListener::bind` offers no moment to do it.
+
+use std::io;
+use std::net::SocketAddrV6;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use super::cvt;
+
+/// Binds and listens on `addr` with IPV6_V6ONLY and SO_REUSEADDR (as std sets
+/// it), with the largest backlog the system allows. Blocking, close-on-exec.
+pub fn tcp_listener_v6_only(addr: SocketAddrV6) -> io::Result<std::net::TcpListener> {
+    // SAFETY: no memory is passed; the result is checked before use.
+    let fd =
+        cvt(unsafe { libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: socket(2) just returned this fd, so it is open and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_int(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    set_int(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    let sa = libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+        sin6_port: addr.port().to_be(),
+        sin6_flowinfo: addr.flowinfo(),
+        sin6_addr: libc::in6_addr {
+            s6_addr: addr.ip().octets(),
+        },
+        sin6_scope_id: addr.scope_id(),
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    // SAFETY: sa is a valid sockaddr_in6 of len bytes, only read by the kernel.
+    cvt(unsafe { libc::bind(fd.as_raw_fd(), (&raw const sa).cast(), len) })?;
+    // SAFETY: no memory is passed.
+    cvt(unsafe { libc::listen(fd.as_raw_fd(), libc::SOMAXCONN.max(4096)) })?;
+    Ok(std::net::TcpListener::from(fd))
+}
+
+fn set_int(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v lives across the call and len is its size; the kernel only reads it.
+    cvt(unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, (&raw const v).cast(), len) })?;
+    Ok(())
+}
