@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 
 use crate::error::Error;
+use crate::tls::TlsMode;
 
 /// Where clients reach us, in the forms nbdkit exports to `--run`.
 pub struct Endpoint<'a> {
@@ -12,14 +13,22 @@ pub struct Endpoint<'a> {
     pub port: Option<u16>,
     pub ipaddr: Option<&'a str>,
     pub export_name: &'a str,
+    /// `--tls=require` makes the URI an `nbds` one.
+    pub tls: TlsMode,
 }
 
 /// The NBD URI (doc/uri.md of the NBD project); a Unix socket is preferred.
+/// With `--tls=require` it is an `nbds` URI: a client must use TLS.
 pub fn uri(ep: &Endpoint) -> String {
     let name = percent_encode(ep.export_name);
+    let scheme = if ep.tls == TlsMode::Require {
+        "nbds"
+    } else {
+        "nbd"
+    };
     match (ep.unix, ep.port) {
         (Some(path), _) => format!(
-            "nbd+unix:///{name}?socket={}",
+            "{scheme}+unix:///{name}?socket={}",
             percent_encode(&path.to_string_lossy())
         ),
         (None, Some(port)) => {
@@ -29,7 +38,7 @@ pub fn uri(ep: &Endpoint) -> String {
                 None => "localhost".to_string(),
             };
             let slash = if name.is_empty() { "" } else { "/" };
-            format!("nbd://{host}:{port}{slash}{name}")
+            format!("{scheme}://{host}:{port}{slash}{name}")
         }
         (None, None) => String::new(),
     }
@@ -49,8 +58,9 @@ fn percent_encode(s: &str) -> String {
 }
 
 /// Starts the command with `$uri`, `$nbd`, `$port`, `$unixsocket`, `$exportname`
-/// and `$tls` in its environment, so the shell expands them where CMD says
-/// `$name`. `$nbd` equals `$uri`, as in nbdkit ≥ 1.24: qemu takes URIs.
+/// and `$tls` (0, 1, 2 for `--tls=off|on|require`) in its environment, so the
+/// shell expands them where CMD says `$name`. `$nbd` equals `$uri`, as in
+/// nbdkit ≥ 1.24: qemu takes URIs.
 pub fn spawn(cmd: &str, ep: &Endpoint, nofile: Option<u64>) -> Result<Child, Error> {
     let uri = uri(ep);
     let mut c = Command::new("/bin/sh");
@@ -69,7 +79,7 @@ pub fn spawn(cmd: &str, ep: &Endpoint, nofile: Option<u64>) -> Result<Child, Err
             ep.unix.map(|p| p.as_os_str()).unwrap_or_default(),
         )
         .env("exportname", ep.export_name)
-        .env("tls", "0");
+        .env("tls", ep.tls.number().to_string());
     c.spawn().map_err(Error::setup("--run: /bin/sh"))
 }
 
@@ -84,6 +94,7 @@ mod tests {
             port,
             ipaddr: ip,
             export_name: name,
+            tls: TlsMode::Off,
         };
         assert_eq!(
             uri(&ep(Some("/tmp/s"), None, None, "")),
@@ -104,6 +115,20 @@ mod tests {
         assert_eq!(
             uri(&ep(None, Some(5), Some("127.0.0.1"), "")),
             "nbd://127.0.0.1:5"
+        );
+        let required = |e: Endpoint<'static>| {
+            uri(&Endpoint {
+                tls: TlsMode::Require,
+                ..e
+            })
+        };
+        assert_eq!(
+            required(ep(Some("/tmp/s"), None, None, "")),
+            "nbds+unix:///?socket=/tmp/s"
+        );
+        assert_eq!(
+            required(ep(None, Some(5), Some("127.0.0.1"), "")),
+            "nbds://127.0.0.1:5"
         );
     }
 }

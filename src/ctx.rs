@@ -40,6 +40,9 @@ pub struct Ctx {
     pub waiting: VecDeque<Origin>,
     /// The connection whose turn it is.
     pub serving: Origin,
+    /// The TLS configuration STARTTLS begins sessions with (`--tls=on|require`).
+    #[cfg(feature = "tls")]
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl Ctx {
@@ -54,6 +57,8 @@ impl Ctx {
             inflight: Slab::new(),
             waiting: VecDeque::new(),
             serving: Origin { key: 0, serial: 0 },
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 

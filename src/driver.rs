@@ -44,6 +44,9 @@ pub enum Progress {
     /// The request at the front must wait for room in the I/O engine (see
     /// `transmission::room_for`); a completion or freed room resumes it.
     Blocked,
+    /// STARTTLS was accepted: once its ACK is sent, the connection switches to
+    /// TLS, handing it the bytes not yet used (`unread`).
+    StartTls,
 }
 
 /// What one `receive` got.
@@ -158,6 +161,16 @@ impl Driver {
         !self.input.is_empty() || self.state.skip > 0
     }
 
+    /// Bytes received and not used: after STARTTLS, the start of the TLS
+    /// handshake (never options: `forget_unread` drops them from here).
+    pub fn unread(&self) -> &[u8] {
+        self.input.pending()
+    }
+
+    pub fn forget_unread(&mut self) {
+        self.input.consume(self.input.len());
+    }
+
     /// Gives the input buffer back to the pool if nothing is pending.
     pub fn release(&mut self, pool: &mut Pool) {
         self.input.release(pool);
@@ -211,6 +224,7 @@ impl State {
                 self.phase = Phase::Transmission(session);
                 (consumed, Progress::Some)
             }
+            Outcome::StartTls { consumed } => (consumed, Progress::StartTls),
             Outcome::Abort => (0, Progress::Close("client aborted")),
             Outcome::Close(why) => {
                 log::warn!("handshake: {why}: disconnecting");
@@ -293,9 +307,5 @@ impl Driver {
 
     pub(crate) fn need(&self) -> usize {
         self.state.need
-    }
-
-    pub(crate) fn pending(&self) -> &[u8] {
-        self.input.pending()
     }
 }

@@ -3,6 +3,7 @@
 use crate::backend::Caps;
 use crate::proto::reply::Style;
 use crate::proto::*;
+use crate::tls::TlsMode;
 
 /// Largest payload we advertise (NBD_INFO_BLOCK_SIZE maximum): the spec's default.
 pub const MAX_PAYLOAD: u32 = 32 << 20;
@@ -24,6 +25,8 @@ pub struct Export {
     pub caps: Caps,
     /// `--no-sr`: refuse STRUCTURED_REPLY (and EXTENDED_HEADERS, which implies it).
     pub no_sr: bool,
+    /// Whether clients may, or must, reach it over TLS (`--tls`).
+    pub tls: TlsMode,
 }
 
 impl Export {
@@ -69,6 +72,7 @@ pub fn test_export(read_only: bool, min_block: u32) -> Export {
             min_block,
         },
         no_sr: false,
+        tls: TlsMode::Off,
     }
 }
 

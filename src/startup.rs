@@ -31,6 +31,9 @@ pub fn serve(
         log::warn!("-t/--threads is ignored: one thread serves every connection");
     }
     let identity = Identity::resolve(cfg.user.as_deref(), cfg.group.as_deref())?;
+    // Certificates are read before privileges are dropped (as nbdkit).
+    #[cfg(feature = "tls")]
+    let tls = load_tls(cfg)?;
     let nofile = raise_nofile_limit();
     let backend = open_backend(cfg)?;
     let export = export_of(cfg, backend.as_ref());
@@ -44,6 +47,7 @@ pub fn serve(
         port,
         ipaddr: cfg.ipaddr.as_deref(),
         export_name: &cfg.export_name,
+        tls: cfg.tls.mode(),
     };
     if cfg.print_uri {
         print_uri(&ep)?;
@@ -84,6 +88,8 @@ pub fn serve(
         notifier: Notifier::new(notify_socket),
         handshake_timeout: cfg.handshake_timeout,
         max_connections: cfg.max_connections,
+        #[cfg(feature = "tls")]
+        tls,
     };
     let notifier = setup.notifier.clone();
     let mut server = Server::new(setup, backend).map_err(Error::setup("event loop"))?;
@@ -103,6 +109,23 @@ pub fn serve(
     let code = server.run();
     drop(cleanup);
     Ok(code)
+}
+
+/// The TLS configuration, when `--tls` is on or required: the certificates
+/// and key are loaded (and checked against each other) now, so that any
+/// problem is one line at start, not a failed handshake later.
+#[cfg(feature = "tls")]
+fn load_tls(cfg: &Config) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, Error> {
+    if cfg.tls.mode() == crate::tls::TlsMode::Off {
+        return Ok(None);
+    }
+    let config = crate::tls::server_config(&cfg.tls)?;
+    log::debug!(
+        "TLS: {:?}, verify peer: {}",
+        cfg.tls.mode(),
+        cfg.tls.verify_peer
+    );
+    Ok(Some(config))
 }
 
 /// Many clients need many descriptors: take all the administrator allows.
@@ -193,6 +216,7 @@ fn export_of(cfg: &Config, backend: &dyn Backend) -> Export {
             ..caps
         },
         no_sr: cfg.no_sr,
+        tls: cfg.tls.mode(),
     }
 }
 

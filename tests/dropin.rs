@@ -163,7 +163,8 @@ fn dump_config_in_nbdkit_format() {
         format!("{}.{}", get("version_major"), get("version_minor")),
         version[..version.rfind('.').unwrap()]
     );
-    assert_eq!(get("tls"), "no");
+    let tls = if cfg!(feature = "tls") { "yes" } else { "no" };
+    assert_eq!(get("tls"), tls, "what this build can do");
     assert_eq!(get("exit_with_parent"), "yes");
     assert_eq!(get("host_cpu"), std::env::consts::ARCH);
     assert!(get("host_os").starts_with("linux"));

@@ -11,14 +11,14 @@ use std::os::unix::fs::FileExt;
 use std::rc::Rc;
 
 use super::plan::{Call, Job, Lacks, Limits};
-use super::{Done, Op, Tag, ZEROES};
+use super::{Done, Op, Tag, ZEROES_LEN, zeroes};
 use crate::sys;
 
 /// Pieces small enough that one takes about a millisecond or less.
 const LIMITS: Limits = Limits {
     rw: 1 << 20,
     falloc: 4 << 20,
-    zero: ZEROES.len(),
+    zero: ZEROES_LEN,
     cache: 8 << 20,
     per_op: 1,
 };
@@ -95,7 +95,7 @@ impl Blocking {
         let n = match call {
             Call::Read { at, range } => f.read_at(&mut buf[range.clone()], *at)?,
             Call::Write { at, range } => f.write_at(&buf[range.clone()], *at)?,
-            Call::WriteZeroes { at, len } => f.write_at(&ZEROES[..*len], *at)?,
+            Call::WriteZeroes { at, len } => f.write_at(&zeroes()[..*len], *at)?,
             Call::Datasync => f.sync_data().map(|()| 0)?,
             Call::Fallocate { mode, at, len } => {
                 sys::fallocate(f.as_fd(), *mode, *at, *len).map(|()| 0)?

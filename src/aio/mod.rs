@@ -76,9 +76,17 @@ pub struct Done {
 /// Operations accepted at once (`has_room`).
 const MAX_OPS: usize = 256;
 
-/// 1 MiB of zeroes in .bss: the source of every zero-writing piece. Never
-/// written, so its pages stay the kernel's shared zero page.
-static ZEROES: [u8; 1 << 20] = [0; 1 << 20];
+/// Bytes in the buffer of zeroes every zero-writing piece is written from.
+const ZEROES_LEN: usize = 1 << 20;
+
+/// The buffer of zeroes, made on first use and kept for the life of the
+/// process (in-flight writes may read it at any time). An immutable `static`
+/// array would sit in .rodata and add a megabyte to the binary; this one is a
+/// fresh anonymous mapping, never written, so it costs no memory either.
+fn zeroes() -> &'static [u8] {
+    static ZEROES: std::sync::OnceLock<&'static [u8]> = std::sync::OnceLock::new();
+    ZEROES.get_or_init(|| Box::leak(vec![0u8; ZEROES_LEN].into_boxed_slice()))
+}
 
 /// The file I/O engine: io_uring, or synchronous calls in bounded slices.
 pub struct Engine {

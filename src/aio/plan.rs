@@ -19,7 +19,7 @@ pub(super) struct Limits {
     pub rw: usize,
     /// Largest single fallocate.
     pub falloc: u64,
-    /// Largest single write of zeroes (at most `ZEROES.len()`).
+    /// Largest single write of zeroes (at most `ZEROES_LEN`).
     pub zero: usize,
     /// Largest single readahead hint.
     pub cache: u64,

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use slab::Slab;
 
 use super::plan::{Call, Job, Lacks, Limits, Piece, from_res};
-use super::{Done, Op, Tag, ZEROES};
+use super::{Done, Op, Tag, ZEROES_LEN, zeroes};
 use crate::sys::uring::{BufId, Options, Ring, SetupError, Sqe};
 
 /// Piece sizes: reads and writes up to 4 MiB each, fallocate 64 MiB, zeroes
@@ -18,7 +18,7 @@ use crate::sys::uring::{BufId, Options, Ring, SetupError, Sqe};
 const LIMITS: Limits = Limits {
     rw: 4 << 20,
     falloc: 64 << 20,
-    zero: ZEROES.len(),
+    zero: ZEROES_LEN,
     cache: 8 << 20,
     per_op: 4,
 };
@@ -228,7 +228,7 @@ fn to_sqe(call: Call, buf: &Buf) -> Sqe {
         },
         Call::WriteZeroes { at, len } => Sqe::WriteStatic {
             at,
-            data: &ZEROES[..len],
+            data: &zeroes()[..len],
         },
         Call::Datasync => Sqe::Datasync,
         Call::Fallocate { mode, at, len } => Sqe::Fallocate { mode, at, len },

@@ -48,7 +48,16 @@ Options:
       --max-connections N refuse clients beyond N at once (default: as many
                           as the file descriptor limit allows)
       --no-sr             do not offer structured replies
-      --tls off           TLS is not supported: only 'off' is accepted
+      --tls off|on|require
+                          TLS (STARTTLS): refused, offered, or demanded before
+                          any other option (default: on with
+                          --tls-certificates, else off)
+      --tls-certificates DIR
+                          ca-cert.pem, server-cert.pem, server-key.pem and an
+                          optional ca-crl.pem (default: /etc/pki/nbdkit for
+                          root, else ~/.pki/nbdkit)
+      --tls-verify-peer   clients must show a certificate signed by the CA
+      --tls-psk FILE      not supported: rustls has no TLS-PSK (see nbdlite(1))
   -t, --threads N         accepted for nbdkit compatibility; no effect
   -D, --debug NAME.FLAG=N accepted for nbdkit compatibility; no effect
   -v, --verbose           debug messages (always on stderr)
@@ -70,10 +79,9 @@ Socket activation (LISTEN_FDS/LISTEN_PID) and NOTIFY_SOCKET are supported; see n
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Whether this build can serve TLS. The TLS work (a default cargo feature
-/// `tls`) turns this into `cfg!(feature = "tls")`; until then it cannot.
+/// Whether this build can serve TLS (the default `tls` cargo feature).
 pub fn tls_available() -> bool {
-    false
+    cfg!(feature = "tls")
 }
 
 /// `--version`, and `BACKEND --version`, which names the backend too (as
@@ -147,7 +155,11 @@ mod tests {
         for want in [
             "binary=/usr/bin/nbdlite",
             "name=nbdlite",
-            "tls=no",
+            if cfg!(feature = "tls") {
+                "tls=yes"
+            } else {
+                "tls=no"
+            },
             "exit_with_parent=yes",
             &format!("version={VERSION}"),
             &format!("host_cpu={}", std::env::consts::ARCH),

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::logging::Sink;
+use crate::tls::{self, TlsOptions};
 
 pub use backend::{BackendSpec, parse_size};
 pub use help::{HELP, dump_config, tls_available, version};
@@ -82,6 +83,8 @@ pub struct Config {
     /// (None: what the descriptor limit allows).
     pub handshake_timeout: Option<Duration>,
     pub max_connections: Option<usize>,
+    /// `--tls`, `--tls-certificates`, `--tls-verify-peer`, `--tls-psk`.
+    pub tls: TlsOptions,
 }
 
 impl Config {
@@ -101,7 +104,7 @@ struct Values {
     pidfile: Option<OsString>,
     run: Option<String>,
     idle: Option<String>,
-    tls: Option<String>,
+    tls: TlsOptions,
     threads: Option<String>,
     busy_poll: Option<String>,
     user: Option<String>,
@@ -125,7 +128,7 @@ impl Values {
             pidfile: os_value(p, &["-P", "--pidfile", "--pid-file"])?,
             run: value(p, &["--run"])?,
             idle: value(p, &["--idle-timeout"])?,
-            tls: value(p, &["--tls"])?,
+            tls: tls::parse(p)?,
             threads: value(p, &["-t", "--threads"])?,
             busy_poll: value(p, &["--busy-poll"])?,
             user: value(p, &["-u", "--user"])?,
@@ -199,7 +202,7 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
     if single && (v.unix.is_some() || v.port.is_some() || v.ipaddr.is_some() || v.run.is_some()) {
         return Err(Error::usage("-s cannot be used with -U, -p, -i or --run"));
     }
-    values::tls(v.tls.as_deref())?;
+    v.tls.check_oldstyle(oldstyle)?;
     if let Some(t) = &v.threads {
         values::threads(t)?;
     }
@@ -277,6 +280,7 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
             .as_deref()
             .map(values::max_connections)
             .transpose()?,
+        tls: v.tls,
     })))
 }
 
@@ -381,7 +385,11 @@ mod tests {
         assert!(c.no_sr);
         assert!(error("--bogus memory 1M", false).contains("unknown option: --bogus"));
         assert!(error("-p http memory 1M", false).contains("not a port"));
-        assert!(error("--tls=require memory 1M", false).contains("TLS"));
+        assert!(error("--tls=require -o memory 1M", false).contains("oldstyle"));
+        assert!(error("--tls=maybe memory 1M", false).contains("--tls"));
+        let c = config("--tls=require --tls-certificates=/x --tls-verify-peer memory 1M");
+        assert_eq!(c.tls.mode(), tls::TlsMode::Require);
+        assert!(c.tls.verify_peer);
         assert!(error("--idle-timeout 0 memory 1M", false).contains("idle-timeout"));
         assert!(error("-s -U x memory 1M", false).contains("-s cannot"));
         assert!(matches!(parse(args("--help"), false), Ok(Command::Help)));

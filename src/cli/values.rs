@@ -133,17 +133,6 @@ pub fn max_connections(s: &str) -> Result<usize, Error> {
     }
 }
 
-/// `--tls`: only `off` until TLS is built in.
-pub fn tls(s: Option<&str>) -> Result<(), Error> {
-    match s {
-        None | Some("off") => Ok(()),
-        Some("on" | "require") => Err(Error::usage("TLS is not supported (only --tls=off)")),
-        Some(other) => Err(Error::usage(format!(
-            "--tls: expecting off, on or require, not '{other}'"
-        ))),
-    }
-}
-
 pub fn log(s: &str) -> Result<Sink, Error> {
     Sink::parse(s).ok_or_else(|| {
         Error::usage(format!(
@@ -218,12 +207,6 @@ mod tests {
         }
         assert!(max_connections("0").is_err() && max_connections("lots").is_err());
         assert!(idle_timeout("0").is_err());
-        assert!(
-            tls(Some("require"))
-                .unwrap_err()
-                .to_string()
-                .contains("TLS")
-        );
         assert!(threads("x").is_err() && threads("16").is_ok());
     }
 

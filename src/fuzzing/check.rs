@@ -79,7 +79,7 @@ impl Checker {
         }
         let msg = &pending[skipped..];
         let used = used - skipped;
-        if progress == Progress::Some {
+        if matches!(progress, Progress::Some | Progress::StartTls) {
             assert!(used > 0, "a message handled without using input");
         } else {
             assert_eq!(used, 0, "input used by a step that handled nothing");
@@ -107,7 +107,7 @@ impl Checker {
                 }
                 Progress::NeedInput => assert!(msg.len() < 4),
                 Progress::Close(_) => assert!(u32_at(msg, 0) & !3 != 0, "valid flags refused"),
-                Progress::Blocked => panic!("the handshake waited for the I/O engine"),
+                Progress::Blocked | Progress::StartTls => panic!("{progress:?} for client flags"),
             }
             return;
         }
@@ -129,6 +129,11 @@ impl Checker {
                 assert!(reply.is_empty());
             }
             Progress::Blocked => panic!("the handshake waited for the I/O engine"),
+            Progress::StartTls => {
+                // Only an empty STARTTLS, answered with one ACK and nothing more.
+                assert!(magic_ok && opt == OPT_STARTTLS && len == 0 && used == 16);
+                assert_eq!(option_replies(reply, opt), vec![REP_ACK]);
+            }
             Progress::Close(_) => {
                 // Only ABORT is answered before the close.
                 if !reply.is_empty() {

@@ -26,6 +26,7 @@ use crate::handshake::Handshake;
 use crate::lifecycle::Lifecycle;
 use crate::notify::Notifier;
 use crate::proto::reply::Style;
+use crate::tls::TlsMode;
 use crate::transmission::Session;
 
 /// Export sizes to pick from: past a page boundary and not page aligned, one
@@ -58,6 +59,8 @@ pub struct Config {
     pub no_sr: bool,
     pub description: bool,
     pub kind: Kind,
+    /// `--tls`: STARTTLS refused, accepted, or required before anything else.
+    pub tls: TlsMode,
 }
 
 impl Config {
@@ -81,6 +84,11 @@ impl Config {
                 2 => Kind::Pattern,
                 _ => Kind::Memory,
             },
+            tls: match (b >> 4) & 3 {
+                1 => TlsMode::On,
+                2 => TlsMode::Require,
+                _ => TlsMode::Off,
+            },
         }
     }
 
@@ -97,6 +105,7 @@ impl Config {
                 min_block: self.min_block,
             },
             no_sr: self.no_sr,
+            tls: self.tls,
         }
     }
 
@@ -145,6 +154,9 @@ pub enum End {
     Closed(&'static str),
     /// The stream ran out with the server waiting for more (maybe mid-message).
     Eof,
+    /// STARTTLS was accepted: the rest of the stream would be TLS, which the
+    /// harness does not speak.
+    StartTls,
 }
 
 /// What a run did, in a form cheap to compare between chunkings.
@@ -196,18 +208,18 @@ pub fn run(cfg: &Config, start: Start, stream: &[u8], chunks: &[usize]) -> Run {
             piece = &piece[n..];
             // Every handled message uses at least one byte: more steps than bytes
             // (plus the one that finds the front incomplete) is a loop.
-            let mut budget = drv.pending().len() + 1;
+            let mut budget = drv.unread().len() + 1;
             loop {
                 assert!(
                     budget > 0,
                     "no progress: {} bytes pending",
-                    drv.pending().len()
+                    drv.unread().len()
                 );
                 budget -= 1;
                 let before = check::State::of(&drv);
-                let pending = drv.pending().to_vec();
+                let pending = drv.unread().to_vec();
                 let progress = drv.step(&mut ctx, &mut queue);
-                let used = pending.len() - drv.pending().len();
+                let used = pending.len() - drv.unread().len();
                 let reply = drain(&mut queue, &mut ctx.pool);
                 checker.step(&before, &drv, &pending, used, progress, &reply);
                 hash.write(&reply);
@@ -218,6 +230,10 @@ pub fn run(cfg: &Config, start: Start, stream: &[u8], chunks: &[usize]) -> Run {
                     Progress::NeedInput => break,
                     // Only a backend with an I/O engine (a file) waits for room.
                     Progress::Blocked => panic!("blocked without an I/O engine"),
+                    Progress::StartTls => {
+                        run.end = End::StartTls;
+                        return finish(run, &drv, hash);
+                    }
                     Progress::Close(why) => {
                         run.end = End::Closed(why);
                         return finish(run, &drv, hash);

@@ -12,6 +12,7 @@ use crate::export::Export;
 use crate::proto::option::*;
 use crate::proto::reply::Style;
 use crate::proto::*;
+use crate::tls::TlsMode;
 use crate::transmission::Session;
 
 use options::{Answer, Data, Rule};
@@ -29,6 +30,9 @@ pub enum Outcome {
     Skip { consumed: usize, skip: u64 },
     /// The handshake is over: serve requests.
     Transmission { consumed: usize, session: Session },
+    /// STARTTLS was accepted (ACK queued): everything after `consumed` bytes is
+    /// TLS, and the handshake starts over inside it.
+    StartTls { consumed: usize },
     /// The client sent ABORT: send the ACK, then close.
     Abort,
     /// The client broke a MUST (or we cannot answer it): send what is queued, then close.
@@ -50,6 +54,8 @@ pub struct Handshake {
     style: Style,
     meta: MetaSelection,
     options: u32,
+    /// STARTTLS succeeded: this negotiation runs inside TLS.
+    tls: bool,
 }
 
 impl Default for Handshake {
@@ -60,6 +66,7 @@ impl Default for Handshake {
             style: Style::Simple,
             meta: MetaSelection::default(),
             options: 0,
+            tls: false,
         }
     }
 }
@@ -108,6 +115,8 @@ impl Handshake {
         };
         let answer = if shutting_down && hdr.opt != OPT_ABORT {
             shutdown_answer(hdr.opt, out)
+        } else if self.tls_required(ex) && !matches!(hdr.opt, OPT_STARTTLS | OPT_ABORT) {
+            tls_required_answer(hdr.opt, out)
         } else {
             self.answer(hdr.opt, rule, data, out, ex)
         };
@@ -121,6 +130,7 @@ impl Handshake {
                 consumed: total,
                 session,
             },
+            (Answer::StartTls, _) => Outcome::StartTls { consumed: total },
             (Answer::Abort, _) => Outcome::Abort,
             (Answer::Close(why), _) => Outcome::Close(why),
         }
@@ -145,6 +155,11 @@ impl Handshake {
         }
     }
 
+    /// `--tls=require` and still in plaintext: nothing but STARTTLS and ABORT.
+    fn tls_required(&self, ex: &Export) -> bool {
+        ex.tls == TlsMode::Require && !self.tls
+    }
+
     fn client_flags(&mut self, flags: u32, n: usize) -> Outcome {
         if flags & !(CFLAG_FIXED_NEWSTYLE | CFLAG_NO_ZEROES) != 0 {
             return Outcome::Close("client sent unknown handshake flags");
@@ -165,6 +180,16 @@ impl Handshake {
             meta,
         }
     }
+}
+
+/// Before TLS, under `--tls=require`: options are refused with ERR_TLS_REQD
+/// (their data read and discarded); EXPORT_NAME cannot be refused, so the
+/// client is let go.
+fn tls_required_answer(opt: u32, out: &mut Vec<u8>) -> Answer {
+    if opt == OPT_EXPORT_NAME {
+        return Answer::Close("EXPORT_NAME without TLS, which is required");
+    }
+    options::error(out, opt, REP_ERR_TLS_REQD, "TLS is required: use STARTTLS")
 }
 
 /// While the server shuts down, options (but ABORT) are refused; EXPORT_NAME

@@ -10,6 +10,7 @@ use crate::export::{BASE_ALLOCATION_ID, Export};
 use crate::proto::option::{self, *};
 use crate::proto::reply::Style;
 use crate::proto::*;
+use crate::tls::TlsMode;
 
 /// Option data we are willing to hold for the META_CONTEXT options (an export
 /// name and a few queries of up to 4096 bytes each); larger data is skipped, not
@@ -36,6 +37,8 @@ pub enum Answer {
     Replied,
     /// The export is chosen: serve requests.
     Transmission(crate::transmission::Session),
+    /// ACK sent: TLS begins.
+    StartTls,
     /// ACK sent: close.
     Abort,
     /// Close after what is queued.
@@ -120,13 +123,30 @@ impl Handshake {
         Answer::Replied
     }
 
-    fn starttls(&mut self, out: &mut Vec<u8>, _: &Export) -> Answer {
-        error(
-            out,
-            OPT_STARTTLS,
-            REP_ERR_POLICY,
-            "TLS is not supported by this server",
-        )
+    /// STARTTLS: ACK, and the negotiation starts over inside TLS, forgetting
+    /// everything agreed in plaintext (a man in the middle could have chosen it).
+    fn starttls(&mut self, out: &mut Vec<u8>, ex: &Export) -> Answer {
+        let opt = OPT_STARTTLS;
+        if ex.tls == TlsMode::Off {
+            return error(
+                out,
+                opt,
+                REP_ERR_POLICY,
+                "TLS is not enabled on this server",
+            );
+        }
+        if self.tls {
+            return error(out, opt, REP_ERR_INVALID, "TLS is already in use");
+        }
+        put_reply(out, opt, REP_ACK, &[]);
+        *self = Handshake {
+            flags_read: true,
+            no_zeroes: self.no_zeroes,
+            options: self.options,
+            tls: true,
+            ..Handshake::default()
+        };
+        Answer::StartTls
     }
 
     fn info(&mut self, data: Data, out: &mut Vec<u8>, ex: &Export) -> Answer {

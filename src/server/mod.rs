@@ -66,6 +66,9 @@ pub struct Setup {
     /// Clients beyond this many are accepted and closed at once (None: what
     /// RLIMIT_NOFILE allows).
     pub max_connections: Option<usize>,
+    /// What STARTTLS begins sessions with (`--tls=on|require`).
+    #[cfg(feature = "tls")]
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 pub struct Server {
@@ -107,9 +110,15 @@ impl Server {
             single || setup.accept_once,
             setup.notifier,
         );
+        #[allow(unused_mut)] // set below when TLS is built in
+        let mut ctx = Ctx::new(backend, setup.export, lifecycle);
+        #[cfg(feature = "tls")]
+        {
+            ctx.tls = setup.tls;
+        }
         let mut server = Server {
             poll,
-            ctx: Ctx::new(backend, setup.export, lifecycle),
+            ctx,
             conns: Slab::new(),
             acceptor,
             deadlines: Deadlines::new(setup.handshake_timeout),

@@ -33,6 +33,8 @@ pub const SEND_LIMIT: usize = 128 * 1024;
 
 pub struct Session {
     tls: ServerConnection,
+    /// `announce` has said what the handshake agreed.
+    announced: bool,
 }
 
 impl Session {
@@ -43,7 +45,10 @@ impl Session {
     pub fn new(cfg: Arc<ServerConfig>, early: &[u8]) -> io::Result<Session> {
         let mut tls = ServerConnection::new(cfg).map_err(|e| tls_error(&e, true))?;
         tls.set_buffer_limit(Some(SEND_LIMIT));
-        let mut s = Session { tls };
+        let mut s = Session {
+            tls,
+            announced: false,
+        };
         let mut rest = early;
         while !rest.is_empty() {
             // `&[u8]` reads advance `rest`; rustls takes at most a few KiB at once.
@@ -154,6 +159,15 @@ impl Session {
             (Some(v), Some(s)) => format!("{v:?} {s:?}{client}"),
             _ => "handshake not finished".to_string(),
         }
+    }
+
+    /// `peer_summary`, the first time it is asked once the handshake is over.
+    pub fn announce(&mut self) -> Option<String> {
+        if self.announced || self.tls.is_handshaking() {
+            return None;
+        }
+        self.announced = true;
+        Some(self.peer_summary())
     }
 
     /// Flushes, treating a full socket as success: the data stays queued.

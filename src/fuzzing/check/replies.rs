@@ -81,6 +81,7 @@ fn option_reply_data(opt: u32, t: u32, d: &[u8]) {
             let known = [
                 REP_ERR_UNSUP,
                 REP_ERR_POLICY,
+                REP_ERR_TLS_REQD,
                 REP_ERR_INVALID,
                 REP_ERR_UNKNOWN,
                 REP_ERR_SHUTDOWN,

@@ -8,7 +8,7 @@
 //! the registry.
 
 use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use mio::event::Source;
@@ -24,8 +24,10 @@ use crate::lifecycle::Activity;
 use crate::logging;
 use crate::proto::option::{greeting_newstyle, greeting_oldstyle};
 use crate::proto::reply::Style;
-use crate::sys;
 use crate::transmission::{InFlight, Session};
+
+mod transport;
+use transport::Transport;
 
 /// Requests (or options) handled per turn, so one busy client cannot starve the rest.
 const TURN: usize = 64;
@@ -117,6 +119,10 @@ pub struct Conn {
     eof: bool,
     /// Holding a request the I/O engine has no room for (see `Progress::Blocked`).
     blocked: bool,
+    /// Plaintext, or TLS after STARTTLS.
+    transport: Transport,
+    /// STARTTLS was accepted: TLS starts once its ACK is out.
+    starting_tls: bool,
     /// In the server's queue of connections waiting for room.
     waiting_for_room: bool,
     /// Why we are closing once the output drains.
@@ -157,6 +163,8 @@ impl Conn {
             unpolled_write: false,
             eof: false,
             blocked: false,
+            transport: Transport::Plain,
+            starting_tls: false,
             waiting_for_room: false,
             closing: None,
             last_active: ctx.now,
@@ -236,11 +244,13 @@ impl Conn {
             } else {
                 self.process(ctx, &mut budget)
             };
-            if let Progress::Close(why) = progress {
-                self.closing = Some(why);
+            match progress {
+                Progress::Close(why) => self.closing = Some(why),
+                Progress::StartTls => self.starting_tls = true,
+                _ => {}
             }
             if self.writable
-                && !self.out.is_empty()
+                && self.has_output()
                 && let Err(e) = self.flush(ctx)
             {
                 log::debug!("write: {e}");
@@ -249,11 +259,22 @@ impl Conn {
             if self.closing.is_some() {
                 // flush() either emptied the queue or met EAGAIN; requests still
                 // in the I/O engine get their replies first.
-                return if self.out.is_empty() && !self.driver.awaiting_io() {
-                    Step::Close
-                } else {
-                    Step::Wait
-                };
+                if self.has_output() || self.driver.awaiting_io() {
+                    return Step::Wait;
+                }
+                let fd = self.wfd.as_ref().unwrap_or(&self.rfd).as_fd();
+                self.transport.finish(fd);
+                return Step::Close;
+            }
+            if self.starting_tls {
+                if self.has_output() {
+                    return Step::Wait; // STARTTLS's ACK goes out in plaintext first
+                }
+                if let Err(e) = self.start_tls(ctx) {
+                    log::debug!("{e}");
+                    return Step::Close;
+                }
+                continue;
             }
             if self.blocked {
                 return Step::Wait; // a completion or freed room resumes us
@@ -291,6 +312,28 @@ impl Conn {
         }
     }
 
+    /// Bytes waiting for the socket: replies, or TLS records already sealed.
+    fn has_output(&self) -> bool {
+        !self.out.is_empty() || self.transport.wants_write()
+    }
+
+    /// STARTTLS's ACK is out: from here on the socket carries TLS, beginning
+    /// with what the client already sent behind STARTTLS.
+    #[cfg(feature = "tls")]
+    fn start_tls(&mut self, ctx: &mut Ctx) -> io::Result<()> {
+        self.starting_tls = false;
+        self.transport = Transport::start_tls(ctx.tls.as_ref(), self.driver.unread())?;
+        self.driver.forget_unread();
+        log::debug!("STARTTLS: TLS handshake begins");
+        Ok(())
+    }
+
+    /// Without TLS built in, STARTTLS is refused (ERR_POLICY): never reached.
+    #[cfg(not(feature = "tls"))]
+    fn start_tls(&mut self, _: &mut Ctx) -> io::Result<()> {
+        Err(io::Error::other("STARTTLS accepted without TLS built in"))
+    }
+
     /// Output the client has yet to read: queued, and still to come from the
     /// I/O engine.
     fn backlog(&self) -> usize {
@@ -317,6 +360,7 @@ impl Conn {
                     progress = Progress::Some;
                 }
                 Progress::NeedInput => break,
+                Progress::StartTls => return Progress::StartTls,
                 Progress::Blocked => {
                     self.blocked = true;
                     if !self.waiting_for_room {
@@ -334,12 +378,20 @@ impl Conn {
     /// One read(2) into the driver's input. EAGAIN and EINTR are not errors.
     fn fill(&mut self, ctx: &mut Ctx) -> io::Result<()> {
         let fd = self.rfd.as_fd();
-        match self.driver.receive(&mut ctx.pool, |buf| sys::read(fd, buf)) {
+        let transport = &mut self.transport;
+        match self
+            .driver
+            .receive(&mut ctx.pool, |buf| transport.read(fd, buf))
+        {
             Ok(Received::Eof) => self.eof = true,
             // A short read drained the socket: anything arriving later raises a
             // new edge, so skip the read that would only say EAGAIN.
             Ok(Received::Bytes { drained }) => {
-                self.readable &= !drained || self.read_closed || self.unpolled_read
+                let keep = self.read_closed || self.unpolled_read;
+                self.readable &= !drained || keep || !self.transport.short_read_drains();
+                if let Some(about) = self.transport.first_plaintext() {
+                    log::debug!("TLS: {about}");
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -348,30 +400,36 @@ impl Conn {
         Ok(())
     }
 
-    fn write_fd(&self) -> BorrowedFd<'_> {
-        self.wfd.as_ref().unwrap_or(&self.rfd).as_fd()
-    }
-
     /// Writes queued output until it is gone or the socket is full: many replies
-    /// per writev(2), straight from the blocks they were built in.
+    /// per writev(2), straight from the blocks they were built in (or, under
+    /// TLS, sealed straight from them).
     fn flush(&mut self, ctx: &mut Ctx) -> io::Result<()> {
-        while !self.out.is_empty() {
-            let written = {
+        let fd = self.wfd.as_ref().unwrap_or(&self.rfd).as_fd();
+        let mut sent = Ok(());
+        while sent.is_ok() && !self.out.is_empty() {
+            sent = {
                 let mut iov = [IoSlice::new(&[]); IOV_MAX];
                 let n = self.out.slices(&mut iov);
-                sys::writev(self.write_fd(), &iov[..n])
-            };
-            match written {
-                Ok(n) => self.out.consume(n, &mut ctx.pool),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.writable = false;
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                self.transport.write(fd, &iov[..n])
+            }
+            .map(|n| self.out.consume(n, &mut ctx.pool));
+            if sent
+                .as_ref()
+                .is_err_and(|e| e.kind() == io::ErrorKind::Interrupted)
+            {
+                sent = Ok(());
             }
         }
-        Ok(())
+        if sent.is_ok() {
+            sent = self.transport.flush(fd);
+        }
+        match sent {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.writable = false;
+                Ok(())
+            }
+            r => r,
+        }
     }
 
     /// Asks the Poll for writability only while output waits for room: a socket
@@ -380,7 +438,7 @@ impl Conn {
     /// cross-CPU wakeup per request). A separate write fd stays registered for
     /// writability throughout.
     fn update_interest(&mut self, registry: &Registry) -> io::Result<()> {
-        let want = !self.writable && !self.out.is_empty();
+        let want = !self.writable && self.has_output();
         if want == self.write_registered || self.wfd.is_some() || self.unpolled_write {
             return Ok(());
         }
