@@ -11,7 +11,8 @@ use crate::backend::{Backend, Extent};
 use crate::buf::Pool;
 use crate::export::Export;
 use crate::lifecycle::Lifecycle;
-use crate::transmission::InFlight;
+use crate::proto::request::Request;
+use crate::session::Session;
 
 /// A connection, as something outlives it may name it: its slab key and its
 /// serial (keys are reused, serials are not).
@@ -19,6 +20,16 @@ use crate::transmission::InFlight;
 pub struct Origin {
     pub key: usize,
     pub serial: u64,
+}
+
+/// A request the engine is working on: who asked, and what its reply needs.
+#[derive(Debug, Clone, Copy)]
+pub struct InFlight {
+    pub origin: Origin,
+    pub session: Session,
+    pub req: Request,
+    /// The length it acts on.
+    pub effect: u64,
 }
 
 pub struct Ctx {

@@ -11,12 +11,14 @@ use std::io;
 use crate::aio::Done;
 use crate::buf::{InBuf, OutQueue, Pool};
 use crate::ctx::Ctx;
+use crate::ctx::InFlight;
 use crate::export::MAX_REQUEST;
 use crate::handshake::{Handshake, Outcome};
 use crate::proto::request::Request;
 use crate::proto::request::parse_request;
 use crate::proto::{CMD_DISC, CMD_READ, Parse};
-use crate::transmission::{self, Handled, InFlight, Session};
+use crate::session::Session;
+use crate::transmission::{self, Handled};
 
 /// Read at least this much per read(2).
 const READ_CHUNK: usize = 64 * 1024;

@@ -30,6 +30,7 @@ pub mod notify;
 pub mod privileges;
 pub mod proto;
 pub mod server;
+pub mod session;
 pub mod startup;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -10,7 +10,15 @@ use std::io;
 use std::ops::Range;
 
 use super::{Op, Tag};
-use crate::backend::not_fast;
+
+/// The error for FAST_ZERO when the filesystem cannot zero a range without
+/// writing it (nbd_errno maps it to ENOTSUP, as the spec asks).
+fn not_fast() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "zeroing would not be faster than writing",
+    )
+}
 
 /// Piece sizes and how many pieces of one operation may be in flight.
 #[derive(Debug, Clone, Copy)]

@@ -126,14 +126,6 @@ pub fn nbd_errno(e: &io::Error) -> u32 {
     }
 }
 
-/// The error a backend returns when FAST_ZERO cannot be honoured.
-pub fn not_fast() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::Unsupported,
-        "zeroing would not be faster than writing",
-    )
-}
-
 /// Splits `[offset, offset + len)` at multiples of `unit`, yielding
 /// (unit index, offset within the unit, length) pieces.
 pub(crate) fn pieces(
@@ -175,7 +167,9 @@ mod tests {
         assert_eq!(e(libc::EFBIG), proto::ENOSPC);
         assert_eq!(e(libc::EBADF), proto::EIO);
         assert_eq!(e(libc::ENOTSUP), proto::ENOTSUP);
-        assert_eq!(nbd_errno(&not_fast()), proto::ENOTSUP);
+        // FAST_ZERO that would not be fast (see aio::plan).
+        let not_fast = io::Error::new(io::ErrorKind::Unsupported, "zeroing would be slow");
+        assert_eq!(nbd_errno(&not_fast), proto::ENOTSUP);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use mio::{Interest, Registry, Token};
 
 use crate::aio::Done;
 use crate::buf::OutQueue;
+use crate::ctx::InFlight;
 use crate::ctx::{Ctx, Origin};
 use crate::driver::{Driver, Phase, Progress, Received};
 use crate::handshake::Handshake;
@@ -24,7 +25,7 @@ use crate::lifecycle::Activity;
 use crate::logging;
 use crate::proto::option::{greeting_newstyle, greeting_oldstyle};
 use crate::proto::reply::Style;
-use crate::transmission::{InFlight, Session};
+use crate::session::Session;
 
 mod transport;
 use transport::Transport;

@@ -6,7 +6,7 @@
 use crate::driver::{Driver, Progress};
 use crate::export::{Export, MAX_REQUEST};
 use crate::proto::*;
-use crate::transmission::Session;
+use crate::session::Session;
 
 use super::Start;
 

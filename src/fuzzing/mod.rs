@@ -26,8 +26,8 @@ use crate::handshake::Handshake;
 use crate::lifecycle::Lifecycle;
 use crate::notify::Notifier;
 use crate::proto::reply::Style;
+use crate::session::Session;
 use crate::tls::TlsMode;
-use crate::transmission::Session;
 
 /// Export sizes to pick from: past a page boundary and not page aligned, one
 /// block, empty, and three pages and a bit (several extents).

@@ -12,8 +12,8 @@ use crate::export::Export;
 use crate::proto::option::*;
 use crate::proto::reply::Style;
 use crate::proto::*;
+use crate::session::Session;
 use crate::tls::TlsMode;
-use crate::transmission::Session;
 
 use options::{Answer, Data, Rule};
 

@@ -2,11 +2,11 @@
 //! what was advertised and negotiated. Pure: a request in, an effect length or
 //! the NBD error to send back out.
 
-use super::Session;
 use crate::export::{BASE_ALLOCATION_ID, Export, MAX_REQUEST};
 use crate::proto::reply::Style;
 use crate::proto::request::Request;
 use crate::proto::*;
+use crate::session::Session;
 
 /// An NBD error to send back, with a message for humans where the reply can carry one.
 #[derive(Debug, PartialEq, Eq)]

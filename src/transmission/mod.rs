@@ -6,7 +6,7 @@ mod read;
 mod submit;
 
 pub use check::{Refusal, check};
-pub use submit::{InFlight, complete, room_for};
+pub use submit::{complete, room_for};
 
 use crate::backend::{Data, Extent, Store, Zero, nbd_errno};
 use crate::buf::{Out, OutQueue};
@@ -14,26 +14,7 @@ use crate::ctx::Ctx;
 use crate::proto::reply::{self, Style};
 use crate::proto::request::Request;
 use crate::proto::*;
-
-/// What the handshake agreed for the rest of the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Session {
-    pub style: Style,
-    /// Transmission flags as sent to the client.
-    pub flags: u16,
-    /// `base:allocation` is selected for this export.
-    pub meta: bool,
-}
-
-impl Session {
-    pub fn extended(&self) -> bool {
-        self.style == Style::Extended
-    }
-
-    fn has(&self, flag: u16) -> bool {
-        self.flags & flag != 0
-    }
-}
+use crate::session::Session;
 
 /// What became of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

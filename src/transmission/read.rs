@@ -1,13 +1,14 @@
 //! The replies that carry data: READ (sent from the backend's storage where it
 //! can lend it, holes as holes in structured replies) and BLOCK_STATUS.
 
-use super::{Session, error, put_chunk};
+use super::{error, put_chunk};
 use crate::backend::{Backend, Extent, Store, nbd_errno};
 use crate::buf::Out;
 use crate::export::BASE_ALLOCATION_ID;
 use crate::proto::reply::{self, Style};
 use crate::proto::request::Request;
 use crate::proto::*;
+use crate::session::Session;
 
 /// Most descriptors in one block-status reply (the spec asks for at most 2^20).
 const MAX_EXTENTS: usize = 1 << 16;

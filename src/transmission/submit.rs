@@ -6,27 +6,18 @@
 
 use slab::Slab;
 
-use super::{Handled, Session, error, finish, read, zero_how};
+use super::{Handled, error, finish, read, zero_how};
 use crate::aio::{Done, Engine, Op};
 use crate::backend::Data;
 use crate::buf::{OutQueue, Pool};
-use crate::ctx::{Ctx, Origin};
+use crate::ctx::{Ctx, InFlight, Origin};
 use crate::proto::request::Request;
 use crate::proto::*;
+use crate::session::Session;
 
 /// Most requests one connection has in the engine at once: a client with a
 /// deep queue takes no more than this, so others always find room.
 const MAX_PER_CONNECTION: usize = 32;
-
-/// A request the engine is working on: who asked, and what its reply needs.
-#[derive(Debug, Clone, Copy)]
-pub struct InFlight {
-    pub origin: Origin,
-    pub session: Session,
-    pub req: Request,
-    /// The length it acts on.
-    pub effect: u64,
-}
 
 /// Whether a connection with `in_flight` requests in the engine may handle
 /// another now: always on data at hand; with an engine, while it has room and

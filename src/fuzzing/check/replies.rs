@@ -6,7 +6,7 @@
 
 use crate::export::BASE_ALLOCATION_ID;
 use crate::proto::*;
-use crate::transmission::Session;
+use crate::session::Session;
 
 // Big-endian fields at byte `i`; callers have checked the length.
 
