@@ -30,6 +30,17 @@ pub struct Caps {
     pub min_block: u32,
 }
 
+impl Caps {
+    /// Data held in memory (or nowhere at all): writable, any alignment, zeroes
+    /// that cost nothing, and holes known without a system call.
+    pub const IN_MEMORY: Caps = Caps {
+        read_only: false,
+        fast_zero: true,
+        sparse_reads: true,
+        min_block: 1,
+    };
+}
+
 /// How WRITE_ZEROES may be carried out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Zero {

@@ -21,12 +21,7 @@ impl Backend for Null {
     }
 
     fn caps(&self) -> Caps {
-        Caps {
-            read_only: false,
-            fast_zero: true,
-            sparse_reads: true,
-            min_block: 1,
-        }
+        Caps::IN_MEMORY
     }
 
     fn extents(
