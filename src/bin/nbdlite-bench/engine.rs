@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token};
 use nbdlite::error::plain;
 
-use crate::conn::Conn;
+use crate::conn::{Conn, Scratch};
 use crate::progress;
 use crate::record::{Recorder, Stats};
 
-/// Bytes read per read(2) into the thread's scratch buffer.
+/// Bytes read per read(2) into the thread's scratch buffer (plaintext replies,
+/// or TLS records).
 const SCRATCH: usize = 256 * 1024;
 /// How long requests still in flight at the end may take to come back.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -79,7 +80,7 @@ fn drive(
         c.fill(plan.size, start);
         c.flush(plan.payload).map_err(err)?;
     }
-    let mut scratch = vec![0u8; SCRATCH];
+    let mut scratch = Scratch::new(SCRATCH, conns.iter().any(Conn::has_tls));
     let mut events = Events::with_capacity(1024);
     // Connections that ended their turn with more to read.
     let mut again: Vec<usize> = Vec::new();
