@@ -14,7 +14,9 @@ impl Conn {
     /// handled whole before the next, so the thread's buffers hold nothing
     /// of this connection's afterwards (rustls keeps a partial record). The
     /// same early stop after a short read holds: nothing decrypted is left
-    /// waiting.
+    /// waiting. Never inlined, so that the plaintext path stays as compact
+    /// as it was.
+    #[inline(never)]
     pub(super) fn on_readable_tls(
         &mut self,
         scratch: &mut Scratch,
@@ -66,6 +68,7 @@ impl Conn {
 
     /// `flush` with TLS: sends the records already sealed, then seals more
     /// requests, until done or the socket is full.
+    #[inline(never)]
     pub(super) fn flush_tls(&mut self, payload: &[u8]) -> Result<(), String> {
         loop {
             let Some(tls) = self.tls.as_deref_mut() else {
