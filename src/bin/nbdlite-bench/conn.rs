@@ -8,11 +8,11 @@
 //! counted and dropped as it streams past, so memory does not grow with the
 //! request size or the queue depth.
 //!
-//! A connection with TLS does the same through its session: one read(2) of
-//! ciphertext into the thread's wire buffer, decrypted record by record into
-//! its plaintext buffer and parsed there; requests sealed straight from the
-//! same slices writev(2) would have sent (WRITE payloads are copied once, into
-//! the records they are encrypted in), the records sent by writev(2).
+//! A connection with TLS does the same through its session (`conn/tls.rs`):
+//! one read(2) of records into the same scratch buffer, decrypted record by
+//! record and parsed where rustls decrypted them; requests sealed straight
+//! from the slices writev(2) would have sent (a WRITE payload is copied once,
+//! into the record it is encrypted in), the records sent by writev(2).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
@@ -35,26 +35,6 @@ mod tls;
 const IOV: usize = 64;
 /// Reads per connection per turn (4 MiB).
 const TURN: usize = 16;
-/// Bytes of the thread's buffer for decrypted replies (TLS only). A record
-/// holds at most 16 KiB; more at once saves calls into rustls.
-const PLAIN: usize = 64 * 1024;
-
-/// The buffers every connection of a thread reads into, one after the other.
-pub struct Scratch {
-    /// What read(2) returns: replies, or with TLS, records.
-    pub wire: Vec<u8>,
-    /// Decrypted replies (empty unless some connection has TLS).
-    plain: Vec<u8>,
-}
-
-impl Scratch {
-    pub fn new(wire: usize, tls: bool) -> Scratch {
-        Scratch {
-            wire: vec![0; wire],
-            plain: if tls { vec![0; PLAIN] } else { Vec::new() },
-        }
-    }
-}
 
 /// A request in flight; its index in the slot table is its cookie.
 #[derive(Clone, Copy)]
@@ -125,10 +105,6 @@ impl Conn {
             data_slot: 0,
             hup: false,
         })
-    }
-
-    pub fn has_tls(&self) -> bool {
-        self.tls.is_some()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -203,14 +179,13 @@ impl Conn {
     /// (`hup`): the EOF may have come with the data, and no edge follows it.
     pub fn on_readable(
         &mut self,
-        scratch: &mut Scratch,
+        scratch: &mut [u8],
         rec: &mut Recorder,
         plan: &Plan,
     ) -> Result<bool, String> {
         if self.tls.is_some() {
             return self.on_readable_tls(scratch, rec, plan);
         }
-        let scratch = &mut scratch.wire[..];
         for _ in 0..TURN {
             match self.stream.read(scratch) {
                 Ok(0) => return self.closed(rec),

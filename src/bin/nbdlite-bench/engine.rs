@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token};
 use nbdlite::error::plain;
 
-use crate::conn::{Conn, Scratch};
+use crate::conn::Conn;
 use crate::progress;
 use crate::record::{Recorder, Stats};
 
@@ -80,7 +80,7 @@ fn drive(
         c.fill(plan.size, start);
         c.flush(plan.payload).map_err(err)?;
     }
-    let mut scratch = Scratch::new(SCRATCH, conns.iter().any(Conn::has_tls));
+    let mut scratch = vec![0u8; SCRATCH];
     let mut events = Events::with_capacity(1024);
     // Connections that ended their turn with more to read.
     let mut again: Vec<usize> = Vec::new();

@@ -7,7 +7,7 @@
 //!
 //! Built with the `tls` feature only; `notls.rs` stands in for it otherwise.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -226,7 +226,8 @@ fn client_auth(dir: &Path) -> Result<Option<Auth>, String> {
 /// One connection's TLS session. After the handshake the option haggling runs
 /// over `blocking`; then the event loop drives it in non-blocking steps:
 /// ciphertext the loop read from the socket goes in with `feed`, plaintext
-/// comes out with `take`; requests go in with `seal` and out with `send`.
+/// is read in place with `plaintext` and `consume`; requests go in with
+/// `seal` and out with `send`.
 pub struct Session {
     tls: ClientConnection,
 }
@@ -241,8 +242,8 @@ impl Session {
     /// Takes ciphertext from the front of `wire` (at most a few KiB at once:
     /// call again while it is not empty) and decrypts every record that is
     /// now complete. An empty `wire` means the server closed the socket.
-    /// Call `take` until it says `None` before feeding more: rustls refuses
-    /// more ciphertext while 16 KiB of plaintext wait.
+    /// Read `plaintext` until it says `None` before feeding more: rustls
+    /// refuses more ciphertext while 16 KiB of plaintext wait.
     pub fn feed(&mut self, wire: &mut &[u8]) -> io::Result<()> {
         self.tls.read_tls(wire)?;
         match self.tls.process_new_packets() {
@@ -254,16 +255,23 @@ impl Session {
         }
     }
 
-    /// Decrypted bytes into `buf` (not empty): `Some(n)`, `None` if there are
-    /// none yet, `Some(0)` once the server has closed, with a close_notify or
-    /// without one (NBD's framing shows a truncated reply).
-    pub fn take(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        match self.tls.reader().read(buf) {
-            Ok(n) => Ok(Some(n)),
+    /// The decrypted bytes waiting, a record's worth at most, to be read in
+    /// place and then `consume`d: `None` if there are none yet, an empty
+    /// slice once the server has closed, with a close_notify or without one
+    /// (NBD's framing shows a truncated reply).
+    pub fn plaintext(&mut self) -> io::Result<Option<&[u8]>> {
+        match self.tls.reader().into_first_chunk() {
+            Ok(piece) => Ok(Some(piece)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(Some(0)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(Some(&[])),
             Err(e) => Err(e),
         }
+    }
+
+    /// Drops the first `n` bytes of what `plaintext` returned (rustls
+    /// asserts that there are that many: `n` is at most that slice's length).
+    pub fn consume(&mut self, n: usize) {
+        self.tls.reader().consume(n);
     }
 
     /// Encrypts from the front of `bufs` into records (the one copy of the

@@ -5,65 +5,84 @@ use std::time::Instant;
 
 use nbdlite::error::plain;
 
-use super::{Conn, IOV, Scratch, TURN, gather};
+use super::{Conn, IOV, TURN, gather};
 use crate::engine::Plan;
 use crate::record::Recorder;
+use crate::tls::Session;
 
 impl Conn {
-    /// `on_readable` with TLS: each read(2) of records is decrypted and
-    /// handled whole before the next, so the thread's buffers hold nothing
-    /// of this connection's afterwards (rustls keeps a partial record). The
-    /// same early stop after a short read holds: nothing decrypted is left
-    /// waiting. Never inlined, so that the plaintext path stays as compact
-    /// as it was.
+    /// `on_readable` with TLS. Each read(2) of records is handled whole
+    /// before the next (rustls keeps only a partial record), so the scratch
+    /// buffer holds nothing of this connection's afterwards and the same early
+    /// stop after a short read holds: nothing decrypted is left waiting. Never
+    /// inlined, so that the plaintext path stays as compact as it was.
     #[inline(never)]
     pub(super) fn on_readable_tls(
         &mut self,
-        scratch: &mut Scratch,
+        scratch: &mut [u8],
         rec: &mut Recorder,
         plan: &Plan,
     ) -> Result<bool, String> {
         for _ in 0..TURN {
-            let n = match self.stream.read(&mut scratch.wire) {
+            let n = match self.stream.read(scratch) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(self.fail(format_args!("reading: {}", plain(&e)))),
             };
             rec.now = Instant::now();
-            let mut wire = &scratch.wire[..n];
-            // The server closed the socket: rustls learns it from one empty feed.
-            let mut eof = n == 0;
-            loop {
-                let Some(tls) = self.tls.as_deref_mut() else {
-                    return Ok(false);
-                };
-                let fed = match tls.take(&mut scratch.plain) {
-                    Ok(Some(0)) => return self.closed(rec),
-                    Ok(Some(m)) => {
-                        self.replies(&scratch.plain[..m], rec, plan.size)?;
-                        continue;
-                    }
-                    Ok(None) if !wire.is_empty() || eof => {
-                        eof = false;
-                        tls.feed(&mut wire)
-                    }
-                    Ok(None) => break,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = fed {
-                    return Err(self.fail(format_args!("reading: {}", plain(&e))));
-                }
+            // The session is taken out while replies are parsed where it
+            // decrypted them, and put back whatever happened.
+            let Some(mut tls) = self.tls.take() else {
+                return Ok(false);
+            };
+            let closed = self.decrypt(&mut tls, &scratch[..n], rec, plan.size);
+            self.tls = Some(tls);
+            if closed? {
+                return self.closed(rec);
             }
             if rec.issuing {
                 self.fill(plan.size, rec.now);
             }
             self.flush(plan.payload)?;
-            if n < scratch.wire.len() && !self.hup {
+            if n < scratch.len() && !self.hup {
                 return Ok(false);
             }
         }
         Ok(true)
+    }
+
+    /// Feeds `wire` to the session (empty: the server closed the socket) and
+    /// handles every reply it decrypts, in place. True once the server has
+    /// closed, with a close_notify or without one.
+    fn decrypt(
+        &mut self,
+        tls: &mut Session,
+        mut wire: &[u8],
+        rec: &mut Recorder,
+        size: u64,
+    ) -> Result<bool, String> {
+        let mut eof = wire.is_empty();
+        loop {
+            let fed = match tls.plaintext() {
+                Ok(Some([])) => return Ok(true),
+                Ok(Some(piece)) => {
+                    let len = piece.len();
+                    self.replies(piece, rec, size)?;
+                    tls.consume(len);
+                    continue;
+                }
+                Ok(None) if !wire.is_empty() || eof => {
+                    eof = false;
+                    tls.feed(&mut wire)
+                }
+                Ok(None) => return Ok(false),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = fed {
+                return Err(self.fail(format_args!("reading: {}", plain(&e))));
+            }
+        }
     }
 
     /// `flush` with TLS: sends the records already sealed, then seals more
@@ -114,7 +133,7 @@ mod tests {
 
     use super::certs;
     use crate::client::Link;
-    use crate::conn::{Conn, Scratch};
+    use crate::conn::Conn;
     use crate::engine::Plan;
     use crate::record::Recorder;
     use crate::stream::Stream;
@@ -229,7 +248,7 @@ mod tests {
             }
             let mut rec = Recorder::new(Instant::now(), true);
             rec.issuing = false;
-            let mut scratch = Scratch::new(256 * 1024, true);
+            let mut scratch = vec![0u8; 256 * 1024];
             let p = plan(4096, &[]);
             for chunk in wire.chunks(cut) {
                 b.write_all(chunk).unwrap();
@@ -272,7 +291,7 @@ mod tests {
     #[test]
     fn truncation_and_garbage_are_errors() {
         let Some(pki) = pki("bad") else { return };
-        let mut scratch = Scratch::new(256 * 1024, true);
+        let mut scratch = vec![0u8; 256 * 1024];
         let p = plan(4096, &[]);
         // The socket closes with requests in flight, no close_notify.
         let (mut c, mut server, mut b) = pair(&pki, Pattern::RandRead, 4096, 2);
