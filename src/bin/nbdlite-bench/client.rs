@@ -70,9 +70,12 @@ pub fn open(target: &Target, tls: Option<&tls::Client>) -> Result<(Link, ExportI
         };
         (options(&mut over, export, no_zeroes), over.broke)
     };
-    let info = result.map_err(|e| match broke {
-        true => format!("{e} ({})", client.hung_up()),
-        false => e,
+    let info = result.map_err(|e| {
+        if broke {
+            format!("{e} ({})", client.hung_up())
+        } else {
+            e
+        }
     })?;
     let tls = Some(Box::new(session));
     Ok((Link { stream, tls }, info))
