@@ -1,14 +1,14 @@
 //! nbdlite-bench against a real server: nbdlite itself, and nbdkit when it is
-//! installed. Each run is short (half a second of traffic); what is checked is
-//! that requests flow and come back without errors, and that failures give
-//! exit status 1 with a one-line message.
+//! installed (with TLS too: `nbds` URIs). Each run is short (half a second of
+//! traffic); what is checked is that requests flow and come back without
+//! errors, and that failures give exit status 1 with a one-line message.
 
 mod common;
 
 use std::io::Read;
 use std::process::{Command, Output, Stdio};
 
-use common::{Server, have, json_field, run, wait_exit};
+use common::{Server, TempDir, have, json_field, run, wait_exit};
 
 fn bench() -> &'static str {
     env!("CARGO_BIN_EXE_nbdlite-bench")
@@ -230,4 +230,159 @@ fn ten_thousand_connections() {
     assert!(number(&stdout, "reads") >= N as f64, "{stdout}");
     assert_eq!(number(&stdout, "errors"), 0.0, "{stdout}");
     assert_eq!(srv.log_text(), "", "nothing to complain about");
+}
+
+/// Test certificates (see `common::certs`) under a fresh directory, kept
+/// alive with it; `None` after a SKIP line when openssl is missing.
+#[cfg(feature = "tls")]
+fn certificates(test: &str) -> Option<(TempDir, common::certs::Certs)> {
+    let dir = TempDir::new();
+    let c = common::certs::make_or_skip(dir.path(), test)?;
+    Some((dir, c))
+}
+
+/// nbdkit with `--tls=require` and client certificates checked
+/// (`--tls-verify-peer`), over a Unix socket and over TCP: the bench's TLS
+/// runs, its client certificate accepted, and each kind of refusal in one
+/// line.
+#[cfg(feature = "tls")]
+#[test]
+fn tls_against_nbdkit() {
+    if !have(&["nbdkit"]) {
+        return;
+    }
+    let Some((dir, c)) = certificates("tls_against_nbdkit") else {
+        return;
+    };
+    let pki = c.dir.to_str().unwrap();
+    let tls_args = [
+        "--tls=require",
+        "--tls-verify-peer",
+        &format!("--tls-certificates={pki}"),
+        "memory",
+        "64M",
+    ];
+    let srv = Server::start_with(Command::new("nbdkit"), &tls_args);
+    let unix = format!("nbds+unix:///?socket={}", srv.sock.display());
+    let with_certs = |uri: &str, rw: &str| {
+        let j = check_ok(&format!("{uri}&tls-certificates={pki}"), rw);
+        assert!(json_field(&j, "tls").starts_with("\"TLSv1_"), "{j}");
+    };
+    with_certs(&unix, "randread");
+    with_certs(&unix, "randwrite");
+    let out = run_bench(
+        &unix,
+        &["--tls-certificates", pki, "-s", "1M", "--rw", "read"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // TCP: the certificate names 127.0.0.1 (checked as an IP address).
+    let tcp = common::nbdkit_tcp(&tls_args);
+    with_certs(
+        &format!("nbds://127.0.0.1:{}/?x=1", tcp.tcp_port()),
+        "randread",
+    );
+
+    // A CA that did not sign the server's certificate.
+    let wrong = dir.join("wrong-ca");
+    std::fs::create_dir(&wrong).unwrap();
+    std::fs::copy(
+        c.selfsigned.join("client-cert.pem"),
+        wrong.join("ca-cert.pem"),
+    )
+    .unwrap();
+    let wrong = wrong.to_str().unwrap();
+    refused(
+        &unix,
+        &["--tls-certificates", wrong],
+        "TLS handshake failed: invalid peer certificate: UnknownIssuer",
+    );
+    // The name checked is not the certificate's.
+    let other = format!("{unix}&tls-hostname=nbd.example.com");
+    refused(&other, &["--tls-certificates", pki], "not valid for name");
+    // A client certificate the server's CA did not sign: nbdkit hangs up.
+    let selfsigned = c.selfsigned.to_str().unwrap();
+    refused(
+        &unix,
+        &["--tls-certificates", selfsigned],
+        "the server hung up after the TLS handshake: did it refuse the client certificate",
+    );
+    // Plaintext where TLS is required.
+    refused(
+        &srv.uri(),
+        &[],
+        "TLS required (use an nbds:// or nbds+unix:// URI)",
+    );
+}
+
+/// An `nbds` URI against a server without TLS: nbdlite (ERR_POLICY, until it
+/// has TLS) and nbdkit without `--tls`.
+#[cfg(feature = "tls")]
+#[test]
+fn nbds_against_a_plaintext_server_is_one_line() {
+    let Some((_dir, c)) = certificates("nbds_against_a_plaintext_server") else {
+        return;
+    };
+    let pki = c.dir.to_str().unwrap();
+    let srv = Server::start(&["memory", "1M"]);
+    let uri = format!("nbds+unix:///?socket={}", srv.sock.display());
+    let needle = "connection 0: the server does not offer TLS (STARTTLS: forbidden by policy";
+    refused(&uri, &["--tls-certificates", pki], needle);
+    if have(&["nbdkit"]) {
+        let srv = Server::start_with(Command::new("nbdkit"), &["memory", "1M"]);
+        let uri = format!("nbds+unix:///?socket={}", srv.sock.display());
+        refused(
+            &uri,
+            &["--tls-certificates", pki],
+            "the server does not offer TLS",
+        );
+    }
+}
+
+/// Certificate files missing or wrong: one line before anything connects.
+#[cfg(feature = "tls")]
+#[test]
+fn bad_certificate_directories_are_one_line() {
+    let Some((_certs_dir, c)) = certificates("bad_certificate_directories") else {
+        return;
+    };
+    let dir = TempDir::new();
+    let d = dir.path().to_str().unwrap();
+    // No server: the files are read before connecting.
+    let uri = format!("nbds+unix:///?socket={d}/none");
+    refused(
+        &uri,
+        &["--tls-certificates", d],
+        "ca-cert.pem: No such file",
+    );
+    std::fs::write(dir.join("ca-cert.pem"), "not PEM").unwrap();
+    refused(
+        &uri,
+        &["--tls-certificates", d],
+        "ca-cert.pem: no certificate (PEM",
+    );
+    std::fs::copy(c.dir.join("ca-cert.pem"), dir.join("ca-cert.pem")).unwrap();
+    std::fs::copy(c.dir.join("client-cert.pem"), dir.join("client-cert.pem")).unwrap();
+    refused(&uri, &["--tls-certificates", d], "client-key.pem: missing");
+    std::fs::write(dir.join("client-key.pem"), "").unwrap();
+    refused(
+        &uri,
+        &["--tls-certificates", d],
+        "client-key.pem: no private key",
+    );
+    std::fs::remove_file(dir.join("client-cert.pem")).unwrap();
+    refused(&uri, &["--tls-certificates", d], "client-cert.pem: missing");
+    // With no directory named, libnbd's places are looked in.
+    refused(&uri, &[], "give --tls-certificates DIR");
+}
+
+/// Without the `tls` feature, an `nbds` URI is refused before connecting.
+#[cfg(not(feature = "tls"))]
+#[test]
+fn nbds_without_the_tls_feature_is_one_line() {
+    refused("nbds+unix:///?socket=/nonexistent", &[], "built without it");
 }

@@ -576,3 +576,44 @@ pub fn json_field<'a>(json: &'a str, key: &str) -> &'a str {
     rest[..end].trim()
 }
 pub mod certs;
+
+/// `nbdkit -f -i 127.0.0.1 -p PORT -P DIR/pid ARGS…` on a free TCP port,
+/// ready when the pidfile appears. nbdkit 1.32 can neither print a port the
+/// kernel chose nor take a listening socket from us, so the port is one the
+/// kernel just gave us and we let go; should another process take it in
+/// between, nbdkit exits with "Address already in use" and another is tried.
+#[track_caller]
+pub fn nbdkit_tcp<S: AsRef<OsStr>>(args: &[S]) -> Server {
+    for _ in 0..10 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = TempDir::new();
+        let (sock, pidfile, log) = (dir.join("sock"), dir.join("pid"), dir.join("log"));
+        let mut cmd = Command::new("nbdkit");
+        cmd.args(["-f", "-i", "127.0.0.1", "-p", &port.to_string(), "-P"])
+            .arg(&pidfile)
+            .args(args);
+        let mut s = Server::launch(cmd, dir, sock, pidfile, log, Stdio::null());
+        s.port = Some(port);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if s.pidfile.exists() {
+                return s;
+            }
+            if let Ok(Some(st)) = s.child.try_wait() {
+                let log = s.log_text();
+                assert!(log.contains("in use"), "nbdkit exited early ({st}): {log}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nbdkit wrote no pidfile: {}",
+                s.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    panic!("nbdkit found no free TCP port in 10 tries");
+}

@@ -16,7 +16,8 @@ nbdlite-bench - a load generator for NBD servers
 usage: nbdlite-bench [OPTIONS] URI
        nbdlite-bench [OPTIONS] -U PATH | -p PORT
 
-URI is nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH.
+URI is nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH, or with
+TLS nbds://HOST[:PORT]/EXPORT or nbds+unix:///EXPORT?socket=PATH.
 
 Options:
   -c, --connections N     connections to open (default 1)
@@ -32,6 +33,10 @@ Options:
   -U, --unix PATH         the server's Unix socket (instead of a URI)
   -p, --port PORT         the server's TCP port on localhost (instead of a URI)
   -e, --exportname NAME   the export to ask for with -U or -p (default \"\")
+      --tls-certificates DIR
+                          with nbds: DIR/ca-cert.pem is the CA that signed the
+                          server's certificate; DIR/client-cert.pem and
+                          DIR/client-key.pem, if there, are shown to the server
       --json              print the results as one JSON object
       --interval SECONDS  print a progress line on stderr this often (default:
                           each second when stderr is a terminal, else never;
@@ -87,6 +92,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, String> {
     let unix = opt(&mut p, ["-U", "--unix"])?;
     let port = opt(&mut p, ["-p", "--port"])?;
     let export = opt(&mut p, ["-e", "--exportname"])?;
+    let tls_certificates = opt(&mut p, "--tls-certificates")?;
     let interval = opt(&mut p, "--interval")?;
     if p.contains(["-h", "--help"]) {
         return Ok(Command::Help);
@@ -101,7 +107,10 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, String> {
         return Err(format!("unexpected argument '{}'", extra.to_string_lossy()));
     }
 
-    let (target, uri) = target(free, unix, port, export)?;
+    let (mut target, uri) = target(free, unix, port, export)?;
+    if let Some(dir) = tls_certificates {
+        certificates(&mut target, dir)?;
+    }
     let pattern = match rw {
         None => Pattern::RandRead,
         Some(r) => Pattern::parse(&r).ok_or_else(|| {
@@ -166,7 +175,27 @@ fn target(
         Address::Unix(p) => format!("nbd+unix:///{export}?socket={}", p.display()),
         Address::Tcp(h, p) => format!("nbd://{h}:{p}/{export}"),
     };
-    Ok((Target { address, export }, shown))
+    let target = Target {
+        address,
+        export,
+        tls: None,
+    };
+    Ok((target, shown))
+}
+
+/// `--tls-certificates DIR`, into the target's TLS settings.
+fn certificates(target: &mut Target, dir: String) -> Result<(), String> {
+    match &mut target.tls {
+        _ if dir.is_empty() => Err("--tls-certificates: empty path".into()),
+        None => Err("--tls-certificates needs an nbds:// or nbds+unix:// URI".into()),
+        Some(t) if t.certificates.is_some() => {
+            Err("give --tls-certificates or tls-certificates= in the URI, not both".into())
+        }
+        Some(t) => {
+            t.certificates = Some(PathBuf::from(dir));
+            Ok(())
+        }
+    }
 }
 
 /// An option's value, if given.
@@ -261,6 +290,10 @@ mod tests {
         assert_eq!(c.interval, Some(Duration::from_millis(500)));
         assert_eq!(config("-p 1 --interval 0").interval, Some(Duration::ZERO));
         assert_eq!(config("-p 99 --threads 8 -c 3").threads, 3);
+        let c = config("--tls-certificates /pki nbds+unix:///?socket=/s");
+        let tls = c.target.tls.unwrap();
+        assert_eq!(tls.certificates, Some(PathBuf::from("/pki")));
+        assert_eq!(tls.hostname, "localhost");
         assert!(matches!(parse_str("--help"), Ok(Command::Help)));
         assert!(matches!(parse_str("--version"), Ok(Command::Version)));
     }
@@ -289,6 +322,9 @@ mod tests {
             "--bogus -p 1",
             "--interval -1 -p 1",
             "--interval x -p 1",
+            "--tls-certificates /pki -p 1",
+            "--tls-certificates /pki nbd://h/",
+            "--tls-certificates /pki nbds://h/?tls-certificates=/c",
         ] {
             assert!(parse_str(s).is_err(), "{s}");
         }

@@ -4,6 +4,10 @@
 //! Fixed newstyle with `NBD_OPT_GO` (falling back to `NBD_OPT_EXPORT_NAME` for
 //! servers that do not know GO), or oldstyle. Structured replies are never
 //! asked for, so every reply is a simple one and a READ's data follows its header.
+//!
+//! With TLS (`nbds` URIs): `NBD_OPT_STARTTLS` first, and once the server has
+//! acknowledged it, the TLS handshake and the same options inside TLS. Any
+//! refusal ends there: an `nbds` URI never falls back to plaintext.
 
 use std::io::{self, Read, Write};
 use std::time::Duration;
@@ -12,17 +16,21 @@ use nbdlite::error::plain;
 use nbdlite::proto::{
     CFLAG_FIXED_NEWSTYLE, CFLAG_NO_ZEROES, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT,
     INFO_BLOCK_SIZE, INFO_EXPORT, NBDMAGIC, OLDSTYLE_MAGIC, OPT_EXPORT_NAME, OPT_GO,
-    OPT_REPLY_MAGIC, REP_ACK, REP_ERR_UNSUP, REP_INFO,
+    OPT_REPLY_MAGIC, OPT_STARTTLS, REP_ACK, REP_ERR_POLICY, REP_ERR_UNSUP, REP_INFO,
 };
 
 use crate::stream::Stream;
+use crate::tls::{self, Session};
 use crate::uri::Target;
 
-/// How long one handshake may take. A server that accepts but never speaks
-/// (qemu-nbd past its `--shared` limit) is reported instead of waited on.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one step of a handshake may take (each read and write, the TLS
+/// handshake's included). A server that accepts but never speaks (qemu-nbd
+/// past its `--shared` limit) is reported instead of waited on.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Replies to one GO we accept before its final one.
 const MAX_GO_REPLIES: usize = 64;
+/// NBD_REP_ERR_TLS_REQD (not among `nbdlite::proto`'s constants yet).
+const REP_ERR_TLS_REQD: u32 = (1 << 31) | 5;
 /// Option replies longer than this are garbage, not something to allocate for.
 const MAX_OPTION_REPLY: u32 = 1 << 20;
 
@@ -35,24 +43,134 @@ pub struct ExportInfo {
     pub max_block: Option<u32>,
 }
 
-/// Connects to `target` and negotiates; the socket is left blocking.
-pub fn open(target: &Target) -> Result<(Stream, ExportInfo), String> {
-    let mut s = Stream::connect(&target.address, HANDSHAKE_TIMEOUT)?;
-    let info = handshake(&mut s, target.export.as_bytes())?;
-    Ok((s, info))
+/// A negotiated connection: its socket (still blocking), and its TLS
+/// session if it has one.
+pub struct Link {
+    pub stream: Stream,
+    pub tls: Option<Box<Session>>,
 }
 
-/// Runs the client side of the handshake on any byte stream.
-pub fn handshake<S: Read + Write>(s: &mut S, export: &[u8]) -> Result<ExportInfo, String> {
+/// Connects to `target` and negotiates, with TLS when `tls` is given (it is
+/// for `nbds` targets).
+pub fn open(target: &Target, tls: Option<&tls::Client>) -> Result<(Link, ExportInfo), String> {
+    let mut stream = Stream::connect(&target.address, HANDSHAKE_TIMEOUT)?;
+    let export = target.export.as_bytes();
+    let Some(client) = tls else {
+        let info = handshake(&mut stream, export)?;
+        return Ok((Link { stream, tls: None }, info));
+    };
+    let no_zeroes = starttls(&mut stream)?;
+    let mut session = client.handshake(&mut stream)?;
+    // With TLS 1.3 a server judges our certificate after our handshake is
+    // over: a refusal shows as a hang-up at the first option.
+    let (result, broke) = {
+        let mut over = Watched {
+            s: session.blocking(&mut stream),
+            broke: false,
+        };
+        (options(&mut over, export, no_zeroes), over.broke)
+    };
+    let info = result.map_err(|e| {
+        if broke {
+            format!("{e} ({})", client.hung_up())
+        } else {
+            e
+        }
+    })?;
+    let tls = Some(Box::new(session));
+    Ok((Link { stream, tls }, info))
+}
+
+/// A stream that remembers whether the connection itself failed (an error
+/// or the end of the stream), rather than the server refusing something.
+struct Watched<S> {
+    s: S,
+    broke: bool,
+}
+
+impl<S: Read> Read for Watched<S> {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        let r = self.s.read(b);
+        self.broke |= r.is_err() || matches!(r, Ok(0) if !b.is_empty());
+        r
+    }
+}
+
+impl<S: Write> Write for Watched<S> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let r = self.s.write(b);
+        self.broke |= r.is_err();
+        r
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let r = self.s.flush();
+        self.broke |= r.is_err();
+        r
+    }
+}
+
+/// What the server's greeting says.
+enum Greeting {
+    Oldstyle,
+    /// With the server's handshake flags.
+    Newstyle(u16),
+}
+
+fn greeting<S: Read>(s: &mut S) -> Result<Greeting, String> {
     let mut hello = [0u8; 16];
     read_exact(s, &mut hello, "greeting")?;
     if be64(&hello[..8]) != NBDMAGIC {
         return Err("not an NBD server (bad greeting magic)".into());
     }
     match be64(&hello[8..]) {
-        IHAVEOPT => newstyle(s, export),
-        OLDSTYLE_MAGIC => oldstyle(s),
+        IHAVEOPT => {
+            let mut f = [0u8; 2];
+            read_exact(s, &mut f, "handshake flags")?;
+            Ok(Greeting::Newstyle(u16::from_be_bytes(f)))
+        }
+        OLDSTYLE_MAGIC => Ok(Greeting::Oldstyle),
         _ => Err("not an NBD server (unknown handshake style)".into()),
+    }
+}
+
+/// Runs the client side of the handshake on any byte stream.
+pub fn handshake<S: Read + Write>(s: &mut S, export: &[u8]) -> Result<ExportInfo, String> {
+    match greeting(s)? {
+        Greeting::Newstyle(flags) => newstyle(s, flags, export),
+        Greeting::Oldstyle => oldstyle(s),
+    }
+}
+
+/// The handshake up to the server's acknowledgement of `NBD_OPT_STARTTLS`,
+/// after which TLS starts. Returns whether the server leaves out the zeroes
+/// after EXPORT_NAME's reply (said once, before TLS, and true inside it).
+pub fn starttls<S: Read + Write>(s: &mut S) -> Result<bool, String> {
+    let flags = match greeting(s)? {
+        Greeting::Oldstyle => {
+            return Err("the server speaks the oldstyle handshake, which cannot start TLS".into());
+        }
+        Greeting::Newstyle(f) if f & FLAG_FIXED_NEWSTYLE == 0 => {
+            return Err("the server does not speak fixed newstyle, so it cannot start TLS".into());
+        }
+        Greeting::Newstyle(f) => f,
+    };
+    let no_zeroes = client_flags(s, flags)?;
+    write_all(s, &option(OPT_STARTTLS, &[]))?;
+    let (kind, body) = option_reply(s, OPT_STARTTLS)?;
+    match kind {
+        REP_ACK => Ok(no_zeroes),
+        REP_ERR_POLICY | REP_ERR_UNSUP => Err(format!(
+            "the server does not offer TLS (STARTTLS: {}{})",
+            rep_error_name(kind),
+            message(&body)
+        )),
+        k if k & (1 << 31) != 0 => Err(format!(
+            "server refused STARTTLS: {}{}",
+            rep_error_name(k),
+            message(&body)
+        )),
+        k => Err(format!("server answered STARTTLS with reply type {k}")),
     }
 }
 
@@ -67,19 +185,32 @@ fn oldstyle<S: Read>(s: &mut S) -> Result<ExportInfo, String> {
     })
 }
 
-fn newstyle<S: Read + Write>(s: &mut S, export: &[u8]) -> Result<ExportInfo, String> {
-    let mut f = [0u8; 2];
-    read_exact(s, &mut f, "handshake flags")?;
-    let flags = u16::from_be_bytes(f);
+fn newstyle<S: Read + Write>(s: &mut S, flags: u16, export: &[u8]) -> Result<ExportInfo, String> {
     if flags & FLAG_FIXED_NEWSTYLE == 0 {
         // Without fixed newstyle an unknown option kills the connection; only
         // EXPORT_NAME is safe.
         write_all(s, &0u32.to_be_bytes())?;
         return export_name(s, export, false);
     }
+    let no_zeroes = client_flags(s, flags)?;
+    options(s, export, no_zeroes)
+}
+
+/// Answers a fixed-newstyle server's flags; returns whether it leaves out the
+/// zeroes after EXPORT_NAME's reply.
+fn client_flags<S: Write>(s: &mut S, flags: u16) -> Result<bool, String> {
     let no_zeroes = flags & FLAG_NO_ZEROES != 0;
     let cflags = CFLAG_FIXED_NEWSTYLE | if no_zeroes { CFLAG_NO_ZEROES } else { 0 };
     write_all(s, &cflags.to_be_bytes())?;
+    Ok(no_zeroes)
+}
+
+/// The options that choose the export: GO, or EXPORT_NAME if GO is unknown.
+fn options<S: Read + Write>(
+    s: &mut S,
+    export: &[u8],
+    no_zeroes: bool,
+) -> Result<ExportInfo, String> {
     match go(s, export)? {
         Some(info) => Ok(info),
         None => export_name(s, export, no_zeroes),
@@ -120,10 +251,15 @@ fn go<S: Read + Write>(s: &mut S, export: &[u8]) -> Result<Option<ExportInfo>, S
             REP_ERR_UNSUP => return Ok(None),
             k if k & (1 << 31) != 0 => {
                 return Err(format!(
-                    "server refused export '{}': {}{}",
+                    "server refused export '{}': {}{}{}",
                     shown(export),
                     rep_error_name(k),
-                    message(&body)
+                    message(&body),
+                    if k == REP_ERR_TLS_REQD {
+                        " (use an nbds:// or nbds+unix:// URI)"
+                    } else {
+                        ""
+                    }
                 ));
             }
             // Other replies (other INFO items, REP_SERVER) are not errors; skip them.
@@ -206,14 +342,19 @@ fn rep_error_name(k: u32) -> String {
     }
 }
 
-/// The error message a server may put in an error reply, as ": text".
+/// The error message a server may put in an error reply, as ": text", on
+/// one line.
 fn message(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
     if text.is_empty() {
         String::new()
     } else {
-        format!(": {}", text.chars().take(200).collect::<String>())
+        let one_line = text
+            .chars()
+            .take(200)
+            .map(|c| if c.is_control() { ' ' } else { c });
+        format!(": {}", one_line.collect::<String>())
     }
 }
 
@@ -228,8 +369,10 @@ fn read_exact<S: Read>(s: &mut S, buf: &mut [u8], what: &str) -> Result<(), Stri
     })
 }
 
+/// Writes `buf` and flushes (over TLS, rustls holds the records till then).
 fn write_all<S: Write>(s: &mut S, buf: &[u8]) -> Result<(), String> {
     s.write_all(buf)
+        .and_then(|()| s.flush())
         .map_err(|e| format!("writing to the server: {}", plain(&e)))
 }
 
@@ -244,149 +387,4 @@ fn be64(b: &[u8]) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A scripted server: what it says, and what the client wrote.
-    struct Script {
-        input: io::Cursor<Vec<u8>>,
-        output: Vec<u8>,
-    }
-
-    impl Read for Script {
-        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
-            self.input.read(b)
-        }
-    }
-
-    impl Write for Script {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.output.extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn script(parts: &[&[u8]]) -> Script {
-        Script {
-            input: io::Cursor::new(parts.concat()),
-            output: Vec::new(),
-        }
-    }
-
-    fn reply(opt: u32, kind: u32, data: &[u8]) -> Vec<u8> {
-        let mut v = OPT_REPLY_MAGIC.to_be_bytes().to_vec();
-        v.extend_from_slice(&opt.to_be_bytes());
-        v.extend_from_slice(&kind.to_be_bytes());
-        v.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        v.extend_from_slice(data);
-        v
-    }
-
-    fn greeting() -> Vec<u8> {
-        nbdlite::proto::option::greeting_newstyle().to_vec()
-    }
-
-    fn info_export(size: u64, flags: u16) -> Vec<u8> {
-        let mut d = INFO_EXPORT.to_be_bytes().to_vec();
-        d.extend_from_slice(&size.to_be_bytes());
-        d.extend_from_slice(&flags.to_be_bytes());
-        reply(OPT_GO, REP_INFO, &d)
-    }
-
-    fn block_size(min: u32, preferred: u32, max: u32) -> Vec<u8> {
-        let mut d = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
-        for v in [min, preferred, max] {
-            d.extend_from_slice(&v.to_be_bytes());
-        }
-        reply(OPT_GO, REP_INFO, &d)
-    }
-
-    #[test]
-    fn go() {
-        let mut s = script(&[
-            &greeting(),
-            &info_export(1 << 30, 3),
-            &block_size(1, 4096, 32 << 20),
-            &reply(OPT_GO, REP_ACK, b""),
-        ]);
-        let info = handshake(&mut s, b"disk").unwrap();
-        assert_eq!(
-            info,
-            ExportInfo {
-                size: 1 << 30,
-                tflags: 3,
-                max_block: Some(32 << 20),
-            }
-        );
-        assert_eq!(be32(&s.output), CFLAG_FIXED_NEWSTYLE | CFLAG_NO_ZEROES);
-        assert_eq!(&s.output[4..12], b"IHAVEOPT");
-        assert_eq!(be32(&s.output[12..]), OPT_GO);
-        assert_eq!(&s.output[24..28], b"disk");
-        // one information request: NBD_INFO_BLOCK_SIZE
-        assert_eq!(&s.output[28..], &[0, 1, 0, 3]);
-    }
-
-    #[test]
-    fn falls_back_to_export_name() {
-        let mut s = script(&[
-            &greeting(),
-            &reply(OPT_GO, REP_ERR_UNSUP, b""),
-            &(5u64 << 20).to_be_bytes(),
-            &1u16.to_be_bytes(),
-        ]);
-        let info = handshake(&mut s, b"").unwrap();
-        assert_eq!(info.size, 5 << 20);
-        assert_eq!(be32(&s.output[s.output.len() - 8..]), OPT_EXPORT_NAME);
-    }
-
-    #[test]
-    fn oldstyle() {
-        let g = nbdlite::proto::option::greeting_oldstyle(4096, 1);
-        assert_eq!(
-            handshake(&mut script(&[&g]), b"").unwrap(),
-            ExportInfo {
-                size: 4096,
-                tflags: 1,
-                max_block: None,
-            }
-        );
-    }
-
-    #[test]
-    fn garbage_and_refusals_are_errors() {
-        let cases: Vec<Vec<u8>> = vec![
-            b"HTTP/1.1 400 Bad Request\r\n".to_vec(),
-            greeting()[..10].to_vec(),
-            [
-                greeting(),
-                reply(OPT_GO, REP_ERR_UNSUP | 5, b"unknown export"),
-            ]
-            .concat(),
-            [greeting(), reply(OPT_GO, REP_ACK, b"")].concat(),
-            [
-                greeting(),
-                reply(OPT_GO, REP_INFO, &[0u8; 12])[..25].to_vec(),
-            ]
-            .concat(),
-            [
-                greeting(),
-                reply(OPT_GO, REP_ACK, &[])[..8].to_vec(),
-                vec![0; 16],
-            ]
-            .concat(),
-            [
-                greeting(),
-                reply(OPT_GO, REP_INFO, b"")[..16].to_vec(),
-                u32::MAX.to_be_bytes().to_vec(),
-            ]
-            .concat(),
-        ];
-        for c in cases {
-            let e = handshake(&mut script(&[&c]), b"x");
-            assert!(e.is_err(), "{c:?}");
-        }
-    }
-}
+mod tests;

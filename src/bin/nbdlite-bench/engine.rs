@@ -13,7 +13,8 @@ use crate::conn::Conn;
 use crate::progress;
 use crate::record::{Recorder, Stats};
 
-/// Bytes read per read(2) into the thread's scratch buffer.
+/// Bytes read per read(2) into the thread's scratch buffer (plaintext replies,
+/// or TLS records).
 const SCRATCH: usize = 256 * 1024;
 /// How long requests still in flight at the end may take to come back.
 const DRAIN: Duration = Duration::from_secs(10);

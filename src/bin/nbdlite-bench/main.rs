@@ -11,6 +11,11 @@ mod progress;
 mod record;
 mod report;
 mod stream;
+#[cfg(feature = "tls")]
+mod tls;
+#[cfg(not(feature = "tls"))]
+#[path = "notls.rs"]
+mod tls;
 mod uri;
 mod wire;
 mod workload;
@@ -22,13 +27,12 @@ use std::time::{Duration, Instant};
 use nbdlite::proto::{TF_HAS_FLAGS, TF_READ_ONLY};
 
 use args::{Command, Config};
-use client::ExportInfo;
+use client::{ExportInfo, Link};
 use conn::Conn;
 use engine::{Failure, Plan};
 use progress::Board;
 use record::Stats;
 use report::{Summary, human};
-use stream::Stream;
 use workload::{Rng, Workload};
 
 fn main() {
@@ -54,14 +58,20 @@ fn real_main() -> Result<i32, String> {
         }
         Command::Run(cfg) => cfg,
     };
-    let (socks, info) = open_all(&cfg)?;
+    // Certificates are read once, before the first connection.
+    let tls = cfg.target.tls.as_ref().map(tls::Client::new).transpose()?;
+    let (links, info) = open_all(&cfg, tls.as_ref())?;
+    let tls_summary = links
+        .first()
+        .and_then(|l| l.tls.as_ref())
+        .map(|t| t.describe());
     let range = check(&cfg, info)?;
     let payload = if cfg.pattern.writes() {
         payload(cfg.size, cfg.seed)
     } else {
         Vec::new()
     };
-    let groups = spread(&cfg, socks, range)?;
+    let groups = spread(&cfg, links, range)?;
     let plan = Plan {
         size: cfg.size,
         warmup: cfg.warmup,
@@ -69,7 +79,8 @@ fn real_main() -> Result<i32, String> {
         payload: &payload,
     };
     let stats = run_threads(groups, &plan, progress_interval(&cfg))?;
-    let summary = Summary::new(&cfg, info.size, range, &stats);
+    let mut summary = Summary::new(&cfg, info.size, range, &stats);
+    summary.tls = tls_summary;
     if cfg.json {
         print!("{}", summary.json());
     } else {
@@ -85,13 +96,14 @@ fn real_main() -> Result<i32, String> {
     Ok(0)
 }
 
-/// Opens every connection before any traffic, so that connecting is not
-/// measured. All must see the same export.
-fn open_all(cfg: &Config) -> Result<(Vec<Stream>, ExportInfo), String> {
-    let mut socks = Vec::with_capacity(cfg.connections);
+/// Opens every connection before any traffic, so that connecting (and the
+/// TLS handshake) is not measured. All must see the same export.
+fn open_all(cfg: &Config, tls: Option<&tls::Client>) -> Result<(Vec<Link>, ExportInfo), String> {
+    let mut links = Vec::with_capacity(cfg.connections);
     let mut first: Option<ExportInfo> = None;
     for i in 0..cfg.connections {
-        let (s, info) = client::open(&cfg.target).map_err(|e| format!("connection {i}: {e}"))?;
+        let (l, info) =
+            client::open(&cfg.target, tls).map_err(|e| format!("connection {i}: {e}"))?;
         match first {
             None => first = Some(info),
             Some(f) if f.size != info.size => {
@@ -102,11 +114,11 @@ fn open_all(cfg: &Config) -> Result<(Vec<Stream>, ExportInfo), String> {
             }
             Some(_) => {}
         }
-        socks.push(s);
+        links.push(l);
     }
     // Invariant: connections >= 1 (args::parse), so the loop set `first`.
     let info = first.ok_or("no connections")?;
-    Ok((socks, info))
+    Ok((links, info))
 }
 
 /// The byte range to use, after checking the options against the export.
@@ -157,10 +169,10 @@ fn payload(size: u64, seed: u64) -> Vec<u8> {
 }
 
 /// Deals the connections out to the threads, round-robin.
-fn spread(cfg: &Config, socks: Vec<Stream>, range: u64) -> Result<Vec<Vec<Conn>>, String> {
+fn spread(cfg: &Config, links: Vec<Link>, range: u64) -> Result<Vec<Vec<Conn>>, String> {
     let mut groups: Vec<Vec<Conn>> = (0..cfg.threads).map(|_| Vec::new()).collect();
-    let n = socks.len() as u64;
-    for (i, s) in socks.into_iter().enumerate() {
+    let n = links.len() as u64;
+    for (i, l) in links.into_iter().enumerate() {
         let work = Workload::new(
             cfg.pattern,
             cfg.size,
@@ -170,7 +182,7 @@ fn spread(cfg: &Config, socks: Vec<Stream>, range: u64) -> Result<Vec<Vec<Conn>>
             i as u64,
             n,
         )?;
-        groups[i % cfg.threads].push(Conn::new(i, s, work, cfg.queue_depth)?);
+        groups[i % cfg.threads].push(Conn::new(i, l, work, cfg.queue_depth)?);
     }
     Ok(groups)
 }

@@ -11,6 +11,8 @@ use crate::workload::Pattern;
 /// Everything the report shows, computed once.
 pub struct Summary {
     pub uri: String,
+    /// The TLS protocol and cipher suite of the first connection, with TLS.
+    pub tls: Option<String>,
     pub export_size: u64,
     pub range: u64,
     pub connections: usize,
@@ -43,6 +45,7 @@ impl Summary {
         let requests = s.hist.count();
         Summary {
             uri: cfg.uri.clone(),
+            tls: None,
             export_size,
             range,
             connections: cfg.connections,
@@ -74,11 +77,14 @@ impl Summary {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "{}: export {}, range {}, {} thread(s)",
+            "{}: export {}, range {}, {} thread(s){}",
             self.uri,
             human(self.export_size),
             human(self.range),
-            self.threads
+            self.threads,
+            self.tls
+                .as_ref()
+                .map_or(String::new(), |t| format!(", {t}"))
         );
         let _ = writeln!(
             t,
@@ -125,6 +131,7 @@ impl Summary {
             sep = ", ";
         };
         field("uri", quote(&self.uri));
+        field("tls", self.tls.as_deref().map_or("null".into(), quote));
         field("export_size", self.export_size.to_string());
         field("range", self.range.to_string());
         field("connections", self.connections.to_string());

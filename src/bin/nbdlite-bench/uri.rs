@@ -1,5 +1,6 @@
 //! NBD URIs (the subset of the NBD URI spec that a benchmark needs): where to
-//! connect and which export to ask for.
+//! connect, which export to ask for, and whether TLS must be used, with the
+//! query parameters libnbd gives TLS (`tls-hostname=`, `tls-certificates=`).
 
 use std::path::PathBuf;
 
@@ -16,9 +17,22 @@ pub enum Address {
 pub struct Target {
     pub address: Address,
     pub export: String,
+    /// `nbds://` and `nbds+unix://`: TLS, which must succeed (the URI spec's
+    /// rule: never a fallback to plaintext).
+    pub tls: Option<TlsTarget>,
 }
 
-/// Parses `nbd://HOST[:PORT]/EXPORT` or `nbd+unix:///EXPORT?socket=PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsTarget {
+    /// The name the server's certificate must carry: `tls-hostname=`, else
+    /// the URI's host, else `localhost` (a Unix socket has no host), as libnbd.
+    pub hostname: String,
+    /// The client's certificate directory (`tls-certificates=`, or the
+    /// command line's `--tls-certificates`); `None`: libnbd's default places.
+    pub certificates: Option<PathBuf>,
+}
+
+/// Parses `nbd[s]://HOST[:PORT]/EXPORT` or `nbd[s]+unix:///EXPORT?socket=PATH`.
 pub fn parse(uri: &str) -> Result<Target, String> {
     let bad = |why: &str| format!("{uri}: {why}");
     let (scheme, rest) = uri
@@ -33,35 +47,78 @@ pub fn parse(uri: &str) -> Result<Target, String> {
         None => (rest, ""),
     };
     let export = percent_decode(path).ok_or_else(|| bad("bad %-escape in the export name"))?;
-    let socket = query.and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("socket="))
-            .map(|s| percent_decode(s).map(PathBuf::from))
-    });
-    let address = match scheme {
-        "nbd" => {
-            if socket.is_some() {
-                return Err(bad("socket= belongs in nbd+unix:// URIs"));
-            }
-            let (host, port) = split_host_port(authority).map_err(|e| bad(&e))?;
-            Address::Tcp(host, port)
-        }
-        "nbd+unix" => {
-            if !authority.is_empty() {
-                return Err(bad(
-                    "nbd+unix:// URIs have no host (nbd+unix:///EXPORT?socket=PATH)",
-                ));
-            }
-            match socket {
-                Some(Some(p)) if !p.as_os_str().is_empty() => Address::Unix(p),
-                Some(_) => return Err(bad("bad socket= path")),
-                None => return Err(bad("nbd+unix:// needs ?socket=PATH")),
-            }
-        }
-        "nbds" | "nbds+unix" => return Err(bad("TLS is not supported")),
-        _ => return Err(bad("unknown scheme (expecting nbd:// or nbd+unix://)")),
+    let param = |key: &str| {
+        param(query, key)
+            .map(|v| v.ok_or_else(|| bad(&format!("bad %-escape in {key}="))))
+            .transpose()
     };
-    Ok(Target { address, export })
+    let socket = param("socket")?;
+    let hostname = param("tls-hostname")?;
+    let certificates = param("tls-certificates")?;
+    let (unix, tls) = match scheme {
+        "nbd" => (false, false),
+        "nbds" => (false, true),
+        "nbd+unix" => (true, false),
+        "nbds+unix" => (true, true),
+        _ => {
+            return Err(bad(
+                "unknown scheme (expecting nbd://, nbds://, nbd+unix:// or nbds+unix://)",
+            ));
+        }
+    };
+    let address = if unix {
+        if !authority.is_empty() {
+            return Err(bad(&format!(
+                "{scheme}:// URIs have no host ({scheme}:///EXPORT?socket=PATH)"
+            )));
+        }
+        match socket {
+            Some(p) if !p.is_empty() => Address::Unix(PathBuf::from(p)),
+            Some(_) => return Err(bad("bad socket= path")),
+            None => return Err(bad(&format!("{scheme}:// needs ?socket=PATH"))),
+        }
+    } else {
+        if socket.is_some() {
+            return Err(bad("socket= belongs in nbd+unix:// URIs"));
+        }
+        let (host, port) = split_host_port(authority).map_err(|e| bad(&e))?;
+        Address::Tcp(host, port)
+    };
+    for (key, v) in [
+        ("tls-hostname", &hostname),
+        ("tls-certificates", &certificates),
+    ] {
+        if v.as_deref() == Some("") {
+            return Err(bad(&format!("empty {key}=")));
+        }
+    }
+    if !tls && (hostname.is_some() || certificates.is_some()) {
+        return Err(bad(
+            "tls-hostname= and tls-certificates= belong in nbds:// and nbds+unix:// URIs",
+        ));
+    }
+    let tls = tls.then(|| TlsTarget {
+        hostname: match (hostname, &address) {
+            (Some(h), _) => h,
+            (None, Address::Tcp(host, _)) => host.clone(),
+            (None, Address::Unix(_)) => "localhost".into(),
+        },
+        certificates: certificates.map(PathBuf::from),
+    });
+    Ok(Target {
+        address,
+        export,
+        tls,
+    })
+}
+
+/// The first `key=value` of `query` for `key`, %-decoded (`Some(None)`: a
+/// bad escape).
+fn param(query: Option<&str>, key: &str) -> Option<Option<String>> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| percent_decode(v))
+    })
 }
 
 /// `host`, `host:port`, `[v6]` or `[v6]:port`.
@@ -129,7 +186,15 @@ mod tests {
         Target {
             address: Address::Tcp(h.into(), p),
             export: e.into(),
+            tls: None,
         }
+    }
+
+    fn tls(hostname: &str, certificates: Option<&str>) -> Option<TlsTarget> {
+        Some(TlsTarget {
+            hostname: hostname.into(),
+            certificates: certificates.map(PathBuf::from),
+        })
     }
 
     #[test]
@@ -154,6 +219,23 @@ mod tests {
     }
 
     #[test]
+    fn tls_uris() {
+        let t = parse("nbds://h:99/disk").unwrap();
+        assert_eq!(
+            (t.address, t.export),
+            (Address::Tcp("h".into(), 99), "disk".into())
+        );
+        assert_eq!(t.tls, tls("h", None));
+        assert_eq!(parse("nbds://[::1]").unwrap().tls, tls("::1", None));
+        let t = parse("nbds+unix:///e?socket=/s&tls-certificates=/c%20d").unwrap();
+        assert_eq!(t.address, Address::Unix("/s".into()));
+        assert_eq!(t.tls, tls("localhost", Some("/c d")));
+        let t = parse("nbds://10.0.0.1/?tls-hostname=nbd.example.com").unwrap();
+        assert_eq!(t.tls, tls("nbd.example.com", None));
+        assert_eq!(parse("nbd://h/").unwrap().tls, None);
+    }
+
+    #[test]
     fn refusals() {
         for u in [
             "",
@@ -169,7 +251,16 @@ mod tests {
             "nbd+unix:///?socket=",
             "nbd:///%zz?socket=/s",
             "nbd://h/?socket=/s",
-            "nbds://h/",
+            "nbds://",
+            "nbds+unix:///x",
+            "nbds+unix://h/?socket=/s",
+            "nbds://h/?socket=/s",
+            "nbd://h/?tls-certificates=/c",
+            "nbd+unix:///?socket=/s&tls-hostname=h",
+            "nbds://h/?tls-hostname=",
+            "nbds://h/?tls-certificates=",
+            "nbds://h/?tls-certificates=%g0",
+            "nbdx://h/",
         ] {
             assert!(parse(u).is_err(), "{u}");
         }
