@@ -8,7 +8,9 @@ mod common;
 use std::io::Read;
 use std::process::{Command, Output, Stdio};
 
-use common::{Server, TempDir, have, json_field, run, wait_exit};
+#[cfg(feature = "tls")]
+use common::TempDir;
+use common::{Server, have, json_field, run, wait_exit};
 
 fn bench() -> &'static str {
     env!("CARGO_BIN_EXE_nbdlite-bench")

@@ -25,7 +25,8 @@ struct Block {
     text: String,
 }
 
-/// The ```sh blocks of `readme` that are examples (not ```sh norun).
+/// The ```sh blocks of `readme` that are examples (not ```sh norun; and not
+/// ```sh tls in a build without the `tls` feature).
 fn examples(readme: &str) -> Vec<Block> {
     let mut blocks = Vec::new();
     let mut open: Option<(usize, bool, String)> = None;
@@ -35,7 +36,9 @@ fn examples(readme: &str) -> Vec<Block> {
                 if let Some(info) = l.strip_prefix("```") {
                     let mut words = info.split_whitespace();
                     let sh = words.next() == Some("sh");
-                    let runs = sh && !words.any(|w| w == "norun");
+                    let marks: Vec<&str> = words.collect();
+                    let needs_tls = marks.contains(&"tls") && !cfg!(feature = "tls");
+                    let runs = sh && !marks.contains(&"norun") && !needs_tls;
                     open = Some((i + 1, runs, String::new()));
                 }
             }

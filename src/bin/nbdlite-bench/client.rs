@@ -16,7 +16,8 @@ use nbdlite::error::plain;
 use nbdlite::proto::{
     CFLAG_FIXED_NEWSTYLE, CFLAG_NO_ZEROES, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT,
     INFO_BLOCK_SIZE, INFO_EXPORT, NBDMAGIC, OLDSTYLE_MAGIC, OPT_EXPORT_NAME, OPT_GO,
-    OPT_REPLY_MAGIC, OPT_STARTTLS, REP_ACK, REP_ERR_POLICY, REP_ERR_UNSUP, REP_INFO,
+    OPT_REPLY_MAGIC, OPT_STARTTLS, REP_ACK, REP_ERR_POLICY, REP_ERR_TLS_REQD, REP_ERR_UNSUP,
+    REP_INFO,
 };
 
 use crate::stream::Stream;
@@ -29,8 +30,6 @@ use crate::uri::Target;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Replies to one GO we accept before its final one.
 const MAX_GO_REPLIES: usize = 64;
-/// NBD_REP_ERR_TLS_REQD (not among `nbdlite::proto`'s constants yet).
-const REP_ERR_TLS_REQD: u32 = (1 << 31) | 5;
 /// Option replies longer than this are garbage, not something to allocate for.
 const MAX_OPTION_REPLY: u32 = 1 << 20;
 
