@@ -8,6 +8,7 @@ use std::time::Instant;
 use slab::Slab;
 
 use crate::backend::{Backend, Extent};
+use crate::budget::Budget;
 use crate::buf::Pool;
 use crate::export::Export;
 use crate::lifecycle::Lifecycle;
@@ -40,6 +41,9 @@ pub struct Ctx {
     pub waiting: VecDeque<Origin>,
     /// The connection whose turn it is.
     pub serving: Origin,
+    /// What connections hold in buffers, against `--memory-budget`, and who
+    /// waits for memory to free.
+    pub budget: Budget,
     /// The TLS configuration STARTTLS begins sessions with (`--tls=on|require`).
     #[cfg(feature = "tls")]
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
@@ -57,6 +61,7 @@ impl Ctx {
             inflight: Slab::new(),
             waiting: VecDeque::new(),
             serving: Origin { key: 0, serial: 0 },
+            budget: Budget::unlimited(),
             #[cfg(feature = "tls")]
             tls: None,
         }

@@ -10,6 +10,7 @@
 pub mod activation;
 pub mod aio;
 pub mod backend;
+pub mod budget;
 pub mod buf;
 pub mod captive;
 pub mod cli;

@@ -103,6 +103,15 @@ pub fn submit(
     }
 }
 
+/// Bytes of the buffer a request lends the engine (READ: its data; WRITE: a
+/// copy of its payload), held until its completion is reaped.
+pub fn engine_bytes(req: &Request, effect: u64) -> usize {
+    match req.kind {
+        CMD_READ | CMD_WRITE => effect as usize, // ≤ max_request, checked
+        _ => 0,
+    }
+}
+
 /// A pool block of exactly `n` bytes (its spare capacity stays with it).
 fn block(pool: &mut Pool, n: usize) -> Vec<u8> {
     let mut b = pool.take(n);
