@@ -8,6 +8,10 @@
 //! Input is one contiguous buffer, because requests are parsed in place. Output
 //! is a queue of blocks written with writev(2): a reply, once queued, is never
 //! moved, however much is queued behind or in front of it.
+//!
+//! Both say how much storage they hold (`capacity`, `held`): what the server's
+//! memory budget (`crate::budget`) counts. Storage lent by the backend is not
+//! counted: it is the RAM disk itself.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -20,6 +24,10 @@ type Block = Vec<u8>;
 
 /// Size of an ordinary block; a larger reply gets a block of its own size.
 const BLOCK: usize = 64 * 1024;
+/// Pending input this small is kept in a block of this size between turns,
+/// not in a whole `BLOCK`: a client that sends half a header and stops holds
+/// a few hundred bytes, not 64 KiB.
+const TINY: usize = 512;
 /// The pool keeps at most this many blocks…
 const POOL_BLOCKS: usize = 32;
 /// …holding at most this many bytes; the rest is freed.
@@ -33,9 +41,15 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A block of at least `min` bytes: a pooled one if any fits, else a new one.
+    /// A block of at least `min` bytes: a pooled one if any fits (and is not
+    /// much larger: what a connection holds is counted), else a new one.
     pub fn take(&mut self, min: usize) -> Block {
-        if let Some(i) = self.free.iter().rposition(|b| b.len() >= min) {
+        let max = min.saturating_mul(2).max(BLOCK);
+        if let Some(i) = self
+            .free
+            .iter()
+            .rposition(|b| b.len() >= min && b.len() <= max)
+        {
             let b = self.free.swap_remove(i);
             self.bytes -= b.len();
             return b;
@@ -49,9 +63,10 @@ impl Pool {
         self.free.is_empty()
     }
 
-    /// Takes a block back (or frees it, when the pool is full).
+    /// Takes a block back (or frees it, when the pool is full or the block is
+    /// smaller than an ordinary one).
     pub fn give(&mut self, b: Block) {
-        if b.is_empty() {
+        if b.len() < BLOCK {
             return;
         }
         if self.free.len() < POOL_BLOCKS && self.bytes + b.len() <= POOL_BYTES {
@@ -80,6 +95,17 @@ impl InBuf {
 
     pub fn is_empty(&self) -> bool {
         self.start == self.end
+    }
+
+    /// Bytes of storage held.
+    pub fn capacity(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Room for more bytes in the block as it is (once the pending ones are
+    /// moved to its front).
+    pub fn free(&self) -> usize {
+        self.data.len() - self.len()
     }
 
     /// Drops `n` bytes from the front.
@@ -122,6 +148,23 @@ impl InBuf {
             pool.give(std::mem::take(&mut self.data));
         }
     }
+
+    /// Moves a few pending bytes out of a much larger block, which goes back
+    /// to the pool: a connection waiting in the middle of a header keeps
+    /// `TINY` bytes, one just done with a large message an ordinary block.
+    pub fn shrink(&mut self, pool: &mut Pool) {
+        let len = self.len();
+        let mut smaller = match len {
+            0 => return self.release(pool),
+            _ if len <= TINY && self.data.len() > TINY => vec![0u8; TINY],
+            _ if len <= BLOCK / 2 && self.data.len() > BLOCK => pool.take(len),
+            _ => return,
+        };
+        smaller[..len].copy_from_slice(self.pending());
+        pool.give(std::mem::replace(&mut self.data, smaller));
+        self.start = 0;
+        self.end = len;
+    }
 }
 
 impl std::fmt::Debug for InBuf {
@@ -151,6 +194,14 @@ impl Bytes {
             pool.give(b);
         }
     }
+
+    /// Storage of ours it holds: none for lent storage.
+    fn held(&self) -> usize {
+        match self {
+            Bytes::Owned(b) => b.len(),
+            Bytes::Lent(_) => 0,
+        }
+    }
 }
 
 /// One queued segment: `bytes[start..end]` is still to be written.
@@ -178,6 +229,8 @@ impl Seg {
 pub struct OutQueue {
     segs: VecDeque<Seg>,
     len: usize,
+    /// Bytes of our own blocks in `segs` (lent storage is not ours).
+    held: usize,
 }
 
 /// A position in an `OutQueue` to roll back to.
@@ -196,6 +249,33 @@ impl OutQueue {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Bytes of storage held: the blocks replies are queued in, whole, and
+    /// not the pages the backend lent.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Takes the front segment off, returning its storage.
+    fn pop_front(&mut self, pool: &mut Pool) {
+        if let Some(seg) = self.segs.pop_front() {
+            self.held -= seg.bytes.held();
+            seg.bytes.give_back(pool);
+        }
+    }
+
+    /// Takes the back segment off, returning its storage.
+    fn pop_back(&mut self, pool: &mut Pool) {
+        if let Some(seg) = self.segs.pop_back() {
+            self.held -= seg.bytes.held();
+            seg.bytes.give_back(pool);
+        }
+    }
+
+    fn push_back(&mut self, seg: Seg) {
+        self.held += seg.bytes.held();
+        self.segs.push_back(seg);
     }
 
     /// Fills `iov` with the front of the queue; returns how many slices it used.
@@ -219,10 +299,8 @@ impl OutQueue {
             let take = n.min(seg.end - seg.start);
             seg.start += take;
             n -= take;
-            if seg.start == seg.end
-                && let Some(seg) = self.segs.pop_front()
-            {
-                seg.bytes.give_back(pool);
+            if seg.start == seg.end {
+                self.pop_front(pool);
             }
         }
     }
@@ -230,8 +308,8 @@ impl OutQueue {
     /// Returns every block to the pool (the queue must be empty).
     pub fn release(&mut self, pool: &mut Pool) {
         debug_assert!(self.is_empty());
-        for seg in self.segs.drain(..) {
-            seg.bytes.give_back(pool);
+        while !self.segs.is_empty() {
+            self.pop_front(pool);
         }
     }
 
@@ -254,7 +332,7 @@ impl Out<'_> {
         if self.q.segs.back().is_none_or(|s| s.room() < n) {
             self.drop_empty_back();
             let block = self.pool.take(n);
-            self.q.segs.push_back(Seg {
+            self.q.push_back(Seg {
                 bytes: Bytes::Owned(block),
                 start: 0,
                 end: 0,
@@ -295,7 +373,7 @@ impl Out<'_> {
         }
         self.drop_empty_back();
         self.q.len += range.len();
-        self.q.segs.push_back(Seg {
+        self.q.push_back(Seg {
             bytes: Bytes::Lent(bytes),
             start: range.start,
             end: range.end,
@@ -310,7 +388,7 @@ impl Out<'_> {
         }
         self.drop_empty_back();
         self.q.len += block.len();
-        self.q.segs.push_back(Seg {
+        self.q.push_back(Seg {
             start: 0,
             end: block.len(),
             bytes: Bytes::Owned(block),
@@ -320,10 +398,8 @@ impl Out<'_> {
     /// Before a segment is pushed behind it, an empty back segment goes (the
     /// queue's invariant).
     fn drop_empty_back(&mut self) {
-        if self.q.segs.back().is_some_and(|s| s.start == s.end)
-            && let Some(seg) = self.q.segs.pop_back()
-        {
-            seg.bytes.give_back(self.pool);
+        if self.q.segs.back().is_some_and(|s| s.start == s.end) {
+            self.q.pop_back(self.pool);
         }
     }
 
@@ -341,9 +417,7 @@ impl Out<'_> {
     /// Forgets everything appended since `m`.
     pub fn rollback(&mut self, m: Mark) {
         while self.q.segs.len() > m.segs {
-            if let Some(seg) = self.q.segs.pop_back() {
-                seg.bytes.give_back(self.pool);
-            }
+            self.q.pop_back(self.pool);
         }
         if let Some(seg) = self.q.segs.back_mut() {
             seg.end = m.end;
@@ -353,142 +427,4 @@ impl Out<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn contents(q: &OutQueue) -> Vec<u8> {
-        let mut iov = [IoSlice::new(&[]); 64];
-        let n = q.slices(&mut iov);
-        iov[..n].iter().flat_map(|s| s.iter().copied()).collect()
-    }
-
-    #[test]
-    fn input_compacts_and_grows() {
-        let mut pool = Pool::default();
-        let mut b = InBuf::default();
-        b.space(5, &mut pool)[..5].copy_from_slice(b"hello");
-        b.commit(5);
-        b.consume(2);
-        assert_eq!(b.pending(), b"llo");
-        let big = 3 * BLOCK;
-        b.space(big, &mut pool)[..3].copy_from_slice(b"abc");
-        b.commit(3);
-        assert_eq!(b.pending(), b"lloabc");
-        b.consume(6);
-        b.release(&mut pool);
-        assert!(b.data.is_empty());
-        assert_eq!(pool.free.len(), 2); // the first block and the bigger one
-    }
-
-    #[test]
-    fn output_queue_never_moves_bytes() {
-        let mut pool = Pool::default();
-        let mut q = OutQueue::default();
-        let mut w = q.writer(&mut pool);
-        w.put(b"head");
-        let m = w.mark();
-        w.put(&vec![7u8; BLOCK]); // needs a second block
-        w.put(b"tail");
-        assert_eq!(q.len(), 4 + BLOCK + 4);
-        let all = contents(&q);
-        assert_eq!(&all[..4], b"head");
-        assert_eq!(&all[all.len() - 4..], b"tail");
-        // rollback drops the later blocks
-        q.writer(&mut pool).rollback(m);
-        assert_eq!(contents(&q), b"head");
-        assert_eq!(q.len(), 4);
-        q.consume(2, &mut pool);
-        assert_eq!(contents(&q), b"ad");
-        q.consume(2, &mut pool);
-        assert!(q.is_empty());
-        q.release(&mut pool);
-        assert!(pool.free.len() >= 2);
-    }
-
-    /// Only the back segment may be empty, so a queue with bytes always gives
-    /// writev something to write.
-    fn assert_invariant(q: &OutQueue) {
-        let n = q.segs.len();
-        for (i, seg) in q.segs.iter().enumerate() {
-            assert!(
-                i + 1 == n || seg.start < seg.end,
-                "empty segment {i} of {n}"
-            );
-        }
-        if !q.is_empty() {
-            let mut iov = [IoSlice::new(&[]); 4];
-            assert!(q.slices(&mut iov) > 0, "bytes queued but nothing to write");
-        }
-    }
-
-    #[test]
-    fn empty_appends_leave_no_empty_segment_in_front() {
-        let mut pool = Pool::default();
-        let mut q = OutQueue::default();
-        let mut w = q.writer(&mut pool);
-        w.put(&[]);
-        w.put(&vec![1u8; 2 * BLOCK]); // too big for the first block
-        w.lend(Rc::from(&b"abc"[..]), 1..1);
-        w.space(0);
-        w.commit(0);
-        assert_invariant(&q);
-        assert_eq!(contents(&q).len(), 2 * BLOCK);
-        // An empty block at the back, then a lent page behind it.
-        let mut q = OutQueue::default();
-        let mut w = q.writer(&mut pool);
-        w.space(10);
-        w.lend(Rc::from(&b"abc"[..]), 0..3);
-        w.space(100);
-        assert_invariant(&q);
-        assert_eq!(contents(&q), b"abc");
-        q.consume(3, &mut pool);
-        assert!(q.is_empty());
-        assert_invariant(&q);
-        // A mark taken over an empty back segment rolls back cleanly.
-        let mut w = q.writer(&mut pool);
-        w.put(b"x");
-        w.space(2 * BLOCK);
-        let m = w.mark();
-        w.lend(Rc::from(&b"abc"[..]), 0..3);
-        w.rollback(m);
-        w.put(b"y");
-        assert_invariant(&q);
-        assert_eq!(contents(&q), b"xy");
-    }
-
-    #[test]
-    fn lent_storage_is_queued_in_place() {
-        let mut pool = Pool::default();
-        let mut q = OutQueue::default();
-        let page: Rc<[u8]> = Rc::from(&b"0123456789"[..]);
-        let mut w = q.writer(&mut pool);
-        w.put(b"hdr:");
-        w.lend(page.clone(), 2..6);
-        w.put(b":tail"); // a lent segment takes no appends: a new block follows
-        assert_eq!(contents(&q), b"hdr:2345:tail");
-        assert_eq!(Rc::strong_count(&page), 2, "the queue holds the page");
-        let m = q.writer(&mut pool).mark();
-        q.writer(&mut pool).lend(page.clone(), 0..1);
-        q.writer(&mut pool).rollback(m);
-        assert_eq!(contents(&q), b"hdr:2345:tail");
-        q.consume(q.len(), &mut pool);
-        assert_eq!(
-            Rc::strong_count(&page),
-            1,
-            "written out: the page is let go"
-        );
-    }
-
-    #[test]
-    fn pool_is_bounded_and_reuses() {
-        let mut pool = Pool::default();
-        for _ in 0..100 {
-            pool.give(vec![0u8; 1 << 20]);
-        }
-        assert!(pool.bytes <= POOL_BYTES && pool.free.len() <= POOL_BLOCKS);
-        let before = pool.free.len();
-        let b = pool.take(1000);
-        assert_eq!(b.len(), 1 << 20);
-        assert_eq!(pool.free.len(), before - 1);
-    }
-}
+mod tests;

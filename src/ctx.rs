@@ -8,19 +8,13 @@ use std::time::Instant;
 use slab::Slab;
 
 use crate::backend::{Backend, Extent};
+use crate::budget::Budget;
 use crate::buf::Pool;
 use crate::export::Export;
 use crate::lifecycle::Lifecycle;
+use crate::origin::Origin;
 use crate::proto::request::Request;
 use crate::session::Session;
-
-/// A connection, as something outlives it may name it: its slab key and its
-/// serial (keys are reused, serials are not).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Origin {
-    pub key: usize,
-    pub serial: u64,
-}
 
 /// A request the engine is working on: who asked, and what its reply needs.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +45,9 @@ pub struct Ctx {
     pub waiting: VecDeque<Origin>,
     /// The connection whose turn it is.
     pub serving: Origin,
+    /// What connections hold in buffers, against `--memory-budget`, and who
+    /// waits for memory to free.
+    pub budget: Budget,
     /// The TLS configuration STARTTLS begins sessions with (`--tls=on|require`).
     #[cfg(feature = "tls")]
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
@@ -68,6 +65,7 @@ impl Ctx {
             inflight: Slab::new(),
             waiting: VecDeque::new(),
             serving: Origin { key: 0, serial: 0 },
+            budget: Budget::unlimited(),
             #[cfg(feature = "tls")]
             tls: None,
         }

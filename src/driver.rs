@@ -5,14 +5,19 @@
 //! its socket; the fuzz targets and the randomized tests hand it one that copies
 //! arbitrary bytes in arbitrary pieces. Both go through the same input buffer
 //! and its growth policy, so the code they exercise is the code the server runs.
+//!
+//! It also says what it holds (`held`) and asks the memory budget before it
+//! grows: before a request's payload is read or its reply built
+//! (`Progress::NeedMemory` when it must wait), and before a read would need a
+//! bigger input buffer (`admit_read`).
 
 use std::io;
 
 use crate::aio::Done;
+use crate::budget::Class;
 use crate::buf::{InBuf, OutQueue, Pool};
 use crate::ctx::Ctx;
 use crate::ctx::InFlight;
-use crate::export::MAX_REQUEST;
 use crate::handshake::{Handshake, Outcome};
 use crate::proto::request::Request;
 use crate::proto::request::parse_request;
@@ -26,6 +31,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// time: a request header promising 64 MiB reserves this, not 64 MiB. Large
 /// enough that a 1 MiB WRITE takes few reads.
 const GROWTH_STEP: usize = 256 * 1024;
+/// What any request asks the budget for, besides its payload and its reply's
+/// data: room for its reply header. Every request asks, so a client piling up
+/// small replies it never reads is held back too.
+const REPLY: usize = 64;
 
 /// Where a connection is in the protocol.
 #[derive(Debug)]
@@ -49,6 +58,10 @@ pub enum Progress {
     /// STARTTLS was accepted: once its ACK is sent, the connection switches to
     /// TLS, handing it the bytes not yet used (`unread`).
     StartTls,
+    /// The memory budget has no room for the request at the front (its
+    /// payload, its reply): the connection waits in the budget's queue, and
+    /// reads nothing meanwhile, until it is resumed.
+    NeedMemory,
 }
 
 /// What one `receive` got.
@@ -83,6 +96,15 @@ struct State {
     in_flight: usize,
     /// Bytes of data those replies will carry (their READs' lengths).
     in_flight_data: usize,
+    /// Bytes of the buffers those requests lent the engine (READs and WRITEs).
+    in_flight_bufs: usize,
+    /// The budget admitted the request at the front: its payload may be read.
+    admitted: bool,
+    /// What it was admitted with: its whole size and its reply's data,
+    /// counted from the moment it was admitted, however little has arrived.
+    reserved: usize,
+    /// The budget queue this connection waits in, if any.
+    queued: Option<Class>,
 }
 
 impl Driver {
@@ -96,6 +118,10 @@ impl Driver {
                 refused_in_shutdown: false,
                 in_flight: 0,
                 in_flight_data: 0,
+                in_flight_bufs: 0,
+                admitted: false,
+                reserved: 0,
+                queued: None,
             },
         }
     }
@@ -111,9 +137,7 @@ impl Driver {
         pool: &mut Pool,
         read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
     ) -> io::Result<Received> {
-        let len = self.input.len();
-        let missing = self.state.need.saturating_sub(len);
-        let want = READ_CHUNK.max(missing.min(len.max(GROWTH_STEP)));
+        let want = self.want();
         let room = self.input.space(want, pool);
         let asked = room.len();
         let n = read(room)?;
@@ -124,11 +148,74 @@ impl Driver {
         })
     }
 
+    /// Room the next read asks for. A message still arriving fills the block
+    /// it has before the block grows again (so a large payload is copied a
+    /// few times, not once per read); the block grows by what has arrived, at
+    /// least `GROWTH_STEP`, and never past the message.
+    fn want(&self) -> usize {
+        let len = self.input.len();
+        let missing = self.state.need.saturating_sub(len);
+        let fill = missing.min(READ_CHUNK);
+        if missing > 0 && self.input.free() >= fill {
+            return fill;
+        }
+        READ_CHUNK.max(missing.min(len.max(GROWTH_STEP)))
+    }
+
+    /// Bytes of storage this connection holds for its requests: its input
+    /// buffer (or, if more, what the request at the front was admitted with)
+    /// and the buffers it lent the I/O engine. Its output queue is the
+    /// caller's to add.
+    pub fn held(&self) -> usize {
+        self.input.capacity().max(self.state.reserved) + self.state.in_flight_bufs
+    }
+
+    /// Buffers lent to the I/O engine: they stay held until reaped, even if
+    /// the connection goes first.
+    pub fn lent_to_engine(&self) -> usize {
+        self.state.in_flight_bufs
+    }
+
+    /// Asks the budget whether the next read may grow the input buffer
+    /// (nothing to ask when it has room, or when the message arriving was
+    /// admitted whole). `out_held` is what the output queue holds.
+    pub fn admit_read(&mut self, ctx: &mut Ctx, out_held: usize) -> bool {
+        let want = self.want();
+        if self.input.free() >= want {
+            return true;
+        }
+        let after = (self.input.len() + want).max(READ_CHUNK);
+        let has = self.input.capacity().max(self.state.reserved);
+        let grow = after.saturating_sub(has);
+        grow == 0 || {
+            let held = self.held() + out_held;
+            ctx.budget
+                .admit(ctx.serving, held, grow, &mut self.state.queued)
+        }
+    }
+
+    /// The budget resumed this connection: it is out of its queue, and goes
+    /// ahead of it once.
+    pub fn memory_granted(&mut self) {
+        self.state.queued = None;
+    }
+
+    /// The budget queue it waits in, if any (to leave it when the connection goes).
+    pub fn queued(&self) -> Option<Class> {
+        self.state.queued
+    }
+
     /// Handles the message at the front of the input, if it is complete,
     /// queueing any reply on `out`.
     pub fn step(&mut self, ctx: &mut Ctx, out: &mut OutQueue) -> Progress {
-        let (used, progress) = self.state.one(self.input.pending(), ctx, out);
+        let held = self.held() + out.held();
+        let (used, progress) = self.state.one(self.input.pending(), held, ctx, out);
         self.input.consume(used);
+        if used > READ_CHUNK {
+            // A large message is done: what follows it needs no large block
+            // (the engine took a copy of a WRITE's payload).
+            self.input.shrink(&mut ctx.pool);
+        }
         progress
     }
 
@@ -155,6 +242,7 @@ impl Driver {
     pub fn complete(&mut self, ctx: &mut Ctx, flight: &InFlight, done: Done, out: &mut OutQueue) {
         self.state.in_flight -= 1;
         self.state.in_flight_data -= reply_data(&flight.req, flight.effect);
+        self.state.in_flight_bufs -= transmission::engine_bytes(&flight.req, flight.effect);
         transmission::complete(flight, done, &mut ctx.pool, out);
     }
 
@@ -177,12 +265,24 @@ impl Driver {
     pub fn release(&mut self, pool: &mut Pool) {
         self.input.release(pool);
     }
+
+    /// Keeps what little is pending (half a header, say) in a small block,
+    /// the large one back to the pool: for a connection about to wait.
+    pub fn shrink(&mut self, pool: &mut Pool) {
+        self.input.shrink(pool);
+    }
 }
 
 impl State {
     /// Handles the message at the front of `input`, if it is complete. Returns
     /// how many bytes of `input` were used.
-    fn one(&mut self, input: &[u8], ctx: &mut Ctx, out: &mut OutQueue) -> (usize, Progress) {
+    fn one(
+        &mut self,
+        input: &[u8],
+        held: usize,
+        ctx: &mut Ctx,
+        out: &mut OutQueue,
+    ) -> (usize, Progress) {
         let mut skipped = 0;
         if self.skip > 0 {
             let n = self.skip.min(input.len() as u64);
@@ -202,7 +302,7 @@ impl State {
             }
             Phase::Transmission(s) => {
                 let s = *s;
-                self.request(&s, input, ctx, out)
+                self.request(&s, input, held, ctx, out)
             }
         };
         (skipped + used, progress)
@@ -239,6 +339,7 @@ impl State {
         &mut self,
         s: &Session,
         input: &[u8],
+        held: usize,
         ctx: &mut Ctx,
         out: &mut OutQueue,
     ) -> (usize, Progress) {
@@ -253,7 +354,7 @@ impl State {
         if req.kind == CMD_DISC {
             return (0, Progress::Close("client sent DISC"));
         }
-        if req.payload > MAX_REQUEST {
+        if req.payload > ctx.export.max_request {
             if s.extended() {
                 log::warn!("payload of {} bytes: disconnecting", req.payload);
                 return (0, Progress::Close("payload too large"));
@@ -265,7 +366,18 @@ impl State {
             self.skip = req.payload;
             return (hdr, Progress::Some);
         }
-        let total = hdr + req.payload as usize; // payload ≤ MAX_REQUEST, checked
+        let total = hdr + req.payload as usize; // payload ≤ max_request, checked
+        if !self.admitted {
+            // Its payload still to come and its reply's data, counted from now.
+            let payload = total.saturating_sub(input.len());
+            let reply = transmission::reply_cost(s, ctx, &req);
+            let want = payload + reply + REPLY;
+            if !ctx.budget.admit(ctx.serving, held, want, &mut self.queued) {
+                return (0, Progress::NeedMemory);
+            }
+            self.admitted = true;
+            self.reserved = total + reply;
+        }
         if input.len() < total {
             self.need = total;
             return (0, Progress::NeedInput);
@@ -274,10 +386,13 @@ impl State {
         if !transmission::room_for(ctx, self.in_flight) {
             return (0, Progress::Blocked);
         }
+        self.admitted = false;
+        self.reserved = 0;
         self.refused_in_shutdown |= ctx.shutting_down();
         if transmission::handle(s, ctx, &req, &input[hdr..total], out) == Handled::Submitted {
             self.in_flight += 1;
             self.in_flight_data += reply_data(&req, req.length);
+            self.in_flight_bufs += transmission::engine_bytes(&req, req.length);
         }
         (total, Progress::Some)
     }

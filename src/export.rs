@@ -8,6 +8,7 @@ use crate::tls::TlsMode;
 /// Largest payload we advertise (NBD_INFO_BLOCK_SIZE maximum): the spec's default.
 pub const MAX_PAYLOAD: u32 = 32 << 20;
 /// Largest READ or WRITE we serve (nbdkit's limit); clients stay below MAX_PAYLOAD.
+/// A low memory budget lowers both (`Export::max_request`).
 pub const MAX_REQUEST: u64 = 64 << 20;
 /// Preferred block size we advertise.
 pub const PREFERRED_BLOCK: u32 = 4096;
@@ -27,6 +28,10 @@ pub struct Export {
     pub no_sr: bool,
     /// Whether clients may, or must, reach it over TLS (`--tls`).
     pub tls: TlsMode,
+    /// Largest READ or WRITE served: `MAX_REQUEST`, or less when the memory
+    /// budget could not always find room for one (`Budget::largest_request`).
+    /// Larger ones are refused as requests over the maximum are.
+    pub max_request: u64,
 }
 
 impl Export {
@@ -51,10 +56,14 @@ impl Export {
         f
     }
 
-    /// (minimum, preferred, maximum payload) for NBD_INFO_BLOCK_SIZE.
+    /// (minimum, preferred, maximum payload) for NBD_INFO_BLOCK_SIZE: the
+    /// maximum follows `max_request`, so that clients that honour it never
+    /// send a request the memory budget could not take.
     pub fn block_sizes(&self) -> (u32, u32, u32) {
         let min = self.caps.min_block;
-        (min, PREFERRED_BLOCK.max(min), MAX_PAYLOAD)
+        let preferred = PREFERRED_BLOCK.max(min);
+        let max = self.max_request.min(u64::from(MAX_PAYLOAD)) as u32;
+        (min, preferred, max.max(preferred))
     }
 }
 
@@ -73,6 +82,7 @@ pub fn test_export(read_only: bool, min_block: u32) -> Export {
         },
         no_sr: false,
         tls: TlsMode::Off,
+        max_request: MAX_REQUEST,
     }
 }
 

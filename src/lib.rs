@@ -10,6 +10,7 @@
 pub mod activation;
 pub mod aio;
 pub mod backend;
+pub mod budget;
 pub mod buf;
 pub mod captive;
 pub mod cli;
@@ -27,6 +28,7 @@ pub mod lifecycle;
 pub mod listen;
 pub mod logging;
 pub mod notify;
+pub mod origin;
 pub mod privileges;
 pub mod proto;
 pub mod server;

@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use crate::activation::{self, Inherited};
 use crate::backend::{self, Backend};
+use crate::budget::host;
 use crate::captive;
 use crate::cli::{BackendSpec, Config};
 use crate::daemon::{self, Cleanup};
@@ -37,10 +38,14 @@ pub fn serve(
     let nofile = raise_nofile_limit();
     let backend = open_backend(cfg)?;
     let export = export_of(cfg, backend.as_ref());
+    let memory_budget = memory_budget(cfg);
     let mut cleanup = Cleanup::default();
     let (listeners, connections, port) = sockets(cfg, activated, &mut cleanup)?;
     let accept_once = cfg.single && !listeners.is_empty();
-    let signals = sys::signal_pipe(&[libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGCHLD])
+    // SIGHUP is a clean quit too (as nbdkit): its default would kill us and
+    // leave the socket and the pidfile behind.
+    let stops = [libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGHUP];
+    let signals = sys::signal_pipe(&[&stops[..], &[libc::SIGCHLD]].concat())
         .map_err(Error::setup("signals"))?;
     let ep = captive::Endpoint {
         unix: cleanup.unix_socket.as_deref(),
@@ -87,6 +92,8 @@ pub fn serve(
         busy_poll: cfg.busy_poll,
         notifier: Notifier::new(notify_socket),
         handshake_timeout: cfg.handshake_timeout,
+        request_timeout: cfg.request_timeout,
+        memory_budget,
         max_connections: cfg.max_connections,
         #[cfg(feature = "tls")]
         tls,
@@ -198,6 +205,33 @@ fn open_backend(cfg: &Config) -> Result<Box<dyn Backend>, Error> {
     })
 }
 
+/// `--memory-budget`, or the default that fits the host: below the memory
+/// limit of our cgroup (or a fraction of the physical memory), less what a
+/// `memory` backend may itself come to hold (see `budget::host`).
+fn memory_budget(cfg: &Config) -> usize {
+    if let Some(b) = cfg.memory_budget {
+        log::debug!("memory budget: {} MiB (--memory-budget)", b >> 20);
+        return usize::try_from(b).unwrap_or(usize::MAX);
+    }
+    let disk = match cfg.backend {
+        BackendSpec::Memory(size) => size,
+        _ => 0,
+    };
+    let limit = host::memory_limit();
+    if let host::Limit::Cgroup(l) = limit
+        && host::overcommitted(limit, disk)
+    {
+        log::warn!(
+            "the memory backend ({} MiB) cannot be filled within the memory limit ({} MiB)",
+            disk >> 20,
+            l >> 20
+        );
+    }
+    let budget = host::default_budget(limit, disk).max(crate::budget::MIN_BUDGET as u64);
+    log::debug!("memory budget: {} MiB ({limit:?})", budget >> 20);
+    usize::try_from(budget).unwrap_or(usize::MAX)
+}
+
 /// NBDLITE_IO_URING=0 asks for synchronous file I/O (tests use it to run the
 /// fallback that a kernel without io_uring gets).
 fn sync_io_asked() -> bool {
@@ -217,6 +251,7 @@ fn export_of(cfg: &Config, backend: &dyn Backend) -> Export {
         },
         no_sr: cfg.no_sr,
         tls: cfg.tls.mode(),
+        max_request: crate::export::MAX_REQUEST, // lowered by a small budget
     }
 }
 

@@ -10,8 +10,15 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 #[cfg(feature = "fuzzing")]
 pub mod alloc;
+mod log;
+mod memory;
 pub mod net;
 pub mod uring;
+
+pub use log::{poll_writable, syslog_time};
+#[cfg(target_env = "gnu")]
+pub use memory::heap_in_use;
+pub use memory::{physical_memory, trim_heap};
 
 /// Turns the C convention (-1 and errno) into `io::Result`.
 fn cvt<T: PartialEq + From<i8>>(r: T) -> io::Result<T> {
@@ -317,33 +324,6 @@ pub fn unsetenv(name: &str) {
     unsafe { std::env::remove_var(name) };
 }
 
-/// openlog(3) with our name and pid, to the daemon facility (as nbdkit).
-pub fn open_syslog() {
-    // SAFETY: the ident is a static C string, which openlog keeps a pointer to.
-    unsafe {
-        libc::openlog(
-            c"nbdlite".as_ptr(),
-            libc::LOG_PID | libc::LOG_NDELAY,
-            libc::LOG_DAEMON,
-        )
-    };
-}
-
-/// syslog(3) of one message at the priority matching `level`.
-pub fn syslog(level: log::Level, msg: &str) {
-    let priority = match level {
-        log::Level::Error => libc::LOG_ERR,
-        log::Level::Warn => libc::LOG_WARNING,
-        log::Level::Info => libc::LOG_INFO,
-        log::Level::Debug | log::Level::Trace => libc::LOG_DEBUG,
-    };
-    let Ok(text) = std::ffi::CString::new(msg.replace('\0', "\\0")) else {
-        return; // unreachable: every NUL was replaced
-    };
-    // SAFETY: a constant "%s" format with one valid C string argument.
-    unsafe { libc::syslog(priority, c"%s".as_ptr(), text.as_ptr()) };
-}
-
 pub fn getppid() -> libc::pid_t {
     // SAFETY: no arguments, cannot fail.
     unsafe { libc::getppid() }
@@ -523,13 +503,4 @@ pub fn lowest_free_fd(open: BorrowedFd) -> io::Result<usize> {
 pub fn geteuid() -> libc::uid_t {
     // SAFETY: geteuid takes nothing, touches no memory and cannot fail.
     unsafe { libc::geteuid() }
-}
-
-/// Bytes the C allocator has handed out and not had back, in its main arena
-/// (glibc's mallinfo2): how the memory of one idle connection is measured, by
-/// code running on the main thread (`examples/tls_idle_memory.rs`).
-#[cfg(target_env = "gnu")]
-pub fn heap_in_use() -> usize {
-    // SAFETY: mallinfo2 only reads the allocator's counters and returns them by value.
-    unsafe { libc::mallinfo2() }.uordblks
 }

@@ -45,6 +45,13 @@ Options:
       --handshake-timeout SECS
                           drop clients that have not finished the handshake
                           after SECS (default 10; 0: never)
+      --request-timeout SECS
+                          drop clients that leave a request half-sent and
+                          send nothing more for SECS (default 30; 0: never)
+      --memory-budget SIZE
+                          what all clients' buffers may hold together
+                          (default: from the cgroup's memory limit, else
+                          the physical memory; see nbdlite(1))
       --max-connections N refuse clients beyond N at once (default: as many
                           as the file descriptor limit allows)
       --no-sr             do not offer structured replies

@@ -20,7 +20,7 @@ use crate::tls::{self, TlsOptions};
 
 pub use backend::{BackendSpec, parse_size};
 pub use help::{HELP, dump_config, tls_available, version};
-pub use values::{DEFAULT_BUSY_POLL, DEFAULT_HANDSHAKE_TIMEOUT};
+pub use values::{DEFAULT_BUSY_POLL, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 use values::{flag, os_value, value};
 
 pub const DEFAULT_PORT: u16 = 10809;
@@ -83,6 +83,11 @@ pub struct Config {
     /// (None: what the descriptor limit allows).
     pub handshake_timeout: Option<Duration>,
     pub max_connections: Option<usize>,
+    /// `--request-timeout` (None: never): a client that leaves a request
+    /// half-sent, with nothing more for this long, is dropped.
+    pub request_timeout: Option<Duration>,
+    /// `--memory-budget`, in bytes (None: the default that fits the host).
+    pub memory_budget: Option<u64>,
     /// `--tls`, `--tls-certificates`, `--tls-verify-peer`, `--tls-psk`.
     pub tls: TlsOptions,
 }
@@ -112,6 +117,8 @@ struct Values {
     log: Option<String>,
     handshake_timeout: Option<String>,
     max_connections: Option<String>,
+    request_timeout: Option<String>,
+    memory_budget: Option<String>,
     debug: Vec<String>,
 }
 
@@ -136,6 +143,8 @@ impl Values {
             log: value(p, &["--log"])?,
             handshake_timeout: value(p, &["--handshake-timeout"])?,
             max_connections: value(p, &["--max-connections"])?,
+            request_timeout: value(p, &["--request-timeout"])?,
+            memory_budget: value(p, &["--memory-budget"])?,
             debug: p
                 .values_from_str(["-D", "--debug"])
                 .map_err(|e| Error::usage(e.to_string()))?,
@@ -280,6 +289,12 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
             .as_deref()
             .map(values::max_connections)
             .transpose()?,
+        request_timeout: values::request_timeout(v.request_timeout.as_deref())?,
+        memory_budget: v
+            .memory_budget
+            .as_deref()
+            .map(values::memory_budget)
+            .transpose()?,
         tls: v.tls,
     })))
 }
@@ -404,7 +419,8 @@ mod tests {
     fn hardening_options() {
         let c = config("memory 1M");
         assert_eq!(c.handshake_timeout, Some(DEFAULT_HANDSHAKE_TIMEOUT));
-        assert_eq!(c.max_connections, None);
+        assert_eq!(c.request_timeout, Some(DEFAULT_REQUEST_TIMEOUT));
+        assert_eq!((c.max_connections, c.memory_budget), (None, None));
         let c = config("--handshake-timeout 0 --max-connections=3 memory 1M");
         assert_eq!(c.handshake_timeout, None);
         assert_eq!(c.max_connections, Some(3));
@@ -414,6 +430,11 @@ mod tests {
         assert!(error("--handshake-timeout x memory 1M", false).contains("handshake-timeout"));
         assert!(error("--max-connections 0 memory 1M", false).contains("max-connections"));
         assert!(error("--max-connections lots memory 1M", false).contains("max-connections"));
+        let c = config("--request-timeout=0 --memory-budget 256M memory 1M");
+        assert_eq!(
+            (c.request_timeout, c.memory_budget),
+            (None, Some(256 << 20))
+        );
     }
 
     #[test]

@@ -12,6 +12,8 @@ use crate::logging::Sink;
 pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(50);
 /// How long a client may take over the handshake before it is dropped.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may leave a request half-sent, sending nothing more.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn bad(e: pico_args::Error) -> Error {
     Error::usage(e.to_string())
@@ -111,16 +113,37 @@ pub fn busy_poll(s: Option<&str>) -> Result<Duration, Error> {
 
 /// `--handshake-timeout SECS`: `None` (0) means never.
 pub fn handshake_timeout(s: Option<&str>) -> Result<Option<Duration>, Error> {
+    timeout("--handshake-timeout", s, DEFAULT_HANDSHAKE_TIMEOUT)
+}
+
+/// `--request-timeout SECS`: `None` (0) means never.
+pub fn request_timeout(s: Option<&str>) -> Result<Option<Duration>, Error> {
+    timeout("--request-timeout", s, DEFAULT_REQUEST_TIMEOUT)
+}
+
+fn timeout(flag: &str, s: Option<&str>, default: Duration) -> Result<Option<Duration>, Error> {
     let Some(s) = s else {
-        return Ok(Some(DEFAULT_HANDSHAKE_TIMEOUT));
+        return Ok(Some(default));
     };
     match s.parse::<f64>() {
         Ok(0.0) => Ok(None),
         // Under a millisecond would drop every client before it could speak.
         Ok(v) if (0.001..=1e9).contains(&v) => Ok(Some(Duration::from_secs_f64(v))),
         _ => Err(Error::usage(format!(
-            "--handshake-timeout: '{s}' is not a number of seconds (0 for none, else at least 0.001)"
+            "{flag}: '{s}' is not a number of seconds (0 for none, else at least 0.001)"
         ))),
+    }
+}
+
+/// `--memory-budget SIZE`: a size as the backends take, at least `MIN_BUDGET`.
+pub fn memory_budget(s: &str) -> Result<u64, Error> {
+    let min = crate::budget::MIN_BUDGET as u64;
+    match super::parse_size(s) {
+        Ok(n) if n >= min => Ok(n),
+        Ok(_) => Err(Error::usage(format!(
+            "--memory-budget: '{s}' is too small (at least 4M)"
+        ))),
+        Err(e) => Err(Error::usage(format!("--memory-budget: {e}"))),
     }
 }
 
@@ -206,6 +229,26 @@ mod tests {
             assert!(handshake_timeout(Some(bad)).is_err(), "{bad}");
         }
         assert!(max_connections("0").is_err() && max_connections("lots").is_err());
+        assert_eq!(
+            request_timeout(None).unwrap(),
+            Some(DEFAULT_REQUEST_TIMEOUT)
+        );
+        assert_eq!(request_timeout(Some("0")).unwrap(), None);
+        let e = request_timeout(Some("x")).unwrap_err().to_string();
+        assert!(e.starts_with("--request-timeout: 'x'"), "{e}");
+        assert_eq!(memory_budget("64M").unwrap(), 64 << 20);
+        assert!(
+            memory_budget("1M")
+                .unwrap_err()
+                .to_string()
+                .contains("at least 4M")
+        );
+        assert!(
+            memory_budget("lots")
+                .unwrap_err()
+                .to_string()
+                .contains("parse")
+        );
         assert!(idle_timeout("0").is_err());
         assert!(threads("x").is_err() && threads("16").is_ok());
     }

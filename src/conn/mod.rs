@@ -6,28 +6,36 @@
 //! it would block, runs out of its turn, or is done, and keeps its own
 //! registration with the Poll up to date. It never sees the Poll itself, only
 //! the registry.
+//!
+//! It keeps the memory budget told of what it holds (`settle`), and stops
+//! reading while the budget has no room for its next message. It notes when it
+//! waits for the rest of a half-sent request (`half_sent_since`), for the
+//! server's `--request-timeout`.
 
 use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Instant;
 
-use mio::event::Source;
-use mio::unix::SourceFd;
-use mio::{Interest, Registry, Token};
+use mio::{Registry, Token};
 
-use crate::aio::Done;
 use crate::buf::OutQueue;
-use crate::ctx::InFlight;
-use crate::ctx::{Ctx, Origin};
+use crate::ctx::Ctx;
 use crate::driver::{Driver, Phase, Progress, Received};
 use crate::handshake::Handshake;
 use crate::lifecycle::Activity;
 use crate::logging;
+use crate::origin::Origin;
 use crate::proto::option::{greeting_newstyle, greeting_oldstyle};
 use crate::proto::reply::Style;
 use crate::session::Session;
+use crate::transmission;
 
+mod event;
+mod half_sent;
+mod registration;
 mod transport;
+
+pub use event::{Event, Readiness, Step};
 use transport::Transport;
 
 /// Requests (or options) handled per turn, so one busy client cannot starve the rest.
@@ -36,60 +44,6 @@ const TURN: usize = 64;
 const OUT_LIMIT: usize = 64 << 20;
 /// Blocks handed to one writev(2).
 const IOV_MAX: usize = 256;
-
-/// What the server tells a connection.
-#[derive(Debug)]
-pub enum Event {
-    /// The kernel reported readiness on its socket.
-    Ready(Readiness),
-    /// Its turn again, without news from the kernel: it yielded, it was just
-    /// accepted, or a shutdown is waiting for it to go quiet.
-    Resume,
-    /// The server is shutting down: look at the socket once more, so that
-    /// requests already sent are answered (with ESHUTDOWN) before we hang up.
-    Shutdown,
-    /// The handshake deadline the server queued for connection `serial` (slab
-    /// keys are reused: the serial tells whether it is still this one's), set
-    /// `after` its start, has passed.
-    Deadline { serial: u64, after: Duration },
-    /// The server is done with it (the grace period after a shutdown is over).
-    Close,
-    /// One of its requests came back from the I/O engine (routed by slab key:
-    /// the origin's serial says whether it is really this connection's).
-    Completed { flight: InFlight, done: Done },
-    /// The I/O engine has room again for the request it was holding.
-    Room,
-}
-
-/// Readiness as mio reports it; errors and hang-ups count as both, so the next
-/// read or write finds them.
-#[derive(Debug, Clone, Copy)]
-pub struct Readiness {
-    pub readable: bool,
-    pub writable: bool,
-    pub read_closed: bool,
-}
-
-impl From<&mio::event::Event> for Readiness {
-    fn from(ev: &mio::event::Event) -> Readiness {
-        Readiness {
-            readable: ev.is_readable() || ev.is_read_closed() || ev.is_error(),
-            writable: ev.is_writable() || ev.is_write_closed() || ev.is_error(),
-            read_closed: ev.is_read_closed() || ev.is_error(),
-        }
-    }
-}
-
-/// What the server should do with a connection after an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    /// Nothing to do until the next readiness event.
-    Wait,
-    /// Its turn is over but it has more to do: resume it soon.
-    Yield,
-    /// Finished: deregister and drop it.
-    Close,
-}
 
 pub struct Conn {
     /// The server's number for this connection: unique for the life of the
@@ -130,6 +84,19 @@ pub struct Conn {
     closing: Option<&'static str>,
     /// When a message was last handled.
     last_active: Instant,
+    /// What the memory budget was last told this connection holds.
+    charged: usize,
+    /// Bytes arrived in this turn.
+    got_input: bool,
+    /// The turn ended waiting for the client's bytes (not held back by us).
+    awaiting_input: bool,
+    /// Since when a request has been half-sent with nothing more arriving
+    /// (only while we wait for it: not while we hold the client back).
+    stalled_since: Option<Instant>,
+    /// The `--request-timeout` deadline the server has queued for it.
+    stall_deadline: Option<Instant>,
+    /// How many of its warnings the log still takes (`logging::Quota`).
+    log_quota: logging::Quota,
 }
 
 impl Conn {
@@ -169,7 +136,32 @@ impl Conn {
             waiting_for_room: false,
             closing: None,
             last_active: ctx.now,
+            charged: 0,
+            got_input: false,
+            awaiting_input: false,
+            stalled_since: None,
+            stall_deadline: None,
+            log_quota: logging::Quota::default(),
         }
+    }
+
+    /// Its serial number (see `Origin`).
+    pub fn serial(&self) -> u64 {
+        self.id
+    }
+
+    /// The connection goes: what it holds goes back to the budget (buffers
+    /// still in the I/O engine as they are reaped), and it leaves any queue
+    /// for memory.
+    pub fn leave(&mut self, ctx: &mut Ctx) {
+        let in_engine = self.driver.lent_to_engine().min(self.charged);
+        ctx.budget.give(self.charged - in_engine);
+        self.charged = 0;
+        let me = Origin {
+            key: self.token.0,
+            serial: self.id,
+        };
+        ctx.budget.leave(me, self.driver.queued());
     }
 
     /// Whether this is connection `serial`, still negotiating: the question a
@@ -181,11 +173,18 @@ impl Conn {
     /// The one entry point: acts on `ev`, does as much work as readiness and
     /// the turn allow, and keeps its registration with the Poll current.
     pub fn handle(&mut self, ev: Event, ctx: &mut Ctx, registry: &Registry) -> Step {
-        let _scope = logging::conn_scope(self.id);
+        let scope = logging::conn_scope(self.id, self.log_quota);
         ctx.serving = Origin {
             key: self.token.0,
             serial: self.id,
         };
+        let step = self.act(ev, ctx, registry);
+        self.settle(ctx);
+        self.log_quota = scope.end();
+        step
+    }
+
+    fn act(&mut self, ev: Event, ctx: &mut Ctx, registry: &Registry) -> Step {
         match ev {
             Event::Ready(r) => {
                 self.readable |= r.readable;
@@ -200,7 +199,10 @@ impl Conn {
             }
             Event::Completed { flight, done } => {
                 if flight.origin.serial != self.id {
-                    ctx.pool.give(done.buf); // a predecessor's, in the same slab slot
+                    // A predecessor's, in the same slab slot.
+                    ctx.budget
+                        .give(transmission::engine_bytes(&flight.req, flight.effect));
+                    ctx.pool.give(done.buf);
                     return Step::Wait;
                 }
                 self.driver.complete(ctx, &flight, done, &mut self.out);
@@ -209,6 +211,19 @@ impl Conn {
             Event::Room => {
                 self.waiting_for_room = false;
                 self.blocked = false;
+            }
+            Event::Memory { serial } => {
+                if serial == self.id {
+                    self.driver.memory_granted();
+                }
+            }
+            Event::Stalled { serial, after } => {
+                if serial != self.id || self.stalled_since.is_none() {
+                    return Step::Wait;
+                }
+                let secs = after.as_secs_f64();
+                log::warn!("request half-sent, then nothing for {secs}s: disconnecting");
+                return Step::Close;
             }
             Event::Deadline { serial, after } => {
                 if !self.negotiating(serial) {
@@ -219,12 +234,19 @@ impl Conn {
                 return Step::Close;
             }
         }
+        self.got_input = false;
+        self.awaiting_input = false;
         let mut step = self.turn(ctx);
-        // Storage with nothing pending goes back to the pool between bursts.
-        self.driver.release(&mut ctx.pool);
+        // Storage with nothing pending goes back to the pool between bursts;
+        // a connection about to wait keeps only what it needs.
+        match step {
+            Step::Wait => self.driver.shrink(&mut ctx.pool),
+            _ => self.driver.release(&mut ctx.pool),
+        }
         if self.out.is_empty() {
             self.out.release(&mut ctx.pool);
         }
+        self.note_stall(ctx.now);
         if step != Step::Close
             && let Err(e) = self.update_interest(registry)
         {
@@ -250,12 +272,12 @@ impl Conn {
                 Progress::StartTls => self.starting_tls = true,
                 _ => {}
             }
-            if self.writable
-                && self.has_output()
-                && let Err(e) = self.flush(ctx)
-            {
-                log::debug!("write: {e}");
-                return Step::Close;
+            if self.writable && self.has_output() {
+                if let Err(e) = self.flush(ctx) {
+                    log::debug!("write: {e}");
+                    return Step::Close;
+                }
+                self.settle(ctx);
             }
             if self.closing.is_some() {
                 // flush() either emptied the queue or met EAGAIN; requests still
@@ -277,8 +299,8 @@ impl Conn {
                 }
                 continue;
             }
-            if self.blocked {
-                return Step::Wait; // a completion or freed room resumes us
+            if self.blocked || progress == Progress::NeedMemory {
+                return Step::Wait; // a completion, freed room or memory resumes us
             }
             if self.backlog() >= OUT_LIMIT {
                 return Step::Wait; // resumes on the next writable edge or completion
@@ -304,13 +326,31 @@ impl Conn {
                     self.closing = Some("server shutting down");
                     continue;
                 }
+                self.awaiting_input = true;
                 return Step::Wait;
+            }
+            if !self.driver.admit_read(ctx, self.out.held()) {
+                return Step::Wait; // resumed once the budget has room
             }
             if let Err(e) = self.fill(ctx) {
                 log::debug!("read: {e}");
                 return Step::Close;
             }
+            self.settle(ctx);
         }
+    }
+
+    /// Tells the memory budget what this connection holds now: its input
+    /// buffer (or what its front request was admitted with), the buffers it
+    /// lent the I/O engine, and its output queue's blocks.
+    fn settle(&mut self, ctx: &mut Ctx) {
+        let held = self.driver.held() + self.out.held();
+        if held > self.charged {
+            ctx.budget.take(held - self.charged);
+        } else {
+            ctx.budget.give(self.charged - held);
+        }
+        self.charged = held;
     }
 
     /// Bytes waiting for the socket: replies, or TLS records already sealed.
@@ -355,12 +395,15 @@ impl Conn {
     fn process(&mut self, ctx: &mut Ctx, budget: &mut usize) -> Progress {
         let mut progress = Progress::NeedInput;
         while *budget > 0 && self.backlog() < OUT_LIMIT {
-            match self.driver.step(ctx, &mut self.out) {
+            let step = self.driver.step(ctx, &mut self.out);
+            self.settle(ctx);
+            match step {
                 Progress::Some => {
                     *budget -= 1;
                     progress = Progress::Some;
                 }
                 Progress::NeedInput => break,
+                Progress::NeedMemory => return Progress::NeedMemory,
                 Progress::StartTls => return Progress::StartTls,
                 Progress::Blocked => {
                     self.blocked = true;
@@ -388,6 +431,7 @@ impl Conn {
             // A short read drained the socket: anything arriving later raises a
             // new edge, so skip the read that would only say EAGAIN.
             Ok(Received::Bytes { drained }) => {
+                self.got_input = true;
                 let keep = self.read_closed || self.unpolled_read;
                 self.readable &= !drained || keep || !self.transport.short_read_drains();
                 if let Some(about) = self.transport.first_plaintext() {
@@ -431,79 +475,5 @@ impl Conn {
             }
             r => r,
         }
-    }
-
-    /// Asks the Poll for writability only while output waits for room: a socket
-    /// is almost always writable, and every reply the client reads would
-    /// otherwise wake the loop for nothing (and, on some kernels and VMs, cost a
-    /// cross-CPU wakeup per request). A separate write fd stays registered for
-    /// writability throughout.
-    fn update_interest(&mut self, registry: &Registry) -> io::Result<()> {
-        let want = !self.writable && self.has_output();
-        if want == self.write_registered || self.wfd.is_some() || self.unpolled_write {
-            return Ok(());
-        }
-        let interest = if want {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
-        SourceFd(&self.rfd.as_raw_fd()).reregister(registry, self.token, interest)?;
-        self.write_registered = want;
-        Ok(())
-    }
-}
-
-/// A connection registers its own descriptors: one socket for both directions,
-/// or (stdin/stdout pipes) a read fd and a write fd under the same token.
-impl Source for Conn {
-    fn register(&mut self, registry: &Registry, token: Token, _: Interest) -> io::Result<()> {
-        self.token = token;
-        self.unpolled_read = !register_fd(&self.rfd, registry, token, Interest::READABLE)?;
-        self.unpolled_write = match &self.wfd {
-            Some(w) => !register_fd(w, registry, token, Interest::WRITABLE)?,
-            None => self.unpolled_read,
-        };
-        self.write_registered = self.wfd.is_some();
-        Ok(())
-    }
-
-    fn reregister(&mut self, registry: &Registry, token: Token, _: Interest) -> io::Result<()> {
-        self.token = token;
-        let interest = match self.write_registered && self.wfd.is_none() {
-            true => Interest::READABLE | Interest::WRITABLE,
-            false => Interest::READABLE,
-        };
-        if !self.unpolled_read {
-            SourceFd(&self.rfd.as_raw_fd()).reregister(registry, token, interest)?;
-        }
-        if let (Some(w), false) = (&self.wfd, self.unpolled_write) {
-            SourceFd(&w.as_raw_fd()).reregister(registry, token, Interest::WRITABLE)?;
-        }
-        Ok(())
-    }
-
-    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        if !self.unpolled_read {
-            SourceFd(&self.rfd.as_raw_fd()).deregister(registry)?;
-        }
-        if let (Some(w), false) = (&self.wfd, self.unpolled_write) {
-            SourceFd(&w.as_raw_fd()).deregister(registry)?;
-        }
-        Ok(())
-    }
-}
-
-/// Registers `fd`; false if the Poll cannot watch it (epoll refuses regular
-/// files and some devices with EPERM), which is no error: such a descriptor
-/// never blocks.
-fn register_fd(fd: &OwnedFd, registry: &Registry, token: Token, i: Interest) -> io::Result<bool> {
-    match SourceFd(&fd.as_raw_fd()).register(registry, token, i) {
-        Ok(()) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            log::debug!("fd {}: not pollable: used as always ready", fd.as_raw_fd());
-            Ok(false)
-        }
-        Err(e) => Err(e),
     }
 }

@@ -107,7 +107,9 @@ impl Checker {
                 }
                 Progress::NeedInput => assert!(msg.len() < 4),
                 Progress::Close(_) => assert!(u32_at(msg, 0) & !3 != 0, "valid flags refused"),
-                Progress::Blocked | Progress::StartTls => panic!("{progress:?} for client flags"),
+                Progress::Blocked | Progress::StartTls | Progress::NeedMemory => {
+                    panic!("{progress:?} for client flags")
+                }
             }
             return;
         }
@@ -129,6 +131,7 @@ impl Checker {
                 assert!(reply.is_empty());
             }
             Progress::Blocked => panic!("the handshake waited for the I/O engine"),
+            Progress::NeedMemory => panic!("the handshake waited for memory"),
             Progress::StartTls => {
                 // Only an empty STARTTLS, answered with one ACK and nothing more.
                 assert!(magic_ok && opt == OPT_STARTTLS && len == 0 && used == 16);

@@ -106,6 +106,7 @@ impl Config {
             },
             no_sr: self.no_sr,
             tls: self.tls,
+            max_request: crate::export::MAX_REQUEST,
         }
     }
 
@@ -230,6 +231,8 @@ pub fn run(cfg: &Config, start: Start, stream: &[u8], chunks: &[usize]) -> Run {
                     Progress::NeedInput => break,
                     // Only a backend with an I/O engine (a file) waits for room.
                     Progress::Blocked => panic!("blocked without an I/O engine"),
+                    // The harness runs with an unlimited budget.
+                    Progress::NeedMemory => panic!("no memory in an unlimited budget"),
                     Progress::StartTls => {
                         run.end = End::StartTls;
                         return finish(run, &drv, hash);

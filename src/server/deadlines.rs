@@ -1,8 +1,10 @@
-//! Handshake deadlines, in one queue.
+//! Deadlines of one kind (the handshake's, a half-sent request's), in one queue.
 //!
 //! Every connection gets the same timeout, so deadlines come out sorted by
-//! accept time and one queue (no timer per connection) serves them all. Entries
-//! of connections that finished the handshake or left are dropped when they
+//! the time they start from and one queue (no timer per connection) serves
+//! them all; one that starts earlier than the last (a half-sent request whose
+//! last byte came before others' first) is put in its place. Entries of
+//! connections that finished the handshake or left are dropped when they
 //! reach the front, and the whole queue is compacted when they are most of it.
 
 use std::collections::VecDeque;
@@ -15,8 +17,9 @@ struct Entry {
     serial: u64,
 }
 
-/// The queue; `live(key, serial)` answers whether an entry's connection is
-/// still negotiating (slab keys are reused, serials are not).
+/// The queue; `live(key, serial, at)` answers whether an entry still counts:
+/// its connection is still negotiating, say (slab keys are reused, serials
+/// are not).
 #[derive(Debug)]
 pub struct Deadlines {
     timeout: Option<Duration>,
@@ -32,50 +35,54 @@ impl Deadlines {
         }
     }
 
-    pub fn timeout(&self) -> Duration {
-        self.timeout.unwrap_or_default()
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
     }
 
-    /// Starts the clock for connection `serial` at slab `key`, accepted `now`
-    /// with `open` connections in all.
+    /// Starts the clock for connection `serial` at slab `key` from `since`
+    /// (accepted then, say), with `open` connections in all. Returns the
+    /// deadline, if there is a timeout.
     pub fn push(
         &mut self,
         key: usize,
         serial: u64,
-        now: Instant,
+        since: Instant,
         open: usize,
-        live: impl Fn(usize, u64) -> bool,
-    ) {
-        let Some(t) = self.timeout else { return };
-        self.queue.push_back(Entry {
-            at: now + t,
-            key,
-            serial,
-        });
+        live: impl Fn(usize, u64, Instant) -> bool,
+    ) -> Option<Instant> {
+        let at = since + self.timeout?;
+        let entry = Entry { at, key, serial };
+        if self.queue.back().is_none_or(|d| d.at <= at) {
+            self.queue.push_back(entry);
+        } else {
+            let i = self.queue.partition_point(|d| d.at <= at);
+            self.queue.insert(i, entry);
+        }
         self.compact(open, live);
+        Some(at)
     }
 
     /// Forgets stale entries once they are most of the queue: one client stalled
     /// at the front would otherwise keep every later entry, one per connection,
     /// until it expires. Amortized O(1) per connection.
-    fn compact(&mut self, open: usize, live: impl Fn(usize, u64) -> bool) {
+    fn compact(&mut self, open: usize, live: impl Fn(usize, u64, Instant) -> bool) {
         if self.queue.len() <= 2 * open + 64 {
             return;
         }
-        self.queue.retain(|d| live(d.key, d.serial));
+        self.queue.retain(|d| live(d.key, d.serial, d.at));
         self.queue.shrink_to(2 * self.queue.len() + 64);
     }
 
     /// The next connection whose deadline has passed by `now`, as (key, serial).
     /// Stale entries at the front are dropped on the way, so that `next` only
-    /// ever wakes the loop for a client still negotiating.
+    /// ever wakes the loop for a deadline that still counts.
     pub fn expired(
         &mut self,
         now: Instant,
-        live: impl Fn(usize, u64) -> bool,
+        live: impl Fn(usize, u64, Instant) -> bool,
     ) -> Option<(usize, u64)> {
         while let Some(d) = self.queue.front().copied() {
-            let alive = live(d.key, d.serial);
+            let alive = live(d.key, d.serial, d.at);
             if alive && d.at > now {
                 return None;
             }
@@ -102,7 +109,7 @@ mod tests {
         let t = Duration::from_secs(1);
         let mut d = Deadlines::new(Some(t));
         let now = Instant::now();
-        let live = |k: usize, _| k != 1;
+        let live = |k: usize, _, _| k != 1;
         for k in 0..3 {
             d.push(k, k as u64 + 10, now, 3, live);
         }
@@ -119,11 +126,28 @@ mod tests {
         let mut d = Deadlines::new(Some(Duration::from_secs(1)));
         let now = Instant::now();
         for k in 0..1000 {
-            d.push(k, k as u64, now, 1, |k, _| k == 0);
+            d.push(k, k as u64, now, 1, |k, _, _| k == 0);
         }
         assert!(d.queue.len() <= 2 + 64 + 1, "{} entries", d.queue.len());
         let mut off = Deadlines::new(None);
-        off.push(0, 0, now, 1, |_, _| true);
+        assert_eq!(off.push(0, 0, now, 1, |_, _, _| true), None);
         assert_eq!(off.next(), None);
+    }
+
+    #[test]
+    fn an_earlier_start_takes_its_place() {
+        let t = Duration::from_secs(10);
+        let mut d = Deadlines::new(Some(t));
+        let now = Instant::now();
+        let live = |_, _, _| true;
+        d.push(0, 0, now, 3, live);
+        d.push(1, 1, now + Duration::from_secs(2), 3, live);
+        let at = d.push(2, 2, now + Duration::from_secs(1), 3, live);
+        assert_eq!(at, Some(now + Duration::from_secs(11)));
+        let order: Vec<u64> = d.queue.iter().map(|e| e.serial).collect();
+        assert_eq!(order, [0, 2, 1]);
+        assert_eq!(d.expired(now + Duration::from_secs(11), live), Some((0, 0)));
+        assert_eq!(d.expired(now + Duration::from_secs(11), live), Some((2, 2)));
+        assert_eq!(d.expired(now + Duration::from_secs(11), live), None);
     }
 }

@@ -2,15 +2,17 @@
 //! slab of connections. Single-threaded: the backend needs no locks, and every
 //! connection sees every acknowledged write.
 //!
-//! The loop itself only dispatches: accepting is `accept`, handshake deadlines
-//! `deadlines`, signals and `--run` `signals`, the busy-poll window `spin`, and
-//! when to stop is the lifecycle's (`crate::lifecycle`). Each connection handles
-//! its own events (`Conn::handle`).
+//! The loop itself only dispatches: accepting is `accept`, handshake and
+//! half-sent request deadlines `deadlines`, signals and `--run` `signals`, the
+//! busy-poll window `spin`, memory `crate::budget`, and when to stop is the
+//! lifecycle's (`crate::lifecycle`). Each connection handles its own events
+//! (`Conn::handle`).
 
 mod accept;
 mod deadlines;
 mod signals;
 mod spin;
+mod timeouts;
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -23,6 +25,7 @@ use slab::Slab;
 
 use crate::aio::Done;
 use crate::backend::{Backend, Data};
+use crate::budget::Budget;
 use crate::buf::Pool;
 use crate::conn::{Conn, Event, Step};
 use crate::ctx::Ctx;
@@ -31,6 +34,7 @@ use crate::lifecycle::{Lifecycle, Verdict};
 use crate::listen::{Listener, Peer};
 use crate::notify::Notifier;
 use crate::sys;
+use crate::transmission::engine_bytes;
 
 use accept::Acceptor;
 use deadlines::Deadlines;
@@ -43,7 +47,8 @@ const SIGNAL: Token = Token(usize::MAX);
 /// The I/O engine's completions (the backend's, if it has one).
 const ENGINE: Token = Token(usize::MAX - 1);
 
-/// Pooled buffers are freed once the server has had no event for this long.
+/// Pooled buffers are freed, and the storage of connections gone given back,
+/// once the server has had no event for this long.
 const POOL_LINGER: Duration = Duration::from_secs(1);
 
 /// What `Server::new` needs besides the backend.
@@ -63,6 +68,11 @@ pub struct Setup {
     pub notifier: Notifier,
     /// Clients that have not finished the handshake by then are dropped.
     pub handshake_timeout: Option<Duration>,
+    /// Clients that leave a request half-sent, with nothing more for this
+    /// long, are dropped (`--request-timeout`).
+    pub request_timeout: Option<Duration>,
+    /// Bytes connections may hold in buffers, all together (`--memory-budget`).
+    pub memory_budget: usize,
     /// Clients beyond this many are accepted and closed at once (None: what
     /// RLIMIT_NOFILE allows).
     pub max_connections: Option<usize>,
@@ -78,6 +88,8 @@ pub struct Server {
     conns: Slab<Conn>,
     acceptor: Acceptor,
     deadlines: Deadlines,
+    /// Half-sent requests' deadlines (`--request-timeout`).
+    stalls: Deadlines,
     signals: Signals,
     spin: Spin,
     /// Connections whose turn ended with work left: resumed without an event.
@@ -89,6 +101,9 @@ pub struct Server {
     oldstyle: bool,
     /// The next connection's serial number.
     serial: u64,
+    /// Connections have gone since the server was last quiet: their storage
+    /// is given back to the system then (`give_back`).
+    departed: bool,
 }
 
 impl Server {
@@ -110,8 +125,18 @@ impl Server {
             single || setup.accept_once,
             setup.notifier,
         );
-        #[allow(unused_mut)] // set below when TLS is built in
-        let mut ctx = Ctx::new(backend, setup.export, lifecycle);
+        let budget = Budget::new(setup.memory_budget);
+        let mut export = setup.export;
+        let largest = budget.largest_request() as u64;
+        if largest < export.max_request {
+            log::debug!(
+                "largest request: {} KiB (a small memory budget)",
+                largest >> 10
+            );
+            export.max_request = largest;
+        }
+        let mut ctx = Ctx::new(backend, export, lifecycle);
+        ctx.budget = budget;
         #[cfg(feature = "tls")]
         {
             ctx.tls = setup.tls;
@@ -122,6 +147,7 @@ impl Server {
             conns: Slab::new(),
             acceptor,
             deadlines: Deadlines::new(setup.handshake_timeout),
+            stalls: Deadlines::new(setup.request_timeout),
             signals,
             spin: Spin::new(setup.busy_poll),
             ready: Vec::new(),
@@ -129,6 +155,7 @@ impl Server {
             done: Vec::new(),
             oldstyle: setup.oldstyle,
             serial: 0,
+            departed: false,
         };
         if let Data::Engine(engine) = server.ctx.backend.data()
             && let Some(fd) = engine.fd()
@@ -160,7 +187,6 @@ impl Server {
             if let Some(code) = self.should_exit() {
                 return code;
             }
-            self.expire_handshakes();
             let timeout = self.timeout();
             let start = Instant::now();
             let spun = timeout != Some(Duration::ZERO)
@@ -178,9 +204,8 @@ impl Server {
             }
             busy = !events.is_empty();
             self.ctx.now = Instant::now();
-            if !busy && !self.ctx.pool.is_empty() {
-                // Quiet for a while: give the buffers of the last burst back.
-                self.ctx.pool = Pool::default();
+            if !busy && (!self.ctx.pool.is_empty() || self.departed) {
+                self.give_back();
             }
             for ev in events.iter() {
                 match ev.token() {
@@ -203,6 +228,17 @@ impl Server {
                 self.serve_all(|| Event::Resume);
             }
             self.complete_io();
+            self.resume_memory();
+            // Deadlines are enforced as of the moment this poll began: every
+            // byte that had come by then has now been read (unless the batch
+            // of events was full: then at the next turn). The clock of the
+            // wake-up would not do: a process stopped (SIGSTOP) just after
+            // epoll_wait returned resumes with events gathered before the
+            // stop, while those that came during it wait for the next poll.
+            if events.iter().count() < events.capacity() {
+                self.expire_handshakes(start);
+                self.expire_stalls(start);
+            }
         }
     }
 
@@ -223,7 +259,11 @@ impl Server {
                 let key = flight.origin.key;
                 self.serve(key, Event::Completed { flight, done: d });
             } else {
-                self.ctx.pool.give(d.buf); // its client has gone
+                // Its client has gone: the buffer was still counted.
+                self.ctx
+                    .budget
+                    .give(engine_bytes(&flight.req, flight.effect));
+                self.ctx.pool.give(d.buf);
             }
         }
         self.done = done;
@@ -249,6 +289,19 @@ impl Server {
         }
     }
 
+    /// Connections waiting for memory, resumed in turn while what they asked
+    /// for fits; each is looked at once per turn.
+    fn resume_memory(&mut self) {
+        for _ in 0..self.ctx.budget.waiting() {
+            let Some(who) = self.ctx.budget.ready() else {
+                return;
+            };
+            let serial = who.serial;
+            self.serve(who.key, Event::Memory { serial });
+            self.ctx.budget.resumed();
+        }
+    }
+
     /// Hands `ev` to connection `key` (if it is still there) and acts on the result.
     fn serve(&mut self, key: usize, ev: Event) {
         let Some(conn) = self.conns.get_mut(key) else {
@@ -257,8 +310,9 @@ impl Server {
         match conn.handle(ev, &mut self.ctx, self.poll.registry()) {
             Step::Wait => {}
             Step::Yield => self.ready.push(key),
-            Step::Close => self.close(key),
+            Step::Close => return self.close(key),
         }
+        self.arm_stall(key);
     }
 
     fn serve_all(&mut self, ev: impl Fn() -> Event) {
@@ -281,7 +335,7 @@ impl Server {
         entry.insert(conn);
         if !self.oldstyle {
             let conns = &self.conns;
-            let live = |k, s| conns.get(k).is_some_and(|c: &Conn| c.negotiating(s));
+            let live = |k, s, _| conns.get(k).is_some_and(|c: &Conn| c.negotiating(s));
             let now = self.ctx.now;
             self.deadlines
                 .push(key, self.serial, now, conns.len(), live);
@@ -295,10 +349,25 @@ impl Server {
         Ok(())
     }
 
+    /// Quiet for a while: the buffers of the last burst, and what departed
+    /// connections left (slab slots, the allocator's free memory), go back to
+    /// the system, so that a crowd that came and went costs nothing after.
+    fn give_back(&mut self) {
+        self.ctx.pool = Pool::default();
+        if self.departed {
+            self.conns.shrink_to_fit();
+            self.accepted.shrink_to_fit();
+            sys::trim_heap();
+            self.departed = false;
+        }
+    }
+
     fn close(&mut self, key: usize) {
         let mut conn = self.conns.remove(key);
+        conn.leave(&mut self.ctx);
         let _ = self.poll.registry().deregister(&mut conn);
         drop(conn);
+        self.departed = true;
         if self.conns.is_empty() {
             self.ctx.lifecycle.all_closed(Instant::now());
             // Nobody left to lend storage to: give it back to the allocator.
@@ -337,19 +406,6 @@ impl Server {
         }
     }
 
-    /// Drops clients whose handshake deadline has passed.
-    fn expire_handshakes(&mut self) {
-        let after = self.deadlines.timeout();
-        loop {
-            let conns = &self.conns;
-            let live = |k, s| conns.get(k).is_some_and(|c: &Conn| c.negotiating(s));
-            let Some((key, serial)) = self.deadlines.expired(self.ctx.now, live) else {
-                return;
-            };
-            self.serve(key, Event::Deadline { serial, after });
-        }
-    }
-
     fn on_signals(&mut self) {
         for sig in self.signals.take() {
             let begun = match sig {
@@ -380,12 +436,13 @@ impl Server {
         }
         let now = Instant::now();
         // Pooled buffers are freed after a quiet second (see `run`).
-        let trim = (!self.ctx.pool.is_empty()).then(|| now + POOL_LINGER);
+        let trim = (!self.ctx.pool.is_empty() || self.departed).then(|| now + POOL_LINGER);
         [
             self.ctx.lifecycle.wake_at(self.conns.len(), now),
             self.acceptor.resume_at(),
             trim,
             self.deadlines.next(),
+            self.stalls.next(),
         ]
         .into_iter()
         .flatten()

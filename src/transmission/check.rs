@@ -2,7 +2,7 @@
 //! what was advertised and negotiated. Pure: a request in, an effect length or
 //! the NBD error to send back out.
 
-use crate::export::{BASE_ALLOCATION_ID, Export, MAX_REQUEST};
+use crate::export::{BASE_ALLOCATION_ID, Export};
 use crate::proto::reply::Style;
 use crate::proto::request::Request;
 use crate::proto::*;
@@ -89,7 +89,7 @@ pub fn check(s: &Session, ex: &Export, req: &Request, payload: &[u8]) -> Result<
     if min > 1 && (!req.offset.is_multiple_of(min) || len % min != 0) {
         return refuse(EINVAL, "request not aligned to the minimum block size");
     }
-    if kind == CMD_READ && len > MAX_REQUEST {
+    if kind == CMD_READ && len > ex.max_request {
         let errno = if s.style == Style::Simple {
             EINVAL
         } else {

@@ -6,7 +6,7 @@ mod read;
 mod submit;
 
 pub use check::{Refusal, check};
-pub use submit::{complete, room_for};
+pub use submit::{complete, engine_bytes, room_for};
 
 use crate::backend::{Data, Extent, Store, Zero, nbd_errno};
 use crate::buf::{Out, OutQueue};
@@ -96,6 +96,27 @@ pub fn handle(
             );
             Handled::Replied
         }
+    }
+}
+
+/// The storage a request's reply will hold for its data, besides its header:
+/// what the memory budget is asked for before the request runs. A READ's data
+/// goes into a buffer of ours (the I/O engine's, or the output queue), unless
+/// the store lends its pages, which cost nothing more (they are the RAM disk
+/// itself); the other replies are small. A READ that will be refused costs
+/// nothing.
+pub fn reply_cost(s: &Session, ctx: &mut Ctx, req: &Request) -> usize {
+    if req.kind != CMD_READ || req.length > ctx.export.max_request || ctx.shutting_down() {
+        return 0;
+    }
+    let len = req.length as usize; // ≤ max_request, checked
+    match ctx.backend.data() {
+        Data::Engine(_) => len,
+        // A zero-length lend asks the store whether it lends at all.
+        Data::Now(store) => match store.lend(0, 0, &mut |_, _| {}) {
+            true => read::copied_at_most(s, len),
+            false => len,
+        },
     }
 }
 

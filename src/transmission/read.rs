@@ -35,6 +35,17 @@ pub fn sparse_runs(
     Ok(())
 }
 
+/// The most a READ of `len` bytes from a store that lends copies into the
+/// output queue: nothing when it is lent whole; the data runs too small to
+/// lend (under `LEND_MIN`) of a structured reply split at holes.
+pub fn copied_at_most(s: &Session, len: usize) -> usize {
+    match s.style {
+        Style::Simple if len as u64 >= LEND_MIN => 0,
+        Style::Simple => len,
+        _ => len.min(MAX_READ_CHUNKS * LEND_MIN as usize),
+    }
+}
+
 /// A READ that failed: said in the log, and as its reply.
 pub fn failed(s: &Session, req: &Request, len: u64, e: &std::io::Error, out: &mut Out) {
     log::warn!("READ offset {} length {len}: {e}", req.offset);

@@ -10,7 +10,8 @@ use super::{Handled, error, finish, read, zero_how};
 use crate::aio::{Done, Engine, Op};
 use crate::backend::Data;
 use crate::buf::{OutQueue, Pool};
-use crate::ctx::{Ctx, InFlight, Origin};
+use crate::ctx::{Ctx, InFlight};
+use crate::origin::Origin;
 use crate::proto::request::Request;
 use crate::proto::*;
 use crate::session::Session;
@@ -91,6 +92,15 @@ pub fn submit(
             error(s, req, out, ENOMEM, "server busy");
             Handled::Replied
         }
+    }
+}
+
+/// Bytes of the buffer a request lends the engine (READ: its data; WRITE: a
+/// copy of its payload), held until its completion is reaped.
+pub fn engine_bytes(req: &Request, effect: u64) -> usize {
+    match req.kind {
+        CMD_READ | CMD_WRITE => effect as usize, // ≤ max_request, checked
+        _ => 0,
     }
 }
 

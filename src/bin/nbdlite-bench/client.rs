@@ -10,7 +10,6 @@
 //! refusal ends there: an `nbds` URI never falls back to plaintext.
 
 use std::io::{self, Read, Write};
-use std::time::Duration;
 
 use nbdlite::error::plain;
 use nbdlite::proto::{
@@ -20,14 +19,10 @@ use nbdlite::proto::{
     REP_INFO,
 };
 
-use crate::stream::Stream;
+use crate::stream::{HANDSHAKE_TIMEOUT, Stream};
 use crate::tls::{self, Session};
 use crate::uri::Target;
 
-/// How long one step of a handshake may take (each read and write, the TLS
-/// handshake's included). A server that accepts but never speaks (qemu-nbd
-/// past its `--shared` limit) is reported instead of waited on.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Replies to one GO we accept before its final one.
 const MAX_GO_REPLIES: usize = 64;
 /// Option replies longer than this are garbage, not something to allocate for.

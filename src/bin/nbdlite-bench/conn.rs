@@ -22,11 +22,11 @@ use nbdlite::error::plain;
 use nbdlite::proto::{CMD_DISC, CMD_READ, CMD_WRITE};
 
 use crate::client::Link;
-use crate::engine::Plan;
 use crate::record::Recorder;
 use crate::stream::Stream;
 use crate::tls::Session;
 use crate::wire::{REPLY_LEN, REQUEST_LEN, parse_reply, request};
+use crate::workload::Plan;
 use crate::workload::{Io, Workload};
 
 mod tls;

@@ -12,6 +12,7 @@ use nbdlite::error::plain;
 use crate::conn::Conn;
 use crate::progress;
 use crate::record::{Recorder, Stats};
+use crate::workload::Plan;
 
 /// Bytes read per read(2) into the thread's scratch buffer (plaintext replies,
 /// or TLS records).
@@ -20,15 +21,6 @@ const SCRATCH: usize = 256 * 1024;
 const DRAIN: Duration = Duration::from_secs(10);
 /// Longest sleep in poll, so a failure on another thread is noticed soon.
 const TICK: Duration = Duration::from_millis(50);
-
-/// What every thread is told to do.
-pub struct Plan<'a> {
-    pub size: u64,
-    pub warmup: Duration,
-    pub run: Duration,
-    /// The data every WRITE sends (empty for read-only patterns).
-    pub payload: &'a [u8],
-}
 
 /// Why a thread stopped early.
 pub enum Failure {

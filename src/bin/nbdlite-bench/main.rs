@@ -29,10 +29,11 @@ use nbdlite::proto::{TF_HAS_FLAGS, TF_READ_ONLY};
 use args::{Command, Config};
 use client::{ExportInfo, Link};
 use conn::Conn;
-use engine::{Failure, Plan};
+use engine::Failure;
 use progress::Board;
 use record::Stats;
 use report::{Summary, human};
+use workload::Plan;
 use workload::{Rng, Workload};
 
 fn main() {

@@ -16,6 +16,11 @@ use nbdlite::error::plain;
 
 use crate::uri::Address;
 
+/// How long one step of a handshake may take (each read and write, the TLS
+/// handshake's included). A server that accepts but never speaks (qemu-nbd
+/// past its `--shared` limit) is reported instead of waited on.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub enum Stream {
     Unix(UnixStream),
     Tcp(TcpStream),

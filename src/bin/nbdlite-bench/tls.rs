@@ -17,7 +17,7 @@ use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use rustls::{CertificateError, ClientConfig, ClientConnection, RootCertStore};
 
-use crate::client::HANDSHAKE_TIMEOUT;
+use crate::stream::HANDSHAKE_TIMEOUT;
 use crate::stream::Stream;
 use crate::uri::TlsTarget;
 

@@ -3,6 +3,8 @@
 //! Everything is derived from `--seed` and the connection's index, so two runs
 //! with the same options send the same requests in the same order per connection.
 
+use std::time::Duration;
+
 /// The `--rw` patterns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pattern {
@@ -42,6 +44,15 @@ impl Pattern {
     fn random(self) -> bool {
         !matches!(self, Pattern::Read | Pattern::Write)
     }
+}
+
+/// What every thread is told to do.
+pub struct Plan<'a> {
+    pub size: u64,
+    pub warmup: Duration,
+    pub run: Duration,
+    /// The data every WRITE sends (empty for read-only patterns).
+    pub payload: &'a [u8],
 }
 
 /// xorshift64*: fast, good enough to spread offsets, and reproducible.

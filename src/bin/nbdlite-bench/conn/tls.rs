@@ -6,9 +6,9 @@ use std::time::Instant;
 use nbdlite::error::plain;
 
 use super::{Conn, IOV, TURN, gather};
-use crate::engine::Plan;
 use crate::record::Recorder;
 use crate::tls::Session;
+use crate::workload::Plan;
 
 impl Conn {
     /// `on_readable` with TLS. Each read(2) of records is handled whole
@@ -134,11 +134,11 @@ mod tests {
     use super::certs;
     use crate::client::Link;
     use crate::conn::Conn;
-    use crate::engine::Plan;
     use crate::record::Recorder;
     use crate::stream::Stream;
     use crate::uri::TlsTarget;
     use crate::wire::REQUEST_LEN;
+    use crate::workload::Plan;
     use crate::workload::{Pattern, Workload};
 
     /// A private directory with the test certificates, removed on drop.

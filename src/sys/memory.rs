@@ -1,0 +1,35 @@
+//! The process's memory as the system sees it: how much the host has, what the
+//! allocator holds, and giving its free memory back.
+
+/// The physical memory, in bytes: the default memory budget's base when no
+/// cgroup limit is set.
+pub fn physical_memory() -> u64 {
+    // SAFETY: sysconf takes a constant and touches no memory.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages.max(0) as u64).saturating_mul(size.max(0) as u64)
+}
+
+/// Gives the allocator's free memory back to the system (glibc keeps freed
+/// memory inside its heap; after a crowd of clients has come and gone, that
+/// is most of the process). Called when the server has gone quiet.
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Bytes the C allocator has handed out and not had back, in its main arena
+/// (glibc's mallinfo2): how the memory of one idle connection is measured, by
+/// code running on the main thread (`examples/tls_idle_memory.rs`).
+#[cfg(target_env = "gnu")]
+pub fn heap_in_use() -> usize {
+    // SAFETY: mallinfo2 only reads the allocator's counters and returns them by value.
+    unsafe { libc::mallinfo2() }.uordblks
+}
