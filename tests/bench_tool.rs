@@ -180,7 +180,10 @@ fn lost_server_is_status_1() {
     let _ = child.kill();
     assert_eq!(st.and_then(|s| s.code()), Some(1));
     // Its sockets close as it dies, before it can be reaped: wait for that.
-    assert!(wait_exit(&mut srv.child, 10).is_some(), "the server is gone");
+    assert!(
+        wait_exit(&mut srv.child, 10).is_some(),
+        "the server is gone"
+    );
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);
