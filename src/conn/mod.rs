@@ -239,7 +239,7 @@ impl Conn {
     fn turn(&mut self, ctx: &mut Ctx) -> Step {
         let mut budget = TURN;
         loop {
-            let progress = if self.closing.is_some() {
+            let progress = if self.closing.is_some() || self.starting_tls {
                 Progress::NeedInput
             } else {
                 self.process(ctx, &mut budget)
