@@ -1,5 +1,6 @@
 //! Loading the TLS configuration from nbdkit's certificate directory: what
-//! loads, and the one-line error for each way the files can be wrong.
+//! loads, and the one-line error for each way the files can be wrong, in the
+//! library and through the command line (with `-o`, `--tls-psk` and a bad mode).
 #![cfg(feature = "tls")]
 
 mod common;
@@ -201,5 +202,79 @@ fn nbdkit_default_directories() {
             msg.ends_with("give --tls-certificates=DIR (see nbdlite(1))"),
             "{msg}"
         );
+    }
+}
+
+/// The same mistakes, and the other misuse, through the command line: one
+/// `nbdlite: ...` line naming the problem, exit 1, nothing on stdout.
+#[test]
+fn misuse_at_start_is_one_line_and_exit_1() {
+    let tmp = TempDir::new();
+    let Some(c) = certs::make_or_skip(tmp.path(), "misuse_at_start") else {
+        return;
+    };
+    let missing = tmp.join("none");
+    let mismatch = copy(&c, &tmp, "mismatch");
+    fs::copy(
+        c.dir.join("client-key.pem"),
+        mismatch.join("server-key.pem"),
+    )
+    .unwrap();
+    // Unreadable even by root: a directory where the key belongs.
+    let unreadable = copy(&c, &tmp, "unreadable");
+    fs::remove_file(unreadable.join("server-key.pem")).unwrap();
+    fs::create_dir(unreadable.join("server-key.pem")).unwrap();
+    let psk = tmp.join("keys.psk");
+    fs::write(&psk, "alice:0123456789abcdef0123456789abcdef\n").unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let cert_dir = |d: &Path| vec!["--tls=require".into(), "--tls-certificates".into(), s(d)];
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            cert_dir(&missing),
+            format!("{}/ca-cert.pem: No such file or directory", s(&missing)),
+        ),
+        (cert_dir(&mismatch), "does not match the certificate".into()),
+        (
+            cert_dir(&unreadable),
+            format!("{}/server-key.pem: Is a directory", s(&unreadable)),
+        ),
+        (
+            [cert_dir(&c.dir), vec!["-o".into()]].concat(),
+            "--tls=require cannot be used with -o".into(),
+        ),
+        (
+            vec!["--tls=require".into(), format!("--tls-psk={}", s(&psk))],
+            "--tls-psk: TLS with pre-shared keys is not supported".into(),
+        ),
+        (
+            vec!["--tls-psk".into(), s(&psk)],
+            "--tls-psk: TLS with pre-shared keys is not supported".into(),
+        ),
+        (
+            vec!["--tls=maybe".into()],
+            "--tls: expecting off, on or require".into(),
+        ),
+    ];
+    let sock = tmp.join("sock");
+    for (args, needle) in cases {
+        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+        // --run: a server that wrongly starts ends at once instead of forking.
+        all.extend([
+            "-U",
+            sock.to_str().unwrap(),
+            "memory",
+            "1M",
+            "--run",
+            "true",
+        ]);
+        let (code, out, err) = common::nbdlite_in(tmp.path(), &all);
+        assert_eq!(code, Some(1), "{all:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{all:?}: one line expected: {err}");
+        assert!(
+            err.starts_with("nbdlite: ") && err.contains(&needle),
+            "{all:?}: {err}"
+        );
+        assert!(out.is_empty(), "{all:?}: {out}");
+        assert!(!sock.exists(), "{all:?} left a socket");
     }
 }
