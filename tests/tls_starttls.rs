@@ -14,11 +14,12 @@ mod wire;
 use std::ffi::OsString;
 use std::io::{self, ErrorKind};
 use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::certs::{self, Certs};
-use common::{Server, TempDir, rss_kib, wait_until};
+use common::{Reap, Server, TempDir, bin, rss_kib, wait_exit, wait_until};
 use rustls::ClientConfig;
 use rustls::version::{TLS12, TLS13};
 use tls_client::{Blocking, client_config};
@@ -417,4 +418,61 @@ fn a_tls_client_that_never_reads_costs_at_most_the_output_limit() {
     let mut fresh = Client::start(&srv.sock);
     starttls(&mut fresh, trusting(&c));
     serves(&mut fresh);
+}
+
+/// `-s` on two pipes (stdin and stdout apart, as ssh gives a command): the
+/// handshake's answers must go out on stdout, not on the stdin they came from.
+#[test]
+fn tls_over_a_pair_of_pipes() {
+    let Some((tmp, c)) = certs("tls_over_pipes") else {
+        return;
+    };
+    let log = std::fs::File::create(tmp.join("log")).unwrap();
+    let mut child = Command::new(bin())
+        .args(["-s", "--tls=require", "-v", "--tls-certificates"])
+        .arg(&c.dir)
+        .args(["memory", "1M"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let (mut to, mut from) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+    let mut server = Reap(child);
+    // The raw client speaks over a socket; two threads carry it to the pipes.
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut up = theirs.try_clone().unwrap();
+    let mut down = theirs;
+    std::thread::spawn(move || carry(&mut up, &mut to));
+    std::thread::spawn(move || {
+        carry(&mut from, &mut down);
+        let _ = down.shutdown(std::net::Shutdown::Write);
+    });
+    let mut cl = Client::over(ours);
+    let greeting = cl.recv(18);
+    assert_eq!(u64_at(&greeting, 8), IHAVEOPT);
+    cl.send(&3u32.to_be_bytes());
+    let r = cl.opt(OPT_STARTTLS, &[]);
+    assert_eq!(r[0].kind, REP_ACK, "{r:?}");
+    let mut t = Blocking::new(trusting(&c));
+    if let Err(e) = t.handshake(&mut cl.s) {
+        let text = std::fs::read_to_string(tmp.join("log")).unwrap_or_default();
+        panic!("TLS handshake: {e}\n{text}");
+    }
+    cl.tls(Box::new(Rustls(t)));
+    serves(&mut cl);
+    cl.request(0, CMD_DISC, 1, 0, 0, &[]);
+    let st = wait_exit(&mut server.0, 10).expect("the -s server exits after DISC");
+    let text = std::fs::read_to_string(tmp.join("log")).unwrap_or_default();
+    assert!(st.success(), "{st}: {text}");
+}
+
+/// Copies until EOF or an error, each read passed on at once.
+fn carry(from: &mut impl io::Read, to: &mut impl io::Write) {
+    let mut buf = [0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || to.write_all(&buf[..n]).and_then(|()| to.flush()).is_err() {
+            break;
+        }
+    }
 }

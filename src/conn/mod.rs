@@ -378,10 +378,11 @@ impl Conn {
     /// One read(2) into the driver's input. EAGAIN and EINTR are not errors.
     fn fill(&mut self, ctx: &mut Ctx) -> io::Result<()> {
         let fd = self.rfd.as_fd();
+        let wfd = self.wfd.as_ref().map(AsFd::as_fd);
         let transport = &mut self.transport;
         match self
             .driver
-            .receive(&mut ctx.pool, |buf| transport.read(fd, buf))
+            .receive(&mut ctx.pool, |buf| transport.read(fd, wfd, buf))
         {
             Ok(Received::Eof) => self.eof = true,
             // A short read drained the socket: anything arriving later raises a
