@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use common::TempDir;
 use common::certs::{self, Certs};
-use nbdlite::tls::config::default_dirs;
+use nbdlite::tls::config::{default_dirs, fastest_first};
 use nbdlite::tls::{TlsMode, TlsOptions, server_config};
 
 fn opts(dir: &Path, verify_peer: bool) -> TlsOptions {
@@ -57,6 +57,7 @@ fn good_directory_loads_without_resumption_state() {
         assert!(!cfg.session_storage.can_cache());
         assert!(!cfg.ticketer.enabled());
         assert!(cfg.alpn_protocols.is_empty());
+        assert!(cfg.ignore_client_order, "the server picks the cipher suite");
     }
     // The CRL is optional.
     let d = copy(&c, &tmp, "nocrl");
@@ -276,5 +277,51 @@ fn misuse_at_start_is_one_line_and_exit_1() {
         );
         assert!(out.is_empty(), "{all:?}: {out}");
         assert!(!sock.exists(), "{all:?} left a socket");
+    }
+}
+
+#[test]
+fn the_cipher_suite_this_cpu_encrypts_fastest_comes_first() {
+    use rustls::CipherSuite::*;
+    let all = rustls::crypto::ring::default_provider().cipher_suites;
+    let order = |aes: bool| -> Vec<rustls::CipherSuite> {
+        fastest_first(all.clone(), aes)
+            .iter()
+            .map(|s| s.suite())
+            .collect()
+    };
+    let at = |v: &[rustls::CipherSuite], s| v.iter().position(|&x| x == s).unwrap();
+    for (aes, first, second, third) in [
+        (true, "AES_128", "AES_256", "CHACHA20"),
+        (false, "CHACHA20", "AES_128", "AES_256"),
+    ] {
+        let v = order(aes);
+        assert_eq!(v.len(), all.len());
+        // Within each version and key type, by bulk cipher.
+        for family in [
+            [
+                TLS13_AES_128_GCM_SHA256,
+                TLS13_AES_256_GCM_SHA384,
+                TLS13_CHACHA20_POLY1305_SHA256,
+            ],
+            [
+                TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            ],
+            [
+                TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+                TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+                TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+            ],
+        ] {
+            let mut f = family.to_vec();
+            f.sort_by_key(|&s| at(&v, s));
+            let names: Vec<String> = f.iter().map(|s| format!("{s:?}")).collect();
+            assert!(
+                names[0].contains(first) && names[1].contains(second) && names[2].contains(third),
+                "aes {aes}: {names:?}"
+            );
+        }
     }
 }
