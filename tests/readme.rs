@@ -122,6 +122,7 @@ fn readme_examples_run_as_written() {
         "nbdkit",
         "fio",
         "systemd-socket-activate",
+        "openssl",
     ];
     if !have(&tools) {
         return;
