@@ -1,6 +1,7 @@
 //! README's examples, run as written, in order: every ```sh block that is not
 //! marked `norun` (installing, building, root-only) runs under bash in one
-//! fresh directory, with the built nbdlite and nbdlite-bench first on PATH.
+//! fresh directory, with the built nbdlite and nbdlite-bench first on PATH
+//! (blocks marked `tls` only in a build with TLS).
 //!
 //! Each block has a time limit and must succeed. Every process a block starts
 //! carries a marker in its environment; once the block is over none may be
@@ -33,9 +34,11 @@ fn examples(readme: &str) -> Vec<Block> {
         match &mut open {
             None => {
                 if let Some(info) = l.strip_prefix("```") {
-                    let mut words = info.split_whitespace();
-                    let sh = words.next() == Some("sh");
-                    let runs = sh && !words.any(|w| w == "norun");
+                    let words: Vec<&str> = info.split_whitespace().collect();
+                    let sh = words.first() == Some(&"sh");
+                    // `sh tls`: only a build with TLS can run it.
+                    let tls = words.contains(&"tls");
+                    let runs = sh && !words.contains(&"norun") && (cfg!(feature = "tls") || !tls);
                     open = Some((i + 1, runs, String::new()));
                 }
             }

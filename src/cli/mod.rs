@@ -385,11 +385,14 @@ mod tests {
         assert!(c.no_sr);
         assert!(error("--bogus memory 1M", false).contains("unknown option: --bogus"));
         assert!(error("-p http memory 1M", false).contains("not a port"));
-        assert!(error("--tls=require -o memory 1M", false).contains("oldstyle"));
         assert!(error("--tls=maybe memory 1M", false).contains("--tls"));
-        let c = config("--tls=require --tls-certificates=/x --tls-verify-peer memory 1M");
-        assert_eq!(c.tls.mode(), tls::TlsMode::Require);
-        assert!(c.tls.verify_peer);
+        #[cfg(feature = "tls")] // a plaintext-only build refuses them all (tls::options)
+        {
+            assert!(error("--tls=require -o memory 1M", false).contains("oldstyle"));
+            let c = config("--tls=require --tls-certificates=/x --tls-verify-peer memory 1M");
+            assert_eq!(c.tls.mode(), tls::TlsMode::Require);
+            assert!(c.tls.verify_peer);
+        }
         assert!(error("--idle-timeout 0 memory 1M", false).contains("idle-timeout"));
         assert!(error("-s -U x memory 1M", false).contains("-s cannot"));
         assert!(matches!(parse(args("--help"), false), Ok(Command::Help)));
