@@ -1,6 +1,7 @@
 //! README's examples, run as written, in order: every ```sh block that is not
 //! marked `norun` (installing, building, root-only) runs under bash in one
-//! fresh directory, with the built nbdlite and nbdlite-bench first on PATH.
+//! fresh directory, with the built nbdlite and nbdlite-bench first on PATH
+//! (blocks marked `tls` only in a build with TLS).
 //!
 //! Each block has a time limit and must succeed. Every process a block starts
 //! carries a marker in its environment; once the block is over none may be
@@ -125,6 +126,7 @@ fn readme_examples_run_as_written() {
         "nbdkit",
         "fio",
         "systemd-socket-activate",
+        "openssl",
     ];
     if !have(&tools) {
         return;

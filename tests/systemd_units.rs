@@ -171,3 +171,56 @@ fn each_exec_start_serves_under_socket_activation() {
         assert_eq!(out.trim(), size.to_string(), "{service}");
     }
 }
+
+/// The TLS service's ExecStart under socket activation, with `%d` (systemd's
+/// credentials directory) standing for a directory of test certificates: a
+/// TLS client with a certificate from the CA is served, one without is not.
+#[cfg(feature = "tls")]
+#[test]
+fn the_tls_service_serves_tls_clients_under_socket_activation() {
+    if !have(&["systemd-socket-activate", "nbdinfo"]) {
+        return;
+    }
+    let dir = TempDir::new();
+    let Some(c) = common::certs::make_or_skip(dir.path(), "tls_service") else {
+        return;
+    };
+    let units = units();
+    let find = |n: &str| &units.iter().find(|(name, _)| name == n).unwrap().1;
+    assert!(settings(find("nbdlite-tls.socket")).contains(&"ListenStream=10809".to_string()));
+    let exec = setting(find("nbdlite-tls.service"), "ExecStart")
+        .replace(INSTALLED, bin())
+        .replace("%d", c.dir.to_str().unwrap());
+    let sock = dir.join("tls.sock");
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.arg("-l").arg(&sock).args(exec.split_whitespace());
+    let _activator = Reap(cmd.env("PATH", system_path()).spawn().unwrap());
+    wait_until(10, "the activation socket", || {
+        common::unix_listening(&sock)
+    });
+    let uri = |certs: &Path| {
+        format!(
+            "nbds+unix:///?socket={}&tls-certificates={}",
+            sock.display(),
+            certs.display()
+        )
+    };
+    let nbdinfo = |u: String| run(Command::new("nbdinfo").args(["--size", &u]), 30);
+    let out = nbdinfo(uri(&c.dir));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        (1u64 << 30).to_string()
+    );
+    let bare = dir.join("bare");
+    fs::create_dir(&bare).unwrap();
+    fs::copy(c.dir.join("ca-cert.pem"), bare.join("ca-cert.pem")).unwrap();
+    assert!(
+        !nbdinfo(uri(&bare)).status.success(),
+        "served without a client certificate"
+    );
+}

@@ -1,5 +1,6 @@
 //! Loading the TLS configuration from nbdkit's certificate directory: what
-//! loads, and the one-line error for each way the files can be wrong.
+//! loads, and the one-line error for each way the files can be wrong, in the
+//! library and through the command line (with `-o`, `--tls-psk` and a bad mode).
 #![cfg(feature = "tls")]
 
 mod common;
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use common::TempDir;
 use common::certs::{self, Certs};
-use nbdlite::tls::config::default_dirs;
+use nbdlite::tls::config::{default_dirs, fastest_first};
 use nbdlite::tls::{TlsMode, TlsOptions, server_config};
 
 fn opts(dir: &Path, verify_peer: bool) -> TlsOptions {
@@ -56,6 +57,7 @@ fn good_directory_loads_without_resumption_state() {
         assert!(!cfg.session_storage.can_cache());
         assert!(!cfg.ticketer.enabled());
         assert!(cfg.alpn_protocols.is_empty());
+        assert!(cfg.ignore_client_order, "the server picks the cipher suite");
     }
     // The CRL is optional.
     let d = copy(&c, &tmp, "nocrl");
@@ -201,5 +203,125 @@ fn nbdkit_default_directories() {
             msg.ends_with("give --tls-certificates=DIR (see nbdlite(1))"),
             "{msg}"
         );
+    }
+}
+
+/// The same mistakes, and the other misuse, through the command line: one
+/// `nbdlite: ...` line naming the problem, exit 1, nothing on stdout.
+#[test]
+fn misuse_at_start_is_one_line_and_exit_1() {
+    let tmp = TempDir::new();
+    let Some(c) = certs::make_or_skip(tmp.path(), "misuse_at_start") else {
+        return;
+    };
+    let missing = tmp.join("none");
+    let mismatch = copy(&c, &tmp, "mismatch");
+    fs::copy(
+        c.dir.join("client-key.pem"),
+        mismatch.join("server-key.pem"),
+    )
+    .unwrap();
+    // Unreadable even by root: a directory where the key belongs.
+    let unreadable = copy(&c, &tmp, "unreadable");
+    fs::remove_file(unreadable.join("server-key.pem")).unwrap();
+    fs::create_dir(unreadable.join("server-key.pem")).unwrap();
+    let psk = tmp.join("keys.psk");
+    fs::write(&psk, "alice:0123456789abcdef0123456789abcdef\n").unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let cert_dir = |d: &Path| vec!["--tls=require".into(), "--tls-certificates".into(), s(d)];
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            cert_dir(&missing),
+            format!("{}/ca-cert.pem: No such file or directory", s(&missing)),
+        ),
+        (cert_dir(&mismatch), "does not match the certificate".into()),
+        (
+            cert_dir(&unreadable),
+            format!("{}/server-key.pem: Is a directory", s(&unreadable)),
+        ),
+        (
+            [cert_dir(&c.dir), vec!["-o".into()]].concat(),
+            "--tls=require cannot be used with -o".into(),
+        ),
+        (
+            vec!["--tls=require".into(), format!("--tls-psk={}", s(&psk))],
+            "--tls-psk: TLS with pre-shared keys is not supported".into(),
+        ),
+        (
+            vec!["--tls-psk".into(), s(&psk)],
+            "--tls-psk: TLS with pre-shared keys is not supported".into(),
+        ),
+        (
+            vec!["--tls=maybe".into()],
+            "--tls: expecting off, on or require".into(),
+        ),
+    ];
+    let sock = tmp.join("sock");
+    for (args, needle) in cases {
+        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+        // --run: a server that wrongly starts ends at once instead of forking.
+        all.extend([
+            "-U",
+            sock.to_str().unwrap(),
+            "memory",
+            "1M",
+            "--run",
+            "true",
+        ]);
+        let (code, out, err) = common::nbdlite_in(tmp.path(), &all);
+        assert_eq!(code, Some(1), "{all:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{all:?}: one line expected: {err}");
+        assert!(
+            err.starts_with("nbdlite: ") && err.contains(&needle),
+            "{all:?}: {err}"
+        );
+        assert!(out.is_empty(), "{all:?}: {out}");
+        assert!(!sock.exists(), "{all:?} left a socket");
+    }
+}
+
+#[test]
+fn the_cipher_suite_this_cpu_encrypts_fastest_comes_first() {
+    use rustls::CipherSuite::*;
+    let all = rustls::crypto::ring::default_provider().cipher_suites;
+    let order = |aes: bool| -> Vec<rustls::CipherSuite> {
+        fastest_first(all.clone(), aes)
+            .iter()
+            .map(|s| s.suite())
+            .collect()
+    };
+    let at = |v: &[rustls::CipherSuite], s| v.iter().position(|&x| x == s).unwrap();
+    for (aes, first, second, third) in [
+        (true, "AES_128", "AES_256", "CHACHA20"),
+        (false, "CHACHA20", "AES_128", "AES_256"),
+    ] {
+        let v = order(aes);
+        assert_eq!(v.len(), all.len());
+        // Within each version and key type, by bulk cipher.
+        for family in [
+            [
+                TLS13_AES_128_GCM_SHA256,
+                TLS13_AES_256_GCM_SHA384,
+                TLS13_CHACHA20_POLY1305_SHA256,
+            ],
+            [
+                TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            ],
+            [
+                TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+                TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+                TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+            ],
+        ] {
+            let mut f = family.to_vec();
+            f.sort_by_key(|&s| at(&v, s));
+            let names: Vec<String> = f.iter().map(|s| format!("{s:?}")).collect();
+            assert!(
+                names[0].contains(first) && names[1].contains(second) && names[2].contains(third),
+                "aes {aes}: {names:?}"
+            );
+        }
     }
 }

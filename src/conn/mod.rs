@@ -262,7 +262,7 @@ impl Conn {
     fn turn(&mut self, ctx: &mut Ctx) -> Step {
         let mut budget = TURN;
         loop {
-            let progress = if self.closing.is_some() {
+            let progress = if self.closing.is_some() || self.starting_tls {
                 Progress::NeedInput
             } else {
                 self.process(ctx, &mut budget)
@@ -422,10 +422,11 @@ impl Conn {
     /// One read(2) into the driver's input. EAGAIN and EINTR are not errors.
     fn fill(&mut self, ctx: &mut Ctx) -> io::Result<()> {
         let fd = self.rfd.as_fd();
+        let wfd = self.wfd.as_ref().map(AsFd::as_fd);
         let transport = &mut self.transport;
         match self
             .driver
-            .receive(&mut ctx.pool, |buf| transport.read(fd, buf))
+            .receive(&mut ctx.pool, |buf| transport.read(fd, wfd, buf))
         {
             Ok(Received::Eof) => self.eof = true,
             // A short read drained the socket: anything arriving later raises a

@@ -16,11 +16,19 @@ pub enum Transport {
 
 impl Transport {
     /// Plaintext bytes into `buf`; `Ok(0)` at the end; `WouldBlock` when none yet.
-    pub fn read(&mut self, fd: BorrowedFd, buf: &mut [u8]) -> io::Result<usize> {
+    /// `wfd`: the write side, if it is not `fd` (`-s` on two pipes): TLS may
+    /// have to answer while it reads.
+    pub fn read(
+        &mut self,
+        fd: BorrowedFd,
+        wfd: Option<BorrowedFd>,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
+        let _ = wfd; // only TLS writes while reading
         match self {
             Transport::Plain => sys::read(fd, buf),
             #[cfg(feature = "tls")]
-            Transport::Tls(s) => s.read(fd, buf),
+            Transport::Tls(s) => s.read_split(fd, wfd.unwrap_or(fd), buf),
         }
     }
 

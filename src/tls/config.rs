@@ -15,7 +15,7 @@ use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{CipherSuite, RootCertStore, ServerConfig, SupportedCipherSuite};
 
 use super::options::{TlsMode, TlsOptions};
 use crate::error::Error;
@@ -74,11 +74,14 @@ pub fn cert_dir(opts: &TlsOptions) -> Result<PathBuf, Error> {
 ///
 /// TLS 1.3 and 1.2; no session tickets, no session cache and no ALPN, so that
 /// the server keeps no state between connections; client certificates checked
-/// against the CA (and the CRL, if present) only with `--tls-verify-peer`.
+/// against the CA (and the CRL, if present) only with `--tls-verify-peer`; the
+/// cipher suite the server's CPU encrypts fastest (`fastest_first`).
 /// Load it before dropping privileges: keys are usually readable by root only.
 pub fn server_config(opts: &TlsOptions) -> Result<Arc<ServerConfig>, Error> {
     let dir = cert_dir(opts)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = fastest_first(provider.cipher_suites, aes_in_hardware());
+    let provider = Arc::new(provider);
     let roots = roots(&dir.join(CA_CERT))?;
     let crls = crls(&dir.join(CA_CRL))?;
     let key = certified_key(&dir, &provider)?;
@@ -99,10 +102,71 @@ pub fn server_config(opts: &TlsOptions) -> Result<Arc<ServerConfig>, Error> {
         builder.with_no_client_auth()
     };
     let mut cfg = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(key)));
+    cfg.ignore_client_order = true;
     cfg.session_storage = Arc::new(NoServerSessionStorage {});
     cfg.send_tls13_tickets = 0;
     cfg.cert_compression_cache = Arc::new(CompressionCache::Disabled);
     Ok(Arc::new(cfg))
+}
+
+/// The suites in the order the server chooses from (it ignores the client's
+/// order): one thread encrypts every reply, so the bulk cipher is most of a
+/// TLS reply's cost. With AES instructions, AES-128-GCM first: 10 rounds
+/// against AES-256's 14, and as safe for data in transit (the first choice
+/// of Mozilla's server recommendations); without them, ChaCha20-Poly1305,
+/// several times faster than AES in constant-time software.
+pub fn fastest_first(
+    mut suites: Vec<SupportedCipherSuite>,
+    aes: bool,
+) -> Vec<SupportedCipherSuite> {
+    let rank = |s: &SupportedCipherSuite| match (bulk_cipher(s.suite()), aes) {
+        (Bulk::Aes128, true) | (Bulk::ChaCha20, false) => 0,
+        (Bulk::Aes256, true) | (Bulk::Aes128, false) => 1,
+        (Bulk::ChaCha20, true) | (Bulk::Aes256, false) => 2,
+        (Bulk::Other, _) => 3,
+    };
+    suites.sort_by_key(rank); // stable: the provider's order within a rank
+    suites
+}
+
+enum Bulk {
+    Aes128,
+    Aes256,
+    ChaCha20,
+    Other,
+}
+
+fn bulk_cipher(s: CipherSuite) -> Bulk {
+    match s {
+        CipherSuite::TLS13_AES_128_GCM_SHA256
+        | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => Bulk::Aes128,
+        CipherSuite::TLS13_AES_256_GCM_SHA384
+        | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        | CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => Bulk::Aes256,
+        CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+        | CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        | CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => Bulk::ChaCha20,
+        _ => Bulk::Other,
+    }
+}
+
+/// Whether this CPU has the instructions ring's fast AES-GCM uses.
+fn aes_in_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
 }
 
 /// A PEM parsing failure as a one-line error naming `path`.

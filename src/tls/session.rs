@@ -67,6 +67,18 @@ impl Session {
     /// connection: a failed handshake says why ("TLS handshake: ..."), after
     /// the alert that tells the client has been offered to the socket.
     pub fn read(&mut self, fd: BorrowedFd, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_split(fd, fd, buf)
+    }
+
+    /// `read` for a client whose two directions are two descriptors (`-s` on
+    /// a pair of pipes, as from ssh): what TLS sends while reading (handshake
+    /// flights, alerts) goes out on `wfd`.
+    pub fn read_split(
+        &mut self,
+        fd: BorrowedFd,
+        wfd: BorrowedFd,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
@@ -93,7 +105,7 @@ impl Session {
             let processed = self.process();
             // Handshake flights, a KeyUpdate answer or the alert for an error;
             // after EOF, a failure to send them says nothing new.
-            let sent = self.flush(fd);
+            let sent = self.flush(wfd);
             processed?;
             match sent {
                 Err(e) if !eof && e.kind() != io::ErrorKind::WouldBlock => return Err(e),

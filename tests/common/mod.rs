@@ -199,7 +199,8 @@ impl Server {
     /// alone: the kernel picks the port as it binds (no port is chosen before,
     /// so none can be taken in between), and the server prints
     /// `nbd://127.0.0.1:PORT` once it listens. That line is the readiness
-    /// signal. (Given `-U` too, it would print the Unix URI instead.)
+    /// signal (`nbds://...` under `--tls=require`). (Given `-U` too, it would
+    /// print the Unix URI instead.)
     #[track_caller]
     pub fn start_tcp<S: AsRef<OsStr>>(args: &[S]) -> Server {
         let dir = TempDir::new();
@@ -213,8 +214,10 @@ impl Server {
         let Some(line) = first_line(out, 10) else {
             panic!("nbdlite printed no URI within 10s: {}", s.log_text());
         };
+        // `nbds://` when TLS is required.
         let port = line
             .strip_prefix("nbd://127.0.0.1:")
+            .or_else(|| line.strip_prefix("nbds://127.0.0.1:"))
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("not a TCP URI on 127.0.0.1: {line}"));
         s.port = Some(port);

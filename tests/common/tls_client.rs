@@ -1,7 +1,8 @@
 //! An in-process rustls client facing a `tls::Session` over a Unix socketpair,
 //! both driven from one thread: for the library's TLS tests and the idle-memory
 //! measurement (`examples/tls_idle_memory.rs`), which include this file with
-//! `#[path]`. Every loop here is bounded.
+//! `#[path]`; and `Blocking`, the TLS step of the raw NBD client against a
+//! running server. Every loop here is bounded (socket timeouts bound `Blocking`).
 #![allow(dead_code)]
 
 use std::io::{self, IoSlice, Read, Write};
@@ -193,6 +194,62 @@ impl Pair {
             self.client_io(&mut got).expect("client io");
         }
         got
+    }
+}
+
+/// A client session over a blocking socket the caller owns and has given read
+/// and write timeouts: what the raw NBD client (`common/wire.rs`) speaks after
+/// STARTTLS.
+pub struct Blocking {
+    pub conn: ClientConnection,
+}
+
+impl Blocking {
+    /// A session for "localhost" (the name in the test server certificate).
+    pub fn new(cfg: Arc<ClientConfig>) -> Blocking {
+        let name = ServerName::try_from("localhost").expect("a valid name");
+        Blocking {
+            conn: ClientConnection::new(cfg, name).expect("client connection"),
+        }
+    }
+
+    /// The ClientHello, taken out for the caller to send itself (pipelined
+    /// behind STARTTLS, in the same write).
+    pub fn hello(&mut self) -> Vec<u8> {
+        let mut hello = Vec::new();
+        while self.conn.wants_write() {
+            self.conn.write_tls(&mut hello).expect("write to a Vec");
+        }
+        hello
+    }
+
+    /// Runs the handshake to its end over `s`; the error says why it failed
+    /// (the server's alert, a timeout, EOF).
+    pub fn handshake(&mut self, s: &mut UnixStream) -> io::Result<()> {
+        for _ in 0..100 {
+            if !self.conn.is_handshaking() {
+                // Our Finished (TLS 1.3) may still be queued.
+                while self.conn.wants_write() {
+                    self.conn.write_tls(s)?;
+                }
+                return Ok(());
+            }
+            self.conn.complete_io(s)?;
+        }
+        Err(io::Error::other("handshake did not finish in 100 rounds"))
+    }
+
+    /// Sends all of `b`, encrypted.
+    pub fn send(&mut self, s: &mut UnixStream, b: &[u8]) -> io::Result<()> {
+        let mut stream = rustls::Stream::new(&mut self.conn, s);
+        stream.write_all(b)?;
+        stream.flush()
+    }
+
+    /// Decrypted bytes into `b`: `Ok(0)` after the server's close_notify, an
+    /// `UnexpectedEof` error if the socket closed without one.
+    pub fn recv(&mut self, s: &mut UnixStream, b: &mut [u8]) -> io::Result<usize> {
+        rustls::Stream::new(&mut self.conn, s).read(b)
     }
 }
 

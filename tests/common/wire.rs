@@ -3,7 +3,7 @@
 //! two cannot share a bug. Every read has a timeout: no test can hang on it.
 #![allow(dead_code)]
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -35,6 +35,7 @@ pub const REP_META: u32 = 4;
 pub const ERR_UNSUP: u32 = 0x8000_0001;
 pub const ERR_POLICY: u32 = 0x8000_0002;
 pub const ERR_INVALID: u32 = 0x8000_0003;
+pub const ERR_TLS_REQD: u32 = 0x8000_0005;
 pub const ERR_UNKNOWN: u32 = 0x8000_0006;
 pub const ERR_SHUTDOWN: u32 = 0x8000_0007;
 pub const ERR_TOO_BIG: u32 = 0x8000_0009;
@@ -126,8 +127,20 @@ impl Reply {
     }
 }
 
+/// An encrypted channel over the client's socket, once STARTTLS has been
+/// accepted (`tests/common/tls_client.rs` has the rustls one): kept behind a
+/// trait so that this file needs std only and builds without the `tls` feature.
+pub trait Tunnel {
+    /// Sends all of `b`, encrypted.
+    fn send(&mut self, s: &mut UnixStream, b: &[u8]) -> io::Result<()>;
+    /// Decrypted bytes into `b`; `Ok(0)` at the end.
+    fn recv(&mut self, s: &mut UnixStream, b: &mut [u8]) -> io::Result<usize>;
+}
+
 pub struct Client {
     pub s: UnixStream,
+    /// After STARTTLS: what every byte goes through (`Client::tls`).
+    pub tunnel: Option<Box<dyn Tunnel>>,
     /// Extended headers negotiated: 32-byte requests, extended replies.
     pub extended: bool,
     /// Structured replies (or extended) negotiated: READ replies are chunks.
@@ -156,9 +169,49 @@ impl Client {
         s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
         Client {
             s,
+            tunnel: None,
             extended: false,
             structured: false,
         }
+    }
+
+    /// From now on every byte goes through `t` (after STARTTLS's ACK).
+    pub fn tls(&mut self, t: Box<dyn Tunnel>) {
+        self.tunnel = Some(t);
+    }
+
+    /// Sends all of `b`, through the tunnel if there is one; the error is
+    /// the caller's to judge (a write timeout, a closed connection).
+    pub fn send_raw(&mut self, b: &[u8]) -> io::Result<()> {
+        self.write_all(b)
+    }
+
+    /// Sends all of `b`, through the tunnel if there is one.
+    fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
+        match &mut self.tunnel {
+            Some(t) => t.send(&mut self.s, b),
+            None => self.s.write_all(b),
+        }
+    }
+
+    /// Some bytes into `b`, through the tunnel if there is one.
+    pub fn read_some(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        match &mut self.tunnel {
+            Some(t) => t.recv(&mut self.s, b),
+            None => self.s.read(b),
+        }
+    }
+
+    fn read_exact(&mut self, mut b: &mut [u8]) -> io::Result<()> {
+        while !b.is_empty() {
+            match self.read_some(b) {
+                Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+                Ok(n) => b = &mut b[n..],
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Connects, sends flags 3 (FIXED_NEWSTYLE | NO_ZEROES).
@@ -188,18 +241,17 @@ impl Client {
     }
 
     pub fn send(&mut self, b: &[u8]) {
-        self.s.write_all(b).expect("send");
+        self.write_all(b).expect("send");
     }
 
     /// Sends, but tolerates the server having closed the connection already.
     pub fn send_lossy(&mut self, b: &[u8]) {
-        let _ = self.s.write_all(b);
+        let _ = self.write_all(b);
     }
 
     pub fn recv(&mut self, n: usize) -> Vec<u8> {
         let mut v = vec![0u8; n];
-        self.s
-            .read_exact(&mut v)
+        self.read_exact(&mut v)
             .unwrap_or_else(|e| panic!("recv {n} bytes: {e}"));
         v
     }
@@ -213,7 +265,7 @@ impl Client {
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
         let r = loop {
-            match self.s.read(&mut buf) {
+            match self.read_some(&mut buf) {
                 Ok(0) => break true,
                 Ok(_) => {}
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
@@ -231,11 +283,7 @@ impl Client {
     }
 
     pub fn send_opt(&mut self, opt: u32, data: &[u8]) {
-        let mut v = IHAVEOPT.to_be_bytes().to_vec();
-        v.extend_from_slice(&opt.to_be_bytes());
-        v.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        v.extend_from_slice(data);
-        self.send(&v);
+        self.send(&option_bytes(opt, data));
     }
 
     pub fn recv_opt_reply(&mut self) -> OptReply {
@@ -252,6 +300,11 @@ impl Client {
     /// Sends an option and collects replies up to the final one (ACK or error).
     pub fn opt(&mut self, opt: u32, data: &[u8]) -> Vec<OptReply> {
         self.send_opt(opt, data);
+        self.opt_replies(opt)
+    }
+
+    /// The replies to option `opt`, already sent, up to the final one.
+    pub fn opt_replies(&mut self, opt: u32) -> Vec<OptReply> {
         let mut v = Vec::new();
         loop {
             let r = self.recv_opt_reply();
@@ -438,6 +491,15 @@ pub fn still_serves(path: &Path) {
     let (mut c, _, _) = Client::ready(path, true, false, false);
     assert_eq!(c.write(0, b"alive"), 0);
     assert_eq!(c.read(0, 0, 5).unwrap(), b"alive");
+}
+
+/// An option as the client sends it: IHAVEOPT, the option, its data.
+pub fn option_bytes(opt: u32, data: &[u8]) -> Vec<u8> {
+    let mut v = IHAVEOPT.to_be_bytes().to_vec();
+    v.extend_from_slice(&opt.to_be_bytes());
+    v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    v.extend_from_slice(data);
+    v
 }
 
 pub fn info_data(name: &[u8], items: &[u16]) -> Vec<u8> {
