@@ -1,6 +1,6 @@
 //! An in-process rustls client facing a `tls::Session` over a Unix socketpair,
 //! both driven from one thread: for the library's TLS tests and the idle-memory
-//! measurement (`examples/tls_idle_memory.rs`), which include this file with
+//! measurement (`tests/measure.rs`, `tls_idle_memory`), which include this file with
 //! `#[path]`. Every loop here is bounded.
 #![allow(dead_code)]
 
