@@ -1,7 +1,7 @@
 //! A file served under either I/O engine, and scratch space for large files on
-//! tmpfs or on a disk: what the tests of the engine (`tests/async_io.rs`) and
-//! the measurements (`tests/measure.rs`) share. Include it as `mod fileio`
-//! beside `mod common`.
+//! tmpfs or on a disk: what the tests of the file backend (`async_io.rs`,
+//! `durability.rs`, `failing_storage.rs`) and the measurements (`measure.rs`)
+//! share. Include it as `mod fileio` beside `mod common`.
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
