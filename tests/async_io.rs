@@ -518,3 +518,61 @@ fn a_read_beside_a_big_flush() {
         }
     }
 }
+
+/// Runs a command with io_uring_setup refused by a seccomp filter (ENOSYS, or
+/// the errno given as ERRNO), as a container's default profile does.
+const REFUSE_IO_URING: &str = r#"
+import ctypes, os, struct, sys
+errno = int(os.environ.get("ERRNO", "38"))
+def ins(code, jt, jf, k): return struct.pack("HBBI", code, jt, jf, k)
+prog = b"".join([ins(0x20, 0, 0, 0),                     # load the syscall number
+                 ins(0x15, 0, 1, 425),                   # io_uring_setup?
+                 ins(0x06, 0, 0, 0x00050000 | errno),    # refuse it with errno
+                 ins(0x06, 0, 0, 0x7fff0000)])           # allow the rest
+buf = ctypes.create_string_buffer(prog)
+class Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+fp = Fprog(len(prog) // 8, ctypes.addressof(buf))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0                   # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.byref(fp), 0, 0) == 0    # PR_SET_SECCOMP, filter
+os.execvp(sys.argv[1], sys.argv[1:])
+"#;
+
+/// Where the kernel refuses io_uring, the default engine says so in one
+/// warning line naming the cause, then serves the file synchronously.
+#[test]
+fn a_refused_io_uring_is_one_warning_line_then_the_fallback() {
+    if !have(&["python3", "nbdsh"]) {
+        return;
+    }
+    let dir = TempDir::new();
+    let (img, script) = (dir.join("disk.img"), dir.join("refuse.py"));
+    sparse_file(&img, MIB);
+    fs::write(&script, REFUSE_IO_URING).unwrap();
+    let check = "nbdsh -u \"$uri\" -c 'h.pwrite(b\"x\" * 4096, 8192)' \
+                 -c 'assert h.pread(4096, 8192) == b\"x\" * 4096'";
+    for (errno, cause) in [("38", "seccomp filter refuses it"), ("1", "refuses it")] {
+        let out = common::run(
+            Command::new("python3")
+                .arg(&script)
+                .args([common::bin(), "-U", "-", "file"])
+                .arg(&img)
+                .args(["--run", check])
+                .env("ERRNO", errno)
+                .env("PATH", common::system_path()),
+            60,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}: {err}", out.status);
+        let warnings: Vec<&str> = err.lines().filter(|l| l.contains("io_uring")).collect();
+        assert_eq!(warnings.len(), 1, "{err}");
+        assert!(
+            warnings[0].starts_with("nbdlite: warning: io_uring unavailable (io_uring_setup: ")
+                && warnings[0].contains(cause)
+                && warnings[0].ends_with("): serving file I/O synchronously"),
+            "{err}"
+        );
+    }
+    assert_eq!(read_at(&img, 8192, 4096), vec![b'x'; 4096]);
+}
