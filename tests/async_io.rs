@@ -201,7 +201,7 @@ fn leave_with_io<S: Stream>(mut s: S, style: Style, leave: Leave, round: u64) ->
     let mut inbox = Inbox::new(style, &b.sent);
     let mut acked = Vec::new();
     let mut note = |f: &Finished| {
-        if f.cookie % 2 == 0 && f.errno == 0 {
+        if f.cookie.is_multiple_of(2) && f.errno == 0 {
             acked.push(f.cookie / 2);
         }
         assert_eq!(f.errno, 0, "cookie {}", f.cookie);
