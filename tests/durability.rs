@@ -1,14 +1,18 @@
 //! Nothing acknowledged is lost. A soak test: 16 clients over separate
 //! connections write random runs of blocks, each with FUA or followed by a
 //! FLUSH, reading others' blocks meanwhile; then every block is read back
-//! through other connections and compared. And a crash test: after a FLUSH is
-//! acknowledged the server is killed with SIGKILL, and a new one on the same
-//! file returns every acknowledged byte.
+//! through other connections and compared. And a crash test: after a FLUSH and
+//! after FUA writes are acknowledged the server is killed with SIGKILL, and a
+//! new one on the same file returns every acknowledged byte. The file tests
+//! run under both I/O engines: io_uring and the synchronous fallback
+//! (NBDLITE_IO_URING=0).
 //!
 //! NBDLITE_SOAK_SECS sets how long each soak runs (default 2 seconds per backend);
 //! each client makes at least `MIN_WRITES` writes however slow the machine.
 
 mod common;
+#[path = "common/fileio.rs"]
+mod fileio;
 #[path = "common/wire.rs"]
 mod wire;
 
@@ -18,6 +22,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{Server, TempDir};
+use fileio::ENGINES;
 use wire::*;
 
 const BLOCK: usize = 4096;
@@ -201,40 +206,60 @@ fn disk_image() -> (TempDir, [OsString; 2]) {
 
 #[test]
 fn soak_file_then_restart() {
-    let (_dir, args) = disk_image();
-    let srv = Server::start(&args);
-    let acked = soak(&srv);
-    assert!(srv.stop().success());
-    // A new server on the same file has it all.
-    let srv = Server::start(&args);
-    verify_all(&srv.sock, &acked);
+    for io in ENGINES {
+        let (_dir, args) = disk_image();
+        let srv = Server::start_with(io.command(), &args);
+        eprint!("{io:?} ");
+        let acked = soak(&srv);
+        assert!(srv.stop().success());
+        // A new server on the same file has it all.
+        let srv = Server::start_with(io.command(), &args);
+        verify_all(&srv.sock, &acked);
+    }
 }
 
 #[test]
-fn a_killed_server_loses_nothing_flushed() {
-    let (_dir, args) = disk_image();
-    let mut srv = Server::start(&args);
-    let (mut c, _, _) = Client::ready(&srv.sock, true, false, false);
-    let mut rng = Rng(42);
-    let mut acked = HashMap::new();
-    for seq in 1..=200 {
-        let b = rng.below(CLIENTS * OWN);
-        assert_eq!(c.write(b * BLOCK as u64, &content(b, seq)), 0);
-        acked.insert(b, seq);
-    }
-    assert_eq!(c.cmd(0, CMD_FLUSH, 0, 0), 0);
-    // Acknowledged: now the server dies without warning, mid-stream.
-    c.request(0, CMD_WRITE, 99, 0, BLOCK as u64, &content(0, 1000));
-    srv.child.kill().expect("SIGKILL");
-    common::wait_exit(&mut srv.child, 10).expect("killed");
-    drop(srv);
-    let srv = Server::start(&args);
-    let (mut c, _, _) = Client::ready(&srv.sock, false, false, false);
-    for (&b, &s) in &acked {
-        let d = c.read(0, b * BLOCK as u64, BLOCK).unwrap();
-        if b == 0 && d == content(0, 1000) {
-            continue; // the unacknowledged write may have landed
+fn a_killed_server_loses_nothing_flushed_or_written_with_fua() {
+    for io in ENGINES {
+        let (_dir, args) = disk_image();
+        let mut srv = Server::start_with(io.command(), &args);
+        let (mut c, _, _) = Client::ready(&srv.sock, true, false, false);
+        let mut rng = Rng(42);
+        let mut acked = HashMap::new();
+        for seq in 1..=200 {
+            let b = rng.below(CLIENTS * OWN);
+            assert_eq!(c.write(b * BLOCK as u64, &content(b, seq)), 0);
+            acked.insert(b, seq);
         }
-        assert!(d == content(b, s), "block {b}: version {s} lost");
+        assert_eq!(c.cmd(0, CMD_FLUSH, 0, 0), 0);
+        // Then writes with FUA, each durable once acknowledged, no FLUSH after.
+        for seq in 201..=300 {
+            let b = rng.below(CLIENTS * OWN);
+            c.request(
+                F_FUA,
+                CMD_WRITE,
+                seq,
+                b * BLOCK as u64,
+                BLOCK as u64,
+                &content(b, seq),
+            );
+            let r = c.replies(None);
+            assert!(r.iter().all(|r| r.errno() == 0 && r.cookie == seq), "{r:?}");
+            acked.insert(b, seq);
+        }
+        // Acknowledged: now the server dies without warning, mid-stream.
+        c.request(0, CMD_WRITE, 99, 0, BLOCK as u64, &content(0, 1000));
+        srv.child.kill().expect("SIGKILL");
+        common::wait_exit(&mut srv.child, 10).expect("killed");
+        drop(srv);
+        let srv = Server::start_with(io.command(), &args);
+        let (mut c, _, _) = Client::ready(&srv.sock, false, false, false);
+        for (&b, &s) in &acked {
+            let d = c.read(0, b * BLOCK as u64, BLOCK).unwrap();
+            if b == 0 && d == content(0, 1000) {
+                continue; // the unacknowledged write may have landed
+            }
+            assert!(d == content(b, s), "{io:?}: block {b}: version {s} lost");
+        }
     }
 }

@@ -3,17 +3,24 @@
 //! written at all (served read-only, as nbdkit does; writes get EPERM). In each
 //! case the connection stays up, reads still work, and the log says what failed.
 //!
+//! The file's I/O goes through the engine (`src/aio/`): ENOSPC and EIO are
+//! checked under both engines, io_uring and the synchronous fallback
+//! (NBDLITE_IO_URING=0).
+//!
 //! These need root (mount, losetup); without it they print a SKIP line.
 
 mod common;
+#[path = "common/fileio.rs"]
+mod fileio;
 #[path = "common/wire.rs"]
 mod wire;
 
 use std::ffi::OsStr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{LoopDevice, Server, TempDir, is_root, sparse_file};
+use fileio::ENGINES;
 use wire::*;
 
 const KIB: u64 = 1024;
@@ -82,9 +89,14 @@ fn a_full_filesystem_gives_enospc_and_the_connection_stays_up() {
     // An 8 MiB sparse file on a 1 MiB filesystem.
     let img = mnt.join("disk.img");
     sparse_file(&img, 8 << 20);
-    let mut srv = Server::start(&[OsStr::new("file"), img.as_os_str()]);
+    for io in ENGINES {
+        a_full_filesystem_under(io.serve(&img), &img);
+    }
+}
+
+fn a_full_filesystem_under(mut srv: Server, img: &Path) {
     for (sr, eh) in [(false, false), (true, false), (false, true)] {
-        sparse_file(&img, 8 << 20); // truncated first: all space back
+        sparse_file(img, 8 << 20); // truncated first: all space back
         let (mut c, _, _) = Client::ready(&srv.sock, sr, eh, false);
         let chunk = vec![0x5a; 64 * KIB as usize];
         let mut written = 0;
@@ -140,23 +152,28 @@ fn a_failing_flush_is_eio_and_the_connection_stays_up() {
     let Some(dev) = LoopDevice::new(&img, None) else {
         return skip("losetup failed (no loop devices?)");
     };
-    let srv = Server::start(&["file", &dev.0]);
-    let (mut c, _, _) = Client::ready(&srv.sock, true, false, false);
-    let mb = vec![0x33; 1 << 20];
-    for i in 0..3 {
-        assert_eq!(c.write(i << 20, &mb), 0, "buffered write {i}");
+    for io in ENGINES {
+        let mut srv = io.serve(Path::new(&dev.0));
+        let (mut c, _, _) = Client::ready(&srv.sock, true, false, false);
+        let mb = vec![0x33; 1 << 20];
+        for i in 0..3 {
+            assert_eq!(c.write(i << 20, &mb), 0, "buffered write {i}");
+        }
+        assert_eq!(c.cmd(0, CMD_FLUSH, 0, 0), EIO, "{io:?}: FLUSH");
+        // Still connected; the data is in the page cache.
+        assert_eq!(c.read(0, 0, 512).unwrap(), vec![0x33; 512]);
+        // A FUA write meets the same failure.
+        c.request(F_FUA, CMD_WRITE, 7, 3 << 20, 4096, &[4; 4096]);
+        let r = c.replies(None);
+        assert_eq!(r.last().unwrap().errno(), EIO, "{io:?}: FUA write");
+        let log = srv.log_text();
+        assert!(
+            log.contains("FLUSH") && log.contains("Input/output error"),
+            "the log says what failed: {log}"
+        );
+        drop(c);
+        assert!(srv.alive());
     }
-    assert_eq!(c.cmd(0, CMD_FLUSH, 0, 0), EIO, "FLUSH");
-    // Still connected; the data is in the page cache.
-    assert_eq!(c.read(0, 0, 512).unwrap(), vec![0x33; 512]);
-    let log = srv.log_text();
-    assert!(
-        log.contains("FLUSH") && log.contains("Input/output error"),
-        "the log says what failed: {log}"
-    );
-    drop(c);
-    let mut srv = srv;
-    assert!(srv.alive());
 }
 
 #[test]

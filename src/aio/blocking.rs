@@ -18,6 +18,7 @@ use crate::sys;
 const LIMITS: Limits = Limits {
     rw: 1 << 20,
     falloc: 4 << 20,
+    alloc: 4 << 20,
     zero: ZEROES_LEN,
     cache: 8 << 20,
     per_op: 1,

@@ -25,8 +25,13 @@ fn not_fast() -> io::Error {
 pub(super) struct Limits {
     /// Largest single read or write.
     pub rw: usize,
-    /// Largest single fallocate.
+    /// Largest single fallocate that only changes metadata (punch a hole,
+    /// ZERO_RANGE where the filesystem does it in place).
     pub falloc: u64,
+    /// Largest single allocating fallocate, and the punch before it: it
+    /// clears every page, work that grows with its length as a write's does
+    /// (a read the kernel hands to the same io_uring worker waits for it).
+    pub alloc: u64,
     /// Largest single write of zeroes (at most `ZEROES_LEN`).
     pub zero: usize,
     /// Largest single readahead hint.
@@ -315,7 +320,8 @@ impl Job {
             How::Data => lim.rw as u64,
             How::WriteZeroes => lim.zero as u64,
             How::Advise => lim.cache,
-            How::Punch | How::ZeroRange | How::PunchThenAlloc | How::Alloc => lim.falloc,
+            How::Punch | How::ZeroRange => lim.falloc,
+            How::PunchThenAlloc | How::Alloc => lim.alloc,
             How::Sync => 0,
         }
     }

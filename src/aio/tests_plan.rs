@@ -8,6 +8,7 @@ use super::plan::{Call, Job, Lacks, Limits, Piece};
 const LIM: Limits = Limits {
     rw: 4096,
     falloc: 16384,
+    alloc: 16384,
     zero: 1024,
     cache: 8192,
     per_op: 2,

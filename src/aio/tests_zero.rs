@@ -158,7 +158,7 @@ fn long_no_hole_zero_on_tmpfs_is_cut_into_pieces() {
         }
         match &rig.e.inner {
             Inner::Uring(u) => {
-                // 64 MiB fallocates, four at a time; the read is the fifth.
+                // 2 MiB allocating fallocates, four at a time; the read is the fifth.
                 assert!(most <= 5, "{most} pieces in flight");
                 assert!(u.issued >= 8, "{} pieces", u.issued);
             }

@@ -203,9 +203,15 @@ impl Server {
     /// print the Unix URI instead.)
     #[track_caller]
     pub fn start_tcp<S: AsRef<OsStr>>(args: &[S]) -> Server {
+        Server::start_tcp_with(Command::new(bin()), args)
+    }
+
+    /// `start_tcp` with a command of the caller's (nbdlite with its own
+    /// environment, e.g. NBDLITE_IO_URING=0).
+    #[track_caller]
+    pub fn start_tcp_with<S: AsRef<OsStr>>(mut cmd: Command, args: &[S]) -> Server {
         let dir = TempDir::new();
         let (sock, pidfile, log) = (dir.join("sock"), dir.join("pid"), dir.join("log"));
-        let mut cmd = Command::new(bin());
         cmd.args(["-f", "-i", "127.0.0.1", "-p", "0", "--print-uri", "-P"])
             .arg(&pidfile)
             .args(args);

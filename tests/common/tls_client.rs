@@ -1,7 +1,7 @@
 //! An in-process rustls client facing a `tls::Session` over a Unix socketpair,
 //! both driven from one thread: for the library's TLS tests and the idle-memory
-//! measurement (`examples/tls_idle_memory.rs`), which include this file with
-//! `#[path]`; and `Blocking`, the TLS step of the raw NBD client against a
+//! measurement (`tests/measure.rs`, `tls_idle_memory`), which include this file
+//! with `#[path]`; and `Blocking`, the TLS step of the raw NBD client against a
 //! running server. Every loop here is bounded (socket timeouts bound `Blocking`).
 #![allow(dead_code)]
 
