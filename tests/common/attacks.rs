@@ -1,6 +1,6 @@
 //! The memory attacks of issue 14, as a hostile client would make them: crowds
 //! of clients that each get the server to hold memory and then stop. Shared by
-//! `tests/memory_budget.rs` and `examples/memory_attacks.rs` (which measures
+//! `tests/memory_budget.rs` and `tests/measure_memory.rs` (which measures
 //! them against any build), so that the figures and the test come from the
 //! same clients. Mounted beside `wire` (`#[path]`), whose client it uses.
 #![allow(dead_code)]

@@ -2,9 +2,10 @@
 //! 14, for the figures in the README and the man page. It attacks whatever
 //! server listens on SOCKET (any build, or nbdkit), reading the RSS of PID:
 //!
-//!     cargo run --release --example memory_attacks -- SOCKET PID ATTACK [N [SECS]]
+//!     NBDLITE_ATTACK_SOCKET=S NBDLITE_ATTACK_PID=P NBDLITE_ATTACK=writes \
+//!         cargo test --release --test measure_memory -- --ignored --nocapture
 //!
-//! ATTACK is one of
+//! (`NBDLITE_ATTACK_N` and `NBDLITE_ATTACK_SECS` set N and SECS.) ATTACK is one of
 //! - `writes`: N clients (default 50) each send a WRITE header for 64 MiB and
 //!   63 MiB of its payload, then stall (they push until the server has taken
 //!   nothing for SECS, default 0.5: a slow server needs more);
@@ -19,9 +20,9 @@
 //! It prints the RSS before, once the attack has settled, and a few seconds
 //! after its clients have gone. A server that dies is reported as such.
 
-#[path = "../tests/common/attacks.rs"]
+#[path = "common/attacks.rs"]
 mod attacks;
-#[path = "../tests/common/wire.rs"]
+#[path = "common/wire.rs"]
 mod wire;
 
 use std::path::PathBuf;
@@ -60,22 +61,29 @@ fn settled(pid: u32, secs: u64) -> Option<u64> {
     Some(last)
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [sock, pid, attack, rest @ ..] = &args[..] else {
-        eprintln!("usage: memory_attacks SOCKET PID writes|reads|halfsent|idle|churn [N]");
-        std::process::exit(2);
+/// An environment knob, if set.
+fn knob(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+#[test]
+#[ignore]
+fn memory_attacks() {
+    let (Some(sock), Some(pid)) = (knob("NBDLITE_ATTACK_SOCKET"), knob("NBDLITE_ATTACK_PID"))
+    else {
+        panic!("set NBDLITE_ATTACK_SOCKET and NBDLITE_ATTACK_PID (see the file's comment)");
     };
+    let attack = knob("NBDLITE_ATTACK").unwrap_or_else(|| "writes".into());
     let sock = PathBuf::from(sock);
     let pid: u32 = pid.parse().expect("PID: a number");
-    let n = |default: usize| rest.first().map_or(default, |s| s.parse().expect("N"));
+    let n = |default: usize| knob("NBDLITE_ATTACK_N").map_or(default, |s| s.parse().expect("N"));
     let _ = nbdlite::sys::raise_nofile_limit();
     let before = settled(pid, 5);
     println!("{attack}: RSS before: {}", mib(before));
     let start = Instant::now();
     let crowd = match attack.as_str() {
         "writes" => {
-            let secs: f64 = rest.get(1).map_or(0.5, |s| s.parse().expect("SECS"));
+            let secs: f64 = knob("NBDLITE_ATTACK_SECS").map_or(0.5, |s| s.parse().expect("SECS"));
             let patience = Duration::from_secs_f64(secs);
             attacks::stalled_writes(&sock, n(50), 64 * MIB, 63 * MIB, patience)
         }
