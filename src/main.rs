@@ -2,6 +2,8 @@
 //! command line, sets up logging, and hands over to `startup`; errors become a
 //! one-line message and exit status 1.
 
+#![forbid(unsafe_code)]
+
 use nbdlite::activation::{self, Detected};
 use nbdlite::cli::{self, Command};
 use nbdlite::error::Error;

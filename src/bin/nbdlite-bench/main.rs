@@ -2,6 +2,8 @@
 //! Q requests in flight on each for T seconds, and reports IOPS, throughput
 //! and latency percentiles. Errors become one line on stderr and exit status 1.
 
+#![forbid(unsafe_code)]
+
 mod args;
 mod client;
 mod conn;
