@@ -18,6 +18,13 @@ use crate::proto::*;
 /// deep queue takes no more than this, so others always find room.
 const MAX_PER_CONNECTION: usize = 32;
 
+/// Buffers smaller than this (a pool block's size) are the request's own,
+/// exactly its size, and never enter the pool. A pool block cut down to 4 KiB
+/// came back to the pool too short for the input and output it is kept for,
+/// so every turn allocated a fresh 64 KiB block, zeroed: 15% of the server's
+/// CPU in cached 4 KiB reads went to that memset.
+const OWN_BUFFER: usize = 64 * 1024;
+
 /// A request the engine is working on: who asked, and what its reply needs.
 #[derive(Debug, Clone, Copy)]
 pub struct InFlight {
@@ -94,7 +101,7 @@ pub fn submit(
             inflight.remove(tag);
             log::warn!("{}: no room in the I/O engine", command_name(req.kind));
             if let Op::Read { buf, .. } | Op::Write { buf, .. } = op {
-                pool.give(buf);
+                recycle(pool, buf);
             }
             let out = &mut queue.writer(pool);
             error(s, req, out, ENOMEM, "server busy");
@@ -103,15 +110,28 @@ pub fn submit(
     }
 }
 
-/// A pool block of exactly `n` bytes (its spare capacity stays with it).
+/// A buffer of exactly `n` bytes: its own when small (see `OWN_BUFFER`), else
+/// a pool block (whose spare capacity stays with it).
 fn block(pool: &mut Pool, n: usize) -> Vec<u8> {
+    if n < OWN_BUFFER {
+        return vec![0; n];
+    }
     let mut b = pool.take(n);
     b.truncate(n);
     b
 }
 
-/// Builds the reply to a request whose completion came back: a READ's data goes
-/// out of the buffer the disk read into, without a copy.
+/// A buffer back from the engine: a pool block returns to the pool, a small
+/// one of the request's own is freed.
+fn recycle(pool: &mut Pool, b: Vec<u8>) {
+    if b.len() >= OWN_BUFFER {
+        pool.give(b);
+    }
+}
+
+/// Builds the reply to a request whose completion came back: a large READ's
+/// data goes out of the buffer the disk read into, without a copy; a small
+/// one's is copied in behind its header, where other replies join it.
 pub fn complete(flight: &InFlight, done: Done, pool: &mut Pool, queue: &mut OutQueue) {
     let InFlight {
         session: s,
@@ -125,11 +145,15 @@ pub fn complete(flight: &InFlight, done: Done, pool: &mut Pool, queue: &mut OutQ
         match (req.kind, done.result) {
             (CMD_READ, Ok(())) => {
                 read::data_header(s, req, *effect, out);
-                out.give(std::mem::take(&mut spare));
+                if spare.len() < OWN_BUFFER {
+                    out.put(&spare);
+                } else {
+                    out.give(std::mem::take(&mut spare));
+                }
             }
             (CMD_READ, Err(e)) => read::failed(s, req, *effect, &e, out),
             (_, result) => finish(s, req, *effect, result, out),
         }
     }
-    pool.give(spare);
+    recycle(pool, spare);
 }
