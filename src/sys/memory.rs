@@ -27,7 +27,7 @@ pub fn trim_heap() {
 
 /// Bytes the C allocator has handed out and not had back, in its main arena
 /// (glibc's mallinfo2): how the memory of one idle connection is measured, by
-/// code running on the main thread (`examples/tls_idle_memory.rs`).
+/// code running on one thread (`tests/measure.rs`, `tls_idle_memory`).
 #[cfg(target_env = "gnu")]
 pub fn heap_in_use() -> usize {
     // SAFETY: mallinfo2 only reads the allocator's counters and returns them by value.

@@ -20,6 +20,13 @@ use crate::session::Session;
 /// deep queue takes no more than this, so others always find room.
 const MAX_PER_CONNECTION: usize = 32;
 
+/// Buffers smaller than this (a pool block's size) are the request's own,
+/// exactly its size, and never enter the pool. A pool block cut down to 4 KiB
+/// came back to the pool too short for the input and output it is kept for,
+/// so every turn allocated a fresh 64 KiB block, zeroed: 15% of the server's
+/// CPU in cached 4 KiB reads went to that memset.
+const OWN_BUFFER: usize = 64 * 1024;
+
 /// Whether a connection with `in_flight` requests in the engine may handle
 /// another now: always on data at hand; with an engine, while it has room and
 /// the connection is under its share.
@@ -86,7 +93,7 @@ pub fn submit(
             inflight.remove(tag);
             log::warn!("{}: no room in the I/O engine", command_name(req.kind));
             if let Op::Read { buf, .. } | Op::Write { buf, .. } = op {
-                pool.give(buf);
+                recycle(pool, buf);
             }
             let out = &mut queue.writer(pool);
             error(s, req, out, ENOMEM, "server busy");
@@ -104,15 +111,28 @@ pub fn engine_bytes(req: &Request, effect: u64) -> usize {
     }
 }
 
-/// A pool block of exactly `n` bytes (its spare capacity stays with it).
+/// A buffer of exactly `n` bytes: its own when small (see `OWN_BUFFER`), else
+/// a pool block (whose spare capacity stays with it).
 fn block(pool: &mut Pool, n: usize) -> Vec<u8> {
+    if n < OWN_BUFFER {
+        return vec![0; n];
+    }
     let mut b = pool.take(n);
     b.truncate(n);
     b
 }
 
-/// Builds the reply to a request whose completion came back: a READ's data goes
-/// out of the buffer the disk read into, without a copy.
+/// A buffer back from the engine: a pool block returns to the pool, a small
+/// one of the request's own is freed.
+fn recycle(pool: &mut Pool, b: Vec<u8>) {
+    if b.len() >= OWN_BUFFER {
+        pool.give(b);
+    }
+}
+
+/// Builds the reply to a request whose completion came back: a large READ's
+/// data goes out of the buffer the disk read into, without a copy; a small
+/// one's is copied in behind its header, where other replies join it.
 pub fn complete(flight: &InFlight, done: Done, pool: &mut Pool, queue: &mut OutQueue) {
     let InFlight {
         session: s,
@@ -126,11 +146,15 @@ pub fn complete(flight: &InFlight, done: Done, pool: &mut Pool, queue: &mut OutQ
         match (req.kind, done.result) {
             (CMD_READ, Ok(())) => {
                 read::data_header(s, req, *effect, out);
-                out.give(std::mem::take(&mut spare));
+                if spare.len() < OWN_BUFFER {
+                    out.put(&spare);
+                } else {
+                    out.give(std::mem::take(&mut spare));
+                }
             }
             (CMD_READ, Err(e)) => read::failed(s, req, *effect, &e, out),
             (_, result) => finish(s, req, *effect, result, out),
         }
     }
-    pool.give(spare);
+    recycle(pool, spare);
 }

@@ -81,9 +81,10 @@ impl Scratch {
     fn under(root: &str, need: u64, tmpfs: bool) -> Option<Scratch> {
         let out = Command::new("df")
             .args(["-B1", "--output=fstype,avail", root])
-            .output()
-            .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout);
+            .output();
+        let text = out.map_or(String::new(), |o| {
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        });
         let row: Vec<&str> = text
             .lines()
             .nth(1)
