@@ -69,9 +69,9 @@ pub enum Progress {
 pub enum Received {
     /// The client will send nothing more.
     Eof,
-    /// Some bytes; `drained` when the read was short, so the source had no more
-    /// for now.
-    Bytes { drained: bool },
+    /// `n` bytes; `drained` when the read was short, so the source had no
+    /// more for now.
+    Bytes { n: usize, drained: bool },
 }
 
 /// One connection's protocol state and its unprocessed input.
@@ -144,7 +144,10 @@ impl Driver {
         self.input.commit(n);
         Ok(match n {
             0 => Received::Eof,
-            n => Received::Bytes { drained: n < asked },
+            n => Received::Bytes {
+                n,
+                drained: n < asked,
+            },
         })
     }
 

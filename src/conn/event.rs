@@ -28,10 +28,14 @@ pub enum Event {
     /// The server is done with it (the grace period after a shutdown is over).
     Close,
     /// One of its requests came back from the I/O engine (routed by slab key:
-    /// the origin's serial says whether it is really this connection's).
+    /// the origin's serial says whether it is really this connection's). Its
+    /// reply is queued, not sent: the server resumes every connection that got
+    /// completions once all of a wake-up's are in, so that their replies leave
+    /// together, many to a writev.
     Completed { flight: InFlight, done: Done },
-    /// The I/O engine has room again for the request it was holding.
-    Room,
+    /// The I/O engine has room again for the request connection `serial` was
+    /// holding.
+    Room { serial: u64 },
 }
 
 /// Readiness as mio reports it; errors and hang-ups count as both, so the next

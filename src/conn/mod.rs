@@ -40,6 +40,9 @@ use transport::Transport;
 
 /// Requests (or options) handled per turn, so one busy client cannot starve the rest.
 const TURN: usize = 64;
+/// Bytes read per turn: a client streaming large WRITEs yields after this
+/// much, rather than keep the loop copying its payloads while others wait.
+const TURN_BYTES: usize = 2 << 20;
 /// Stop reading requests while this much output is unsent; resume once it drains.
 const OUT_LIMIT: usize = 64 << 20;
 /// Blocks handed to one writev(2).
@@ -86,8 +89,9 @@ pub struct Conn {
     last_active: Instant,
     /// What the memory budget was last told this connection holds.
     charged: usize,
-    /// Bytes arrived in this turn.
+    /// Bytes arrived in this turn, and how many.
     got_input: bool,
+    turn_bytes: usize,
     /// The turn ended waiting for the client's bytes (not held back by us).
     awaiting_input: bool,
     /// Since when a request has been half-sent with nothing more arriving
@@ -138,6 +142,7 @@ impl Conn {
             last_active: ctx.now,
             charged: 0,
             got_input: false,
+            turn_bytes: 0,
             awaiting_input: false,
             stalled_since: None,
             stall_deadline: None,
@@ -207,8 +212,12 @@ impl Conn {
                 }
                 self.driver.complete(ctx, &flight, done, &mut self.out);
                 self.blocked = false; // a share of the engine came back
+                return Step::Wait; // the server's Resume sends it, with the others
             }
-            Event::Room => {
+            Event::Room { serial } => {
+                if serial != self.id {
+                    return Step::Wait; // a predecessor's place in the queue
+                }
                 self.waiting_for_room = false;
                 self.blocked = false;
             }
@@ -261,6 +270,7 @@ impl Conn {
 
     fn turn(&mut self, ctx: &mut Ctx) -> Step {
         let mut budget = TURN;
+        self.turn_bytes = 0;
         loop {
             let progress = if self.closing.is_some() || self.starting_tls {
                 Progress::NeedInput
@@ -328,6 +338,9 @@ impl Conn {
                 }
                 self.awaiting_input = true;
                 return Step::Wait;
+            }
+            if self.turn_bytes >= TURN_BYTES {
+                return Step::Yield; // the rest after the others' turn
             }
             if !self.driver.admit_read(ctx, self.out.held()) {
                 return Step::Wait; // resumed once the budget has room
@@ -431,8 +444,9 @@ impl Conn {
             Ok(Received::Eof) => self.eof = true,
             // A short read drained the socket: anything arriving later raises a
             // new edge, so skip the read that would only say EAGAIN.
-            Ok(Received::Bytes { drained }) => {
+            Ok(Received::Bytes { n, drained }) => {
                 self.got_input = true;
+                self.turn_bytes += n;
                 let keep = self.read_closed || self.unpolled_read;
                 self.readable &= !drained || keep || !self.transport.short_read_drains();
                 if let Some(about) = self.transport.first_plaintext() {

@@ -96,8 +96,10 @@ pub struct Server {
     ready: Vec<usize>,
     /// Clients accepted in the current batch (kept to reuse its storage).
     accepted: Vec<(OwnedFd, Peer)>,
-    /// Completions reaped from the I/O engine (kept to reuse its storage).
+    /// Completions reaped from the I/O engine, and the connections they went
+    /// to (both kept to reuse their storage).
     done: Vec<Done>,
+    touched: Vec<usize>,
     oldstyle: bool,
     /// The next connection's serial number.
     serial: u64,
@@ -153,6 +155,7 @@ impl Server {
             ready: Vec::new(),
             accepted: Vec::new(),
             done: Vec::new(),
+            touched: Vec::new(),
             oldstyle: setup.oldstyle,
             serial: 0,
             departed: false,
@@ -251,12 +254,14 @@ impl Server {
         };
         engine.reap(&mut self.done);
         let mut done = std::mem::take(&mut self.done);
+        let mut touched = std::mem::take(&mut self.touched);
         for d in done.drain(..) {
             let Some(flight) = self.ctx.inflight.try_remove(d.tag as usize) else {
                 continue; // not a tag we gave out: cannot happen, and harmless
             };
             if self.conns.contains(flight.origin.key) {
                 let key = flight.origin.key;
+                touched.push(key);
                 self.serve(key, Event::Completed { flight, done: d });
             } else {
                 // Its client has gone: the buffer was still counted.
@@ -267,6 +272,13 @@ impl Server {
             }
         }
         self.done = done;
+        // Every connection that got replies sends them now, in one turn each.
+        touched.sort_unstable();
+        touched.dedup();
+        for key in touched.drain(..) {
+            self.serve(key, Event::Resume);
+        }
+        self.touched = touched;
         self.resume_waiting();
         if let Data::Engine(engine) = self.ctx.backend.data() {
             engine.run();
@@ -285,7 +297,9 @@ impl Server {
             let Some(origin) = room.then(|| self.ctx.waiting.pop_front()).flatten() else {
                 return;
             };
-            self.serve(origin.key, Event::Room);
+            self.serve(origin.key, Event::Room {
+                serial: origin.serial,
+            });
         }
     }
 
