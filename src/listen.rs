@@ -2,7 +2,7 @@
 //! superserver hands us. Every one ends up registered with the same Poll.
 
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -211,8 +211,12 @@ fn bind_any(port: u16, family: Option<Family>) -> Result<(Vec<Listener>, u16), E
     let mut out = Vec::new();
     let mut port = port;
     let mut first_error = None;
-    for ip in ["::", "0.0.0.0"] {
-        let a = SocketAddr::new(ip.parse().expect("literal address"), port);
+    let wildcards = [
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    ];
+    for ip in wildcards {
+        let a = SocketAddr::new(ip, port);
         if !of_family(&a, family) {
             continue;
         }
