@@ -297,9 +297,12 @@ impl Server {
             let Some(origin) = room.then(|| self.ctx.waiting.pop_front()).flatten() else {
                 return;
             };
-            self.serve(origin.key, Event::Room {
-                serial: origin.serial,
-            });
+            self.serve(
+                origin.key,
+                Event::Room {
+                    serial: origin.serial,
+                },
+            );
         }
     }
 
