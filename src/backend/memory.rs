@@ -1,6 +1,7 @@
-//! `memory`: a sparse RAM disk. Only pages that hold written data take memory;
-//! TRIM and WRITE_ZEROES give whole pages back, and a partly zeroed page that
-//! ends up all zero is given back too, so `memory 1G` costs nothing until used.
+//! `memory`: a sparse RAM disk. Only pages that hold written data other than
+//! zeroes take memory; TRIM, WRITE_ZEROES and zeroes written as data give whole
+//! pages back, and a partly zeroed page that ends up all zero is given back
+//! too, so `memory 1G` costs nothing until used.
 //!
 //! Pages are reference-counted so that large reads can be sent straight from
 //! them (`lend`); a write to a page that is still queued for sending copies it
@@ -43,6 +44,13 @@ impl Memory {
         }
         // Unique now: either it was, or it is a fresh copy.
         Rc::get_mut(page).expect("a page nobody else holds")
+    }
+
+    /// Whether `data` (at most a page) is all zero: a `memcmp` against the
+    /// shared page of zeroes, which stops at the first byte that differs.
+    fn is_zero(&mut self, data: &[u8]) -> bool {
+        let zeroes = self.zeroes.get_or_insert_with(zero_page);
+        data == &zeroes[..data.len()]
     }
 
     /// Zeroes a range, giving back every page that ends up all zero (when
@@ -163,10 +171,19 @@ impl Store for Memory {
         Ok(())
     }
 
+    /// Zeroes written as data (`dd if=/dev/zero`, a guest formatting its disk,
+    /// `nbdcopy` from a sparse image) take no memory either, as in nbdkit: a
+    /// piece that is all zero goes through `clear` instead of being stored.
+    /// Random data fails the comparison within its first bytes.
     fn write(&mut self, buf: &[u8], offset: u64, _fua: bool) -> io::Result<()> {
         let mut done = 0;
         for (idx, within, n) in pieces(offset, buf.len() as u64, PAGE as u64) {
-            self.page_mut(idx)[within..within + n].copy_from_slice(&buf[done..done + n]);
+            let data = &buf[done..done + n];
+            if self.is_zero(data) {
+                self.clear(idx * PAGE as u64 + within as u64, n as u64, true);
+            } else {
+                self.page_mut(idx)[within..within + n].copy_from_slice(data);
+            }
             done += n;
         }
         Ok(())
@@ -266,6 +283,23 @@ mod tests {
         assert_eq!(m.pages.len(), 1);
         m.trim(90, 20, false).unwrap();
         assert!(m.pages.is_empty());
+    }
+
+    #[test]
+    fn zeroes_written_as_data_take_no_pages() {
+        let p = PAGE as u64;
+        let mut m = Memory::new(8 * p);
+        m.write(&vec![0; 3 * PAGE], 0, false).unwrap();
+        assert!(m.pages.is_empty(), "zeroes into holes allocate nothing");
+        m.write(&vec![7; 2 * PAGE], p, false).unwrap();
+        m.write(&[0; 10], p + 5, false).unwrap();
+        assert_eq!(m.pages.len(), 2, "a page partly zeroed keeps its data");
+        let mut b = [9u8; 16];
+        m.read(&mut b, p).unwrap();
+        assert_eq!(b, [7, 7, 7, 7, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
+        m.write(&vec![0; PAGE], 2 * p, false).unwrap();
+        assert_eq!(m.pages.len(), 1, "a page overwritten with zeroes is given back");
+        assert_eq!(extents(&mut m, 0, 8 * p), vec![(p, 3), (p, 0), (6 * p, 3)]);
     }
 
     #[test]
