@@ -298,7 +298,11 @@ mod tests {
         m.read(&mut b, p).unwrap();
         assert_eq!(b, [7, 7, 7, 7, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
         m.write(&vec![0; PAGE], 2 * p, false).unwrap();
-        assert_eq!(m.pages.len(), 1, "a page overwritten with zeroes is given back");
+        assert_eq!(
+            m.pages.len(),
+            1,
+            "a page overwritten with zeroes is given back"
+        );
         assert_eq!(extents(&mut m, 0, 8 * p), vec![(p, 3), (p, 0), (6 * p, 3)]);
     }
 
