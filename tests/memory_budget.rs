@@ -341,3 +341,27 @@ fn a_small_budget_lowers_the_largest_request_and_says_so() {
     let mut c = Client::start(&srv.sock);
     assert_eq!(max_block_size(&mut c), 32 << 20);
 }
+
+/// A READ that carries a payload (extended headers) is refused, and is not
+/// charged twice on its way there: counted as payload plus reply it would ask
+/// a 5M budget for more than it can ever give, and every large request would
+/// queue behind it for ever.
+#[test]
+fn a_read_with_a_payload_is_refused_without_stalling_the_queue() {
+    let srv = Server::start(&["--memory-budget", "5M", "memory", "64M"]);
+    let mut c = Client::start(&srv.sock);
+    assert_eq!(c.opt(OPT_SR, &[])[0].kind, REP_ACK);
+    c.structured = true;
+    let max = max_block_size(&mut c) as usize;
+    let (mut odd, _, _) = Client::ready(&srv.sock, true, true, false);
+    odd.request(F_PAYLOAD_LEN, CMD_READ, 7, 0, max as u64, &vec![0; max]);
+    let r = odd.replies(None);
+    assert_eq!(r.last().map(Reply::errno), Some(EINVAL));
+    let data = vec![0x6b; max];
+    assert_eq!(c.write(0, &data), 0);
+    assert_eq!(
+        c.read(0, 0, max).unwrap(),
+        data,
+        "a full-size READ is served"
+    );
+}

@@ -104,9 +104,12 @@ pub fn handle(
 /// goes into a buffer of ours (the I/O engine's, or the output queue), unless
 /// the store lends its pages, which cost nothing more (they are the RAM disk
 /// itself); the other replies are small. A READ that will be refused costs
-/// nothing.
+/// nothing: one too long, or one that carries a payload (its length is then
+/// the payload's, already counted, and asking for it twice could ask for more
+/// than the budget can ever give, stalling every large request behind it).
 pub fn reply_cost(s: &Session, ctx: &mut Ctx, req: &Request) -> usize {
-    if req.kind != CMD_READ || req.length > ctx.export.max_request || ctx.shutting_down() {
+    let refused = req.length > ctx.export.max_request || req.payload != 0;
+    if req.kind != CMD_READ || refused || ctx.shutting_down() {
         return 0;
     }
     let len = req.length as usize; // ≤ max_request, checked
