@@ -39,14 +39,15 @@ pub fn serve(
     let backend = open_backend(cfg)?;
     let export = export_of(cfg, backend.as_ref());
     let memory_budget = memory_budget(cfg);
-    let mut cleanup = Cleanup::default();
-    let (listeners, connections, port) = sockets(cfg, activated, &mut cleanup)?;
-    let accept_once = cfg.single && !listeners.is_empty();
     // SIGHUP is a clean quit too (as nbdkit): its default would kill us and
-    // leave the socket and the pidfile behind.
+    // leave the socket and the pidfile behind. Caught before the socket is
+    // bound, so no signal can leave it behind either.
     let stops = [libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGHUP];
     let signals = sys::signal_pipe(&[&stops[..], &[libc::SIGCHLD]].concat())
         .map_err(Error::setup("signals"))?;
+    let mut cleanup = Cleanup::default();
+    let (listeners, connections, port) = sockets(cfg, activated, &mut cleanup)?;
+    let accept_once = cfg.single && !listeners.is_empty();
     let ep = captive::Endpoint {
         unix: cleanup.unix_socket.as_deref(),
         port,
