@@ -241,6 +241,9 @@ impl Server {
             if events.iter().count() < events.capacity() {
                 self.expire_handshakes(start);
                 self.expire_stalls(start);
+                // What the expired connections held goes to those waiting now,
+                // not at the next wake-up.
+                self.resume_memory();
             }
         }
     }
