@@ -247,6 +247,13 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
     }
 
     if let Some(opt) = rest.iter().find(|a| a.starts_with('-') && a.len() > 1) {
+        // nbdkit's filters are a whole layer nbdlite does not have: say so,
+        // rather than suggest a typo.
+        if opt == "--filter" || opt.starts_with("--filter=") {
+            return Err(Error::usage(
+                "--filter: nbdkit's filters are not supported by nbdlite",
+            ));
+        }
         return Err(Error::usage(format!(
             "unknown option: {opt} (see nbdlite --help)"
         )));
@@ -399,6 +406,8 @@ mod tests {
         assert_eq!(config("memory 1").busy_poll, DEFAULT_BUSY_POLL);
         assert!(c.no_sr);
         assert!(error("--bogus memory 1M", false).contains("unknown option: --bogus"));
+        assert!(error("--filter=cow memory 1M", false).contains("filters are not supported"));
+        assert!(error("--filter cow memory 1M", false).contains("filters are not supported"));
         assert!(error("-p http memory 1M", false).contains("not a port"));
         assert!(error("--tls=maybe memory 1M", false).contains("--tls"));
         if cfg!(feature = "tls") {
