@@ -321,13 +321,21 @@ fn max_block_size(c: &mut Client) -> u32 {
     u32_at(&info.data, 10)
 }
 
+/// A client with structured replies, in transmission, and the largest
+/// request the server advertised.
+fn structured_with_max(sock: &Path) -> (Client, usize) {
+    let mut c = Client::start(sock);
+    assert_eq!(c.opt(OPT_SR, &[])[0].kind, REP_ACK);
+    c.structured = true;
+    let max = max_block_size(&mut c) as usize;
+    (c, max)
+}
+
 #[test]
 fn a_small_budget_lowers_the_largest_request_and_says_so() {
     let srv = Server::start(&["--memory-budget", "16M", "memory", "64M"]);
-    let mut c = Client::start(&srv.sock);
-    assert_eq!(c.opt(OPT_SR, &[])[0].kind, REP_ACK);
-    c.structured = true;
-    assert_eq!(max_block_size(&mut c), 4 << 20, "advertised maximum");
+    let (mut c, max) = structured_with_max(&srv.sock);
+    assert_eq!(max, 4 << 20, "advertised maximum");
     // Up to the maximum: served (and beyond the budget's share of the
     // moment, it waits its turn); over it: refused as the spec says.
     let big = vec![0x5a; 4 << 20];
@@ -349,10 +357,7 @@ fn a_small_budget_lowers_the_largest_request_and_says_so() {
 #[test]
 fn a_read_with_a_payload_is_refused_without_stalling_the_queue() {
     let srv = Server::start(&["--memory-budget", "5M", "memory", "64M"]);
-    let mut c = Client::start(&srv.sock);
-    assert_eq!(c.opt(OPT_SR, &[])[0].kind, REP_ACK);
-    c.structured = true;
-    let max = max_block_size(&mut c) as usize;
+    let (mut c, max) = structured_with_max(&srv.sock);
     let (mut odd, _, _) = Client::ready(&srv.sock, true, true, false);
     odd.request(F_PAYLOAD_LEN, CMD_READ, 7, 0, max as u64, &vec![0; max]);
     let r = odd.replies(None);
