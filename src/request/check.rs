@@ -121,7 +121,7 @@ fn block_status_length(req: &Request, payload: &[u8]) -> Result<u64, Refusal> {
 mod tests {
     use super::*;
     use crate::export::test_export as export;
-    use crate::transmission::testing::{req, session};
+    use crate::request::testing::{req, session};
 
     fn errno(r: Result<u64, Refusal>) -> u32 {
         r.map(|_| 0).unwrap_or_else(|r| r.errno)
