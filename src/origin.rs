@@ -46,9 +46,9 @@ impl Origin {
     /// tokens have the top bit set).
     pub fn of_token(t: Token) -> Option<Origin> {
         let generation = t.0 >> KEY_BITS;
-        (generation <= GENERATION_MASK as usize).then(|| Origin {
+        (generation <= GENERATION_MASK as usize).then_some(Origin {
             key: t.0 & KEY_MASK,
-            generation: generation as u32, // ≤ GENERATION_MASK
+            generation: generation as u32, // ≤ GENERATION_MASK when it counts
         })
     }
 }
