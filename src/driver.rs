@@ -15,11 +15,13 @@
 //! through `complete`.
 
 use std::io;
+use std::time::Instant;
 
 use crate::aio::Done;
 use crate::budget::{Budget, Charge};
 use crate::buf::{InBuf, OutQueue, Pool};
 use crate::handshake::{Handshake, Outcome};
+use crate::lifecycle::{Activity, Lifecycle};
 use crate::origin::Origin;
 use crate::proto::request::parse_request;
 use crate::proto::{CMD_DISC, EINVAL, Parse};
@@ -90,6 +92,8 @@ pub struct Driver {
     flights: Flights,
     /// What the budget counts it as holding.
     charge: Charge,
+    /// When a message was last handled.
+    last_active: Instant,
 }
 
 /// The protocol state proper, apart from the buffers it reads and writes.
@@ -143,7 +147,8 @@ impl Flights {
 
 impl Driver {
     /// A connection in `phase`, whose first bytes out are `greeting`.
-    pub fn new(phase: Phase, greeting: &[u8], pool: &mut Pool) -> Driver {
+    pub fn new(phase: Phase, greeting: &[u8], sh: &mut Shared) -> Driver {
+        let pool = &mut sh.pool;
         let mut out = OutQueue::default();
         out.writer(pool).put(greeting);
         Driver {
@@ -158,11 +163,29 @@ impl Driver {
             },
             flights: Flights::default(),
             charge: Charge::default(),
+            last_active: sh.now,
         }
     }
 
     pub fn in_handshake(&self) -> bool {
         matches!(self.front.phase, Phase::Handshake(_))
+    }
+
+    /// Reads once through `read` into the input buffer, if the memory budget
+    /// lets it grow as far as the read needs (None: it waits in the budget's
+    /// queue, and is resumed when there is room).
+    pub fn read(
+        &mut self,
+        sh: &mut Shared,
+        who: Origin,
+        read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> Option<io::Result<Received>> {
+        if !self.admit_read(&mut sh.budget, who) {
+            return None;
+        }
+        let got = self.receive(&mut sh.pool, read);
+        self.settle(&mut sh.budget);
+        Some(got)
     }
 
     /// Reads once through `read` into the input buffer, which grows with what
@@ -224,7 +247,7 @@ impl Driver {
     /// Asks the budget whether the next read may grow the input buffer
     /// (nothing to ask when it has room, or when the message arriving was
     /// admitted whole).
-    pub fn admit_read(&mut self, budget: &mut Budget, who: Origin) -> bool {
+    fn admit_read(&mut self, budget: &mut Budget, who: Origin) -> bool {
         let want = self.want();
         if self.input.free() >= want {
             return true;
@@ -247,8 +270,17 @@ impl Driver {
     }
 
     /// Handles the message at the front of the input, if it is complete,
-    /// queueing any reply.
+    /// queueing any reply, and tells the budget what the connection holds then.
     pub fn step(&mut self, sh: &mut Shared, who: Origin) -> Progress {
+        let progress = self.one(sh, who);
+        if progress == Progress::Handled {
+            self.last_active = sh.now;
+        }
+        self.settle(&mut sh.budget);
+        progress
+    }
+
+    fn one(&mut self, sh: &mut Shared, who: Origin) -> Progress {
         let held = self.held();
         let Driver {
             input,
@@ -256,6 +288,7 @@ impl Driver {
             front,
             flights,
             charge,
+            ..
         } = self;
         let mut turn = Turn {
             sh,
@@ -296,10 +329,21 @@ impl Driver {
         self.out.len() + self.flights.data
     }
 
+    /// Whether, at shutdown, the lifecycle lets this connection go though it
+    /// did not ask to (see `Lifecycle::may_let_go`).
+    pub fn may_let_go(&self, lifecycle: &Lifecycle, now: Instant) -> bool {
+        let activity = Activity {
+            negotiating: self.in_handshake(),
+            quiet: self.quiet(),
+            last_active: self.last_active,
+        };
+        lifecycle.may_let_go(&activity, now)
+    }
+
     /// Nothing half-received, nothing to skip, no reply still to come, and no
     /// refused request whose client owes us a disconnect: the connection may be
     /// let go at shutdown.
-    pub fn quiet(&self) -> bool {
+    fn quiet(&self) -> bool {
         !self.mid_message() && !self.awaiting_io() && !self.front.refused_in_shutdown
     }
 

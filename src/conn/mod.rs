@@ -14,13 +14,11 @@
 //! looks at next is decided in one place, `Conn::next`.
 
 use std::io::{self, IoSlice};
-use std::time::Instant;
 
 use mio::Registry;
 
 use crate::driver::{Driver, Phase, Progress, Received};
 use crate::handshake::Handshake;
-use crate::lifecycle::Activity;
 use crate::logging;
 use crate::origin::Origin;
 use crate::proto::option::{greeting_newstyle, greeting_oldstyle};
@@ -124,8 +122,6 @@ pub struct Conn {
     life: Life,
     room: Room,
     stall: Stall,
-    /// When a message was last handled.
-    last_active: Instant,
     /// How many of its warnings the log still takes (`logging::Quota`).
     log_quota: logging::Quota,
 }
@@ -151,11 +147,10 @@ impl Conn {
             id,
             socket,
             transport: Transport::Plain,
-            driver: Driver::new(phase, &greeting, &mut sh.pool),
+            driver: Driver::new(phase, &greeting, sh),
             life: Life::Open,
             room: Room::Free,
             stall: Stall::No,
-            last_active: sh.now,
             log_quota: logging::Quota::default(),
         }
     }
@@ -237,12 +232,12 @@ impl Conn {
                 break step;
             }
         };
+        let half_sent = turn.awaiting_input && !self.negotiating() && self.driver.mid_message();
+        self.stall = self.stall.after_turn(half_sent, turn.got_input, sh.now);
         // Storage with nothing pending goes back to the pool between bursts;
         // a connection about to wait keeps only what it needs.
         let waiting = matches!(step, Step::Wait | Step::WaitForRoom);
         self.driver.tidy(&mut sh.pool, waiting);
-        let half_sent = turn.awaiting_input && !self.negotiating() && self.driver.mid_message();
-        self.stall = self.stall.after_turn(half_sent, turn.got_input, sh.now);
         let has_output = self.has_output();
         if step != Step::Close
             && let Err(e) = self
@@ -287,9 +282,7 @@ impl Conn {
     fn process(&mut self, sh: &mut Shared, turn: &mut Turn) -> Progress {
         let mut progress = Progress::NeedInput;
         while turn.requests > 0 && self.driver.backlog() < OUT_LIMIT {
-            let step = self.driver.step(sh, self.origin);
-            self.driver.settle(&mut sh.budget);
-            match step {
+            match self.driver.step(sh, self.origin) {
                 Progress::Handled => {
                     turn.requests -= 1;
                     progress = Progress::Handled;
@@ -329,7 +322,6 @@ impl Conn {
             return Next::Stop(Step::Wait);
         }
         if progress == Progress::Handled {
-            self.last_active = sh.now;
             return match turn.requests {
                 0 => Next::Stop(Step::Yield),
                 _ => Next::Again,
@@ -344,7 +336,7 @@ impl Conn {
                 self.life = Life::Closing("client closed the connection");
                 Next::Again
             }
-            ReadSide::Drained if sh.lifecycle.may_let_go(&self.activity(), sh.now) => {
+            ReadSide::Drained if self.driver.may_let_go(&sh.lifecycle, sh.now) => {
                 self.life = Life::Closing("server shutting down");
                 Next::Again
             }
@@ -356,20 +348,43 @@ impl Conn {
         }
     }
 
-    /// Reads once, within the turn's bytes and the memory budget.
+    /// Reads once, within the turn's bytes and the memory budget. EAGAIN and
+    /// EINTR are not errors.
     fn read(&mut self, sh: &mut Shared, turn: &mut Turn) -> Next {
         if turn.bytes == 0 {
             return Next::Stop(Step::Yield); // the rest after the others' turn
         }
-        if !self.driver.admit_read(&mut sh.budget, self.origin) {
-            return Next::Stop(Step::Wait); // resumed once the budget has room
+        let (fd, wfd) = (self.socket.read_fd(), self.socket.split_write_fd());
+        let transport = &mut self.transport;
+        let got = self
+            .driver
+            .read(sh, self.origin, |buf| transport.read(fd, wfd, buf));
+        match got {
+            None => return Next::Stop(Step::Wait), // resumed once the budget has room
+            Some(Ok(Received::Eof)) => self.socket.ended(),
+            // A short read drained the socket: anything arriving later raises a
+            // new edge, so skip the read that would only say EAGAIN.
+            Some(Ok(Received::Bytes { n, drained })) => self.got(n, drained, turn),
+            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => self.socket.read_blocked(),
+            Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Some(Err(e)) => {
+                log::debug!("read: {e}");
+                return Next::Stop(Step::Close);
+            }
         }
-        if let Err(e) = self.fill(sh, turn) {
-            log::debug!("read: {e}");
-            return Next::Stop(Step::Close);
-        }
-        self.driver.settle(&mut sh.budget);
         Next::Again
+    }
+
+    /// `n` bytes arrived, with a short read if `drained`.
+    fn got(&mut self, n: usize, drained: bool, turn: &mut Turn) {
+        turn.got_input = true;
+        turn.bytes = turn.bytes.saturating_sub(n);
+        if drained {
+            self.socket.short_read(self.transport.short_read_drains());
+        }
+        if let Some(about) = self.transport.first_plaintext() {
+            log::debug!("TLS: {about}");
+        }
     }
 
     /// A closing connection: gone once its output is out and the I/O engine
@@ -418,44 +433,6 @@ impl Conn {
     /// Bytes waiting for the socket: replies, or TLS records already sealed.
     fn has_output(&self) -> bool {
         self.driver.has_output() || self.transport.wants_write()
-    }
-
-    /// What the lifecycle needs to know to let this connection go at shutdown.
-    fn activity(&self) -> Activity {
-        Activity {
-            negotiating: self.driver.in_handshake(),
-            quiet: self.driver.quiet(),
-            last_active: self.last_active,
-        }
-    }
-
-    /// One read(2) into the driver's input. EAGAIN and EINTR are not errors.
-    fn fill(&mut self, sh: &mut Shared, turn: &mut Turn) -> io::Result<()> {
-        let socket = &mut self.socket;
-        let (fd, wfd) = (socket.read_fd(), socket.split_write_fd());
-        let transport = &mut self.transport;
-        let got = self
-            .driver
-            .receive(&mut sh.pool, |buf| transport.read(fd, wfd, buf));
-        match got {
-            Ok(Received::Eof) => self.socket.ended(),
-            // A short read drained the socket: anything arriving later raises a
-            // new edge, so skip the read that would only say EAGAIN.
-            Ok(Received::Bytes { n, drained }) => {
-                turn.got_input = true;
-                turn.bytes = turn.bytes.saturating_sub(n);
-                if drained {
-                    self.socket.short_read(self.transport.short_read_drains());
-                }
-                if let Some(about) = self.transport.first_plaintext() {
-                    log::debug!("TLS: {about}");
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.socket.read_blocked(),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-        Ok(())
     }
 
     /// Sends what output the socket takes, if it is writable.

@@ -186,7 +186,7 @@ pub fn run(cfg: &Config, start: Start, stream: &[u8], chunks: &[usize]) -> Run {
         Start::Handshake => Phase::Handshake(Handshake::default()),
         Start::Transmission => Phase::Transmission(cfg.session()),
     };
-    let mut drv = Driver::new(phase, &[], &mut sh.pool);
+    let mut drv = Driver::new(phase, &[], &mut sh);
     let mut checker = check::Checker::new(&export, start);
     let mut hash = Fnv::default();
     let mut run = Run {
