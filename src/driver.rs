@@ -17,6 +17,7 @@
 use std::io;
 use std::time::Instant;
 
+use crate::agreement::Agreement;
 use crate::aio::Done;
 use crate::budget::{Budget, Charge};
 use crate::buf::{InBuf, OutQueue, Pool};
@@ -26,7 +27,6 @@ use crate::origin::Origin;
 use crate::proto::request::parse_request;
 use crate::proto::{CMD_DISC, EINVAL, Parse};
 use crate::request::{self, Incoming, Served};
-use crate::session::Session;
 use crate::shared::Shared;
 use crate::storage::Flight;
 
@@ -48,7 +48,7 @@ const MAX_IN_ENGINE: usize = 32;
 #[derive(Debug)]
 pub enum Phase {
     Handshake(Handshake),
-    Transmission(Session),
+    Transmission(Agreement),
 }
 
 /// How far handling the buffered input got.
@@ -272,7 +272,7 @@ impl Driver {
     /// Handles the message at the front of the input, if it is complete,
     /// queueing any reply, and tells the budget what the connection holds then.
     pub fn step(&mut self, sh: &mut Shared, who: Origin) -> Progress {
-        let progress = self.one(sh, who);
+        let progress = self.handle_front(sh, who);
         if progress == Progress::Handled {
             self.last_active = sh.now;
         }
@@ -280,7 +280,7 @@ impl Driver {
         progress
     }
 
-    fn one(&mut self, sh: &mut Shared, who: Origin) -> Progress {
+    fn handle_front(&mut self, sh: &mut Shared, who: Origin) -> Progress {
         let held = self.held();
         let Driver {
             input,
@@ -298,7 +298,7 @@ impl Driver {
             flights,
             charge,
         };
-        let (used, progress) = front.one(input.pending(), &mut turn);
+        let (used, progress) = front.handle(input.pending(), &mut turn);
         input.consume(used);
         if used > READ_CHUNK {
             // A large message is done: what follows it needs no large block
@@ -396,7 +396,7 @@ struct Turn<'a> {
 impl Front {
     /// Handles the message at the front of `input`, if it is complete. Returns
     /// how many bytes of `input` were used.
-    fn one(&mut self, input: &[u8], t: &mut Turn) -> (usize, Progress) {
+    fn handle(&mut self, input: &[u8], t: &mut Turn) -> (usize, Progress) {
         let mut skipped = 0;
         if self.skip > 0 {
             let n = self.skip.min(input.len() as u64);
@@ -451,7 +451,7 @@ impl Front {
     }
 
     /// A request's way through the connection: framed, admitted, served.
-    fn request(&mut self, s: Session, input: &[u8], t: &mut Turn) -> (usize, Progress) {
+    fn request(&mut self, s: Agreement, input: &[u8], t: &mut Turn) -> (usize, Progress) {
         let (req, hdr) = match parse_request(input, s.extended()) {
             Parse::Done(req, n) => (req, n),
             Parse::NeedMore => return (0, Progress::NeedInput),
@@ -492,7 +492,7 @@ impl Front {
     /// is read), all of it has arrived, and the I/O engine has room for it.
     fn admit(
         &mut self,
-        s: Session,
+        s: Agreement,
         req: &crate::proto::request::Request,
         total: usize,
         arrived: usize,
@@ -526,7 +526,7 @@ impl Front {
     /// without being kept.
     fn refuse_payload(
         &mut self,
-        s: Session,
+        s: Agreement,
         req: &crate::proto::request::Request,
         hdr: usize,
         t: &mut Turn,
@@ -546,7 +546,7 @@ impl Front {
 /// What the fuzz harness's checker inspects between steps.
 #[cfg(feature = "fuzzing")]
 impl Driver {
-    pub(crate) fn session(&self) -> Option<Session> {
+    pub(crate) fn session(&self) -> Option<Agreement> {
         match self.front.phase {
             Phase::Transmission(s) => Some(s),
             Phase::Handshake(_) => None,

@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 pub mod activation;
+pub mod agreement;
 pub mod aio;
 pub mod backend;
 pub mod budget;
@@ -32,7 +33,6 @@ pub mod privileges;
 pub mod proto;
 pub mod request;
 pub mod server;
-pub mod session;
 pub mod shared;
 pub mod startup;
 pub mod storage;

@@ -7,19 +7,19 @@
 
 use slab::Slab;
 
+use crate::agreement::Agreement;
 use crate::aio::{Done, Engine, Op};
 use crate::backend::{Access, Backend, Extent};
 use crate::export::Export;
 use crate::origin::Origin;
 use crate::proto::request::Request;
 use crate::proto::{CMD_READ, CMD_WRITE};
-use crate::session::Session;
 
 /// A request the I/O engine is working on: who asked, and what its reply needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Flight {
     pub origin: Origin,
-    pub session: Session,
+    pub session: Agreement,
     pub req: Request,
     /// The length it acts on.
     pub effect: u64,

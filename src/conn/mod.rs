@@ -17,13 +17,13 @@ use std::io::{self, IoSlice};
 
 use mio::Registry;
 
+use crate::agreement::Agreement;
 use crate::driver::{Driver, Phase, Progress, Received};
 use crate::handshake::Handshake;
 use crate::logging;
 use crate::origin::Origin;
 use crate::proto::option::{greeting_newstyle, greeting_oldstyle};
 use crate::proto::reply::Style;
-use crate::session::Session;
 use crate::shared::Shared;
 
 mod event;
@@ -74,6 +74,24 @@ enum Room {
     /// In the queue, and holding the request at its front: it reads nothing
     /// until a completion or `Room` comes.
     Blocked,
+}
+
+impl Room {
+    /// The request at its front waits for room; true if it must join the
+    /// queue for it (it was not in it already).
+    fn block(&mut self) -> bool {
+        let join = *self == Room::Free;
+        *self = Room::Blocked;
+        join
+    }
+
+    /// One of its requests came back from the engine: its own share has room
+    /// again, though its place in the queue stays.
+    fn share_back(&mut self) {
+        if *self == Room::Blocked {
+            *self = Room::Queued;
+        }
+    }
 }
 
 /// What a turn may still do, and what it did.
@@ -131,7 +149,7 @@ impl Conn {
     pub fn new(key: usize, id: u64, socket: Socket, oldstyle: bool, sh: &mut Shared) -> Conn {
         let export = &sh.storage.export;
         let (phase, greeting) = if oldstyle {
-            let session = Session {
+            let session = Agreement {
                 style: Style::Simple,
                 flags: export.flags(Style::Simple, false),
                 meta: false,
@@ -194,9 +212,7 @@ impl Conn {
             Event::Close => return self.end("the server is exiting"),
             Event::Completed { flight, done } => {
                 self.driver.complete(&flight, done, &mut sh.pool);
-                if self.room == Room::Blocked {
-                    self.room = Room::Queued; // a share of the engine came back
-                }
+                self.room.share_back();
                 // The server's Resume sends it, with the others.
                 return Next::Stop(Step::Wait);
             }
@@ -290,8 +306,7 @@ impl Conn {
                 Progress::NeedInput => break,
                 Progress::NeedMemory => return Progress::NeedMemory,
                 Progress::NeedRoom => {
-                    turn.queued_for_room = self.room == Room::Free;
-                    self.room = Room::Blocked;
+                    turn.queued_for_room = self.room.block();
                     break;
                 }
                 Progress::StartTls => {

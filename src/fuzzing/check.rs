@@ -3,10 +3,10 @@
 //! `replies`, with small readers of their own, so a bug in the server's parser or
 //! encoder is not mirrored by the check.
 
+use crate::agreement::Agreement;
 use crate::driver::{Driver, Progress};
 use crate::export::{Export, MAX_REQUEST};
 use crate::proto::*;
-use crate::session::Session;
 
 use super::Start;
 
@@ -25,7 +25,7 @@ const REQUEST_OVERHEAD_MAX: usize = 16 * 1024;
 /// What the driver looked like before a step.
 #[derive(Debug, Clone, Copy)]
 pub struct State {
-    session: Option<Session>,
+    session: Option<Agreement>,
     skip: u64,
 }
 
@@ -184,7 +184,7 @@ impl Checker {
 
     fn request(
         &self,
-        s: &Session,
+        s: &Agreement,
         after: &Driver,
         msg: &[u8],
         used: usize,

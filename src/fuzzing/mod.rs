@@ -17,6 +17,7 @@ pub use crate::sys::alloc;
 use std::hash::Hasher;
 use std::io::IoSlice;
 
+use crate::agreement::Agreement;
 use crate::backend::{Backend, Caps, Memory, Null, Pattern};
 use crate::buf::{OutQueue, Pool};
 use crate::driver::{Driver, Phase, Progress};
@@ -26,7 +27,6 @@ use crate::lifecycle::Lifecycle;
 use crate::notify::Notifier;
 use crate::origin::Origin;
 use crate::proto::reply::Style;
-use crate::session::Session;
 use crate::shared::Shared;
 use crate::tls::TlsMode;
 
@@ -130,9 +130,9 @@ impl Config {
 
     /// The session a handshake agreeing on `style` and `meta` would have produced
     /// (meta needs structured replies; the oldstyle session is the simple one).
-    pub fn session(&self) -> Session {
+    pub fn session(&self) -> Agreement {
         let meta = self.meta && self.style != Style::Simple;
-        Session {
+        Agreement {
             style: self.style,
             flags: self.export().flags(self.style, meta),
             meta,
@@ -172,7 +172,7 @@ pub struct Run {
     pub out_len: usize,
     /// A hash of every byte sent, in order.
     pub out_hash: u64,
-    pub session: Option<Session>,
+    pub session: Option<Agreement>,
 }
 
 /// Runs `stream` through a fresh connection, delivered in pieces of the lengths

@@ -23,12 +23,12 @@ pub use check::{Refusal, check};
 pub use engine::complete;
 pub use reply::error as refuse;
 
+use crate::agreement::Agreement;
 use crate::backend::Access;
 use crate::buf::Out;
 use crate::origin::Origin;
 use crate::proto::request::Request;
 use crate::proto::*;
-use crate::session::Session;
 use crate::storage::{Flight, Storage};
 
 /// A complete request as it leaves the driver: who sent it, under what
@@ -37,7 +37,7 @@ use crate::storage::{Flight, Storage};
 #[derive(Debug, Clone, Copy)]
 pub struct Incoming<'a> {
     pub origin: Origin,
-    pub session: Session,
+    pub session: Agreement,
     pub req: Request,
     pub payload: &'a [u8],
 }
@@ -104,7 +104,12 @@ pub fn serve(r: &Incoming, storage: &mut Storage, shutting_down: bool, out: &mut
 /// nothing: one too long, or one that carries a payload (its length is then
 /// the payload's, already counted, and asking for it twice could ask for more
 /// than the budget can ever give, stalling every large request behind it).
-pub fn reply_cost(s: &Session, req: &Request, storage: &mut Storage, shutting_down: bool) -> usize {
+pub fn reply_cost(
+    s: &Agreement,
+    req: &Request,
+    storage: &mut Storage,
+    shutting_down: bool,
+) -> usize {
     let refused = req.length > storage.export.max_request || req.payload != 0;
     if req.kind != CMD_READ || refused || shutting_down {
         return 0;
@@ -154,8 +159,8 @@ mod testing {
     use crate::buf::{OutQueue, Pool};
     use crate::export::Export;
 
-    pub fn session(ex: &Export, style: crate::proto::reply::Style, meta: bool) -> Session {
-        Session {
+    pub fn session(ex: &Export, style: crate::proto::reply::Style, meta: bool) -> Agreement {
+        Agreement {
             style,
             flags: ex.flags(style, meta),
             meta,
@@ -179,12 +184,12 @@ mod testing {
     }
 
     /// Serves one request; returns every byte it queued.
-    pub fn run(s: &Session, storage: &mut Storage, req: Request, payload: &[u8]) -> Vec<u8> {
+    pub fn run(s: &Agreement, storage: &mut Storage, req: Request, payload: &[u8]) -> Vec<u8> {
         run_in(s, storage, req, payload, false)
     }
 
     pub fn run_in(
-        s: &Session,
+        s: &Agreement,
         storage: &mut Storage,
         req: Request,
         payload: &[u8],

@@ -2,12 +2,12 @@
 //! can lend it, holes as holes in structured replies) and BLOCK_STATUS.
 
 use super::{Incoming, reply};
+use crate::agreement::Agreement;
 use crate::backend::{Extent, Store, nbd_errno};
 use crate::buf::Out;
 use crate::export::BASE_ALLOCATION_ID;
 use crate::proto::reply::{self as wire, Style};
 use crate::proto::*;
-use crate::session::Session;
 use crate::storage::Storage;
 
 /// Most descriptors in one block-status reply (the spec asks for at most 2^20).
@@ -33,7 +33,7 @@ pub fn find_holes(r: &Incoming, len: u64, storage: &mut Storage) -> std::io::Res
 /// The most a READ of `len` bytes from a store that lends copies into the
 /// output queue: nothing when it is lent whole; the data runs too small to
 /// lend (under `LEND_MIN`) of a structured reply split at holes.
-pub fn copied_at_most(s: &Session, len: usize) -> usize {
+pub fn copied_at_most(s: &Agreement, len: usize) -> usize {
     match s.style {
         Style::Simple if len as u64 >= LEND_MIN => 0,
         Style::Simple => len,

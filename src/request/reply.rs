@@ -1,15 +1,21 @@
 //! Replies without data: success, and errors (simple, or an error chunk that
 //! carries a message for humans), in whichever style the handshake agreed.
 
+use crate::agreement::Agreement;
 use crate::backend::nbd_errno;
 use crate::buf::Out;
 use crate::proto::reply::{self, Style};
 use crate::proto::request::Request;
 use crate::proto::*;
-use crate::session::Session;
 
 /// The reply to a request without data in its reply, once it is done.
-pub fn finish(s: &Session, req: &Request, effect: u64, result: std::io::Result<()>, out: &mut Out) {
+pub fn finish(
+    s: &Agreement,
+    req: &Request,
+    effect: u64,
+    result: std::io::Result<()>,
+    out: &mut Out,
+) {
     match result {
         Ok(()) => ok(s, req, out),
         Err(e) => {
@@ -28,7 +34,7 @@ pub fn finish(s: &Session, req: &Request, effect: u64, result: std::io::Result<(
 }
 
 /// A successful reply with no payload.
-pub fn ok(s: &Session, req: &Request, out: &mut Out) {
+pub fn ok(s: &Agreement, req: &Request, out: &mut Out) {
     match s.style {
         Style::Extended => chunk(s, req, REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0, out),
         _ => out.put(reply::simple(0, req.cookie).as_bytes()),
@@ -37,7 +43,7 @@ pub fn ok(s: &Session, req: &Request, out: &mut Out) {
 
 /// An error reply: simple when nothing else was negotiated, else an error chunk
 /// carrying `msg`.
-pub fn error(s: &Session, req: &Request, out: &mut Out, errno: u32, msg: &str) {
+pub fn error(s: &Agreement, req: &Request, out: &mut Out, errno: u32, msg: &str) {
     if s.style == Style::Simple {
         return out.put(reply::simple(errno, req.cookie).as_bytes());
     }
@@ -49,6 +55,6 @@ pub fn error(s: &Session, req: &Request, out: &mut Out, errno: u32, msg: &str) {
 }
 
 /// A structured or extended chunk header.
-pub fn chunk(s: &Session, req: &Request, flags: u16, kind: u16, payload: u64, out: &mut Out) {
+pub fn chunk(s: &Agreement, req: &Request, flags: u16, kind: u16, payload: u64, out: &mut Out) {
     out.put(reply::chunk(s.style, flags, kind, req.cookie, req.offset, payload).as_bytes());
 }
