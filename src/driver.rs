@@ -21,6 +21,7 @@ use crate::agreement::Agreement;
 use crate::aio::Done;
 use crate::budget::{Budget, Charge};
 use crate::buf::{InBuf, OutQueue, Pool};
+use crate::filter::{self, Held};
 use crate::handshake::{Handshake, Outcome};
 use crate::lifecycle::{Activity, Lifecycle};
 use crate::origin::Origin;
@@ -28,7 +29,7 @@ use crate::proto::request::parse_request;
 use crate::proto::{CMD_DISC, EINVAL, Parse};
 use crate::request::{self, Incoming, Served};
 use crate::shared::Shared;
-use crate::storage::Flight;
+use crate::storage::{Flight, Owed};
 
 /// Read at least this much per read(2).
 const READ_CHUNK: usize = 64 * 1024;
@@ -43,6 +44,12 @@ const REPLY: usize = 64;
 /// Most requests one connection has in the I/O engine at once: a client with
 /// a deep queue takes no more than this, so others always find room.
 const MAX_IN_ENGINE: usize = 32;
+/// Most requests of one connection filters hold at once (a delay, a rate):
+/// past this, its next requests wait until some come back.
+const MAX_HELD: usize = 1024;
+/// Stop handling requests while this much output is unsent or to come;
+/// resume once it drains.
+const OUT_LIMIT: usize = 64 << 20;
 
 /// Where a connection is in the protocol.
 #[derive(Debug)]
@@ -68,6 +75,11 @@ pub enum Progress {
     /// STARTTLS was accepted: once its ACK is sent, the connection switches to
     /// TLS, handing it the bytes not yet used (`unread`).
     StartTls,
+    /// The client chose the export, and a filter holds the answer until then
+    /// (delay-open): nothing is sent or read meanwhile.
+    Paused(Instant),
+    /// The client sent DISC: once everything is answered, the connection ends.
+    Disc,
     /// End the connection (after sending what is queued).
     Close(&'static str),
 }
@@ -85,6 +97,8 @@ pub enum Received {
 /// One connection's protocol state and buffers.
 #[derive(Debug)]
 pub struct Driver {
+    /// The connection's number (as in log lines), for filters.
+    id: u64,
     input: InBuf,
     out: OutQueue,
     front: Front,
@@ -121,37 +135,43 @@ enum Admission {
     Admitted { reserved: usize },
 }
 
-/// A connection's requests in the I/O engine, whose replies are still to come.
+/// A connection's requests that have left it (in the I/O engine, or held by
+/// a filter), whose replies are still to come.
 #[derive(Debug, Default, Clone, Copy)]
 struct Flights {
     count: usize,
+    /// Of them, those in the I/O engine (each connection has a share of it).
+    in_engine: usize,
     /// Bytes of data their replies will carry.
     data: usize,
-    /// Bytes of the buffers they lent the engine.
+    /// Bytes of buffers they hold outside the connection.
     lent: usize,
 }
 
 impl Flights {
-    fn add(&mut self, f: &Flight) {
+    fn add(&mut self, o: Owed, in_engine: bool) {
         self.count += 1;
-        self.data += f.reply_data();
-        self.lent += f.lent();
+        self.in_engine += usize::from(in_engine);
+        self.data += o.data;
+        self.lent += o.lent;
     }
 
-    fn remove(&mut self, f: &Flight) {
+    fn remove(&mut self, o: Owed, in_engine: bool) {
         self.count -= 1;
-        self.data -= f.reply_data();
-        self.lent -= f.lent();
+        self.in_engine -= usize::from(in_engine);
+        self.data -= o.data;
+        self.lent -= o.lent;
     }
 }
 
 impl Driver {
-    /// A connection in `phase`, whose first bytes out are `greeting`.
-    pub fn new(phase: Phase, greeting: &[u8], sh: &mut Shared) -> Driver {
+    /// Connection `id` in `phase`, whose first bytes out are `greeting`.
+    pub fn new(id: u64, phase: Phase, greeting: &[u8], sh: &mut Shared) -> Driver {
         let pool = &mut sh.pool;
         let mut out = OutQueue::default();
         out.writer(pool).put(greeting);
         Driver {
+            id,
             input: InBuf::default(),
             out,
             front: Front {
@@ -283,6 +303,7 @@ impl Driver {
     fn handle_front(&mut self, sh: &mut Shared, who: Origin) -> Progress {
         let held = self.held();
         let Driver {
+            id,
             input,
             out,
             front,
@@ -293,6 +314,7 @@ impl Driver {
         let mut turn = Turn {
             sh,
             who,
+            id: *id,
             held,
             out,
             flights,
@@ -309,9 +331,22 @@ impl Driver {
     }
 
     /// A request of ours came back from the I/O engine: its reply is queued.
-    pub fn complete(&mut self, flight: &Flight, done: Done, pool: &mut Pool) {
-        self.flights.remove(flight);
-        request::complete(flight, done, &mut self.out.writer(pool));
+    pub fn complete(&mut self, flight: &Flight, done: Done, sh: &mut Shared) {
+        self.flights.remove(flight.owed(), true);
+        let out = &mut self.out.writer(&mut sh.pool);
+        request::complete(flight, done, &mut sh.storage, sh.now, out);
+    }
+
+    /// A request a filter held is due: it goes on its way (maybe to the
+    /// engine, or held again), or is answered.
+    pub fn resume(&mut self, held: Held, sh: &mut Shared) -> Progress {
+        self.flights.remove(held.owed(), false);
+        let shutting_down = sh.lifecycle.shutting_down();
+        let out = &mut self.out.writer(&mut sh.pool);
+        let served = request::resume(held, &mut sh.storage, sh.now, shutting_down, out);
+        let progress = self.flights.count_in(served);
+        self.settle(&mut sh.budget);
+        progress
     }
 
     /// The output queue, for the socket to take from.
@@ -325,8 +360,15 @@ impl Driver {
 
     /// Output the client has yet to read: queued, and still to come from the
     /// I/O engine.
-    pub fn backlog(&self) -> usize {
+    fn backlog(&self) -> usize {
         self.out.len() + self.flights.data
+    }
+
+    /// Too much is owed the client to take up more requests: replies unsent
+    /// or to come (`OUT_LIMIT`), or requests held (`MAX_HELD`). Resumed by
+    /// a writable edge, a completion or a release.
+    pub fn saturated(&self) -> bool {
+        self.backlog() >= OUT_LIMIT || self.flights.count - self.flights.in_engine >= MAX_HELD
     }
 
     /// Whether, at shutdown, the lifecycle lets this connection go though it
@@ -347,8 +389,8 @@ impl Driver {
         !self.mid_message() && !self.awaiting_io() && !self.front.refused_in_shutdown
     }
 
-    /// Requests are in the I/O engine: their completions (and replies) are to
-    /// come, so the connection may not close yet.
+    /// Requests are in the I/O engine or held by a filter: their replies are
+    /// to come, so the connection may not close yet.
     pub fn awaiting_io(&self) -> bool {
         self.flights.count > 0
     }
@@ -382,10 +424,33 @@ impl Driver {
     }
 }
 
+impl Flights {
+    /// Counts what `served` left out of the connection; a filter's
+    /// disconnect ends it.
+    fn count_in(&mut self, served: Served) -> Progress {
+        match served {
+            Served::Replied => Progress::Handled,
+            Served::Submitted(owed) => {
+                self.add(owed, true);
+                Progress::Handled
+            }
+            Served::Held(owed) => {
+                self.add(owed, false);
+                Progress::Handled
+            }
+            Served::Disconnect(why) => {
+                log::warn!("{why}: disconnecting");
+                Progress::Close(why)
+            }
+        }
+    }
+}
+
 /// What handling one message may touch besides the protocol state.
 struct Turn<'a> {
     sh: &'a mut Shared,
     who: Origin,
+    id: u64,
     /// What the connection held before the message.
     held: usize,
     out: &'a mut OutQueue,
@@ -413,7 +478,7 @@ impl Front {
                 let shutting_down = t.sh.lifecycle.shutting_down();
                 let outcome = hs.step(input, &mut replies, &t.sh.storage.export, shutting_down);
                 t.out.writer(&mut t.sh.pool).put(&replies);
-                self.handshake_outcome(outcome)
+                self.handshake_outcome(outcome, t)
             }
             Phase::Transmission(s) => {
                 let s = *s;
@@ -423,7 +488,7 @@ impl Front {
         (skipped + used, progress)
     }
 
-    fn handshake_outcome(&mut self, outcome: Outcome) -> (usize, Progress) {
+    fn handshake_outcome(&mut self, outcome: Outcome, t: &mut Turn) -> (usize, Progress) {
         match outcome {
             Outcome::Continue(0) => (0, Progress::NeedInput),
             Outcome::Continue(n) => (n, Progress::Handled),
@@ -439,7 +504,11 @@ impl Front {
                     session.meta
                 );
                 self.phase = Phase::Transmission(session);
-                (consumed, Progress::Handled)
+                let me = filter::Conn { id: t.id };
+                match t.sh.storage.filters.open(me, t.sh.now) {
+                    Some(until) => (consumed, Progress::Paused(until)),
+                    None => (consumed, Progress::Handled),
+                }
             }
             Outcome::StartTls { consumed } => (consumed, Progress::StartTls),
             Outcome::Abort => (0, Progress::Close("client aborted")),
@@ -461,7 +530,7 @@ impl Front {
             }
         };
         if req.kind == CMD_DISC {
-            return (0, Progress::Close("client sent DISC"));
+            return (0, Progress::Disc);
         }
         if req.payload > t.sh.storage.export.max_request {
             return self.refuse_payload(s, &req, hdr, t);
@@ -475,17 +544,18 @@ impl Front {
         self.refused_in_shutdown |= shutting_down;
         let incoming = Incoming {
             origin: t.who,
-            session: s,
+            conn: t.id,
+            agreed: s,
             req,
             payload: &input[hdr..total],
+            now: t.sh.now,
         };
         let out = &mut t.out.writer(&mut t.sh.pool);
-        if let Served::Submitted(f) =
-            request::serve(&incoming, &mut t.sh.storage, shutting_down, out)
-        {
-            t.flights.add(&f);
+        let served = request::serve(&incoming, &mut t.sh.storage, shutting_down, out);
+        match t.flights.count_in(served) {
+            Progress::Handled => (total, Progress::Handled),
+            other => (0, other),
         }
-        (total, Progress::Handled)
     }
 
     /// A request may run once the budget has admitted it (before its payload
@@ -515,7 +585,7 @@ impl Front {
             return Err(Progress::NeedInput);
         }
         self.need = 0;
-        if t.flights.count >= MAX_IN_ENGINE || !t.sh.storage.has_room() {
+        if t.flights.in_engine >= MAX_IN_ENGINE || !t.sh.storage.has_room() {
             return Err(Progress::NeedRoom);
         }
         Ok(())

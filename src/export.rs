@@ -48,8 +48,11 @@ impl Export {
         if self.caps.read_only {
             f |= TF_READ_ONLY;
         } else {
-            f |= TF_SEND_FUA | TF_SEND_TRIM | TF_SEND_WRITE_ZEROES;
-            if self.caps.fast_zero {
+            f |= TF_SEND_FUA | TF_SEND_TRIM;
+            if self.caps.zero {
+                f |= TF_SEND_WRITE_ZEROES;
+            }
+            if self.caps.zero && self.caps.fast_zero {
                 f |= TF_SEND_FAST_ZERO;
             }
         }
@@ -76,7 +79,9 @@ pub fn test_export(read_only: bool, min_block: u32) -> Export {
         size: 1 << 20,
         caps: Caps {
             read_only,
+            zero: true,
             fast_zero: true,
+            extents: true,
             sparse_reads: true,
             min_block,
         },

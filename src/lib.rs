@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod driver;
 pub mod error;
 pub mod export;
+pub mod filter;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

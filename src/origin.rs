@@ -19,7 +19,7 @@ const KEY_BITS: u32 = 32;
 const KEY_MASK: usize = (1 << KEY_BITS) - 1;
 
 /// A connection, as something that outlives it names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Origin {
     pub key: usize,
     /// The low bits of its serial number: two connections that share a slab

@@ -7,10 +7,8 @@
 
 use std::time::Instant;
 
-use crate::backend::Backend;
 use crate::budget::Budget;
 use crate::buf::Pool;
-use crate::export::Export;
 use crate::lifecycle::Lifecycle;
 use crate::storage::Storage;
 
@@ -32,11 +30,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// A server's shared state with an unlimited memory budget and no TLS:
-    /// what the fuzz harness and the unit tests start from.
-    pub fn new(backend: Box<dyn Backend>, export: Export, lifecycle: Lifecycle) -> Shared {
+    /// A server's shared state with an unlimited memory budget and no TLS
+    /// (the server sets its own): what the fuzz harness and the unit tests
+    /// start from.
+    pub fn new(storage: Storage, lifecycle: Lifecycle) -> Shared {
         Shared {
-            storage: Storage::new(backend, export),
+            storage,
             pool: Pool::default(),
             budget: Budget::unlimited(),
             lifecycle,

@@ -59,6 +59,7 @@ pub fn serve(
     }
     let setup = Setup {
         export,
+        filters: crate::filter::build(&cfg.filters).map_err(Error::usage)?,
         accept_once: cfg.single && !listeners.is_empty(),
         listeners,
         connections,

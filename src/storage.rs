@@ -1,6 +1,7 @@
-//! What every connection's requests act on: the export, the backend behind
-//! it, and the requests that have left their connection for the backend's I/O
-//! engine (`Flight`s), each found again by the tag its completion carries.
+//! What every connection's requests act on: the export, the filters in front
+//! of the backend and the backend itself, and the requests that have left
+//! their connection for the backend's I/O engine (`Flight`s), each found again
+//! by the tag its completion carries.
 //!
 //! Single-threaded: `&mut` is all the locking there is, and every connection
 //! sees every acknowledged write.
@@ -11,6 +12,7 @@ use crate::agreement::Agreement;
 use crate::aio::{Done, Engine, Op};
 use crate::backend::{Access, Backend, Extent};
 use crate::export::Export;
+use crate::filter::{Call, Held, Stack};
 use crate::origin::Origin;
 use crate::proto::request::Request;
 use crate::proto::{CMD_READ, CMD_WRITE};
@@ -19,29 +21,52 @@ use crate::proto::{CMD_READ, CMD_WRITE};
 #[derive(Debug, Clone, Copy)]
 pub struct Flight {
     pub origin: Origin,
-    pub session: Agreement,
+    pub agreed: Agreement,
+    /// The client's request, as sent (its reply answers this).
     pub req: Request,
-    /// The length it acts on.
-    pub effect: u64,
+    /// What runs below the filters (`call.len`: the length it acts on).
+    pub call: Call,
+}
+
+/// What a request that has left its connection (for the I/O engine, or held
+/// by a filter) still costs it, until it comes back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Owed {
+    /// Bytes of data its reply will carry: output still to come, which counts
+    /// against its connection's output limit as queued output does.
+    pub data: usize,
+    /// Bytes of buffer it holds outside the connection (the engine's buffer,
+    /// a held WRITE's payload), counted against the memory budget until it
+    /// comes back, whether or not its connection is still there.
+    pub lent: usize,
 }
 
 impl Flight {
-    /// Bytes of the buffer it lent the engine (READ: its data; WRITE: a copy
-    /// of its payload), counted against the memory budget until it is reaped,
-    /// whether or not its connection is still there.
-    pub fn lent(&self) -> usize {
+    /// READ: its data, into a buffer the engine fills; WRITE: a copy of its
+    /// payload.
+    pub fn owed(&self) -> Owed {
+        let len = self.call.len as usize; // ≤ max_request, checked
         match self.req.kind {
-            CMD_READ | CMD_WRITE => self.effect as usize, // ≤ max_request, checked
-            _ => 0,
+            CMD_READ => Owed {
+                data: len,
+                lent: len,
+            },
+            CMD_WRITE => Owed { data: 0, lent: len },
+            _ => Owed::default(),
         }
     }
+}
 
-    /// Bytes of data its reply will carry: output still to come, which counts
-    /// against its connection's output limit as queued output does.
-    pub fn reply_data(&self) -> usize {
-        match self.req.kind {
-            CMD_READ => self.effect as usize, // ≤ max_request, checked
+impl Held {
+    /// A held READ's data is still to come; a held WRITE holds its payload.
+    pub fn owed(&self) -> Owed {
+        let data = match self.req.kind {
+            CMD_READ => self.call.len as usize, // ≤ max_request, checked
             _ => 0,
+        };
+        Owed {
+            data,
+            lent: self.payload.len(),
         }
     }
 }
@@ -49,6 +74,8 @@ impl Flight {
 pub struct Storage {
     backend: Box<dyn Backend>,
     pub export: Export,
+    /// The filters in front of the backend, and the requests they hold.
+    pub filters: Stack,
     /// Scratch space for extents, reused by every request.
     extents: Vec<Extent>,
     /// Requests in the engine, by the tag their completion carries.
@@ -56,10 +83,14 @@ pub struct Storage {
 }
 
 impl Storage {
-    pub fn new(backend: Box<dyn Backend>, export: Export) -> Storage {
+    /// `export` is what the backend serves; the filters shape what clients
+    /// are told of it.
+    pub fn new(backend: Box<dyn Backend>, mut export: Export, mut filters: Stack) -> Storage {
+        filters.shape(&mut export);
         Storage {
             backend,
             export,
+            filters,
             extents: Vec::new(),
             flights: Slab::new(),
         }

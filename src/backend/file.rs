@@ -84,7 +84,9 @@ impl Backend for File {
     fn caps(&self) -> Caps {
         Caps {
             read_only: self.read_only,
+            zero: true,
             fast_zero: true,
+            extents: true,
             sparse_reads: false,
             min_block: self.min_block,
         }

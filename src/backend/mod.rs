@@ -22,8 +22,13 @@ pub use pattern::Pattern;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caps {
     pub read_only: bool,
+    /// WRITE_ZEROES is offered (a filter may take it away).
+    pub zero: bool,
     /// WRITE_ZEROES with FAST_ZERO can ever succeed.
     pub fast_zero: bool,
+    /// Block status tells what is allocated; without, the whole export is
+    /// reported as data (a filter may take it away).
+    pub extents: bool,
     /// Reads are cheap to split into data and holes (`extents` costs no syscall).
     pub sparse_reads: bool,
     /// Smallest addressable unit; requests must be aligned to it.
@@ -35,7 +40,9 @@ impl Caps {
     /// that cost nothing, and holes known without a system call.
     pub const IN_MEMORY: Caps = Caps {
         read_only: false,
+        zero: true,
         fast_zero: true,
+        extents: true,
         sparse_reads: true,
         min_block: 1,
     };

@@ -41,7 +41,9 @@ impl Backend for Pattern {
     fn caps(&self) -> Caps {
         Caps {
             read_only: true,
+            zero: true,
             fast_zero: false,
+            extents: true,
             sparse_reads: false,
             min_block: 1,
         }

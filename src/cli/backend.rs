@@ -22,6 +22,11 @@ const BACKENDS: [(&str, &str, Option<&str>); 4] = [
     ("pattern", "size", Some("0")),
 ];
 
+/// Whether backend `name` takes parameter `key`.
+pub fn takes(name: &str, key: &str) -> bool {
+    lookup(name).is_ok_and(|(magic, _)| magic == key)
+}
+
 /// Checks a backend name, for `BACKEND --version`, which must fail for a
 /// backend that does not exist (as `nbdkit nosuch --version` does).
 pub fn known(name: &str) -> Result<(), Error> {

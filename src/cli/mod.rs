@@ -7,6 +7,7 @@
 //! nbdlite says about itself.
 
 mod backend;
+mod filters;
 mod help;
 mod values;
 
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::filter::Spec;
 use crate::logging::Sink;
 use crate::proto::MAX_STRING;
 use crate::tls::{self, TlsOptions};
@@ -79,6 +81,8 @@ pub struct Config {
     pub threads_ignored: bool,
     /// `-D NAME.FLAG=N`, accepted as nbdkit's are: warn that they do nothing.
     pub debug_flags: Vec<String>,
+    /// `--filter`s, first nearest the client, each with its parameters.
+    pub filters: Vec<Spec>,
     pub backend: BackendSpec,
     /// Hardening: `--handshake-timeout` (None: never) and `--max-connections`
     /// (None: what the descriptor limit allows).
@@ -121,6 +125,7 @@ struct Values {
     request_timeout: Option<String>,
     memory_budget: Option<String>,
     debug: Vec<String>,
+    filters: Vec<String>,
 }
 
 impl Values {
@@ -149,6 +154,9 @@ impl Values {
             debug: p
                 .values_from_str(["-D", "--debug"])
                 .map_err(|e| Error::usage(e.to_string()))?,
+            filters: p
+                .values_from_str("--filter")
+                .map_err(|e| Error::usage(e.to_string()))?,
         })
     }
 }
@@ -156,7 +164,7 @@ impl Values {
 /// Parses `args` (without the program name). `activated` says socket activation
 /// is on, which rules out every flag that chooses where to listen.
 pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
-    let mut p = pico_args::Arguments::from_vec(args);
+    let mut p = pico_args::Arguments::from_vec(filters::spaced(args));
     let v = Values::take(&mut p)?;
     // -4 and -6: the last one wins (as nbdkit), so their order matters.
     let rest = p.finish();
@@ -250,13 +258,6 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
     }
 
     if let Some(opt) = rest.iter().find(|a| a.starts_with('-') && a.len() > 1) {
-        // nbdkit's filters are a whole layer nbdlite does not have: say so,
-        // rather than suggest a typo.
-        if opt == "--filter" || opt.starts_with("--filter=") {
-            return Err(Error::usage(
-                "--filter: nbdkit's filters are not supported by nbdlite",
-            ));
-        }
         return Err(Error::usage(format!(
             "unknown option: {opt} (see nbdlite --help)"
         )));
@@ -266,7 +267,8 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
             "no backend given: try 'nbdlite -f memory 1G' (see nbdlite --help)",
         ));
     };
-    let backend = backend::parse(name, params)?;
+    let (filters, params) = filters::sort(&v.filters, name, params)?;
+    let backend = backend::parse(name, &params)?;
 
     Ok(Command::Serve(Box::new(Config {
         foreground,
@@ -292,6 +294,7 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
         log,
         threads_ignored: v.threads.is_some(),
         debug_flags: v.debug,
+        filters,
         backend,
         handshake_timeout: values::handshake_timeout(v.handshake_timeout.as_deref())?,
         max_connections: v
@@ -409,8 +412,11 @@ mod tests {
         assert_eq!(config("memory 1").busy_poll, DEFAULT_BUSY_POLL);
         assert!(c.no_sr);
         assert!(error("--bogus memory 1M", false).contains("unknown option: --bogus"));
-        assert!(error("--filter=cow memory 1M", false).contains("filters are not supported"));
-        assert!(error("--filter cow memory 1M", false).contains("filters are not supported"));
+        assert!(error("--filter=nosuch memory 1M", false).contains("unknown filter 'nosuch'"));
+        assert!(error("--filter nosuch memory 1M", false).contains("unknown filter 'nosuch'"));
+        let c = config("--filter=delay --filter error memory 1M rdelay=1 error-rate=1%");
+        let names: Vec<&str> = c.filters.iter().map(|f| f.name).collect();
+        assert_eq!(names, ["delay", "error"]);
         assert!(error("-p http memory 1M", false).contains("not a port"));
         assert!(error("--tls=maybe memory 1M", false).contains("--tls"));
         if cfg!(feature = "tls") {

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
+use std::time::Instant;
+
 use crate::aio::Done;
+use crate::filter::Held;
 use crate::storage::Flight;
 
 /// What the server tells a connection. Each was addressed by an `Origin`, and
@@ -36,6 +39,11 @@ pub enum Event {
     /// The I/O engine has room again for the request it was holding; it is
     /// out of the server's queue for room.
     Room,
+    /// A request a filter held is due. Like a completion, its reply (if it
+    /// gets one now) is sent at the server's next Resume.
+    Released(Held),
+    /// The time it asked to sleep until (`Step::Sleep`) has come.
+    Wake,
 }
 
 /// Readiness as mio reports it; errors and hang-ups count as both, so the next
@@ -65,6 +73,8 @@ pub enum Step {
     /// As `Wait`, and it now holds a request the I/O engine has no room for:
     /// the server queues it, and sends `Room` in turn.
     WaitForRoom,
+    /// As `Wait`, and it wants `Wake` at this time too (a filter holds it).
+    Sleep(Instant),
     /// Its turn is over but it has more to do: resume it soon.
     Yield,
     /// Finished: deregister and drop it.

@@ -14,11 +14,13 @@
 //! looks at next is decided in one place, `Conn::next`.
 
 use std::io::{self, IoSlice};
+use std::time::Instant;
 
 use mio::Registry;
 
 use crate::agreement::Agreement;
 use crate::driver::{Driver, Phase, Progress, Received};
+use crate::filter;
 use crate::handshake::Handshake;
 use crate::logging;
 use crate::origin::Origin;
@@ -44,8 +46,6 @@ const TURN_REQUESTS: usize = 64;
 /// Bytes read per turn: a client streaming large WRITEs yields after this
 /// much, rather than keep the loop copying its payloads while others wait.
 const TURN_BYTES: usize = 2 << 20;
-/// Stop reading requests while this much output is unsent; resume once it drains.
-const OUT_LIMIT: usize = 64 << 20;
 /// Blocks handed to one writev(2).
 const IOV_MAX: usize = 256;
 
@@ -55,12 +55,35 @@ enum Life {
     /// Reading and handling messages (the driver knows whether they are
     /// options or requests).
     Open,
+    /// The client chose the export and a filter holds the answer until then
+    /// (delay-open): nothing is sent or read meanwhile.
+    Opening(Instant),
     /// STARTTLS was accepted: TLS begins once its ACK is out; nothing is read
     /// meanwhile.
     StartingTls,
-    /// Ending, for this reason: nothing more is read, and it closes once its
-    /// output is out and the I/O engine has given back its requests.
-    Closing(&'static str),
+    /// Ending: nothing more is read, and it closes once its output is out
+    /// and its requests have come back from the I/O engine and the filters.
+    Closing(Ending),
+    /// Everything the client sent before its DISC is answered; a filter
+    /// keeps the socket open until then (delay-close).
+    Lingering(Instant),
+}
+
+/// Why a connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The client sent DISC: a graceful end, which a filter may delay.
+    Disc,
+    Other(&'static str),
+}
+
+impl Ending {
+    fn why(self) -> &'static str {
+        match self {
+            Ending::Disc => "client sent DISC",
+            Ending::Other(why) => why,
+        }
+    }
 }
 
 /// Its place in the server's queue for room in the I/O engine.
@@ -165,7 +188,7 @@ impl Conn {
             id,
             socket,
             transport: Transport::Plain,
-            driver: Driver::new(phase, &greeting, sh),
+            driver: Driver::new(id, phase, &greeting, sh),
             life: Life::Open,
             room: Room::Free,
             stall: Stall::No,
@@ -184,10 +207,14 @@ impl Conn {
     }
 
     /// The connection goes: what it holds goes back to the budget (buffers
-    /// still in the I/O engine as they are reaped), and it leaves any queue
-    /// for memory.
+    /// still in the I/O engine as they are reaped), it leaves any queue for
+    /// memory, and the filters hear of it.
     pub fn close(&mut self, sh: &mut Shared) {
         self.driver.close(&mut sh.budget, self.origin);
+        if !self.negotiating() {
+            let me = filter::Conn { id: self.id };
+            sh.storage.filters.closed(me, sh.now);
+        }
     }
 
     /// The one entry point: acts on `ev`, does as much work as readiness and
@@ -211,11 +238,18 @@ impl Conn {
             Event::Shutdown => self.socket.look_again(),
             Event::Close => return self.end("the server is exiting"),
             Event::Completed { flight, done } => {
-                self.driver.complete(&flight, done, &mut sh.pool);
+                self.driver.complete(&flight, done, sh);
                 self.room.share_back();
                 // The server's Resume sends it, with the others.
                 return Next::Stop(Step::Wait);
             }
+            Event::Released(held) => {
+                if let Progress::Close(why) = self.driver.resume(held, sh) {
+                    self.life = Life::Closing(Ending::Other(why));
+                }
+                return Next::Stop(Step::Wait); // sent at the server's Resume
+            }
+            Event::Wake => {}
             Event::Room => self.room = Room::Free,
             Event::Memory => self.driver.memory_granted(),
             Event::Stalled { after } if self.half_sent_since().is_some() => {
@@ -252,7 +286,7 @@ impl Conn {
         self.stall = self.stall.after_turn(half_sent, turn.got_input, sh.now);
         // Storage with nothing pending goes back to the pool between bursts;
         // a connection about to wait keeps only what it needs.
-        let waiting = matches!(step, Step::Wait | Step::WaitForRoom);
+        let waiting = matches!(step, Step::Wait | Step::WaitForRoom | Step::Sleep(_));
         self.driver.tidy(&mut sh.pool, waiting);
         let has_output = self.has_output();
         if step != Step::Close
@@ -265,7 +299,8 @@ impl Conn {
         }
         if step == Step::Close {
             let why = match self.life {
-                Life::Closing(why) => why,
+                Life::Closing(ending) => ending.why(),
+                Life::Lingering(_) => Ending::Disc.why(),
                 _ => "error",
             };
             log::debug!("closed: {why}");
@@ -279,17 +314,33 @@ impl Conn {
     fn next(&mut self, sh: &mut Shared, turn: &mut Turn) -> Next {
         let progress = match self.life {
             Life::Open => self.process(sh, turn),
-            Life::StartingTls | Life::Closing(_) => Progress::NeedInput,
+            _ => Progress::NeedInput,
         };
-        if let Err(e) = self.send(sh) {
+        let held = matches!(self.life, Life::Opening(_));
+        if !held && let Err(e) = self.send(sh) {
             log::debug!("write: {e}");
             return Next::Stop(Step::Close);
         }
         match self.life {
-            Life::Closing(_) => self.drain(),
-            Life::StartingTls => self.start_tls(sh),
             Life::Open => self.after(progress, sh, turn),
+            Life::Opening(until) => self.held_until(until, sh.now, Life::Open),
+            Life::StartingTls => self.start_tls(sh),
+            Life::Closing(ending) => self.drain(ending, sh),
+            Life::Lingering(until) => self.held_until(
+                until,
+                sh.now,
+                Life::Closing(Ending::Other("delay-close over")),
+            ),
         }
+    }
+
+    /// A filter holds the connection until `until`; then it goes on as `then`.
+    fn held_until(&mut self, until: Instant, now: Instant, then: Life) -> Next {
+        if now < until {
+            return Next::Stop(Step::Sleep(until));
+        }
+        self.life = then;
+        Next::Again
     }
 
     /// Handles buffered messages until one is incomplete or must wait, the
@@ -297,7 +348,7 @@ impl Conn {
     /// changes the connection's life changes it here.
     fn process(&mut self, sh: &mut Shared, turn: &mut Turn) -> Progress {
         let mut progress = Progress::NeedInput;
-        while turn.requests > 0 && self.driver.backlog() < OUT_LIMIT {
+        while turn.requests > 0 && !self.driver.saturated() {
             match self.driver.step(sh, self.origin) {
                 Progress::Handled => {
                     turn.requests -= 1;
@@ -313,8 +364,16 @@ impl Conn {
                     self.life = Life::StartingTls;
                     break;
                 }
+                Progress::Paused(until) => {
+                    self.life = Life::Opening(until);
+                    break;
+                }
+                Progress::Disc => {
+                    self.life = Life::Closing(Ending::Disc);
+                    break;
+                }
                 Progress::Close(why) => {
-                    self.life = Life::Closing(why);
+                    self.life = Life::Closing(Ending::Other(why));
                     break;
                 }
             }
@@ -332,7 +391,7 @@ impl Conn {
             };
             return Next::Stop(step); // a completion or freed room resumes us
         }
-        if progress == Progress::NeedMemory || self.driver.backlog() >= OUT_LIMIT {
+        if progress == Progress::NeedMemory || self.driver.saturated() {
             // Freed memory, a writable edge or a completion resumes us.
             return Next::Stop(Step::Wait);
         }
@@ -348,11 +407,11 @@ impl Conn {
                 if self.driver.mid_message() {
                     log::warn!("client disconnected in the middle of a message");
                 }
-                self.life = Life::Closing("client closed the connection");
+                self.life = Life::Closing(Ending::Other("client closed the connection"));
                 Next::Again
             }
             ReadSide::Drained if self.driver.may_let_go(&sh.lifecycle, sh.now) => {
-                self.life = Life::Closing("server shutting down");
+                self.life = Life::Closing(Ending::Other("server shutting down"));
                 Next::Again
             }
             ReadSide::Drained => {
@@ -402,11 +461,19 @@ impl Conn {
         }
     }
 
-    /// A closing connection: gone once its output is out and the I/O engine
-    /// has given back its requests (their replies go out first).
-    fn drain(&mut self) -> Next {
+    /// A closing connection: gone once its output is out and its requests
+    /// have come back (their replies go out first); after a DISC, a filter
+    /// may keep it open a while longer.
+    fn drain(&mut self, ending: Ending, sh: &mut Shared) -> Next {
         if self.has_output() || self.driver.awaiting_io() {
             return Next::Stop(Step::Wait);
+        }
+        if ending == Ending::Disc {
+            let me = filter::Conn { id: self.id };
+            if let Some(until) = sh.storage.filters.close_delay(me, sh.now) {
+                self.life = Life::Lingering(until);
+                return Next::Again;
+            }
         }
         self.transport.finish(self.socket.write_fd());
         Next::Stop(Step::Close)

@@ -15,6 +15,7 @@ use crate::export::test_export;
 use crate::lifecycle::Lifecycle;
 use crate::notify::Notifier;
 use crate::proto::*;
+use crate::storage::Storage;
 
 /// A connection on one end of a socketpair, the client on the other.
 struct Rig {
@@ -33,7 +34,9 @@ impl Rig {
             .expect("timeout");
         let ex = test_export(false, 1);
         let lifecycle = Lifecycle::new(None, false, Notifier::new(None));
-        let mut sh = Shared::new(Box::new(Memory::new(ex.size)), ex, lifecycle);
+        let backend = Box::new(Memory::new(ex.size));
+        let storage = Storage::new(backend, ex, crate::filter::Stack::default());
+        let mut sh = Shared::new(storage, lifecycle);
         let poll = Poll::new().expect("poll");
         let socket = Socket::new(OwnedFd::from(ours), None);
         let mut conn = Conn::new(3, 42, socket, oldstyle, &mut sh);

@@ -107,7 +107,11 @@ impl Checker {
                 }
                 Progress::NeedInput => assert!(msg.len() < 4),
                 Progress::Close(_) => assert!(u32_at(msg, 0) & !3 != 0, "valid flags refused"),
-                Progress::NeedRoom | Progress::StartTls | Progress::NeedMemory => {
+                Progress::NeedRoom
+                | Progress::StartTls
+                | Progress::NeedMemory
+                | Progress::Paused(_)
+                | Progress::Disc => {
                     panic!("{progress:?} for client flags")
                 }
             }
@@ -132,6 +136,8 @@ impl Checker {
             }
             Progress::NeedRoom => panic!("the handshake waited for the I/O engine"),
             Progress::NeedMemory => panic!("the handshake waited for memory"),
+            Progress::Paused(_) => panic!("paused without a filter"),
+            Progress::Disc => panic!("DISC in the handshake"),
             Progress::StartTls => {
                 // Only an empty STARTTLS, answered with one ACK and nothing more.
                 assert!(magic_ok && opt == OPT_STARTTLS && len == 0 && used == 16);

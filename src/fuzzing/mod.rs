@@ -22,12 +22,14 @@ use crate::backend::{Backend, Caps, Memory, Null, Pattern};
 use crate::buf::{OutQueue, Pool};
 use crate::driver::{Driver, Phase, Progress};
 use crate::export::Export;
+use crate::filter::Stack;
 use crate::handshake::Handshake;
 use crate::lifecycle::Lifecycle;
 use crate::notify::Notifier;
 use crate::origin::Origin;
 use crate::proto::reply::Style;
 use crate::shared::Shared;
+use crate::storage::Storage;
 use crate::tls::TlsMode;
 
 /// Export sizes to pick from: past a page boundary and not page aligned, one
@@ -101,7 +103,9 @@ impl Config {
             size: self.size,
             caps: Caps {
                 read_only: self.read_only || self.kind == Kind::Pattern,
+                zero: true,
                 fast_zero: self.kind != Kind::Pattern,
+                extents: true,
                 sparse_reads: self.kind != Kind::Pattern,
                 min_block: self.min_block,
             },
@@ -180,13 +184,14 @@ pub struct Run {
 /// Panics on any broken invariant.
 pub fn run(cfg: &Config, start: Start, stream: &[u8], chunks: &[usize]) -> Run {
     let export = cfg.export();
-    let mut sh = Shared::new(cfg.backend(), export.clone(), cfg.lifecycle());
+    let storage = Storage::new(cfg.backend(), export.clone(), Stack::default());
+    let mut sh = Shared::new(storage, cfg.lifecycle());
     let me = Origin::new(0, 1);
     let phase = match start {
         Start::Handshake => Phase::Handshake(Handshake::default()),
         Start::Transmission => Phase::Transmission(cfg.session()),
     };
-    let mut drv = Driver::new(phase, &[], &mut sh);
+    let mut drv = Driver::new(1, phase, &[], &mut sh);
     let mut checker = check::Checker::new(&export, start);
     let mut hash = Fnv::default();
     let mut run = Run {
@@ -242,6 +247,11 @@ pub fn run(cfg: &Config, start: Start, stream: &[u8], chunks: &[usize]) -> Run {
                         run.end = End::Closed(why);
                         return finish(run, &drv, hash);
                     }
+                    Progress::Disc => {
+                        run.end = End::Closed("client sent DISC");
+                        return finish(run, &drv, hash);
+                    }
+                    Progress::Paused(_) => panic!("paused without a filter"),
                 }
             }
         }

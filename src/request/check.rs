@@ -63,6 +63,9 @@ pub fn check(s: &Agreement, ex: &Export, req: &Request, payload: &[u8]) -> Resul
     if ex.caps.read_only && matches!(kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES) {
         return refuse(EPERM, "export is read-only");
     }
+    if kind == CMD_WRITE_ZEROES && !ex.caps.zero {
+        return refuse(EINVAL, "WRITE_ZEROES is not offered");
+    }
     if kind == CMD_FLUSH {
         return Ok(0); // offset and length are reserved
     }

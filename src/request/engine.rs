@@ -5,9 +5,10 @@
 //! interleave.
 
 use super::now::zero_how;
-use super::{Incoming, Served, read, reply};
+use super::{Incoming, Ran, read, reply};
 use crate::aio::{Done, Op};
 use crate::buf::{Out, Pool};
+use crate::filter::Call;
 use crate::proto::*;
 use crate::storage::{Flight, Storage};
 
@@ -18,23 +19,22 @@ use crate::storage::{Flight, Storage};
 /// CPU in cached 4 KiB reads went to that memset.
 const OWN_BUFFER: usize = 64 * 1024;
 
-/// Hands a checked request to the engine (or, if it has nothing to do,
-/// answers it at once).
-pub fn submit(r: &Incoming, effect: u64, storage: &mut Storage, out: &mut Out) -> Served {
+/// Hands `call` to the engine (or, if it has nothing to do, answers it at once).
+pub fn submit(r: &Incoming, call: &Call, storage: &mut Storage, out: &mut Out) -> Ran {
     let req = &r.req;
-    if effect == 0 && req.kind != CMD_FLUSH {
-        reply::ok(&r.session, req, out); // nothing to do: done
-        return Served::Replied;
+    if call.len == 0 && call.kind != CMD_FLUSH {
+        reply::ok(&r.agreed, req, out); // nothing to do: done
+        return Ran::Replied(0);
     }
-    let op = operation(r, effect, out.pool());
+    let op = operation(r, call, out.pool());
     let flight = Flight {
         origin: r.origin,
-        session: r.session,
+        agreed: r.agreed,
         req: *req,
-        effect,
+        call: *call,
     };
     match storage.submit(flight, op) {
-        Ok(()) => Served::Submitted(flight),
+        Ok(()) => Ran::Submitted(flight.owed()),
         Err(op) => {
             // The driver asked `Storage::has_room` first, so this does not
             // happen; if it did, the client gets an answer rather than silence.
@@ -42,21 +42,20 @@ pub fn submit(r: &Incoming, effect: u64, storage: &mut Storage, out: &mut Out) -
             if let Op::Read { buf, .. } | Op::Write { buf, .. } = op {
                 recycle(out.pool(), buf);
             }
-            reply::error(&r.session, req, out, ENOMEM, "server busy");
-            Served::Replied
+            reply::error(&r.agreed, req, out, ENOMEM, "server busy");
+            Ran::Replied(ENOMEM)
         }
     }
 }
 
 /// The engine's operation for a request with a nonzero effect (or a FLUSH).
-fn operation(r: &Incoming, effect: u64, pool: &mut Pool) -> Op {
-    let req = &r.req;
-    let (offset, len) = (req.offset, effect);
-    let fua = req.flags & CMD_FLAG_FUA != 0;
-    match req.kind {
+fn operation(r: &Incoming, call: &Call, pool: &mut Pool) -> Op {
+    let (offset, len) = (call.offset, call.len);
+    let fua = call.flags & CMD_FLAG_FUA != 0;
+    match call.kind {
         CMD_READ => Op::Read {
             offset,
-            buf: block(pool, effect as usize), // ≤ MAX_REQUEST, checked
+            buf: block(pool, len as usize), // ≤ MAX_REQUEST, checked
         },
         CMD_WRITE => {
             let mut buf = block(pool, r.payload.len());
@@ -66,7 +65,7 @@ fn operation(r: &Incoming, effect: u64, pool: &mut Pool) -> Op {
         CMD_FLUSH => Op::Flush,
         CMD_TRIM => Op::Trim { offset, len, fua },
         CMD_WRITE_ZEROES => {
-            let how = zero_how(req);
+            let how = zero_how(call);
             let (may_trim, fast) = (how.may_trim, how.fast);
             Op::Zero {
                 offset,
@@ -100,29 +99,34 @@ pub fn recycle(pool: &mut Pool, b: Vec<u8>) {
     }
 }
 
-/// The rest of a request's life once the engine is done with it: its reply.
-/// A large READ's data goes out of the buffer the disk read into, without a
-/// copy; a small one's is copied in behind its header, where other replies
-/// join it.
-pub fn complete(flight: &Flight, done: Done, out: &mut Out) {
+/// The reply to a request whose completion came back; returns its NBD error
+/// (0: none). A large READ's data goes out of the buffer the disk read into,
+/// without a copy; a small one's is copied in behind its header, where other
+/// replies join it.
+pub fn reply(flight: &Flight, done: Done, out: &mut Out) -> u32 {
     let r = Incoming {
         origin: flight.origin,
-        session: flight.session,
+        conn: flight.call.conn,
+        agreed: flight.agreed,
         req: flight.req,
         payload: &[],
+        now: flight.call.started,
     };
+    let len = flight.call.len;
     let mut spare = done.buf;
-    match (r.req.kind, done.result) {
+    let errno = match (r.req.kind, done.result) {
         (CMD_READ, Ok(())) => {
-            read::data_header(&r, flight.effect, out);
+            read::data_header(&r, len, out);
             if spare.len() < OWN_BUFFER {
                 out.put(&spare);
             } else {
                 out.give(std::mem::take(&mut spare));
             }
+            0
         }
-        (CMD_READ, Err(e)) => read::failed(&r, flight.effect, &e, out),
-        (_, result) => reply::finish(&r.session, &r.req, flight.effect, result, out),
-    }
+        (CMD_READ, Err(e)) => read::failed(&r, len, &e, out),
+        (_, result) => reply::finish(&r.agreed, &r.req, len, result, out),
+    };
     recycle(out.pool(), spare);
+    errno
 }

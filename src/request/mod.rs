@@ -1,14 +1,17 @@
 //! One request's life, once the driver has framed it and admitted it (the
 //! memory budget had room for its payload and reply; the I/O engine has room
-//! for it), read top to bottom in `serve`:
+//! for it), read top to bottom in `serve` and `onward`:
 //!
-//! 1. check: valid for the session and the export (`check.rs`), else its
+//! 1. check: valid for the agreement and the export (`check.rs`), else its
 //!    error reply;
-//! 2. **the filter seam**: where filters will stand, each seeing the request
-//!    on its way down and the reply on its way up (nbdkit's `next` calls);
+//! 2. **the filter seam**: each configured filter, first nearest the client,
+//!    sees the request on its way down (`crate::filter`) and may answer it,
+//!    change it, hold it on a timer (it comes back through `resume`) or end
+//!    the connection;
 //! 3. run: on data at hand at once (`now.rs`), or handed to the backend's
 //!    I/O engine (`engine.rs`), whose completion comes back to `complete`;
-//! 4. reply: queued on the connection's output (`reply.rs`, `read.rs`).
+//! 4. reply: queued on the connection's output (`reply.rs`, `read.rs`), its
+//!    outcome told to the filters on its way up.
 //!
 //! No sockets: the caller hands over the request's bytes and an appender on
 //! its output queue, and reads back what became of it (`Served`).
@@ -20,16 +23,19 @@ mod read;
 mod reply;
 
 pub use check::{Refusal, check};
-pub use engine::complete;
 pub use reply::error as refuse;
 
+use std::time::Instant;
+
 use crate::agreement::Agreement;
+use crate::aio::Done;
 use crate::backend::Access;
 use crate::buf::Out;
+use crate::filter::{Call, Held, Verdict};
 use crate::origin::Origin;
 use crate::proto::request::Request;
 use crate::proto::*;
-use crate::storage::{Flight, Storage};
+use crate::storage::{Flight, Owed, Storage};
 
 /// A complete request as it leaves the driver: who sent it, under what
 /// agreement, and its payload (empty but for WRITE and BLOCK_STATUS's
@@ -37,24 +43,33 @@ use crate::storage::{Flight, Storage};
 #[derive(Debug, Clone, Copy)]
 pub struct Incoming<'a> {
     pub origin: Origin,
-    pub session: Agreement,
+    /// The connection's number (as in log lines), for filters.
+    pub conn: u64,
+    pub agreed: Agreement,
     pub req: Request,
     pub payload: &'a [u8],
+    /// The loop's clock as it takes the request up.
+    pub now: Instant,
 }
 
 /// What became of a request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Served {
     /// Its reply is queued.
     Replied,
-    /// It went to the I/O engine as this flight; its reply is built when its
-    /// completion comes back (`complete`).
-    Submitted(Flight),
+    /// It went to the I/O engine: its reply comes when its completion does
+    /// (`complete`), and until then it costs the connection this.
+    Submitted(Owed),
+    /// A filter holds it: it comes back through `resume`, and until then
+    /// costs the connection this.
+    Held(Owed),
+    /// A filter ends the connection.
+    Disconnect(&'static str),
 }
 
 /// Serves one request whose payload is complete, appending its reply to
-/// `out`, or handing it to the I/O engine. `shutting_down`: the server
-/// refuses new requests (ESHUTDOWN).
+/// `out`, or handing it on. `shutting_down`: the server refuses new requests
+/// (ESHUTDOWN).
 pub fn serve(r: &Incoming, storage: &mut Storage, shutting_down: bool, out: &mut Out) -> Served {
     let req = &r.req;
     // With -v only: the level check is one atomic load when debug is off.
@@ -70,30 +85,127 @@ pub fn serve(r: &Incoming, storage: &mut Storage, shutting_down: bool, out: &mut
     let effect = match admissible(r, &storage.export, shutting_down) {
         Ok(len) => len,
         Err(refusal) => {
-            reply::error(&r.session, req, out, refusal.errno, refusal.msg);
+            reply::error(&r.agreed, req, out, refusal.errno, refusal.msg);
             return Served::Replied;
         }
     };
-    // 2. The filter seam: a filter would see (r, effect) here, and may answer
-    //    it, hold it on a timer, or change what goes below.
+    let call = Call {
+        conn: r.conn,
+        kind: req.kind,
+        flags: req.flags,
+        offset: req.offset,
+        len: effect,
+        started: r.now,
+    };
+    onward(r, call, 0, storage, out)
+}
+
+/// A request a filter held, now due: on from the stage below the one that
+/// held it (or, while the server shuts down, refused).
+pub fn resume(
+    h: Held,
+    storage: &mut Storage,
+    now: Instant,
+    shutting_down: bool,
+    out: &mut Out,
+) -> Served {
+    let r = Incoming {
+        origin: h.origin,
+        conn: h.call.conn,
+        agreed: h.agreed,
+        req: h.req,
+        payload: &h.payload,
+        now,
+    };
+    if shutting_down {
+        reply::error(&r.agreed, &r.req, out, ESHUTDOWN, "server is shutting down");
+        storage.filters.up(&h.call, ESHUTDOWN, h.stage, now);
+        return Served::Replied;
+    }
+    onward(&r, h.call, h.stage + 1, storage, out)
+}
+
+/// The rest of a checked request's way, from filter stage `from`.
+fn onward(
+    r: &Incoming,
+    mut call: Call,
+    from: usize,
+    storage: &mut Storage,
+    out: &mut Out,
+) -> Served {
+    // 2. The filter seam.
+    let mut depth = 0;
+    if !storage.filters.is_empty() {
+        let (verdict, stage) = storage.filters.down(&mut call, from, r.now);
+        match verdict {
+            Verdict::Pass => depth = stage,
+            Verdict::Fail(errno) => {
+                reply::error(&r.agreed, &r.req, out, errno, "error from a filter");
+                storage.filters.up(&call, errno, stage, r.now);
+                return Served::Replied;
+            }
+            Verdict::Hold(at) => return hold(r, call, stage, at, storage),
+            Verdict::Disconnect(why) => return Served::Disconnect(why),
+        }
+    }
     // 3. Run, and 4. reply.
-    if req.kind == CMD_BLOCK_STATUS {
-        read::block_status(r, effect, storage, out);
-        return Served::Replied;
-    }
-    if req.kind == CMD_READ
-        && let Err(e) = read::find_holes(r, effect, storage)
-    {
-        read::failed(r, effect, &e, out);
-        return Served::Replied;
-    }
-    match storage.split() {
-        (Access::Now(store), holes) => {
-            now::run(r, effect, store, holes, out);
+    match run(r, &call, storage, out) {
+        Ran::Replied(errno) => {
+            storage.filters.up(&call, errno, depth, r.now);
             Served::Replied
         }
-        (Access::Engine(_), _) => engine::submit(r, effect, storage, out),
+        Ran::Submitted(owed) => Served::Submitted(owed),
     }
+}
+
+/// What running a request below the filters came to.
+enum Ran {
+    /// Its reply is queued: 0, or the NBD error it carries.
+    Replied(u32),
+    /// The I/O engine has it.
+    Submitted(Owed),
+}
+
+/// Runs a request on the backend: at once on data at hand, else through the
+/// engine.
+fn run(r: &Incoming, call: &Call, storage: &mut Storage, out: &mut Out) -> Ran {
+    if call.kind == CMD_BLOCK_STATUS {
+        return Ran::Replied(read::block_status(r, call, storage, out));
+    }
+    let chunks = r.agreed.style != crate::proto::reply::Style::Simple;
+    if call.kind == CMD_READ
+        && let Err(e) = read::find_holes(call, storage, chunks)
+    {
+        return Ran::Replied(read::failed(r, call.len, &e, out));
+    }
+    match storage.split() {
+        (Access::Now(store), holes) => Ran::Replied(now::run(r, call, store, holes, out)),
+        (Access::Engine(_), _) => engine::submit(r, call, storage, out),
+    }
+}
+
+/// A filter holds the request until `at`: its payload is copied out of the
+/// connection's input, which moves on.
+fn hold(r: &Incoming, call: Call, stage: usize, at: Instant, storage: &mut Storage) -> Served {
+    let held = Held {
+        origin: r.origin,
+        agreed: r.agreed,
+        req: r.req,
+        call,
+        stage,
+        payload: r.payload.to_vec(),
+    };
+    let owed = held.owed();
+    storage.filters.hold(held, at);
+    Served::Held(owed)
+}
+
+/// The rest of a request's life once the engine is done with it: its reply,
+/// and its outcome told to the filters.
+pub fn complete(flight: &Flight, done: Done, storage: &mut Storage, now: Instant, out: &mut Out) {
+    let errno = engine::reply(flight, done, out);
+    let depth = storage.filters.depth();
+    storage.filters.up(&flight.call, errno, depth, now);
 }
 
 /// The storage a request's reply will hold for its data, besides its header:
@@ -126,7 +238,7 @@ pub fn reply_cost(
 }
 
 /// The checks every request passes first: not while shutting down, and valid
-/// for the session and the export. Returns the effect length.
+/// for the agreement and the export. Returns the effect length.
 fn admissible(
     r: &Incoming,
     ex: &crate::export::Export,
@@ -139,7 +251,7 @@ fn admissible(
         });
     }
     let req = &r.req;
-    check(&r.session, ex, req, r.payload).inspect_err(|refusal| {
+    check(&r.agreed, ex, req, r.payload).inspect_err(|refusal| {
         log::debug!(
             "{} offset {} length {}: {} ({})",
             command_name(req.kind),
@@ -180,7 +292,8 @@ mod testing {
 
     /// Storage serving `ex` from RAM.
     pub fn with_memory(ex: &Export) -> Storage {
-        Storage::new(Box::new(Memory::new(ex.size)), ex.clone())
+        let filters = crate::filter::Stack::default();
+        Storage::new(Box::new(Memory::new(ex.size)), ex.clone(), filters)
     }
 
     /// Serves one request; returns every byte it queued.
@@ -198,9 +311,11 @@ mod testing {
         let (mut q, mut pool) = (OutQueue::default(), Pool::default());
         let r = Incoming {
             origin: Origin::new(0, 0),
-            session: *s,
+            conn: 0,
+            agreed: *s,
             req,
             payload,
+            now: Instant::now(),
         };
         serve(&r, storage, shutting_down, &mut q.writer(&mut pool));
         let mut iov = [std::io::IoSlice::new(&[]); 64];

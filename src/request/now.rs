@@ -4,31 +4,38 @@
 use super::{Incoming, read, reply};
 use crate::backend::{Extent, Store, Zero};
 use crate::buf::Out;
-use crate::proto::request::Request;
+use crate::filter::Call;
 use crate::proto::*;
 
-/// Runs a checked request on `store`. `holes`: where a structured READ is
-/// split (see `read::find_holes`).
-pub fn run(r: &Incoming, effect: u64, store: &mut dyn Store, holes: &[Extent], out: &mut Out) {
-    let req = &r.req;
-    let fua = req.flags & CMD_FLAG_FUA != 0;
-    let result = match req.kind {
-        CMD_READ => return read::read(r, effect, store, holes, out),
-        _ if effect == 0 && req.kind != CMD_FLUSH => Ok(()),
-        CMD_WRITE => store.write(r.payload, req.offset, fua),
+/// Runs `call` on `store` and queues the reply to `r`; returns the NBD error
+/// it carries (0: none). `holes`: where a structured READ is split (see
+/// `read::find_holes`).
+pub fn run(
+    r: &Incoming,
+    call: &Call,
+    store: &mut dyn Store,
+    holes: &[Extent],
+    out: &mut Out,
+) -> u32 {
+    let (offset, len) = (call.offset, call.len);
+    let fua = call.flags & CMD_FLAG_FUA != 0;
+    let result = match call.kind {
+        CMD_READ => return read::read(r, call, store, holes, out),
+        _ if len == 0 && call.kind != CMD_FLUSH => Ok(()),
+        CMD_WRITE => store.write(r.payload, offset, fua),
         CMD_FLUSH => store.flush(),
-        CMD_TRIM => store.trim(req.offset, effect, fua),
-        CMD_WRITE_ZEROES => store.zero(req.offset, effect, zero_how(req), fua),
-        CMD_CACHE => store.cache(req.offset, effect),
+        CMD_TRIM => store.trim(offset, len, fua),
+        CMD_WRITE_ZEROES => store.zero(offset, len, zero_how(call), fua),
+        CMD_CACHE => store.cache(offset, len),
         _ => unreachable!("check() refuses unknown commands"),
     };
-    reply::finish(&r.session, req, effect, result, out);
+    reply::finish(&r.agreed, &r.req, len, result, out)
 }
 
 /// How WRITE_ZEROES may be carried out, from its flags.
-pub fn zero_how(req: &Request) -> Zero {
+pub fn zero_how(call: &Call) -> Zero {
     Zero {
-        may_trim: req.flags & CMD_FLAG_NO_HOLE == 0,
-        fast: req.flags & CMD_FLAG_FAST_ZERO != 0,
+        may_trim: call.flags & CMD_FLAG_NO_HOLE == 0,
+        fast: call.flags & CMD_FLAG_FAST_ZERO != 0,
     }
 }

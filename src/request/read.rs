@@ -6,6 +6,7 @@ use crate::agreement::Agreement;
 use crate::backend::{Extent, Store, nbd_errno};
 use crate::buf::Out;
 use crate::export::BASE_ALLOCATION_ID;
+use crate::filter::Call;
 use crate::proto::reply::{self as wire, Style};
 use crate::proto::*;
 use crate::storage::Storage;
@@ -19,15 +20,16 @@ const LEND_MIN: u64 = 32 * 1024;
 const MAX_READ_CHUNKS: usize = 64;
 
 /// Finds the runs a structured READ is split into, holes and data, where the
-/// backend knows them cheaply (and DF was not asked for); none: one run of
-/// data. They stay in the storage's scratch list for `read`.
-pub fn find_holes(r: &Incoming, len: u64, storage: &mut Storage) -> std::io::Result<()> {
-    let wanted = r.session.style != Style::Simple && len > 0 && r.req.flags & CMD_FLAG_DF == 0;
-    let max = match wanted && storage.backend().caps().sparse_reads {
+/// backend knows them cheaply (and DF was not asked for, and the agreement
+/// has chunks); none: one run of data. They stay in the storage's scratch
+/// list for `read`.
+pub fn find_holes(call: &Call, storage: &mut Storage, chunks: bool) -> std::io::Result<()> {
+    let wanted = chunks && call.len > 0 && call.flags & CMD_FLAG_DF == 0;
+    let max = match wanted && storage.export.caps.sparse_reads {
         true => MAX_READ_CHUNKS,
         false => 0,
     };
-    storage.find_extents(r.req.offset, len, max).map(|_| ())
+    storage.find_extents(call.offset, call.len, max).map(|_| ())
 }
 
 /// The most a READ of `len` bytes from a store that lends copies into the
@@ -41,42 +43,55 @@ pub fn copied_at_most(s: &Agreement, len: usize) -> usize {
     }
 }
 
-/// A READ that failed: said in the log, and as its reply.
-pub fn failed(r: &Incoming, len: u64, e: &std::io::Error, out: &mut Out) {
+/// A READ that failed: said in the log, and as its reply; returns its NBD error.
+pub fn failed(r: &Incoming, len: u64, e: &std::io::Error, out: &mut Out) -> u32 {
     log::warn!("READ offset {} length {len}: {e}", r.req.offset);
-    reply::error(&r.session, &r.req, out, nbd_errno(e), "read failed");
+    let errno = nbd_errno(e);
+    reply::error(&r.agreed, &r.req, out, errno, "read failed");
+    errno
 }
 
 /// READ on data at hand: straight from the store into the output queue,
-/// behind its header, split at `holes` (see `find_holes`).
-pub fn read(r: &Incoming, len: u64, store: &mut dyn Store, holes: &[Extent], out: &mut Out) {
+/// behind its header, split at `holes` (see `find_holes`). Returns its NBD
+/// error (0: none).
+pub fn read(
+    r: &Incoming,
+    call: &Call,
+    store: &mut dyn Store,
+    holes: &[Extent],
+    out: &mut Out,
+) -> u32 {
     let mark = out.mark();
-    let result = match r.session.style {
+    let len = call.len;
+    let result = match r.agreed.style {
         Style::Simple => {
             out.put(wire::simple(0, r.req.cookie).as_bytes());
-            read_into(store, r.req.offset, len, out)
+            read_into(store, call.offset, len, out)
         }
         _ if len == 0 => {
-            reply::chunk(&r.session, &r.req, REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0, out);
+            reply::chunk(&r.agreed, &r.req, REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0, out);
             Ok(())
         }
-        _ => read_chunks(r, len, store, holes, out),
+        _ => read_chunks(r, call, store, holes, out),
     };
-    if let Err(e) = result {
-        out.rollback(mark);
-        failed(r, len, &e, out);
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            out.rollback(mark);
+            failed(r, len, &e, out)
+        }
     }
 }
 
 /// The header of a READ reply whose `len` bytes of data follow in one piece:
 /// simple, or one OFFSET_DATA chunk that is the last.
 pub fn data_header(r: &Incoming, len: u64, out: &mut Out) {
-    match r.session.style {
+    match r.agreed.style {
         Style::Simple => out.put(wire::simple(0, r.req.cookie).as_bytes()),
         _ => {
             let payload = wire::data_payload_len(len);
             let kind = REPLY_TYPE_OFFSET_DATA;
-            reply::chunk(&r.session, &r.req, REPLY_FLAG_DONE, kind, payload, out);
+            reply::chunk(&r.agreed, &r.req, REPLY_FLAG_DONE, kind, payload, out);
             out.put(&r.req.offset.to_be_bytes());
         }
     }
@@ -96,16 +111,18 @@ fn read_into(store: &mut dyn Store, offset: u64, len: u64, out: &mut Out) -> std
 }
 
 /// A structured READ reply: holes as OFFSET_HOLE, data as OFFSET_DATA, split at
-/// `holes`; the last chunk is DONE.
+/// `holes`; the last chunk is DONE. Chunks name the client's offsets; the
+/// data comes from `call`'s (a filter may have moved it).
 fn read_chunks(
     r: &Incoming,
-    len: u64,
+    call: &Call,
     store: &mut dyn Store,
     holes: &[Extent],
     out: &mut Out,
 ) -> std::io::Result<()> {
-    let end = r.req.offset + len;
+    let end = r.req.offset + call.len;
     let mut pos = r.req.offset;
+    let below = |pos: u64| pos - r.req.offset + call.offset;
     let mut runs = holes.iter();
     while pos < end {
         // The run at `pos`: a known hole, or data up to the next hole (or the end).
@@ -115,7 +132,7 @@ fn read_chunks(
         };
         let n = run.min(end - pos);
         let done = if pos + n == end { REPLY_FLAG_DONE } else { 0 };
-        let (s, req) = (&r.session, &r.req);
+        let (s, req) = (&r.agreed, &r.req);
         if hole {
             reply::chunk(
                 s,
@@ -130,24 +147,32 @@ fn read_chunks(
             let payload = wire::data_payload_len(n);
             reply::chunk(s, req, done, REPLY_TYPE_OFFSET_DATA, payload, out);
             out.put(&pos.to_be_bytes());
-            read_into(store, pos, n, out)?;
+            read_into(store, below(pos), n, out)?;
         }
         pos += n;
     }
     Ok(())
 }
 
-/// BLOCK_STATUS: one chunk for our one context.
-pub fn block_status(r: &Incoming, len: u64, storage: &mut Storage, out: &mut Out) {
-    let (s, req) = (&r.session, &r.req);
+/// BLOCK_STATUS: one chunk for our one context; returns its NBD error (0:
+/// none). An export without extents (`Caps::extents` false) reports the
+/// whole range as allocated data.
+pub fn block_status(r: &Incoming, call: &Call, storage: &mut Storage, out: &mut Out) -> u32 {
+    let (s, req, len) = (&r.agreed, &r.req, call.len);
     let req_one = req.flags & CMD_FLAG_REQ_ONE != 0;
-    let max = if req_one { 1 } else { MAX_EXTENTS };
+    let max = match (storage.export.caps.extents, req_one) {
+        (false, _) => 0,
+        (true, true) => 1,
+        (true, false) => MAX_EXTENTS,
+    };
     let min_block = storage.export.caps.min_block;
-    let ext = match storage.find_extents(req.offset, len, max) {
+    let ext = match storage.find_extents(call.offset, len, max) {
         Ok(ext) => ext,
         Err(e) => {
             log::warn!("BLOCK_STATUS offset {} length {len}: {e}", req.offset);
-            return reply::error(s, req, out, nbd_errno(&e), "block status failed");
+            let errno = nbd_errno(&e);
+            reply::error(s, req, out, errno, "block status failed");
+            return errno;
         }
     };
     clip_extents(ext, len, req_one, s.style, min_block);
@@ -168,6 +193,7 @@ pub fn block_status(r: &Incoming, len: u64, storage: &mut Storage, out: &mut Out
         wire::descriptor(s.style, e.len, e.flags, &mut d);
         out.put(&d[..per]);
     }
+    0
 }
 
 /// Makes extents fit the reply: none past the request with REQ_ONE, and none

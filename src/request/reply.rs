@@ -8,16 +8,20 @@ use crate::proto::reply::{self, Style};
 use crate::proto::request::Request;
 use crate::proto::*;
 
-/// The reply to a request without data in its reply, once it is done.
+/// The reply to a request without data in its reply, once it is done;
+/// returns the NBD error it carries (0: none).
 pub fn finish(
     s: &Agreement,
     req: &Request,
     effect: u64,
     result: std::io::Result<()>,
     out: &mut Out,
-) {
+) -> u32 {
     match result {
-        Ok(()) => ok(s, req, out),
+        Ok(()) => {
+            ok(s, req, out);
+            0
+        }
         Err(e) => {
             let errno = nbd_errno(&e);
             if errno != ENOTSUP {
@@ -28,7 +32,8 @@ pub fn finish(
                     effect
                 );
             }
-            error(s, req, out, errno, "backend error")
+            error(s, req, out, errno, "backend error");
+            errno
         }
     }
 }

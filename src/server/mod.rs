@@ -16,7 +16,8 @@ mod signals;
 mod spin;
 mod timeouts;
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::Child;
@@ -32,12 +33,13 @@ use crate::budget::Budget;
 use crate::buf::Pool;
 use crate::conn::{Conn, Event, Socket, Step};
 use crate::export::Export;
+use crate::filter::{Filter, Stack};
 use crate::lifecycle::{Lifecycle, Verdict};
 use crate::listen::{Listener, Peer};
 use crate::notify::Notifier;
 use crate::origin::Origin;
 use crate::shared::Shared;
-use crate::storage::Flight;
+use crate::storage::{Flight, Storage};
 use crate::sys;
 
 use accept::Acceptor;
@@ -58,6 +60,8 @@ const POOL_LINGER: Duration = Duration::from_secs(1);
 /// What `Server::new` needs besides the backend.
 pub struct Setup {
     pub export: Export,
+    /// `--filter`s, first nearest the client.
+    pub filters: Vec<Box<dyn Filter>>,
     pub listeners: Vec<Listener>,
     /// Clients that are already connected: `-s`, or systemd `Accept=yes` sockets.
     /// Each is (read fd, separate write fd).
@@ -101,6 +105,8 @@ pub struct Server {
     /// Connections holding a request the I/O engine had no room for, in the
     /// order they asked: resumed in that order as room frees, so none starves.
     room_queue: VecDeque<Origin>,
+    /// Connections a filter holds, with when to wake them (`Step::Sleep`).
+    sleepers: BinaryHeap<Reverse<(Instant, Origin)>>,
     /// Clients accepted in the current batch (kept to reuse its storage).
     accepted: Vec<(OwnedFd, Peer)>,
     /// Completions reaped from the I/O engine, with their requests, and the
@@ -145,7 +151,8 @@ impl Server {
             );
             export.max_request = largest;
         }
-        let mut shared = Shared::new(backend, export, lifecycle);
+        let storage = Storage::new(backend, export, Stack::new(setup.filters));
+        let mut shared = Shared::new(storage, lifecycle);
         shared.budget = budget;
         #[cfg(feature = "tls")]
         {
@@ -162,6 +169,7 @@ impl Server {
             spin: Spin::new(setup.busy_poll),
             ready: Vec::new(),
             room_queue: VecDeque::new(),
+            sleepers: BinaryHeap::new(),
             accepted: Vec::new(),
             done: Vec::new(),
             completed: Vec::new(),
@@ -271,8 +279,21 @@ impl Server {
             self.route(flight.origin, Event::Completed { flight, done });
         }
         self.completed = completed;
+        // Requests filters held that are due (all of them, at shutdown: they
+        // are refused), and connections they held.
+        let (now, all) = (self.shared.now, self.shared.lifecycle.shutting_down());
+        while let Some(held) = self.shared.storage.filters.release(now, all) {
+            touched.push(held.origin);
+            self.route(held.origin, Event::Released(held));
+        }
+        while let Some(&Reverse((at, to))) = self.sleepers.peek()
+            && at <= now
+        {
+            self.sleepers.pop();
+            touched.push(to);
+        }
         // Every connection that got replies sends them now, in one turn each.
-        touched.sort_unstable_by_key(|o| o.key);
+        touched.sort_unstable();
         touched.dedup();
         for to in touched.drain(..) {
             self.route(to, Event::Resume);
@@ -320,6 +341,7 @@ impl Server {
         match conn.handle(ev, &mut self.shared, self.poll.registry()) {
             Step::Wait => {}
             Step::WaitForRoom => self.room_queue.push_back(to),
+            Step::Sleep(at) => self.sleepers.push(Reverse((at, to))),
             Step::Yield => self.ready.push(to),
             Step::Close => return self.close(to.key),
         }
@@ -330,9 +352,13 @@ impl Server {
     /// counted against the memory budget, and goes back (the only place a
     /// gone connection's memory is refunded: `Charge::close` left it).
     fn orphan(&mut self, ev: Event) {
-        if let Event::Completed { flight, done } = ev {
-            self.shared.budget.give(flight.lent());
-            self.shared.pool.give(done.buf);
+        match ev {
+            Event::Completed { flight, done } => {
+                self.shared.budget.give(flight.owed().lent);
+                self.shared.pool.give(done.buf);
+            }
+            Event::Released(held) => self.shared.budget.give(held.owed().lent),
+            _ => {}
         }
     }
 
@@ -462,6 +488,8 @@ impl Server {
             trim,
             self.deadlines.next(),
             self.stalls.next(),
+            self.shared.storage.filters.next_due(),
+            self.sleepers.peek().map(|Reverse((at, _))| *at),
         ]
         .into_iter()
         .flatten()

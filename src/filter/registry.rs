@@ -1,0 +1,87 @@
+//! The filters nbdlite has: each one's name, the parameters it takes (for
+//! `--help`, the man page and the command line's sorting of `key=value`s),
+//! and how it is built from them.
+
+use super::Filter;
+use super::params::Params;
+
+/// A filter's parameter: its key, the form of its value, what it does.
+pub struct Param {
+    pub key: &'static str,
+    pub value: &'static str,
+    pub about: &'static str,
+}
+
+/// A filter as the command line knows it.
+pub struct Entry {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub params: &'static [Param],
+    /// Builds it from its parameters; Err says which value was wrong.
+    pub build: fn(&Params) -> Result<Box<dyn Filter>, String>,
+}
+
+impl Param {
+    pub const fn new(key: &'static str, value: &'static str, about: &'static str) -> Param {
+        Param { key, value, about }
+    }
+}
+
+impl Entry {
+    /// Whether `key` is one of its parameters.
+    pub fn takes(&self, key: &str) -> bool {
+        self.params.iter().any(|p| p.key == key)
+    }
+}
+
+/// Every filter, in the order `--help` lists them.
+pub static FILTERS: &[Entry] = &[
+    Entry {
+        name: "delay",
+        about: "delay requests, opening and closing, as a slow or remote disk would",
+        params: super::delay::PARAMS,
+        build: super::delay::build,
+    },
+    Entry {
+        name: "error",
+        about: "inject errors into replies, at random or while a file exists",
+        params: super::error::PARAMS,
+        build: super::error::build,
+    },
+];
+
+/// The filter named `name`.
+pub fn lookup(name: &str) -> Option<&'static Entry> {
+    FILTERS.iter().find(|e| e.name == name)
+}
+
+/// One `--filter=NAME` with the parameters that are its.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    pub name: &'static str,
+    pub params: Params,
+}
+
+/// Builds the filters of `specs`, first nearest the client.
+pub fn build(specs: &[Spec]) -> Result<Vec<Box<dyn Filter>>, String> {
+    specs
+        .iter()
+        .map(|s| {
+            let entry = lookup(s.name).ok_or_else(|| format!("unknown filter '{}'", s.name))?;
+            (entry.build)(&s.params).map_err(|e| format!("{} filter: {e}", s.name))
+        })
+        .collect()
+}
+
+/// `--help`'s list: each filter, then its parameters.
+pub fn describe() -> String {
+    let mut s = String::new();
+    for e in FILTERS {
+        s += &format!("  {:<18} {}\n", e.name, e.about);
+        for p in e.params {
+            let kv = format!("{}={}", p.key, p.value);
+            s += &format!("      {kv:<28} {}\n", p.about);
+        }
+    }
+    s
+}
