@@ -50,10 +50,10 @@ fn a_half_sent_request_is_dropped_and_an_idle_client_is_not() {
 }
 
 /// The last reply to an option (ACK or an error), or how the connection failed.
-fn final_reply(c: &mut Client) -> std::io::Result<u32> {
+fn final_reply(c: &mut Client) -> Result<u32, ReadError<std::io::Error>> {
     use std::io::Read;
     loop {
-        let r = read_message(|b| c.s.read_exact(b), "option reply", option_reply)?;
+        let r = read_message(|b| c.s.read_exact(b), MAX_MESSAGE, option_reply)?;
         if r.is_final() {
             return Ok(r.kind);
         }

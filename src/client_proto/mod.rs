@@ -52,6 +52,53 @@ impl<T> Parse<T> {
     }
 }
 
+/// Why `read_message` has no value to give.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadError<E> {
+    /// The caller's reader failed (the end of the stream, a timeout...).
+    Read(E),
+    /// The server sent what the spec does not allow, or more than allowed.
+    Malformed(&'static str),
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for ReadError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Read(e) => e.fmt(f),
+            ReadError::Malformed(e) => f.write_str(e),
+        }
+    }
+}
+
+/// One whole message for a blocking client: asks `read_exact` (which fills
+/// the slice it is given, or fails) for exactly as many bytes at each step as
+/// `parse` says it needs, so nothing of the next message is taken, and at
+/// most `max` bytes in all, so a length the server sent cannot size a buffer
+/// unchecked. The reading is the caller's; this only drives the decoder.
+pub fn read_message<T, E>(
+    mut read_exact: impl FnMut(&mut [u8]) -> Result<(), E>,
+    max: usize,
+    parse: impl Fn(&[u8]) -> Parse<T>,
+) -> Result<T, ReadError<E>> {
+    let mut buf = Vec::new();
+    loop {
+        match parse(&buf) {
+            Parse::Done(v, _) => return Ok(v),
+            Parse::NeedMore(n) if n > max - buf.len() => {
+                return Err(ReadError::Malformed(
+                    "message longer than the reader allows",
+                ));
+            }
+            Parse::NeedMore(n) => {
+                let at = buf.len();
+                buf.resize(at + n, 0);
+                read_exact(&mut buf[at..]).map_err(ReadError::Read)?;
+            }
+            Parse::Malformed(e) => return Err(ReadError::Malformed(e)),
+        }
+    }
+}
+
 /// How many bytes `buf` lacks to hold `len`, if it lacks any.
 fn short(buf: &[u8], len: usize) -> Option<usize> {
     len.checked_sub(buf.len()).filter(|&n| n > 0)

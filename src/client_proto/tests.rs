@@ -444,3 +444,57 @@ fn garbage_is_an_error() {
     assert_eq!(errno_name(ENOSPC), "ENOSPC");
     assert_eq!(errno_name(7), "unknown");
 }
+
+/// A reader over bytes in memory that notes what it was asked for.
+struct Source<'a> {
+    rest: &'a [u8],
+    asks: Vec<usize>,
+}
+
+impl Source<'_> {
+    fn read_exact(&mut self, b: &mut [u8]) -> Result<(), &'static str> {
+        if b.len() > self.rest.len() {
+            return Err("end of stream");
+        }
+        let (now, rest) = self.rest.split_at(b.len());
+        b.copy_from_slice(now);
+        self.rest = rest;
+        self.asks.push(b.len());
+        Ok(())
+    }
+}
+
+/// The reading loop asks for what the decoders need, no more, and stops at
+/// the limit it is given or the reader's error.
+#[test]
+fn read_message_reads_exactly_the_message() {
+    let g = cat(&[b"NBDMAGIC", b"IHAVEOPT", &[0, 3], b"next"]);
+    let mut src = Source {
+        rest: &g,
+        asks: Vec::new(),
+    };
+    let got = read_message(|b| src.read_exact(b), 1 << 20, greeting);
+    assert_eq!(got, Ok(Greeting::Newstyle { flags: 3 }));
+    assert_eq!(
+        (src.asks.as_slice(), src.rest),
+        (&[16, 2][..], &b"next"[..])
+    );
+    let eof = read_message(|b| src.read_exact(b), 1 << 20, greeting);
+    assert_eq!(eof, Err(ReadError::Read("end of stream")));
+    let mut src = Source {
+        rest: &[0xff; 100],
+        asks: Vec::new(),
+    };
+    let bad = read_message(|b| src.read_exact(b), 1 << 20, greeting);
+    assert!(matches!(bad, Err(ReadError::Malformed(_))));
+    // A chunk announcing 1 GiB: refused before anything is allocated for it.
+    let huge = cat(&[&STRUCTURED_MAGIC.to_be_bytes(), &[0; 12], &[0x40, 0, 0, 0]]);
+    let mut src = Source {
+        rest: &huge,
+        asks: Vec::new(),
+    };
+    let r = read_message(|b| src.read_exact(b), 1 << 20, |b| reply(b, None));
+    let e = r.unwrap_err().to_string();
+    assert_eq!(e, "message longer than the reader allows");
+    assert_eq!(src.asks, [4, 16]);
+}

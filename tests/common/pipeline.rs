@@ -80,7 +80,8 @@ fn recv(s: &mut impl Read, n: usize) -> Vec<u8> {
 /// Receives one `what`, as `parse` decodes it.
 #[track_caller]
 fn recv_parsed<T>(s: &mut impl Read, what: &str, parse: impl Fn(&[u8]) -> Parse<T>) -> T {
-    read_message(|b| s.read_exact(b), what, parse).unwrap_or_else(|e| panic!("recv {what}: {e}"))
+    read_message(|b| s.read_exact(b), MAX_MESSAGE, parse)
+        .unwrap_or_else(|e| panic!("recv {what}: {e}"))
 }
 
 /// The handshake: fixed newstyle without zeroes, the style's option, GO.

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 pub use nbdlite::client_proto::*;
 
+/// The longest message a test reads: more than any READ a test makes.
+pub const MAX_MESSAGE: usize = 1 << 30;
+
 /// An encrypted channel over the client's socket, once STARTTLS has been
 /// accepted (`tests/common/tls_client.rs` has the rustls one): kept behind a
 /// trait so that this file needs std only and builds without the `tls` feature.
@@ -141,8 +144,9 @@ impl Client {
     }
 
     /// Receives one `what`, as `parse` decodes it.
+    #[track_caller]
     pub fn recv_parsed<T>(&mut self, what: &str, parse: impl Fn(&[u8]) -> Parse<T>) -> T {
-        read_message(|b| self.read_exact(b), what, parse)
+        read_message(|b| self.read_exact(b), MAX_MESSAGE, parse)
             .unwrap_or_else(|e| panic!("recv {what}: {e}"))
     }
 
@@ -315,28 +319,6 @@ pub fn still_serves(path: &Path) {
     let (mut c, _, _) = Client::ready(path, true, false, false);
     assert_eq!(c.write(0, b"alive"), 0);
     assert_eq!(c.read(0, 0, 5).unwrap(), b"alive");
-}
-
-/// Reads one message with `read_exact`, as many bytes at each step as
-/// `parse` says it needs, so nothing of the next message is taken; panics,
-/// naming `what`, on what the spec does not allow.
-pub fn read_message<T>(
-    mut read_exact: impl FnMut(&mut [u8]) -> io::Result<()>,
-    what: &str,
-    parse: impl Fn(&[u8]) -> Parse<T>,
-) -> io::Result<T> {
-    let mut buf = Vec::new();
-    loop {
-        match parse(&buf) {
-            Parse::Done(v, _) => return Ok(v),
-            Parse::NeedMore(n) => {
-                let at = buf.len();
-                buf.resize(at + n, 0);
-                read_exact(&mut buf[at..])?;
-            }
-            Parse::Malformed(e) => panic!("{what}: {e} ({buf:02x?})"),
-        }
-    }
 }
 
 /// Block-status descriptors of a BLOCK_STATUS or BLOCK_STATUS_EXT chunk: (length, flags).

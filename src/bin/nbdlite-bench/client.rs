@@ -12,10 +12,10 @@
 use std::io::{self, Read, Write};
 
 use nbdlite::client_proto::{
-    CFLAG_FIXED_NEWSTYLE, CFLAG_NO_ZEROES, ERR_POLICY, ERR_TLS_REQD, ERR_UNSUP, Export,
+    self, CFLAG_FIXED_NEWSTYLE, CFLAG_NO_ZEROES, ERR_POLICY, ERR_TLS_REQD, ERR_UNSUP, Export,
     FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, Greeting, INFO_BLOCK_SIZE, Info, OPT_EXPORT_NAME, OPT_GO,
-    OPT_STARTTLS, Parse, REP_ACK, REP_ERROR_BIT, REP_INFO, client_flags, export_name_reply, info,
-    info_data, option, option_reply_header,
+    OPT_STARTTLS, Parse, REP_ACK, REP_ERROR_BIT, REP_INFO, ReadError, client_flags,
+    export_name_reply, info, info_data, option, option_reply_header,
 };
 use nbdlite::error::plain;
 
@@ -27,6 +27,8 @@ use crate::uri::Target;
 const MAX_GO_REPLIES: usize = 64;
 /// Option replies longer than this are garbage, not something to allocate for.
 const MAX_OPTION_REPLY: u32 = 1 << 20;
+/// The longest message read whole: the oldstyle greeting.
+const MAX_MESSAGE: usize = client_proto::OLDSTYLE_GREETING_LEN;
 
 /// What the handshake told us about the export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -304,25 +306,17 @@ fn message(body: &[u8]) -> String {
     }
 }
 
-/// Reads one `what`, as many bytes at each step as `parse` asks for: none of
-/// what comes after it.
+/// Reads one `what` (none of what comes after it), as `parse` decodes it.
 fn read_message<S: Read, T>(
     s: &mut S,
     what: &str,
     parse: impl Fn(&[u8]) -> Parse<T>,
 ) -> Result<T, String> {
-    let mut buf = Vec::new();
-    loop {
-        match parse(&buf) {
-            Parse::Done(v, _) => return Ok(v),
-            Parse::NeedMore(n) => {
-                let at = buf.len();
-                buf.resize(at + n, 0);
-                read_exact(s, &mut buf[at..], what)?;
-            }
-            Parse::Malformed(e) => return Err(format!("not an NBD server ({e})")),
-        }
-    }
+    let read = |b: &mut [u8]| read_exact(s, b, what);
+    client_proto::read_message(read, MAX_MESSAGE, parse).map_err(|e| match e {
+        ReadError::Read(e) => e,
+        ReadError::Malformed(e) => format!("not an NBD server ({e})"),
+    })
 }
 
 fn read_exact<S: Read>(s: &mut S, buf: &mut [u8], what: &str) -> Result<(), String> {
