@@ -5,7 +5,8 @@
 //! Shared by everything in this repository that plays the client: the raw
 //! test client (`tests/common/wire.rs`) and the pipelining one
 //! (`tests/common/pipeline.rs`), the fuzzing harness's stream generator and
-//! reply checks (`src/fuzzing`), and the load generator (`nbdlite-bench`).
+//! reply checks (`src/fuzzing`), the load generator (`nbdlite-bench`), and
+//! the server's unit tests where they need a client's bytes.
 //!
 //! Written from the spec (doc/proto.md of the NBD project, extended headers
 //! from its `extension-ext-header` branch) and kept apart from the server's

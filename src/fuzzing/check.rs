@@ -1,7 +1,8 @@
 //! Invariants of one `Driver::one` step, checked against the wire format as the
 //! spec states it. The request header is parsed here, and the replies in
-//! `replies`, with small readers of their own, so a bug in the server's parser or
-//! encoder is not mirrored by the check.
+//! `replies`, with the client's side of the protocol (`client_proto`) rather
+//! than the server's `proto`, so a bug in the server's parser or encoder is not
+//! mirrored by the check.
 
 use crate::agreement::Agreement;
 use crate::client_proto::*;
@@ -11,7 +12,7 @@ use crate::proto::reply::Style;
 
 use super::Start;
 
-/// The reply parsers: part of this check alone, hence a child module.
+/// The reply checks: part of this check alone, hence a child module.
 mod replies;
 
 use replies::{Req, check_replies, option_replies};
