@@ -15,6 +15,8 @@ pub mod budget;
 pub mod buf;
 pub mod captive;
 pub mod cli;
+#[doc(hidden)]
+pub mod client_proto;
 pub mod conn;
 pub mod daemon;
 pub mod driver;

@@ -27,7 +27,7 @@ fn a_half_sent_request_is_dropped_and_an_idle_client_is_not() {
     let (mut idle, _, _) = Client::ready(&srv.sock, false, false, false);
     let (mut half, _, _) = Client::ready(&srv.sock, false, false, false);
     let start = Instant::now();
-    half.send(&request_bytes(false, 0, CMD_READ, 1, 0, 512)[..10]);
+    half.send(&request(false, 0, CMD_READ, 1, 0, 512)[..10]);
     assert!(half.closed_by_peer(10), "a half-sent request is dropped");
     let took = start.elapsed();
     assert!(took >= Duration::from_millis(900), "dropped after {took:?}");
@@ -40,7 +40,7 @@ fn a_half_sent_request_is_dropped_and_an_idle_client_is_not() {
     assert_eq!(idle.write(0, b"idle"), 0);
     // A payload that trickles in, never silent for the timeout, goes on.
     let (mut slow, _, _) = Client::ready(&srv.sock, false, false, false);
-    slow.send(&request_bytes(false, 0, CMD_WRITE, 2, 0, 6));
+    slow.send(&request(false, 0, CMD_WRITE, 2, 0, 6));
     for b in b"trickl" {
         std::thread::sleep(Duration::from_millis(300)); // deliberately: slow, not silent
         slow.send(&[*b]);
@@ -50,16 +50,12 @@ fn a_half_sent_request_is_dropped_and_an_idle_client_is_not() {
 }
 
 /// The last reply to an option (ACK or an error), or how the connection failed.
-fn final_reply(c: &mut Client) -> std::io::Result<u32> {
+fn final_reply(c: &mut Client) -> Result<u32, ReadError<std::io::Error>> {
     use std::io::Read;
     loop {
-        let mut h = [0u8; 20];
-        c.s.read_exact(&mut h)?;
-        let mut data = vec![0u8; u32_at(&h, 16) as usize];
-        c.s.read_exact(&mut data)?;
-        let kind = u32_at(&h, 12);
-        if kind == REP_ACK || kind & 0x8000_0000 != 0 {
-            return Ok(kind);
+        let r = read_message(|b| c.s.read_exact(b), MAX_MESSAGE, option_reply)?;
+        if r.is_final() {
+            return Ok(r.kind);
         }
     }
 }
@@ -87,7 +83,7 @@ fn input_that_came_during_a_pause_is_read_before_deadlines() {
     let pid = srv.pid();
     let (mut half, _, _) = Client::ready(&srv.sock, false, false, false);
     let mut negotiating: Vec<Client> = (0..CROWD).map(|_| Client::start(&srv.sock)).collect();
-    let write = request_bytes(false, 0, CMD_WRITE, 5, 0, 4);
+    let write = request(false, 0, CMD_WRITE, 5, 0, 4);
     let before = bytes_read(pid);
     half.send(&write[..10]);
     wait_until(5, "the server to read the half request", || {

@@ -20,14 +20,16 @@
 //! advertised maximum; only larger ones are refused.
 
 mod common;
+#[path = "common/pipeline.rs"]
+mod pipeline;
 #[path = "common/wire.rs"]
 mod wire;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
 
 use common::{Server, rss_kib};
+use pipeline::{Batch, Inbox, Style};
 use wire::*;
 
 const SIZE: u64 = 1 << 20;
@@ -83,10 +85,7 @@ fn option_length_beyond_what_the_option_needs() {
         // 20 clients per class, each leaving with the data unsent.
         for _ in 0..20 {
             let mut c = Client::start(&srv.sock);
-            let mut hdr = IHAVEOPT.to_be_bytes().to_vec();
-            hdr.extend_from_slice(&opt.to_be_bytes());
-            hdr.extend_from_slice(&len.to_be_bytes());
-            c.send(&hdr);
+            c.send(&option_header(opt, len));
             match reply {
                 Some(kind) => {
                     let r = c.recv_opt_reply();
@@ -115,10 +114,7 @@ fn hang_up_mid_skipped_option_data() {
     let mut srv = Server::start(&["memory", "1M"]);
     let mut c = Client::start(&srv.sock);
     c.send_opt(OPT_LIST, &[]);
-    let mut hdr = IHAVEOPT.to_be_bytes().to_vec();
-    hdr.extend_from_slice(&0x9999u32.to_be_bytes());
-    hdr.extend_from_slice(&(1u32 << 30).to_be_bytes());
-    c.send(&hdr);
+    c.send(&option_header(0x9999, 1 << 30));
     c.send(&vec![0; 300_000]);
     drop(c);
     alive_and_serving(&mut srv);
@@ -270,28 +266,7 @@ fn requests_over_32_mib() {
 
 /// Minimal NBD over TCP: greeting, flags, GO with the default export.
 fn tcp_client(port: u16) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut g = [0u8; 18];
-    s.read_exact(&mut g).unwrap();
-    let mut m = 3u32.to_be_bytes().to_vec();
-    m.extend_from_slice(&IHAVEOPT.to_be_bytes());
-    m.extend_from_slice(&OPT_GO.to_be_bytes());
-    let data = info_data(b"", &[]);
-    m.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    m.extend_from_slice(&data);
-    s.write_all(&m).unwrap();
-    loop {
-        let mut h = [0u8; 20];
-        s.read_exact(&mut h).unwrap();
-        let mut d = vec![0u8; u32_at(&h, 16) as usize];
-        s.read_exact(&mut d).unwrap();
-        match u32_at(&h, 12) {
-            REP_ACK => return s,
-            REP_INFO => {}
-            other => panic!("GO: reply {other:#x}"),
-        }
-    }
+    pipeline::tcp(port, Style::Simple)
 }
 
 /// Closes with replies still unread in the socket's receive queue: the kernel
@@ -305,11 +280,11 @@ fn reset(s: TcpStream) {
 fn alive_and_serving_tcp(srv: &mut Server) {
     assert!(srv.alive(), "the server died: {}", srv.log_text());
     let mut s = tcp_client(srv.tcp_port());
-    s.write_all(&request_bytes(false, 0, CMD_READ, 1, 0, 512))
-        .unwrap();
-    let mut r = [0u8; 16 + 512];
-    s.read_exact(&mut r).unwrap();
-    assert_eq!((u32_at(&r, 0), u32_at(&r, 4)), (SIMPLE, 0), "READ reply");
+    let mut b = Batch::new(Style::Simple);
+    b.cmd(0, CMD_READ, 1, 0, 512);
+    s.write_all(&b.bytes).unwrap();
+    let f = Inbox::new(Style::Simple, &b.sent).next(&mut s);
+    assert_eq!(f.errno, 0, "READ reply");
 }
 
 /// A client that resets the connection while 100 replies are queued for it.

@@ -331,23 +331,21 @@ fn single_mode_over_a_pair_of_pipes() {
     let mut greeting = [0u8; 18];
     from.read_exact(&mut greeting).unwrap();
     assert_eq!(&greeting[..8], b"NBDMAGIC");
-    let mut msg = 3u32.to_be_bytes().to_vec();
-    msg.extend_from_slice(&wire::IHAVEOPT.to_be_bytes());
-    msg.extend_from_slice(&wire::OPT_EXPORT_NAME.to_be_bytes());
-    msg.extend_from_slice(&0u32.to_be_bytes());
+    let mut msg = wire::client_flags(3).to_vec();
+    msg.extend(wire::option(wire::OPT_EXPORT_NAME, b""));
     // WRITE "pipe" at 0, then READ it back.
     for (kind, len, payload) in [
         (wire::CMD_WRITE, 4u64, &b"pipe"[..]),
         (wire::CMD_READ, 4, &[][..]),
     ] {
-        msg.extend(wire::request_bytes(false, 0, kind, 7, 0, len));
+        msg.extend(wire::request(false, 0, kind, 7, 0, len));
         msg.extend_from_slice(payload);
     }
     to.write_all(&msg).unwrap();
     let mut reply = [0u8; 10 + 16 + 16 + 4];
     from.read_exact(&mut reply).unwrap();
     assert_eq!(u64::from_be_bytes(reply[..8].try_into().unwrap()), 1 << 20);
-    assert_eq!(&reply[10..14], &wire::SIMPLE.to_be_bytes());
+    assert_eq!(&reply[10..14], &wire::SIMPLE_MAGIC.to_be_bytes());
     assert_eq!(&reply[42..], b"pipe");
     drop(to); // EOF on stdin: the one client is gone
     assert!(wait_exit(&mut child, 10).expect("exit").success());

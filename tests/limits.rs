@@ -201,7 +201,7 @@ fn connections_beyond_the_limit_are_closed_at_once() {
     );
     wait_until(5, "a log line", || srv.log_text().contains("refused"));
     // The first three are served…
-    first[2].send(&3u32.to_be_bytes());
+    first[2].send(&client_flags(3));
     first[2].go(b"");
     assert_eq!(first[2].write(0, b"third"), 0);
     // …and once one leaves, a newcomer is.
@@ -217,7 +217,7 @@ fn connections_beyond_the_limit_are_closed_at_once() {
         ok
     });
     let mut c = next.expect("greeted");
-    c.send(&3u32.to_be_bytes());
+    c.send(&client_flags(3));
     c.go(b"");
     assert_eq!(c.read(0, 0, 5).unwrap(), b"third");
 }

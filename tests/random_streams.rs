@@ -112,13 +112,11 @@ fn random_bytes() {
 /// must wait (or skip), never allocate for the claim.
 #[test]
 fn huge_lengths_are_not_allocated() {
-    use nbdlite::fuzzing::streams::{option, request};
+    use nbdlite::client_proto::{OPT_LIST, client_flags, option, option_header, request};
     let cfg = Config::from_bits(2, 0); // extended headers
-    let mut hs = 3u32.to_be_bytes().to_vec();
+    let mut hs = client_flags(3).to_vec();
     hs.extend(option(1000, &[]));
-    let mut big = option(3, &[]);
-    big[12..16].copy_from_slice(&u32::MAX.to_be_bytes());
-    hs.extend(&big);
+    hs.extend(option_header(OPT_LIST, u32::MAX));
     hs.extend_from_slice(&[0; 100]);
     every_split(&cfg, Start::Handshake, &hs);
     for (ext, len) in [

@@ -192,7 +192,7 @@ fn single_on_a_socketpair() {
     let mut c = wire::Client::over(ours);
     let g = c.recv(18);
     assert_eq!(&g[..8], b"NBDMAGIC");
-    c.send(&3u32.to_be_bytes());
+    c.send(&wire::client_flags(3));
     let (size, _) = c.go(b"");
     assert_eq!(size, 1 << 20);
     assert_eq!(c.write(4096, b"pair"), 0);
@@ -209,20 +209,12 @@ fn single_on_regular_files() {
     use std::io::Write;
     let dir = TempDir::new();
     let (requests, replies) = (dir.join("requests.bin"), dir.join("replies.bin"));
-    let mut stream = 3u32.to_be_bytes().to_vec(); // FIXED_NEWSTYLE | NO_ZEROES
-    let go = wire::info_data(b"", &[]);
-    for v in [
-        wire::IHAVEOPT.to_be_bytes().as_slice(),
-        &wire::OPT_GO.to_be_bytes(),
-    ] {
-        stream.extend_from_slice(v);
-    }
-    stream.extend_from_slice(&(go.len() as u32).to_be_bytes());
-    stream.extend_from_slice(&go);
-    stream.extend(wire::request_bytes(false, 0, wire::CMD_WRITE, 1, 512, 5));
+    let mut stream = wire::client_flags(3).to_vec(); // FIXED_NEWSTYLE | NO_ZEROES
+    stream.extend(wire::option(wire::OPT_GO, &wire::info_data(b"", &[])));
+    stream.extend(wire::request(false, 0, wire::CMD_WRITE, 1, 512, 5));
     stream.extend_from_slice(b"hello");
-    stream.extend(wire::request_bytes(false, 0, wire::CMD_READ, 2, 512, 5));
-    stream.extend(wire::request_bytes(false, 0, wire::CMD_DISC, 3, 0, 0));
+    stream.extend(wire::request(false, 0, wire::CMD_READ, 2, 512, 5));
+    stream.extend(wire::request(false, 0, wire::CMD_DISC, 3, 0, 0));
     fs::write(&requests, &stream).unwrap();
     // As a user types it: the shell opens the files.
     let sh = |redirections: &str| {
@@ -370,7 +362,7 @@ fn user_and_group() {
 /// A client that breaks the protocol: the server logs a warning about it.
 fn provoke_warning(sock: &Path) {
     let mut c = wire::Client::connect(sock);
-    c.send(&3u32.to_be_bytes());
+    c.send(&wire::client_flags(3));
     c.send(b"NOT-IHAVEOPT-AT-ALL");
     assert!(c.closed_by_peer(10));
 }

@@ -171,7 +171,7 @@ fn a_client_hello_pipelined_behind_starttls_is_tls() {
     let srv = serve(&c, "require", &[]);
     let mut cl = Client::start(&srv.sock);
     let mut t = Blocking::new(trusting(&c));
-    let mut bytes = option_bytes(OPT_STARTTLS, &[]);
+    let mut bytes = option(OPT_STARTTLS, &[]);
     bytes.extend(t.hello());
     cl.send(&bytes); // one write: the server reads both at once
     assert_eq!(cl.recv_opt_reply().kind, REP_ACK);
@@ -196,9 +196,9 @@ fn a_pipelined_client_hello_waits_for_the_ack_behind_a_full_socket() {
     let infos = 30;
     for _ in 0..infos {
         let data = info_data(b"", &[INFO_NAME, INFO_DESCRIPTION]);
-        bytes.extend(option_bytes(OPT_INFO, &data));
+        bytes.extend(option(OPT_INFO, &data));
     }
-    bytes.extend(option_bytes(OPT_STARTTLS, &[]));
+    bytes.extend(option(OPT_STARTTLS, &[]));
     bytes.extend(t.hello());
     cl.send(&bytes);
     // Once the server has taken STARTTLS, it writes until the socket is full
@@ -252,7 +252,10 @@ fn what_was_negotiated_before_starttls_is_forgotten() {
     assert_eq!(cl.write(0, b"plain"), 0);
     cl.request(0, CMD_READ, 7, 0, 5, &[]);
     let r = cl.reply(Some(5));
-    assert_eq!((r.magic, r.payload.as_slice()), (SIMPLE, &b"plain"[..]));
+    assert_eq!(
+        (r.magic, r.payload.as_slice()),
+        (SIMPLE_MAGIC, &b"plain"[..])
+    );
 
     // Extended headers too: EXPORT_NAME, refused after them, is served again.
     let mut cl = Client::start(&srv.sock);
@@ -270,12 +273,12 @@ fn garbage_instead_of_a_client_hello_ends_that_client_only() {
         return;
     };
     let mut srv = serve(&c, "on", &["-v"]);
-    let garbage = option_bytes(OPT_GO, &info_data(b"", &[])); // options, not TLS
+    let garbage = option(OPT_GO, &info_data(b"", &[])); // options, not TLS
     // Sent after the ACK, and pipelined behind STARTTLS.
     for pipelined in [false, true] {
         let mut cl = Client::start(&srv.sock);
         if pipelined {
-            let mut b = option_bytes(OPT_STARTTLS, &[]);
+            let mut b = option(OPT_STARTTLS, &[]);
             b.extend(&garbage);
             cl.send(&b);
             assert_eq!(cl.recv_opt_reply().kind, REP_ACK);
@@ -451,7 +454,7 @@ fn tls_over_a_pair_of_pipes() {
     let mut cl = Client::over(ours);
     let greeting = cl.recv(18);
     assert_eq!(u64_at(&greeting, 8), IHAVEOPT);
-    cl.send(&3u32.to_be_bytes());
+    cl.send(&client_flags(3));
     let r = cl.opt(OPT_STARTTLS, &[]);
     assert_eq!(r[0].kind, REP_ACK, "{r:?}");
     let mut t = Blocking::new(trusting(&c));

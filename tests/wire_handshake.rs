@@ -22,7 +22,7 @@ fn greeting_and_export_name() {
     assert_eq!(c.reply(Some(512)).error, 0);
     // Without NO_ZEROES: 134 bytes, the last 124 zero.
     let mut c = Client::connect(&srv.sock);
-    c.send(&1u32.to_be_bytes());
+    c.send(&client_flags(1));
     c.send_opt(OPT_EXPORT_NAME, b"");
     let r = c.recv(134);
     assert!(r[10..].iter().all(|&b| b == 0));
@@ -30,7 +30,7 @@ fn greeting_and_export_name() {
     assert_eq!(c.reply(None).error, 0);
     // A client that never set FIXED_NEWSTYLE is still served.
     let mut c = Client::connect(&srv.sock);
-    c.send(&0u32.to_be_bytes());
+    c.send(&client_flags(0));
     c.send_opt(OPT_EXPORT_NAME, b"");
     c.recv(134);
 }
@@ -39,7 +39,7 @@ fn greeting_and_export_name() {
 fn bad_client_flags_and_magic_drop_only_that_client() {
     let srv = Server::start(&["memory", "1M"]);
     let mut c = Client::connect(&srv.sock);
-    c.send(&4u32.to_be_bytes());
+    c.send(&client_flags(4));
     assert!(c.closed_by_peer(5));
     let mut c = Client::start(&srv.sock);
     c.send(b"NOTMAGIC\0\0\0\x07\0\0\0\0");
@@ -142,9 +142,7 @@ fn abort_and_vanishing_clients() {
     c.send(&IHAVEOPT.to_be_bytes());
     drop(c);
     let mut c = Client::start(&srv.sock);
-    let mut v = IHAVEOPT.to_be_bytes().to_vec();
-    v.extend_from_slice(&OPT_GO.to_be_bytes());
-    v.extend_from_slice(&100u32.to_be_bytes());
+    let mut v = option_header(OPT_GO, 100).to_vec();
     v.extend_from_slice(&[0; 10]);
     c.send(&v);
     drop(c);

@@ -77,7 +77,10 @@ fn commands_with_structured_replies() {
         "{:?}",
         rs.iter().map(|r| r.kind).collect::<Vec<_>>()
     );
-    assert!(rs.iter().all(|r| r.cookie == 7 && r.magic == STRUCTURED));
+    assert!(
+        rs.iter()
+            .all(|r| r.cookie == 7 && r.magic == STRUCTURED_MAGIC)
+    );
     assert!(rs.last().unwrap().done());
     let data = c.read(0, 0, 262144).unwrap();
     assert!(data[65536..69632].iter().all(|&b| b == 0xab));
@@ -178,7 +181,7 @@ fn oversized_and_truncated_requests() {
     assert!(c.closed_by_peer(5));
     // A request cut short, then EOF.
     let (mut c, _, _) = Client::ready(&srv.sock, false, false, false);
-    c.send(&REQUEST.to_be_bytes());
+    c.send(&REQUEST_MAGIC.to_be_bytes());
     c.send(&[0, 0, 0, 1]);
     drop(c);
     // A WRITE whose payload never fully arrives.
@@ -208,7 +211,7 @@ fn pipelining_hundreds_of_requests() {
     let (mut c, _, _) = Client::ready(&srv.sock, true, false, false);
     let mut batch = Vec::new();
     for i in 0..200u64 {
-        batch.extend(request_bytes(false, 0, CMD_WRITE, 1000 + i, i * 4096, 4096));
+        batch.extend(request(false, 0, CMD_WRITE, 1000 + i, i * 4096, 4096));
         batch.extend_from_slice(&[i as u8; 4096]);
     }
     c.send(&batch);
@@ -247,14 +250,17 @@ fn extended_requests_with_64_bit_lengths() {
     assert_eq!(c.write(5 << 32, b"far away"), 0);
     c.request(0, CMD_WRITE, 3, (5 << 32) + 8, 4, b"more");
     let r = c.reply(None);
-    assert_eq!((r.magic, r.errno(), r.offset), (EXTENDED, 0, (5 << 32) + 8));
+    assert_eq!(
+        (r.magic, r.errno(), r.offset),
+        (EXTENDED_MAGIC, 0, (5 << 32) + 8)
+    );
     assert_eq!(c.read(0, 5 << 32, 12).unwrap(), b"far awaymore");
     // Every reply is an extended chunk echoing the request's offset.
     c.request(0, CMD_FLUSH, 4, 777, 0, &[]);
     let r = c.reply(None);
     assert_eq!(
         (r.magic, r.kind, r.offset, r.done()),
-        (EXTENDED, T_NONE, 777, true)
+        (EXTENDED_MAGIC, T_NONE, 777, true)
     );
     // Effect lengths over 4 GiB.
     c.request(0, CMD_BLOCK_STATUS, 5, 0, 1 << 40, &[]);
@@ -276,8 +282,7 @@ fn extended_requests_with_64_bit_lengths() {
     assert_eq!(c.reply(None).errno(), EINVAL);
     // The payload form of BLOCK_STATUS: effect length, then context ids.
     assert_eq!(c.write(5 << 32, b"again"), 0);
-    let mut p = (1u64 << 20).to_be_bytes().to_vec();
-    p.extend_from_slice(&1u32.to_be_bytes());
+    let p = block_status_payload(1 << 20, &[1]);
     c.request(
         F_PAYLOAD_LEN,
         CMD_BLOCK_STATUS,
@@ -289,7 +294,7 @@ fn extended_requests_with_64_bit_lengths() {
     let r = c.reply(None);
     assert_eq!(r.kind, T_BS_EXT);
     assert_eq!(descriptors(&r)[0], (32768, 0));
-    p.extend_from_slice(&1u32.to_be_bytes()); // the same id twice
+    let p = block_status_payload(1 << 20, &[1, 1]); // the same id twice
     c.request(F_PAYLOAD_LEN, CMD_BLOCK_STATUS, 9, 0, p.len() as u64, &p);
     assert_eq!(c.reply(None).errno(), EINVAL);
     // A payload over 64 MiB is a denial of service: hang up.
@@ -483,9 +488,9 @@ fn last_request_and_fin_together() {
     let srv = Server::start(&["--busy-poll", "0", "memory", "1M"]);
     for i in 0..40 {
         let (mut c, _, _) = Client::ready(&srv.sock, false, false, false);
-        let mut msg = request_bytes(false, 0, CMD_WRITE, 1, 0, 4);
+        let mut msg = request(false, 0, CMD_WRITE, 1, 0, 4);
         msg.extend_from_slice(b"last");
-        msg.extend(request_bytes(false, 0, CMD_READ, 2, 0, 4));
+        msg.extend(request(false, 0, CMD_READ, 2, 0, 4));
         c.send(&msg);
         c.s.shutdown(std::net::Shutdown::Write).unwrap();
         assert_eq!(c.reply(None).errno(), 0, "round {i}: WRITE");

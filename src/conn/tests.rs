@@ -11,6 +11,7 @@ use mio::Poll;
 
 use super::*;
 use crate::backend::Memory;
+use crate::client_proto::{client_flags, compact_request, info_data, option};
 use crate::export::test_export;
 use crate::lifecycle::Lifecycle;
 use crate::notify::Notifier;
@@ -88,8 +89,8 @@ impl Rig {
         assert_eq!(self.event(Event::Resume), Step::Wait);
         assert_eq!(&self.recv(8), b"NBDMAGIC");
         self.recv(10);
-        let mut go = CFLAG_FIXED_NEWSTYLE.to_be_bytes().to_vec();
-        go.extend_from_slice(&option(OPT_GO, &[0, 0, 0, 0, 0, 0]));
+        let mut go = client_flags(CFLAG_FIXED_NEWSTYLE).to_vec();
+        go.extend_from_slice(&option(OPT_GO, &info_data(b"", &[])));
         assert_eq!(self.send(&go), Step::Wait);
         assert!(!self.conn.negotiating());
         let replies = self.pending();
@@ -97,22 +98,9 @@ impl Rig {
     }
 }
 
-fn option(opt: u32, data: &[u8]) -> Vec<u8> {
-    let mut v = IHAVEOPT.to_be_bytes().to_vec();
-    v.extend_from_slice(&opt.to_be_bytes());
-    v.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    v.extend_from_slice(data);
-    v
-}
-
-fn request(kind: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
-    let mut v = REQUEST_MAGIC.to_be_bytes().to_vec();
-    v.extend_from_slice(&0u16.to_be_bytes());
-    v.extend_from_slice(&kind.to_be_bytes());
-    v.extend_from_slice(&cookie.to_be_bytes());
-    v.extend_from_slice(&offset.to_be_bytes());
-    v.extend_from_slice(&len.to_be_bytes());
-    v
+/// A compact request without flags.
+fn request(kind: u16, cookie: u64, offset: u64, len: u32) -> [u8; 28] {
+    compact_request(0, kind, cookie, offset, len)
 }
 
 #[test]

@@ -1,19 +1,21 @@
 //! Invariants of one `Driver::one` step, checked against the wire format as the
 //! spec states it. The request header is parsed here, and the replies in
-//! `replies`, with small readers of their own, so a bug in the server's parser or
-//! encoder is not mirrored by the check.
+//! `replies`, with the client's side of the protocol (`client_proto`) rather
+//! than the server's `proto`, so a bug in the server's parser or encoder is not
+//! mirrored by the check.
 
 use crate::agreement::Agreement;
+use crate::client_proto::*;
 use crate::driver::{Driver, Progress};
 use crate::export::{Export, MAX_REQUEST};
-use crate::proto::*;
+use crate::proto::reply::Style;
 
 use super::Start;
 
-/// The reply parsers: part of this check alone, hence a child module.
+/// The reply checks: part of this check alone, hence a child module.
 mod replies;
 
-use replies::{Req, check_replies, is_final, option_replies, u16_at, u32_at, u64_at};
+use replies::{Req, check_replies, option_replies};
 
 /// Most reply bytes one handshake step may produce: a handful of replies
 /// carrying our own short strings.
@@ -65,7 +67,7 @@ impl Checker {
     ) {
         assert!(used <= pending.len(), "used {used} of {}", pending.len());
         assert!(
-            after.need() <= MAX_REQUEST as usize + request::EXTENDED_LEN,
+            after.need() <= MAX_REQUEST as usize + EXTENDED_REQUEST_LEN,
             "would read {} bytes ahead",
             after.need()
         );
@@ -172,9 +174,14 @@ impl Checker {
                 "option {opt} ended the handshake"
             );
             if opt == OPT_EXPORT_NAME {
-                assert!(reply.len() == 10 || reply.len() == 134);
-                assert_eq!(u64_at(reply, 0), self.size);
-                assert_eq!(u16_at(reply, 8), s.flags);
+                let no_zeroes = reply.len() == 10;
+                assert!(no_zeroes || reply.len() == 134);
+                let export = crate::client_proto::Export {
+                    size: self.size,
+                    flags: s.flags,
+                };
+                let want = Parse::Done(export, reply.len());
+                assert_eq!(export_name_reply(reply, no_zeroes), want);
                 assert!(reply[10..].iter().all(|&b| b == 0));
                 return;
             }
@@ -197,8 +204,12 @@ impl Checker {
         progress: Progress,
         reply: &[u8],
     ) {
-        let extended = s.style == reply::Style::Extended;
-        let hdr_len = if extended { 32 } else { 28 };
+        let extended = s.style == Style::Extended;
+        let hdr_len = if extended {
+            EXTENDED_REQUEST_LEN
+        } else {
+            COMPACT_REQUEST_LEN
+        };
         if progress != Progress::Handled {
             assert!(reply.is_empty(), "a reply without a request");
             return;
@@ -248,7 +259,7 @@ fn buffered_limit(opt: u32) -> u32 {
     match opt {
         OPT_EXPORT_NAME => 4096,
         OPT_INFO | OPT_GO => 4 + 4096 + 2 + 2 * 64,
-        OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => 64 * 1024,
+        OPT_LIST_META | OPT_SET_META => 64 * 1024,
         _ => 0,
     }
 }

@@ -1,9 +1,8 @@
 //! Byte streams a client could send, built from a seeded xorshift generator:
 //! for the randomized tests, and for the fuzz targets' seed corpora.
 
-pub use crate::proto::option::testing::{info_data, meta_data, option};
+use crate::client_proto::*;
 use crate::proto::reply::Style;
-use crate::proto::*;
 
 use super::Config;
 
@@ -44,46 +43,19 @@ impl Rng {
     }
 }
 
-/// A request header, compact or extended; the payload is the caller's.
-pub fn request(
-    extended: bool,
-    flags: u16,
-    kind: u16,
-    cookie: u64,
-    offset: u64,
-    len: u64,
-) -> Vec<u8> {
-    let magic = if extended {
-        EXT_REQUEST_MAGIC
-    } else {
-        REQUEST_MAGIC
-    };
-    let mut v = magic.to_be_bytes().to_vec();
-    v.extend_from_slice(&flags.to_be_bytes());
-    v.extend_from_slice(&kind.to_be_bytes());
-    v.extend_from_slice(&cookie.to_be_bytes());
-    v.extend_from_slice(&offset.to_be_bytes());
-    if extended {
-        v.extend_from_slice(&len.to_be_bytes());
-    } else {
-        v.extend_from_slice(&(len as u32).to_be_bytes());
-    }
-    v
-}
-
 /// A plausible handshake: client flags, some options (valid, invalid and
 /// unknown ones), then GO or EXPORT_NAME. Returns the stream and the reply
 /// style the server will have agreed to, so requests can follow.
 pub fn handshake(rng: &mut Rng, cfg: &Config) -> (Vec<u8>, Style) {
-    let mut v = rng.pick(&[3u32, 3, 1, 2, 0]).to_be_bytes().to_vec();
+    let mut v = client_flags(*rng.pick(&[3u32, 3, 1, 2, 0])).to_vec();
     let mut style = Style::Simple;
     for _ in 0..rng.below(6) {
         let (opt, data) = some_option(rng);
         match opt {
-            OPT_STRUCTURED_REPLY if data.is_empty() && !cfg.no_sr && style == Style::Simple => {
+            OPT_SR if data.is_empty() && !cfg.no_sr && style == Style::Simple => {
                 style = Style::Structured
             }
-            OPT_EXTENDED_HEADERS if data.is_empty() && !cfg.no_sr => style = Style::Extended,
+            OPT_EH if data.is_empty() && !cfg.no_sr => style = Style::Extended,
             _ => {}
         }
         v.extend(option(opt, &data));
@@ -110,11 +82,11 @@ fn some_option(rng: &mut Rng) -> (u32, Vec<u8>) {
     };
     match rng.below(11) {
         0 => (OPT_LIST, Vec::new()),
-        1 => (OPT_STRUCTURED_REPLY, Vec::new()),
-        2 => (OPT_EXTENDED_HEADERS, Vec::new()),
+        1 => (OPT_SR, Vec::new()),
+        2 => (OPT_EH, Vec::new()),
         3 => (OPT_INFO, info_data(name, &[INFO_NAME, INFO_DESCRIPTION])),
-        4 | 5 => (OPT_SET_META_CONTEXT, meta_data(name, queries)),
-        6 => (OPT_LIST_META_CONTEXT, meta_data(name, queries)),
+        4 | 5 => (OPT_SET_META, meta_data(name, queries)),
+        6 => (OPT_LIST_META, meta_data(name, queries)),
         7 => (OPT_STARTTLS, Vec::new()),
         8 => (
             rng.below(40) as u32,
@@ -139,7 +111,7 @@ pub fn requests(rng: &mut Rng, style: Style, size: u64, count: u64, max_len: u64
             CMD_WRITE,
             CMD_FLUSH,
             CMD_TRIM,
-            CMD_WRITE_ZEROES,
+            CMD_ZERO,
             CMD_CACHE,
             CMD_BLOCK_STATUS,
             9,
@@ -154,21 +126,20 @@ pub fn requests(rng: &mut Rng, style: Style, size: u64, count: u64, max_len: u64
             1 => u64::MAX - rng.below(4),
             _ => rng.below(size.max(1)),
         } & !(if rng.one_in(2) { 511 } else { 0 });
-        let mut flags = *rng.pick(&[
-            0,
-            0,
-            0,
-            CMD_FLAG_FUA,
-            CMD_FLAG_DF,
-            CMD_FLAG_REQ_ONE,
-            CMD_FLAG_NO_HOLE,
-        ]);
+        let mut flags = *rng.pick(&[0, 0, 0, F_FUA, F_DF, F_REQ_ONE, F_NO_HOLE]);
         if kind == CMD_BLOCK_STATUS && extended && rng.one_in(2) {
             // The payload form: effect length and the one context id.
-            flags |= CMD_FLAG_PAYLOAD_LEN;
-            v.extend(request(true, flags, kind, cookie, offset, 12));
-            v.extend_from_slice(&len.to_be_bytes());
-            v.extend_from_slice(&crate::export::BASE_ALLOCATION_ID.to_be_bytes());
+            flags |= F_PAYLOAD_LEN;
+            let payload = block_status_payload(len, &[crate::export::BASE_ALLOCATION_ID]);
+            v.extend(request(
+                true,
+                flags,
+                kind,
+                cookie,
+                offset,
+                payload.len() as u64,
+            ));
+            v.extend(payload);
             continue;
         }
         v.extend(request(extended, flags, kind, cookie, offset, len));

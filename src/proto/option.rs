@@ -214,50 +214,11 @@ fn take_string<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], &'static str> {
     Ok(s)
 }
 
-/// Encoders for the client's side of options: for the tests of this module and
-/// of the handshake, and for the fuzzing harness's stream generator.
-#[doc(hidden)]
-pub mod testing {
-    use super::IHAVEOPT;
-
-    /// A whole option request.
-    pub fn option(opt: u32, data: &[u8]) -> Vec<u8> {
-        let mut v = IHAVEOPT.to_be_bytes().to_vec();
-        v.extend_from_slice(&opt.to_be_bytes());
-        v.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        v.extend_from_slice(data);
-        v
-    }
-
-    /// INFO/GO data.
-    pub fn info_data(name: &[u8], items: &[u16]) -> Vec<u8> {
-        let mut v = (name.len() as u32).to_be_bytes().to_vec();
-        v.extend_from_slice(name);
-        v.extend_from_slice(&(items.len() as u16).to_be_bytes());
-        for i in items {
-            v.extend_from_slice(&i.to_be_bytes());
-        }
-        v
-    }
-
-    /// LIST/SET_META_CONTEXT data.
-    pub fn meta_data(name: &[u8], queries: &[&[u8]]) -> Vec<u8> {
-        let mut v = (name.len() as u32).to_be_bytes().to_vec();
-        v.extend_from_slice(name);
-        v.extend_from_slice(&(queries.len() as u32).to_be_bytes());
-        for q in queries {
-            v.extend_from_slice(&(q.len() as u32).to_be_bytes());
-            v.extend_from_slice(q);
-        }
-        v
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    use super::testing::{info_data as info, meta_data as meta};
+    use crate::client_proto::{info_data as info, meta_data as meta, option_header};
 
     #[test]
     fn greeting_layout() {
@@ -275,9 +236,7 @@ mod tests {
 
     #[test]
     fn option_header_every_prefix() {
-        let mut h = IHAVEOPT.to_be_bytes().to_vec();
-        h.extend_from_slice(&7u32.to_be_bytes());
-        h.extend_from_slice(&9u32.to_be_bytes());
+        let mut h = option_header(7, 9).to_vec();
         h.push(0xff);
         for i in 0..OPTION_HEADER_LEN {
             assert_eq!(parse_option_header(&h[..i]), Parse::NeedMore);

@@ -92,25 +92,7 @@ pub fn parse_request(buf: &[u8], extended: bool) -> Parse<Request> {
 mod tests {
     use super::*;
 
-    fn compact(flags: u16, kind: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
-        let mut v = REQUEST_MAGIC.to_be_bytes().to_vec();
-        v.extend_from_slice(&flags.to_be_bytes());
-        v.extend_from_slice(&kind.to_be_bytes());
-        v.extend_from_slice(&cookie.to_be_bytes());
-        v.extend_from_slice(&offset.to_be_bytes());
-        v.extend_from_slice(&len.to_be_bytes());
-        v
-    }
-
-    fn extended(flags: u16, kind: u16, cookie: u64, offset: u64, len: u64) -> Vec<u8> {
-        let mut v = EXT_REQUEST_MAGIC.to_be_bytes().to_vec();
-        v.extend_from_slice(&flags.to_be_bytes());
-        v.extend_from_slice(&kind.to_be_bytes());
-        v.extend_from_slice(&cookie.to_be_bytes());
-        v.extend_from_slice(&offset.to_be_bytes());
-        v.extend_from_slice(&len.to_be_bytes());
-        v
-    }
+    use crate::client_proto::{compact_request as compact, extended_request as extended};
 
     #[test]
     fn compact_every_prefix() {

@@ -122,6 +122,7 @@ fn block_status_length(req: &Request, payload: &[u8]) -> Result<u64, Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client_proto;
     use crate::export::test_export as export;
     use crate::request::testing::{req, session};
 
@@ -174,12 +175,11 @@ mod tests {
     fn block_status_payload_form() {
         let ex = export(false, 1);
         let s = session(&ex, Style::Extended, true);
-        let mut p = 4096u64.to_be_bytes().to_vec();
-        p.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
+        let p = client_proto::block_status_payload(4096, &[BASE_ALLOCATION_ID]);
         let mut r = req(CMD_BLOCK_STATUS, CMD_FLAG_PAYLOAD_LEN, 0, p.len() as u64);
         r.payload = r.length;
         assert_eq!(check(&s, &ex, &r, &p), Ok(4096));
-        p.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
+        let p = client_proto::block_status_payload(4096, &[BASE_ALLOCATION_ID; 2]);
         assert_eq!(errno(check(&s, &ex, &r, &p)), EINVAL);
     }
 }

@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::wire::{CMD_READ, CMD_WRITE, Client, request_bytes};
+use crate::wire::{CMD_READ, CMD_WRITE, Client, request};
 
 /// The clients of one attack, kept connected until dropped.
 pub struct Crowd {
@@ -76,7 +76,7 @@ fn push(clients: &[UnixStream], head: &[Vec<u8>], want: &[u64], idle: Duration) 
 /// for `patience`.
 pub fn stalled_writes(sock: &Path, n: usize, len: u64, sent: u64, patience: Duration) -> Crowd {
     let clients = ready(sock, n);
-    let hdr = request_bytes(false, 0, CMD_WRITE, 1, 0, len);
+    let hdr = request(false, 0, CMD_WRITE, 1, 0, len);
     let heads = vec![hdr.clone(); n];
     let want = vec![hdr.len() as u64 + sent; n];
     let sent = push(&clients, &heads, &want, patience);
@@ -88,7 +88,7 @@ pub fn stalled_writes(sock: &Path, n: usize, len: u64, sent: u64, patience: Dura
 pub fn unread_reads(sock: &Path, n: usize, count: u64, len: u64) -> Crowd {
     let clients = ready(sock, n);
     let batch: Vec<u8> = (0..count)
-        .flat_map(|i| request_bytes(false, 0, CMD_READ, i, i * len, len))
+        .flat_map(|i| request(false, 0, CMD_READ, i, i * len, len))
         .collect();
     let want = vec![batch.len() as u64; n];
     let heads = vec![batch; n];
@@ -108,7 +108,7 @@ pub fn idle(sock: &Path, n: usize) -> Crowd {
 /// request header, then nothing.
 pub fn half_sent_headers(sock: &Path, n: usize) -> Crowd {
     let mut clients = ready(sock, n);
-    let hdr = request_bytes(false, 0, CMD_READ, 1, 0, 4096);
+    let hdr = request(false, 0, CMD_READ, 1, 0, 4096);
     for c in &mut clients {
         c.write_all(&hdr[..10]).expect("send half a header");
     }

@@ -1,8 +1,8 @@
 //! A pipelining NBD client over any stream, Unix or TCP: a batch of requests
 //! goes out from one thread while the replies are read on another, in whatever
 //! order the server sends them, each checked against what its request allows.
-//! Written from the spec, like `wire.rs`, whose constants and request encoder
-//! it uses (include that file as `mod wire` beside this one).
+//! Its bytes are built and parsed by `nbdlite::client_proto`, through
+//! `wire.rs` (include that file as `mod wire` beside this one).
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
@@ -77,33 +77,35 @@ fn recv(s: &mut impl Read, n: usize) -> Vec<u8> {
     v
 }
 
+/// Receives one `what`, as `parse` decodes it.
+#[track_caller]
+fn recv_parsed<T>(s: &mut impl Read, what: &str, parse: impl Fn(&[u8]) -> Parse<T>) -> T {
+    read_message(|b| s.read_exact(b), MAX_MESSAGE, parse)
+        .unwrap_or_else(|e| panic!("recv {what}: {e}"))
+}
+
 /// The handshake: fixed newstyle without zeroes, the style's option, GO.
 pub fn negotiate(s: &mut (impl Read + Write), style: Style) {
-    let g = recv(s, 18);
-    assert_eq!((u64_at(&g, 0), u64_at(&g, 8)), (NBDMAGIC, IHAVEOPT));
-    s.write_all(&3u32.to_be_bytes()).unwrap();
+    let g = recv_parsed(s, "greeting", greeting);
+    assert!(matches!(g, Greeting::Newstyle { .. }), "{g:?}");
+    let flags = client_flags(CFLAG_FIXED_NEWSTYLE | CFLAG_NO_ZEROES);
+    s.write_all(&flags).unwrap();
     match style {
         Style::Simple => {}
-        Style::Structured => assert_eq!(option(s, OPT_SR, &[]), REP_ACK),
-        Style::Extended => assert_eq!(option(s, OPT_EH, &[]), REP_ACK),
+        Style::Structured => assert_eq!(negotiate_option(s, OPT_SR, &[]), REP_ACK),
+        Style::Extended => assert_eq!(negotiate_option(s, OPT_EH, &[]), REP_ACK),
     }
-    assert_eq!(option(s, OPT_GO, &info_data(b"", &[])), REP_ACK, "GO");
+    let go = negotiate_option(s, OPT_GO, &info_data(b"", &[]));
+    assert_eq!(go, REP_ACK, "GO");
 }
 
 /// Sends an option; returns the kind of its final reply.
-fn option(s: &mut (impl Read + Write), opt: u32, data: &[u8]) -> u32 {
-    let mut m = IHAVEOPT.to_be_bytes().to_vec();
-    m.extend_from_slice(&opt.to_be_bytes());
-    m.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    m.extend_from_slice(data);
-    s.write_all(&m).unwrap();
+fn negotiate_option(s: &mut (impl Read + Write), opt: u32, data: &[u8]) -> u32 {
+    s.write_all(&option(opt, data)).unwrap();
     loop {
-        let h = recv(s, 20);
-        assert_eq!(u64_at(&h, 0), REPLY_MAGIC);
-        recv(s, u32_at(&h, 16) as usize);
-        let kind = u32_at(&h, 12);
-        if kind == REP_ACK || kind & 0x8000_0000 != 0 {
-            return kind;
+        let r = recv_parsed(s, "option reply", option_reply);
+        if r.is_final() {
+            return r.kind;
         }
     }
 }
@@ -134,7 +136,7 @@ impl Batch {
 
     /// Adds a request without payload (READ, FLUSH, WRITE_ZEROES, TRIM...).
     pub fn cmd(&mut self, flags: u16, kind: u16, cookie: u64, offset: u64, len: u64) {
-        let h = request_bytes(self.extended, flags, kind, cookie, offset, len);
+        let h = request(self.extended, flags, kind, cookie, offset, len);
         self.bytes.extend_from_slice(&h);
         self.note(kind, cookie, offset, len);
     }
@@ -146,7 +148,7 @@ impl Batch {
             flags
         };
         let len = data.len() as u64;
-        let h = request_bytes(self.extended, flags, CMD_WRITE, cookie, offset, len);
+        let h = request(self.extended, flags, CMD_WRITE, cookie, offset, len);
         self.bytes.extend_from_slice(&h);
         self.bytes.extend_from_slice(data);
         self.note(CMD_WRITE, cookie, offset, len);
@@ -163,7 +165,7 @@ impl Batch {
 
     /// The DISC request, to send after the batch.
     pub fn disc(&self) -> Vec<u8> {
-        request_bytes(self.extended, 0, CMD_DISC, u64::MAX, 0, 0)
+        request(self.extended, 0, CMD_DISC, u64::MAX, 0, 0)
     }
 }
 
@@ -184,6 +186,26 @@ struct Partial {
     /// Byte ranges (relative to the READ's offset) that chunks covered.
     covered: Vec<(u64, u64)>,
     errno: u32,
+}
+
+impl Partial {
+    /// Where the `n` bytes at `at` that a chunk carries go: inside the READ
+    /// and covered by no other chunk.
+    #[track_caller]
+    fn cover(&mut self, req: &Sent, cookie: u64, at: u64, n: u64) -> &mut [u8] {
+        assert_eq!(req.kind, CMD_READ, "a data chunk for cookie {cookie}");
+        assert!(
+            at >= req.offset && at + n <= req.offset + req.len && n > 0,
+            "chunk {at}+{n} outside READ {}+{}",
+            req.offset,
+            req.len
+        );
+        let rel = at - req.offset;
+        let overlaps = self.covered.iter().any(|&(a, b)| rel < b && a < rel + n);
+        assert!(!overlaps, "chunk {at}+{n} covers bytes twice");
+        self.covered.push((rel, rel + n));
+        &mut self.data[rel as usize..(rel + n) as usize]
+    }
 }
 
 /// Reads the replies to a batch and checks what every reply must be, whatever
@@ -237,35 +259,18 @@ impl<'a> Inbox<'a> {
     /// Reads one reply (simple, or one chunk); Some when it finished a request.
     #[track_caller]
     fn one(&mut self, s: &mut impl Read) -> Option<Finished> {
-        let magic = u32_at(&recv(s, 4), 0);
+        let c = match recv_parsed(s, "reply header", reply_header) {
+            ReplyHeader::Simple { error, cookie } => return Some(self.simple(s, error, cookie)),
+            ReplyHeader::Chunk(c) => c,
+        };
         let allowed = match self.style {
-            Style::Simple => magic == SIMPLE,
-            Style::Structured => magic == SIMPLE || magic == STRUCTURED,
-            Style::Extended => magic == EXTENDED,
+            Style::Simple => false,
+            Style::Structured => !c.extended,
+            Style::Extended => c.extended,
         };
-        assert!(allowed, "reply magic {magic:#x} in {:?} style", self.style);
-        if magic == SIMPLE {
-            let h = recv(s, 12);
-            let (errno, cookie) = (u32_at(&h, 0), u64_at(&h, 4));
-            let req = self.live(cookie);
-            let mut data = Vec::new();
-            if req.kind == CMD_READ {
-                assert_ne!(self.style, Style::Structured, "a simple reply to a READ");
-                if errno == 0 {
-                    data = recv(s, req.len as usize);
-                }
-            }
-            return Some(self.finish(cookie, errno, data));
-        }
-        let ext = magic == EXTENDED;
-        let h = recv(s, if ext { 28 } else { 16 });
-        let (flags, kind, cookie) = (u16_at(&h, 0), u16_at(&h, 2), u64_at(&h, 4));
-        let len = if ext {
-            u64_at(&h, 20)
-        } else {
-            u32_at(&h, 12) as u64
-        };
-        let payload = recv(s, len as usize);
+        assert!(allowed, "chunk {c:?} in {:?} style", self.style);
+        let payload = recv(s, c.len as usize);
+        let cookie = c.cookie;
         let req = self.live(cookie);
         let p = self.partial.entry(cookie).or_insert_with(|| Partial {
             data: vec![
@@ -279,41 +284,17 @@ impl<'a> Inbox<'a> {
             covered: Vec::new(),
             errno: 0,
         });
-        match kind {
-            T_NONE => assert!(payload.is_empty() && flags & 1 != 0, "NONE chunk"),
-            T_DATA | T_HOLE => {
-                assert_eq!(req.kind, CMD_READ, "a data chunk for cookie {cookie}");
-                let at = u64_at(&payload, 0);
-                let n = if kind == T_DATA {
-                    payload.len() as u64 - 8
-                } else {
-                    u32_at(&payload, 8) as u64
-                };
-                assert!(
-                    at >= req.offset && at + n <= req.offset + req.len && n > 0,
-                    "chunk {at}+{n} outside READ {}+{}",
-                    req.offset,
-                    req.len
-                );
-                let rel = at - req.offset;
-                let overlaps = p.covered.iter().any(|&(a, b)| rel < b && a < rel + n);
-                assert!(!overlaps, "chunk {at}+{n} covers bytes twice");
-                p.covered.push((rel, rel + n));
-                let dst = &mut p.data[rel as usize..(rel + n) as usize];
-                match kind {
-                    T_DATA => dst.copy_from_slice(&payload[8..]),
-                    _ => dst.fill(0),
-                }
+        match chunk(c.kind, &payload).unwrap_or_else(|e| panic!("chunk {c:?}: {e}")) {
+            Chunk::None => assert!(c.done(), "NONE chunk"),
+            Chunk::Data { offset, data } => {
+                p.cover(&req, cookie, offset, data.len() as u64)
+                    .copy_from_slice(data);
             }
-            k if k & 0x8000 != 0 => {
-                assert!(payload.len() >= 6, "error chunk too short");
-                let errno = u32_at(&payload, 0);
-                assert_ne!(errno, 0, "error chunk with errno 0");
-                p.errno = errno;
-            }
-            k => panic!("unexpected chunk type {k:#x}"),
+            Chunk::Hole { offset, len } => p.cover(&req, cookie, offset, u64::from(len)).fill(0),
+            Chunk::Error { errno, .. } => p.errno = errno,
+            other => panic!("unexpected chunk {other:?}"),
         }
-        if flags & 1 == 0 {
+        if !c.done() {
             return None;
         }
         let p = self.partial.remove(&cookie).expect("just inserted");
@@ -322,6 +303,26 @@ impl<'a> Inbox<'a> {
             assert_eq!(covered, req.len, "chunks of READ {cookie} must cover it");
         }
         Some(self.finish(cookie, p.errno, p.data))
+    }
+
+    /// A simple reply: its request is finished (with a successful simple
+    /// READ's data, which follows it).
+    #[track_caller]
+    fn simple(&mut self, s: &mut impl Read, errno: u32, cookie: u64) -> Finished {
+        assert_ne!(
+            self.style,
+            Style::Extended,
+            "a simple reply in extended style"
+        );
+        let req = self.live(cookie);
+        let mut data = Vec::new();
+        if req.kind == CMD_READ {
+            assert_ne!(self.style, Style::Structured, "a simple reply to a READ");
+            if errno == 0 {
+                data = recv(s, req.len as usize);
+            }
+        }
+        self.finish(cookie, errno, data)
     }
 
     /// The request behind `cookie`, which must be ours and not finished.

@@ -1,6 +1,9 @@
-//! A raw NBD client for bytes real clients never send, written from the spec
-//! (doc/proto.md) and kept apart from the server's `proto` module so that the
-//! two cannot share a bug. Every read has a timeout: no test can hang on it.
+//! A raw NBD client for bytes real clients never send: the socket, its
+//! timeouts and the conversation. The bytes themselves are built and parsed by
+//! `nbdlite::client_proto`, the client's side of the protocol, written from the
+//! spec (doc/proto.md) apart from the server's `proto` module so that the two
+//! cannot share a bug; this file re-exports it. Every read has a timeout: no
+//! test can hang on it.
 #![allow(dead_code)]
 
 use std::io::{self, ErrorKind, Read, Write};
@@ -8,124 +11,10 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-pub const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-pub const REQUEST: u32 = 0x2560_9513;
-pub const EXT_REQUEST: u32 = 0x21e4_1c71;
-pub const SIMPLE: u32 = 0x6744_6698;
-pub const STRUCTURED: u32 = 0x668e_33ef;
-pub const EXTENDED: u32 = 0x6e8a_278c;
+pub use nbdlite::client_proto::*;
 
-pub const OPT_EXPORT_NAME: u32 = 1;
-pub const OPT_ABORT: u32 = 2;
-pub const OPT_LIST: u32 = 3;
-pub const OPT_STARTTLS: u32 = 5;
-pub const OPT_INFO: u32 = 6;
-pub const OPT_GO: u32 = 7;
-pub const OPT_SR: u32 = 8;
-pub const OPT_LIST_META: u32 = 9;
-pub const OPT_SET_META: u32 = 10;
-pub const OPT_EH: u32 = 11;
-
-pub const REP_ACK: u32 = 1;
-pub const REP_SERVER: u32 = 2;
-pub const REP_INFO: u32 = 3;
-pub const REP_META: u32 = 4;
-pub const ERR_UNSUP: u32 = 0x8000_0001;
-pub const ERR_POLICY: u32 = 0x8000_0002;
-pub const ERR_INVALID: u32 = 0x8000_0003;
-pub const ERR_TLS_REQD: u32 = 0x8000_0005;
-pub const ERR_UNKNOWN: u32 = 0x8000_0006;
-pub const ERR_SHUTDOWN: u32 = 0x8000_0007;
-pub const ERR_TOO_BIG: u32 = 0x8000_0009;
-pub const ERR_EXT_HEADER_REQD: u32 = 0x8000_000a;
-
-pub const CMD_READ: u16 = 0;
-pub const CMD_WRITE: u16 = 1;
-pub const CMD_DISC: u16 = 2;
-pub const CMD_FLUSH: u16 = 3;
-pub const CMD_TRIM: u16 = 4;
-pub const CMD_CACHE: u16 = 5;
-pub const CMD_ZERO: u16 = 6;
-pub const CMD_BLOCK_STATUS: u16 = 7;
-
-pub const F_FUA: u16 = 1;
-pub const F_NO_HOLE: u16 = 2;
-pub const F_DF: u16 = 4;
-pub const F_REQ_ONE: u16 = 8;
-pub const F_FAST_ZERO: u16 = 16;
-pub const F_PAYLOAD_LEN: u16 = 32;
-
-pub const T_NONE: u16 = 0;
-pub const T_DATA: u16 = 1;
-pub const T_HOLE: u16 = 2;
-pub const T_BS: u16 = 5;
-pub const T_BS_EXT: u16 = 6;
-pub const T_ERROR: u16 = 0x8001;
-
-pub const EPERM: u32 = 1;
-pub const EIO: u32 = 5;
-pub const EINVAL: u32 = 22;
-pub const ENOSPC: u32 = 28;
-pub const EOVERFLOW: u32 = 75;
-pub const ENOTSUP: u32 = 95;
-pub const ESHUTDOWN: u32 = 108;
-
-fn be16(b: &[u8]) -> u16 {
-    u16::from_be_bytes(b[..2].try_into().unwrap())
-}
-fn be32(b: &[u8]) -> u32 {
-    u32::from_be_bytes(b[..4].try_into().unwrap())
-}
-fn be64(b: &[u8]) -> u64 {
-    u64::from_be_bytes(b[..8].try_into().unwrap())
-}
-
-/// One option reply.
-#[derive(Debug, Clone)]
-pub struct OptReply {
-    pub opt: u32,
-    pub kind: u32,
-    pub data: Vec<u8>,
-}
-
-/// One transmission reply (simple, or one chunk).
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub magic: u32,
-    pub flags: u16,
-    pub kind: u16,
-    pub cookie: u64,
-    /// Extended chunks only.
-    pub offset: u64,
-    /// Simple replies: the error field.
-    pub error: u32,
-    pub payload: Vec<u8>,
-}
-
-impl Reply {
-    pub fn done(&self) -> bool {
-        self.magic == SIMPLE || self.flags & 1 != 0
-    }
-
-    /// The error of a simple reply or an error chunk; 0 otherwise.
-    pub fn errno(&self) -> u32 {
-        if self.magic == SIMPLE {
-            self.error
-        } else if self.kind & 0x8000 != 0 {
-            be32(&self.payload)
-        } else {
-            0
-        }
-    }
-
-    /// The message of an error chunk.
-    pub fn message(&self) -> String {
-        let n = be16(&self.payload[4..]) as usize;
-        String::from_utf8_lossy(&self.payload[6..6 + n]).into_owned()
-    }
-}
+/// The longest message a test reads: more than any READ a test makes.
+pub const MAX_MESSAGE: usize = 1 << 30;
 
 /// An encrypted channel over the client's socket, once STARTTLS has been
 /// accepted (`tests/common/tls_client.rs` has the rustls one): kept behind a
@@ -151,10 +40,8 @@ impl Client {
     /// Connects and reads the 18-byte newstyle greeting.
     pub fn connect(path: &Path) -> Client {
         let mut c = Client::connect_raw(path);
-        let g = c.recv(18);
-        assert_eq!(be64(&g), NBDMAGIC);
-        assert_eq!(be64(&g[8..]), IHAVEOPT);
-        assert_eq!(be16(&g[16..]), 3, "handshake flags");
+        let g = c.recv_parsed("greeting", greeting);
+        assert_eq!(g, Greeting::Newstyle { flags: 3 }, "handshake flags");
         c
     }
 
@@ -217,7 +104,7 @@ impl Client {
     /// Connects, sends flags 3 (FIXED_NEWSTYLE | NO_ZEROES).
     pub fn start(path: &Path) -> Client {
         let mut c = Client::connect(path);
-        c.send(&3u32.to_be_bytes());
+        c.send(&client_flags(CFLAG_FIXED_NEWSTYLE | CFLAG_NO_ZEROES));
         c
     }
 
@@ -233,7 +120,7 @@ impl Client {
             c.structured = true;
         }
         if meta {
-            let r = c.opt(OPT_SET_META, &meta_data(b"", &[b"base:allocation"]));
+            let r = c.opt(OPT_SET_META, &meta_data(b"", &[BASE_ALLOCATION]));
             assert_eq!(r.last().unwrap().kind, REP_ACK, "{r:?}");
         }
         let (size, flags) = c.go(b"");
@@ -254,6 +141,13 @@ impl Client {
         self.read_exact(&mut v)
             .unwrap_or_else(|e| panic!("recv {n} bytes: {e}"));
         v
+    }
+
+    /// Receives one `what`, as `parse` decodes it.
+    #[track_caller]
+    pub fn recv_parsed<T>(&mut self, what: &str, parse: impl Fn(&[u8]) -> Parse<T>) -> T {
+        read_message(|b| self.read_exact(b), MAX_MESSAGE, parse)
+            .unwrap_or_else(|e| panic!("recv {what}: {e}"))
     }
 
     /// True if the server closes the connection (EOF or reset) within `secs`,
@@ -283,18 +177,11 @@ impl Client {
     }
 
     pub fn send_opt(&mut self, opt: u32, data: &[u8]) {
-        self.send(&option_bytes(opt, data));
+        self.send(&option(opt, data));
     }
 
     pub fn recv_opt_reply(&mut self) -> OptReply {
-        let h = self.recv(20);
-        assert_eq!(be64(&h), REPLY_MAGIC, "option reply magic");
-        let len = be32(&h[16..]) as usize;
-        OptReply {
-            opt: be32(&h[8..]),
-            kind: be32(&h[12..]),
-            data: self.recv(len),
-        }
+        self.recv_parsed("option reply", option_reply)
     }
 
     /// Sends an option and collects replies up to the final one (ACK or error).
@@ -309,7 +196,7 @@ impl Client {
         loop {
             let r = self.recv_opt_reply();
             assert_eq!(r.opt, opt, "reply for another option");
-            let last = r.kind == REP_ACK || r.kind & 0x8000_0000 != 0;
+            let last = r.is_final();
             v.push(r);
             if last {
                 return v;
@@ -323,9 +210,13 @@ impl Client {
         assert_eq!(r.last().unwrap().kind, REP_ACK, "GO failed: {r:?}");
         let e = r
             .iter()
-            .find(|r| r.kind == REP_INFO && be16(&r.data) == 0)
+            .filter(|r| r.kind == REP_INFO)
+            .find_map(|r| match info(&r.data) {
+                Ok(Info::Export(e)) => Some(e),
+                _ => None,
+            })
             .expect("NBD_INFO_EXPORT");
-        (be64(&e.data[2..]), be16(&e.data[10..]))
+        (e.size, e.flags)
     }
 
     /// Sends a request header (compact or extended per `self.extended`) and payload.
@@ -338,7 +229,7 @@ impl Client {
         len: u64,
         payload: &[u8],
     ) {
-        let mut v = request_bytes(self.extended, flags, kind, cookie, offset, len);
+        let mut v = request(self.extended, flags, kind, cookie, offset, len);
         v.extend_from_slice(payload);
         self.send(&v);
     }
@@ -346,47 +237,7 @@ impl Client {
     /// Reads one reply. `read_len` is the READ length when simple replies are in
     /// use (a successful simple READ reply carries that much data).
     pub fn reply(&mut self, read_len: Option<usize>) -> Reply {
-        let m = self.recv(4);
-        let magic = be32(&m);
-        match magic {
-            SIMPLE => {
-                let h = self.recv(12);
-                let error = be32(&h);
-                let payload = match (error, read_len) {
-                    (0, Some(n)) => self.recv(n),
-                    _ => Vec::new(),
-                };
-                Reply {
-                    magic,
-                    flags: 0,
-                    kind: 0,
-                    cookie: be64(&h[4..]),
-                    offset: 0,
-                    error,
-                    payload,
-                }
-            }
-            STRUCTURED | EXTENDED => {
-                // Extended: a 64-bit offset, then a 64-bit length.
-                let ext = magic == EXTENDED;
-                let h = self.recv(if ext { 28 } else { 16 });
-                let (offset, len) = if ext {
-                    (be64(&h[12..]), be64(&h[20..]))
-                } else {
-                    (0, u64::from(be32(&h[12..])))
-                };
-                Reply {
-                    magic,
-                    flags: be16(&h),
-                    kind: be16(&h[2..]),
-                    cookie: be64(&h[4..]),
-                    offset,
-                    error: 0,
-                    payload: self.recv(len as usize),
-                }
-            }
-            other => panic!("bad reply magic {other:#x}"),
-        }
+        self.recv_parsed("reply", |b| reply(b, read_len))
     }
 
     /// Reads replies until the one marked done; returns them all.
@@ -430,22 +281,23 @@ impl Client {
         let mut data = vec![0xeeu8; len];
         let mut covered = 0;
         for r in self.replies(None) {
-            match r.kind {
-                T_DATA => {
-                    let at = (be64(&r.payload) - offset) as usize;
-                    let d = &r.payload[8..];
-                    data[at..at + d.len()].copy_from_slice(d);
+            match r.chunk() {
+                Some(Chunk::Data {
+                    offset: at,
+                    data: d,
+                }) => {
+                    let i = (at - offset) as usize;
+                    data[i..i + d.len()].copy_from_slice(d);
                     covered += d.len();
                 }
-                T_HOLE => {
-                    let at = (be64(&r.payload) - offset) as usize;
-                    let n = be32(&r.payload[8..]) as usize;
-                    data[at..at + n].fill(0);
-                    covered += n;
+                Some(Chunk::Hole { offset: at, len: n }) => {
+                    let i = (at - offset) as usize;
+                    data[i..i + n as usize].fill(0);
+                    covered += n as usize;
                 }
-                T_NONE => {}
-                _ if r.kind & 0x8000 != 0 => return Err(r.errno()),
-                k => panic!("unexpected chunk type {k}"),
+                Some(Chunk::None) => {}
+                Some(Chunk::Error { errno, .. }) => return Err(errno),
+                other => panic!("unexpected reply to a READ: {other:?}"),
             }
         }
         assert_eq!(covered, len, "chunks must cover the read");
@@ -453,35 +305,11 @@ impl Client {
     }
 }
 
-/// A request header (compact, or extended with a 64-bit length).
-pub fn request_bytes(
-    extended: bool,
-    flags: u16,
-    kind: u16,
-    cookie: u64,
-    offset: u64,
-    len: u64,
-) -> Vec<u8> {
-    let mut v = Vec::with_capacity(32);
-    let magic = if extended { EXT_REQUEST } else { REQUEST };
-    v.extend_from_slice(&magic.to_be_bytes());
-    v.extend_from_slice(&flags.to_be_bytes());
-    v.extend_from_slice(&kind.to_be_bytes());
-    v.extend_from_slice(&cookie.to_be_bytes());
-    v.extend_from_slice(&offset.to_be_bytes());
-    if extended {
-        v.extend_from_slice(&len.to_be_bytes());
-    } else {
-        v.extend_from_slice(&(len as u32).to_be_bytes());
-    }
-    v
-}
-
 /// `count` compact READ requests of `len` bytes, cookies 0, 1, 2…, at offsets
 /// `len` apart that wrap at `span`: a batch to send in one write.
 pub fn read_batch(count: u64, len: u64, span: u64) -> Vec<u8> {
     (0..count)
-        .flat_map(|i| request_bytes(false, 0, CMD_READ, i, i * len % span, len))
+        .flat_map(|i| request(false, 0, CMD_READ, i, i * len % span, len))
         .collect()
 }
 
@@ -493,69 +321,15 @@ pub fn still_serves(path: &Path) {
     assert_eq!(c.read(0, 0, 5).unwrap(), b"alive");
 }
 
-/// An option as the client sends it: IHAVEOPT, the option, its data.
-pub fn option_bytes(opt: u32, data: &[u8]) -> Vec<u8> {
-    let mut v = IHAVEOPT.to_be_bytes().to_vec();
-    v.extend_from_slice(&opt.to_be_bytes());
-    v.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    v.extend_from_slice(data);
-    v
-}
-
-pub fn info_data(name: &[u8], items: &[u16]) -> Vec<u8> {
-    let mut v = (name.len() as u32).to_be_bytes().to_vec();
-    v.extend_from_slice(name);
-    v.extend_from_slice(&(items.len() as u16).to_be_bytes());
-    for i in items {
-        v.extend_from_slice(&i.to_be_bytes());
-    }
-    v
-}
-
-pub fn meta_data(name: &[u8], queries: &[&[u8]]) -> Vec<u8> {
-    let mut v = (name.len() as u32).to_be_bytes().to_vec();
-    v.extend_from_slice(name);
-    v.extend_from_slice(&(queries.len() as u32).to_be_bytes());
-    for q in queries {
-        v.extend_from_slice(&(q.len() as u32).to_be_bytes());
-        v.extend_from_slice(q);
-    }
-    v
-}
-
 /// Block-status descriptors of a BLOCK_STATUS or BLOCK_STATUS_EXT chunk: (length, flags).
 pub fn descriptors(r: &Reply) -> Vec<(u64, u64)> {
-    match r.kind {
-        T_BS => r.payload[4..]
-            .chunks_exact(8)
-            .map(|d| (u64::from(be32(d)), u64::from(be32(&d[4..]))))
-            .collect(),
-        T_BS_EXT => {
-            let n = be32(&r.payload[4..]) as usize;
-            let v: Vec<_> = r.payload[8..]
-                .chunks_exact(16)
-                .map(|d| (be64(d), be64(&d[8..])))
-                .collect();
-            assert_eq!(v.len(), n, "descriptor count");
-            v
-        }
-        k => panic!("not a block status chunk: {k}"),
+    match r.chunk() {
+        Some(Chunk::BlockStatus { extents, .. }) => extents,
+        other => panic!("not a block status chunk: {other:?}"),
     }
 }
 
 /// The u16 at the start of an NBD_REP_INFO payload.
 pub fn info_type(r: &OptReply) -> u16 {
-    be16(&r.data)
-}
-
-pub fn u16_at(b: &[u8], at: usize) -> u16 {
-    be16(&b[at..])
-}
-
-pub fn u32_at(b: &[u8], at: usize) -> u32 {
-    be32(&b[at..])
-}
-
-pub fn u64_at(b: &[u8], at: usize) -> u64 {
-    be64(&b[at..])
+    u16_at(&r.data, 0)
 }

@@ -11,13 +11,13 @@
 
 use std::io::{self, Read, Write};
 
-use nbdlite::error::plain;
-use nbdlite::proto::{
-    CFLAG_FIXED_NEWSTYLE, CFLAG_NO_ZEROES, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT,
-    INFO_BLOCK_SIZE, INFO_EXPORT, NBDMAGIC, OLDSTYLE_MAGIC, OPT_EXPORT_NAME, OPT_GO,
-    OPT_REPLY_MAGIC, OPT_STARTTLS, REP_ACK, REP_ERR_POLICY, REP_ERR_TLS_REQD, REP_ERR_UNSUP,
-    REP_INFO,
+use nbdlite::client_proto::{
+    self, CFLAG_FIXED_NEWSTYLE, CFLAG_NO_ZEROES, ERR_POLICY, ERR_TLS_REQD, ERR_UNSUP, Export,
+    FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, Greeting, INFO_BLOCK_SIZE, Info, OPT_EXPORT_NAME, OPT_GO,
+    OPT_STARTTLS, Parse, REP_ACK, REP_ERROR_BIT, REP_INFO, ReadError, client_flags,
+    export_name_reply, info, info_data, option, option_reply_header,
 };
+use nbdlite::error::plain;
 
 use crate::stream::{HANDSHAKE_TIMEOUT, Stream};
 use crate::tls::{self, Session};
@@ -27,6 +27,8 @@ use crate::uri::Target;
 const MAX_GO_REPLIES: usize = 64;
 /// Option replies longer than this are garbage, not something to allocate for.
 const MAX_OPTION_REPLY: u32 = 1 << 20;
+/// The longest message read whole: the oldstyle greeting.
+const MAX_MESSAGE: usize = client_proto::OLDSTYLE_GREETING_LEN;
 
 /// What the handshake told us about the export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +37,16 @@ pub struct ExportInfo {
     pub tflags: u16,
     /// The largest request the server takes (NBD_INFO_BLOCK_SIZE), if it said.
     pub max_block: Option<u32>,
+}
+
+impl ExportInfo {
+    fn of(e: Export, max_block: Option<u32>) -> ExportInfo {
+        ExportInfo {
+            size: e.size,
+            tflags: e.flags,
+            max_block,
+        }
+    }
 }
 
 /// A negotiated connection: its socket (still blocking), and its TLS
@@ -104,35 +116,17 @@ impl<S: Write> Write for Watched<S> {
     }
 }
 
-/// What the server's greeting says.
-enum Greeting {
-    Oldstyle,
-    /// With the server's handshake flags.
-    Newstyle(u16),
-}
-
+/// The server's greeting, either style.
 fn greeting<S: Read>(s: &mut S) -> Result<Greeting, String> {
-    let mut hello = [0u8; 16];
-    read_exact(s, &mut hello, "greeting")?;
-    if be64(&hello[..8]) != NBDMAGIC {
-        return Err("not an NBD server (bad greeting magic)".into());
-    }
-    match be64(&hello[8..]) {
-        IHAVEOPT => {
-            let mut f = [0u8; 2];
-            read_exact(s, &mut f, "handshake flags")?;
-            Ok(Greeting::Newstyle(u16::from_be_bytes(f)))
-        }
-        OLDSTYLE_MAGIC => Ok(Greeting::Oldstyle),
-        _ => Err("not an NBD server (unknown handshake style)".into()),
-    }
+    read_message(s, "greeting", nbdlite::client_proto::greeting)
 }
 
 /// Runs the client side of the handshake on any byte stream.
 pub fn handshake<S: Read + Write>(s: &mut S, export: &[u8]) -> Result<ExportInfo, String> {
     match greeting(s)? {
-        Greeting::Newstyle(flags) => newstyle(s, flags, export),
-        Greeting::Oldstyle => oldstyle(s),
+        Greeting::Newstyle { flags } => newstyle(s, flags, export),
+        // The server sends size and flags and that is all.
+        Greeting::Oldstyle(e) => Ok(ExportInfo::of(e, None)),
     }
 }
 
@@ -141,25 +135,25 @@ pub fn handshake<S: Read + Write>(s: &mut S, export: &[u8]) -> Result<ExportInfo
 /// after EXPORT_NAME's reply (said once, before TLS, and true inside it).
 pub fn starttls<S: Read + Write>(s: &mut S) -> Result<bool, String> {
     let flags = match greeting(s)? {
-        Greeting::Oldstyle => {
+        Greeting::Oldstyle(_) => {
             return Err("the server speaks the oldstyle handshake, which cannot start TLS".into());
         }
-        Greeting::Newstyle(f) if f & FLAG_FIXED_NEWSTYLE == 0 => {
+        Greeting::Newstyle { flags } if flags & FLAG_FIXED_NEWSTYLE == 0 => {
             return Err("the server does not speak fixed newstyle, so it cannot start TLS".into());
         }
-        Greeting::Newstyle(f) => f,
+        Greeting::Newstyle { flags } => flags,
     };
-    let no_zeroes = client_flags(s, flags)?;
+    let no_zeroes = answer_flags(s, flags)?;
     write_all(s, &option(OPT_STARTTLS, &[]))?;
     let (kind, body) = option_reply(s, OPT_STARTTLS)?;
     match kind {
         REP_ACK => Ok(no_zeroes),
-        REP_ERR_POLICY | REP_ERR_UNSUP => Err(format!(
+        ERR_POLICY | ERR_UNSUP => Err(format!(
             "the server does not offer TLS (STARTTLS: {}{})",
             rep_error_name(kind),
             message(&body)
         )),
-        k if k & (1 << 31) != 0 => Err(format!(
+        k if k & REP_ERROR_BIT != 0 => Err(format!(
             "server refused STARTTLS: {}{}",
             rep_error_name(k),
             message(&body)
@@ -168,34 +162,23 @@ pub fn starttls<S: Read + Write>(s: &mut S) -> Result<bool, String> {
     }
 }
 
-/// Oldstyle: the server sends size and flags and that is all.
-fn oldstyle<S: Read>(s: &mut S) -> Result<ExportInfo, String> {
-    let mut rest = [0u8; 152 - 16];
-    read_exact(s, &mut rest, "oldstyle greeting")?;
-    Ok(ExportInfo {
-        size: be64(&rest[..8]),
-        tflags: u16::from_be_bytes([rest[10], rest[11]]),
-        max_block: None,
-    })
-}
-
 fn newstyle<S: Read + Write>(s: &mut S, flags: u16, export: &[u8]) -> Result<ExportInfo, String> {
     if flags & FLAG_FIXED_NEWSTYLE == 0 {
         // Without fixed newstyle an unknown option kills the connection; only
         // EXPORT_NAME is safe.
-        write_all(s, &0u32.to_be_bytes())?;
+        write_all(s, &client_flags(0))?;
         return export_name(s, export, false);
     }
-    let no_zeroes = client_flags(s, flags)?;
+    let no_zeroes = answer_flags(s, flags)?;
     options(s, export, no_zeroes)
 }
 
 /// Answers a fixed-newstyle server's flags; returns whether it leaves out the
 /// zeroes after EXPORT_NAME's reply.
-fn client_flags<S: Write>(s: &mut S, flags: u16) -> Result<bool, String> {
+fn answer_flags<S: Write>(s: &mut S, flags: u16) -> Result<bool, String> {
     let no_zeroes = flags & FLAG_NO_ZEROES != 0;
     let cflags = CFLAG_FIXED_NEWSTYLE | if no_zeroes { CFLAG_NO_ZEROES } else { 0 };
-    write_all(s, &cflags.to_be_bytes())?;
+    write_all(s, &client_flags(cflags))?;
     Ok(no_zeroes)
 }
 
@@ -214,49 +197,39 @@ fn options<S: Read + Write>(
 /// `NBD_OPT_GO`, asking for the block sizes too (the maximum is checked
 /// before the run); `None` if the server does not support GO.
 fn go<S: Read + Write>(s: &mut S, export: &[u8]) -> Result<Option<ExportInfo>, String> {
-    let mut data = Vec::with_capacity(8 + export.len());
-    data.extend_from_slice(&(export.len() as u32).to_be_bytes());
-    data.extend_from_slice(export);
     // One item asked for: INFO_EXPORT comes anyway.
-    data.extend_from_slice(&1u16.to_be_bytes());
-    data.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
-    write_all(s, &option(OPT_GO, &data))?;
-    let mut info: Option<ExportInfo> = None;
+    write_all(s, &option(OPT_GO, &info_data(export, &[INFO_BLOCK_SIZE])))?;
+    let mut export_info = None;
     let mut max_block = None;
     // A server may send some INFO replies before its ACK, not endlessly many.
     for _ in 0..MAX_GO_REPLIES {
         let (kind, body) = option_reply(s, OPT_GO)?;
-        let item = (body.len() >= 2).then(|| u16::from_be_bytes([body[0], body[1]]));
         match kind {
             REP_ACK => {
-                let info = info.ok_or("server finished GO without sending the export size")?;
-                return Ok(Some(ExportInfo { max_block, ..info }));
+                let e = export_info.ok_or("server finished GO without sending the export size")?;
+                return Ok(Some(ExportInfo::of(e, max_block)));
             }
-            REP_INFO if item == Some(INFO_EXPORT) && body.len() >= 12 => {
-                info = Some(ExportInfo {
-                    size: be64(&body[2..10]),
-                    tflags: u16::from_be_bytes([body[10], body[11]]),
-                    max_block: None,
-                });
-            }
-            REP_INFO if item == Some(INFO_BLOCK_SIZE) && body.len() >= 14 => {
-                max_block = Some(be32(&body[10..14]));
-            }
-            REP_ERR_UNSUP => return Ok(None),
-            k if k & (1 << 31) != 0 => {
+            // Other items, and items we cannot read, are not errors: skip them.
+            REP_INFO => match info(&body) {
+                Ok(Info::Export(e)) => export_info = Some(e),
+                Ok(Info::BlockSize { max, .. }) => max_block = Some(max),
+                _ => {}
+            },
+            ERR_UNSUP => return Ok(None),
+            k if k & REP_ERROR_BIT != 0 => {
                 return Err(format!(
                     "server refused export '{}': {}{}{}",
                     shown(export),
                     rep_error_name(k),
                     message(&body),
-                    if k == REP_ERR_TLS_REQD {
+                    if k == ERR_TLS_REQD {
                         " (use an nbds:// or nbds+unix:// URI)"
                     } else {
                         ""
                     }
                 ));
             }
-            // Other replies (other INFO items, REP_SERVER) are not errors; skip them.
+            // Other replies (REP_SERVER...) are not errors; skip them.
             _ => {}
         }
     }
@@ -279,45 +252,26 @@ fn export_name<S: Read + Write>(
     no_zeroes: bool,
 ) -> Result<ExportInfo, String> {
     write_all(s, &option(OPT_EXPORT_NAME, export))?;
-    let mut reply = [0u8; 10 + 124];
-    let len = if no_zeroes { 10 } else { reply.len() };
-    read_exact(s, &mut reply[..len], "EXPORT_NAME reply")
+    let e = read_message(s, "EXPORT_NAME reply", |b| export_name_reply(b, no_zeroes))
         .map_err(|e| format!("{e} (does export '{}' exist?)", shown(export)))?;
-    Ok(ExportInfo {
-        size: be64(&reply[..8]),
-        tflags: u16::from_be_bytes([reply[8], reply[9]]),
-        max_block: None,
-    })
-}
-
-/// One option request: IHAVEOPT, option, length, data.
-fn option(opt: u32, data: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(16 + data.len());
-    v.extend_from_slice(&IHAVEOPT.to_be_bytes());
-    v.extend_from_slice(&opt.to_be_bytes());
-    v.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    v.extend_from_slice(data);
-    v
+    Ok(ExportInfo::of(e, None))
 }
 
 /// Reads one option reply to `opt`: its type and its data.
 fn option_reply<S: Read>(s: &mut S, opt: u32) -> Result<(u32, Vec<u8>), String> {
-    let mut h = [0u8; 20];
-    read_exact(s, &mut h, "option reply")?;
-    if be64(&h[..8]) != OPT_REPLY_MAGIC {
-        return Err("bad option reply magic".into());
-    }
-    if be32(&h[8..12]) != opt {
+    let h = read_message(s, "option reply", option_reply_header)?;
+    if h.opt != opt {
         return Err("option reply to an option we did not send".into());
     }
-    let kind = be32(&h[12..16]);
-    let len = be32(&h[16..20]);
-    if len > MAX_OPTION_REPLY {
-        return Err(format!("option reply of {len} bytes is implausibly long"));
+    if h.len > MAX_OPTION_REPLY {
+        return Err(format!(
+            "option reply of {} bytes is implausibly long",
+            h.len
+        ));
     }
-    let mut body = vec![0u8; len as usize];
+    let mut body = vec![0u8; h.len as usize];
     read_exact(s, &mut body, "option reply data")?;
-    Ok((kind, body))
+    Ok((h.kind, body))
 }
 
 fn rep_error_name(k: u32) -> String {
@@ -352,6 +306,19 @@ fn message(body: &[u8]) -> String {
     }
 }
 
+/// Reads one `what` (none of what comes after it), as `parse` decodes it.
+fn read_message<S: Read, T>(
+    s: &mut S,
+    what: &str,
+    parse: impl Fn(&[u8]) -> Parse<T>,
+) -> Result<T, String> {
+    let read = |b: &mut [u8]| read_exact(s, b, what);
+    client_proto::read_message(read, MAX_MESSAGE, parse).map_err(|e| match e {
+        ReadError::Read(e) => e,
+        ReadError::Malformed(e) => format!("not an NBD server ({e})"),
+    })
+}
+
 fn read_exact<S: Read>(s: &mut S, buf: &mut [u8], what: &str) -> Result<(), String> {
     s.read_exact(buf).map_err(|e| match e.kind() {
         io::ErrorKind::UnexpectedEof => format!("server closed the connection during the {what}"),
@@ -368,16 +335,6 @@ fn write_all<S: Write>(s: &mut S, buf: &[u8]) -> Result<(), String> {
     s.write_all(buf)
         .and_then(|()| s.flush())
         .map_err(|e| format!("writing to the server: {}", plain(&e)))
-}
-
-fn be32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
-
-fn be64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(a)
 }
 
 #[cfg(test)]

@@ -18,14 +18,16 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::time::Instant;
 
+use nbdlite::client_proto::{
+    CMD_DISC, CMD_READ, CMD_WRITE, COMPACT_REQUEST_LEN as REQUEST_LEN, Parse, ReplyHeader,
+    SIMPLE_REPLY_LEN as REPLY_LEN, compact_request, reply_header,
+};
 use nbdlite::error::plain;
-use nbdlite::proto::{CMD_DISC, CMD_READ, CMD_WRITE};
 
 use crate::client::Link;
 use crate::record::Recorder;
 use crate::stream::Stream;
 use crate::tls::Session;
-use crate::wire::{REPLY_LEN, REQUEST_LEN, parse_reply, request};
 use crate::workload::Plan;
 use crate::workload::{Io, Workload};
 
@@ -121,7 +123,7 @@ impl Conn {
             let io = self.work.next();
             let kind = if io.write { CMD_WRITE } else { CMD_READ };
             self.out.push_back(Pending {
-                hdr: request(kind, u64::from(cookie), io.offset, size as u32),
+                hdr: compact_request(0, kind, u64::from(cookie), io.offset, size as u32),
                 payload: if io.write { size as usize } else { 0 },
             });
             self.slots[cookie as usize] = InFlight {
@@ -255,7 +257,7 @@ impl Conn {
 
     /// One simple reply header: completes its request, or waits for READ data.
     fn header(&mut self, h: &[u8; REPLY_LEN], rec: &mut Recorder, size: u64) -> Result<(), String> {
-        let (error, cookie) = parse_reply(h).map_err(|e| self.fail(e))?;
+        let (error, cookie) = simple_reply(h).map_err(|e| self.fail(e))?;
         let slot = usize::try_from(cookie)
             .ok()
             .filter(|&c| c < self.slots.len() && self.slots[c].busy)
@@ -283,7 +285,7 @@ impl Conn {
         if self.out_done != 0 {
             return;
         }
-        let disc = request(CMD_DISC, 0, 0, 0);
+        let disc = compact_request(0, CMD_DISC, 0, 0, 0);
         match self.tls.as_deref_mut() {
             None => {
                 let _ = self.stream.write(&disc);
@@ -294,6 +296,19 @@ impl Conn {
                 let _ = tls.send(&mut self.stream);
             }
         }
+    }
+}
+
+/// A simple reply header: its error and cookie. We never ask for structured
+/// replies, so a chunk is an error too.
+fn simple_reply(h: &[u8; REPLY_LEN]) -> Result<(u32, u64), &'static str> {
+    match reply_header(h) {
+        Parse::Done(ReplyHeader::Simple { error, cookie }, _) => Ok((error, cookie)),
+        // A magic it knows that is not a simple reply's starts a longer header.
+        Parse::Done(ReplyHeader::Chunk(_), _) | Parse::NeedMore(_) => {
+            Err("structured reply, which we did not ask for")
+        }
+        Parse::Malformed(_) => Err("bad reply magic (garbage from the server)"),
     }
 }
 
@@ -331,6 +346,7 @@ fn gather<'a>(
 mod tests {
     use super::*;
     use crate::workload::Pattern;
+    use nbdlite::proto::reply::Style;
 
     fn conn(qd: usize) -> (Conn, std::os::unix::net::UnixStream) {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
@@ -347,10 +363,24 @@ mod tests {
     }
 
     fn reply(error: u32, cookie: u64) -> Vec<u8> {
-        let mut v = nbdlite::proto::SIMPLE_REPLY_MAGIC.to_be_bytes().to_vec();
-        v.extend_from_slice(&error.to_be_bytes());
-        v.extend_from_slice(&cookie.to_be_bytes());
-        v
+        nbdlite::proto::reply::simple(error, cookie)
+            .as_bytes()
+            .to_vec()
+    }
+
+    #[test]
+    fn simple_reply_headers() {
+        let mut h = [0u8; REPLY_LEN];
+        h.copy_from_slice(&reply(5, 9));
+        assert_eq!(simple_reply(&h), Ok((5, 9)));
+        let s = nbdlite::proto::reply::chunk(Style::Structured, 1, 0, 9, 0, 0);
+        h.copy_from_slice(&s.as_bytes()[..REPLY_LEN]);
+        assert!(simple_reply(&h).unwrap_err().contains("structured"));
+        assert!(
+            simple_reply(&[0xff; REPLY_LEN])
+                .unwrap_err()
+                .contains("garbage")
+        );
     }
 
     #[test]
@@ -390,10 +420,9 @@ mod tests {
         let mut r = rec();
         // nothing in flight: any cookie is unknown
         assert!(c.replies(&reply(0, 0), &mut r, 4096).is_err());
-        let mut s = nbdlite::proto::STRUCTURED_REPLY_MAGIC
-            .to_be_bytes()
+        let s = nbdlite::proto::reply::chunk(Style::Structured, 1, 0, 0, 0, 0)
+            .as_bytes()
             .to_vec();
-        s.extend([0; 12]);
         c.fill(4096, Instant::now());
         assert!(c.replies(&s, &mut r, 4096).is_err());
     }
@@ -402,11 +431,11 @@ mod tests {
     fn partial_writes_resume_mid_request() {
         let (mut c, _peer) = conn(3);
         c.out.push_back(Pending {
-            hdr: request(CMD_WRITE, 0, 0, 10),
+            hdr: compact_request(0, CMD_WRITE, 0, 0, 10),
             payload: 10,
         });
         c.out.push_back(Pending {
-            hdr: request(CMD_READ, 1, 0, 10),
+            hdr: compact_request(0, CMD_READ, 1, 0, 10),
             payload: 0,
         });
         c.advance(30);

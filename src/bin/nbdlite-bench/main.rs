@@ -19,14 +19,13 @@ mod tls;
 #[path = "notls.rs"]
 mod tls;
 mod uri;
-mod wire;
 mod workload;
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use nbdlite::proto::{TF_HAS_FLAGS, TF_READ_ONLY};
+use nbdlite::client_proto::{TF_HAS_FLAGS, TF_READ_ONLY};
 
 use args::{Command, Config};
 use client::{ExportInfo, Link};

@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use crate::hist::Histogram;
-use crate::wire::errno_name;
 use crate::workload::Io;
+use nbdlite::client_proto::errno_name;
 
 /// What one thread measured; merged across threads for the report.
 #[derive(Default)]

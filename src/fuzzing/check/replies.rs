@@ -1,26 +1,14 @@
-//! The check's own readers of the wire: option replies and transmission
-//! replies (simple, or chunks with their READ data and block-status extents),
-//! parsed as the spec states them, apart from the server's `proto` parsers and
-//! encoders so that a bug there is not mirrored here. Each reader panics, with
-//! a message, on what the spec does not allow.
+//! The check's readers of the wire: option replies and transmission replies
+//! (simple, or chunks with their READ data and block-status extents), split
+//! and decoded by the client's side of the protocol (`client_proto`), apart
+//! from the server's `proto` parsers and encoders so that a bug there is not
+//! mirrored here, then held to what the spec allows this server to send.
+//! Each reader panics, with a message, on anything else.
 
 use crate::agreement::Agreement;
+use crate::client_proto::*;
 use crate::export::BASE_ALLOCATION_ID;
-use crate::proto::*;
-
-// Big-endian fields at byte `i`; callers have checked the length.
-
-pub(super) fn u16_at(b: &[u8], i: usize) -> u16 {
-    u16::from_be_bytes([b[i], b[i + 1]])
-}
-
-pub(super) fn u32_at(b: &[u8], i: usize) -> u32 {
-    u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
-}
-
-pub(super) fn u64_at(b: &[u8], i: usize) -> u64 {
-    (u64::from(u32_at(b, i)) << 32) | u64::from(u32_at(b, i + 4))
-}
+use crate::proto::reply::Style;
 
 /// A request header, as read here.
 pub(super) struct Req {
@@ -31,62 +19,64 @@ pub(super) struct Req {
     pub(super) length: u64,
 }
 
-pub(super) fn is_final(t: u32) -> bool {
-    t == REP_ACK || t & (1 << 31) != 0
+/// The complete value at the start of `buf`, or a panic saying why not.
+#[track_caller]
+fn whole<T>(p: Parse<T>, what: &str) -> (T, usize) {
+    match p {
+        Parse::Done(v, n) => (v, n),
+        Parse::NeedMore(n) => panic!("{what} truncated ({n} bytes missing)"),
+        Parse::Malformed(e) => panic!("{what}: {e}"),
+    }
 }
 
 /// Splits option replies, checking each header and its data; returns the types.
 pub(super) fn option_replies(mut rest: &[u8], opt: u32) -> Vec<u32> {
     let mut types = Vec::new();
     while !rest.is_empty() {
-        assert!(rest.len() >= 20, "truncated option reply");
-        assert_eq!(u64_at(rest, 0), OPT_REPLY_MAGIC);
-        assert_eq!(u32_at(rest, 8), opt, "reply to another option");
-        let (t, len) = (u32_at(rest, 12), u32_at(rest, 16) as usize);
-        assert!(rest.len() >= 20 + len, "option reply data truncated");
-        option_reply_data(opt, t, &rest[20..20 + len]);
-        types.push(t);
-        rest = &rest[20 + len..];
+        let (r, n) = whole(option_reply(rest), "option reply");
+        assert_eq!(r.opt, opt, "reply to another option");
+        option_reply_data(&r);
+        types.push(r.kind);
+        rest = &rest[n..];
     }
     types
 }
 
 /// The data of one option reply fits its type, and the type fits the option.
-fn option_reply_data(opt: u32, t: u32, d: &[u8]) {
-    match t {
+fn option_reply_data(r: &OptReply) {
+    let (opt, d) = (r.opt, &r.data[..]);
+    match r.kind {
         REP_ACK => assert!(d.is_empty()),
         REP_SERVER => {
             assert_eq!(opt, OPT_LIST);
-            assert!(d.len() >= 4 && u32_at(d, 0) as usize <= d.len() - 4);
+            server_entry(d).expect("export entry");
         }
         REP_INFO => {
             assert!(matches!(opt, OPT_INFO | OPT_GO));
-            assert!(d.len() >= 2);
-            match u16_at(d, 0) {
-                INFO_EXPORT => assert_eq!(d.len(), 12),
-                INFO_BLOCK_SIZE => {
-                    assert_eq!(d.len(), 14);
-                    let (min, pref, max) = (u32_at(d, 2), u32_at(d, 6), u32_at(d, 10));
-                    assert!(min.is_power_of_two() && min <= pref && pref <= max);
-                }
-                INFO_NAME | INFO_DESCRIPTION => assert!(d.len() - 2 <= MAX_STRING),
-                i => panic!("unknown info item {i}"),
+            match info(d).expect("information reply") {
+                Info::BlockSize {
+                    min,
+                    preferred,
+                    max,
+                } => assert!(min.is_power_of_two() && min <= preferred && preferred <= max),
+                Info::Unknown(i) => panic!("unknown info item {i}"),
+                Info::Export(_) | Info::Name(_) | Info::Description(_) => {}
             }
         }
-        REP_META_CONTEXT => {
-            assert!(matches!(opt, OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT));
-            assert!(d.len() > 4 && d.len() - 4 <= MAX_STRING);
+        REP_META => {
+            assert!(matches!(opt, OPT_LIST_META | OPT_SET_META));
+            meta_context(d).expect("meta context");
         }
-        t if t & (1 << 31) != 0 => {
+        t if t & REP_ERROR_BIT != 0 => {
             let known = [
-                REP_ERR_UNSUP,
-                REP_ERR_POLICY,
-                REP_ERR_TLS_REQD,
-                REP_ERR_INVALID,
-                REP_ERR_UNKNOWN,
-                REP_ERR_SHUTDOWN,
-                REP_ERR_TOO_BIG,
-                REP_ERR_EXT_HEADER_REQD,
+                ERR_UNSUP,
+                ERR_POLICY,
+                ERR_TLS_REQD,
+                ERR_INVALID,
+                ERR_UNKNOWN,
+                ERR_SHUTDOWN,
+                ERR_TOO_BIG,
+                ERR_EXT_HEADER_REQD,
             ];
             assert!(known.contains(&t), "unknown error {t:#x}");
             assert!(d.len() <= MAX_STRING);
@@ -105,86 +95,77 @@ fn known_errno(e: u32) -> bool {
 /// The replies to one request: a simple reply where the style allows it, or
 /// chunks with exactly one DONE, last, all carrying the request's cookie.
 pub(super) fn check_replies(s: &Agreement, req: &Req, reply: &[u8]) {
-    use reply::Style;
-    assert!(reply.len() >= 4, "no reply");
-    if u32_at(reply, 0) == SIMPLE_REPLY_MAGIC {
-        assert!(
-            s.style != Style::Extended,
-            "simple reply after extended headers"
-        );
-        assert!(reply.len() >= 16);
-        let error = u32_at(reply, 4);
-        assert_eq!(u64_at(reply, 8), req.cookie);
-        assert!(error == 0 || known_errno(error), "errno {error}");
-        let data = reply.len() - 16;
-        if error == 0 && req.kind == CMD_READ && s.style == Style::Simple {
-            assert_eq!(data as u64, req.length, "READ data");
-        } else {
-            // A structured READ's data must come in chunks.
-            assert!(data == 0 && !(error == 0 && req.kind == CMD_READ && req.length > 0));
-        }
-        return;
+    let (h, n) = whole(reply_header(reply), "reply header");
+    let ReplyHeader::Simple { error, cookie } = h else {
+        assert!(s.style != Style::Simple, "chunk without structured replies");
+        return chunks(s, req, reply);
+    };
+    assert!(
+        s.style != Style::Extended,
+        "simple reply after extended headers"
+    );
+    assert_eq!(cookie, req.cookie);
+    assert!(error == 0 || known_errno(error), "errno {error}");
+    let data = reply.len() - n;
+    if error == 0 && req.kind == CMD_READ && s.style == Style::Simple {
+        assert_eq!(data as u64, req.length, "READ data");
+    } else {
+        // A structured READ's data must come in chunks.
+        assert!(data == 0 && !(error == 0 && req.kind == CMD_READ && req.length > 0));
     }
-    assert!(s.style != Style::Simple, "chunk without structured replies");
-    chunks(s, req, reply);
 }
 
 fn chunks(s: &Agreement, req: &Req, mut rest: &[u8]) {
-    let extended = s.style == reply::Style::Extended;
-    let (hdr, magic) = if extended {
-        (32, EXT_REPLY_MAGIC)
-    } else {
-        (20, STRUCTURED_REPLY_MAGIC)
-    };
+    let extended = s.style == Style::Extended;
     let mut done = false;
     let mut read_pos = req.offset;
     let mut error = false;
     while !rest.is_empty() {
         assert!(!done, "a chunk after DONE");
-        assert!(rest.len() >= hdr, "truncated chunk header");
-        assert_eq!(u32_at(rest, 0), magic);
-        let (flags, kind) = (u16_at(rest, 4), u16_at(rest, 6));
-        assert_eq!(u64_at(rest, 8), req.cookie);
-        let len = if extended {
-            assert_eq!(u64_at(rest, 16), req.offset);
-            u64_at(rest, 24)
-        } else {
-            u64::from(u32_at(rest, 16))
+        let (h, hlen) = whole(reply_header(rest), "chunk header");
+        let ReplyHeader::Chunk(c) = h else {
+            panic!("a simple reply among chunks")
         };
+        assert_eq!(c.extended, extended, "chunk header of the other style");
+        assert_eq!(c.cookie, req.cookie);
+        if extended {
+            assert_eq!(c.offset, req.offset);
+        }
         assert!(
-            rest.len() as u64 >= hdr as u64 + len,
+            (rest.len() - hlen) as u64 >= c.len,
             "chunk payload truncated"
         );
-        let p = &rest[hdr..hdr + len as usize]; // checked just above
-        assert_eq!(flags & !REPLY_FLAG_DONE, 0, "unknown chunk flags");
-        match kind {
-            REPLY_TYPE_NONE => assert!(p.is_empty() && flags & REPLY_FLAG_DONE != 0),
-            REPLY_TYPE_OFFSET_DATA | REPLY_TYPE_OFFSET_HOLE => {
+        let p = &rest[hlen..hlen + c.len as usize]; // checked just above
+        assert_eq!(c.flags & !REPLY_FLAG_DONE, 0, "unknown chunk flags");
+        match chunk(c.kind, p).unwrap_or_else(|e| panic!("chunk type {}: {e}", c.kind)) {
+            Chunk::None => assert!(c.done()),
+            Chunk::Data { offset, data } => {
                 assert_eq!(req.kind, CMD_READ);
-                let (at, n) = if kind == REPLY_TYPE_OFFSET_DATA {
-                    assert!(p.len() > 8, "empty data chunk");
-                    (u64_at(p, 0), p.len() as u64 - 8)
-                } else {
-                    assert_eq!(p.len(), 12);
-                    (u64_at(p, 0), u64::from(u32_at(p, 8)))
-                };
-                assert!(n > 0 && at == read_pos, "READ chunks out of order");
-                read_pos += n;
+                read_pos = next_read(read_pos, offset, data.len() as u64);
             }
-            REPLY_TYPE_BLOCK_STATUS | REPLY_TYPE_BLOCK_STATUS_EXT => {
+            Chunk::Hole { offset, len } => {
+                assert_eq!(req.kind, CMD_READ);
+                read_pos = next_read(read_pos, offset, u64::from(len));
+            }
+            Chunk::BlockStatus { context, extents } => {
                 assert_eq!(req.kind, CMD_BLOCK_STATUS);
-                assert_eq!(kind == REPLY_TYPE_BLOCK_STATUS_EXT, extended);
-                block_status(p, extended, req.flags & CMD_FLAG_REQ_ONE != 0);
+                assert_eq!(c.kind == T_BS_EXT, extended);
+                assert_eq!(context, BASE_ALLOCATION_ID);
+                let req_one = req.flags & F_REQ_ONE != 0;
+                let n = extents.len();
+                assert!(!req_one || n == 1, "REQ_ONE answered with {n} extents");
+                for (_, flags) in extents {
+                    assert_eq!(flags & !(STATE_HOLE | STATE_ZERO), 0);
+                }
             }
-            REPLY_TYPE_ERROR => {
-                assert!(p.len() >= 6 && known_errno(u32_at(p, 0)));
-                assert_eq!(usize::from(u16_at(p, 4)), p.len() - 6);
+            Chunk::Error { errno, .. } => {
+                assert_eq!(c.kind, T_ERROR);
+                assert!(known_errno(errno));
                 error = true;
             }
-            k => panic!("unknown chunk type {k}"),
         }
-        done = flags & REPLY_FLAG_DONE != 0;
-        rest = &rest[hdr + len as usize..];
+        done = c.done();
+        rest = &rest[hlen + p.len()..];
     }
     assert!(done, "no DONE chunk");
     if req.kind == CMD_READ && !error {
@@ -196,31 +177,18 @@ fn chunks(s: &Agreement, req: &Req, mut rest: &[u8]) {
     }
 }
 
-fn block_status(p: &[u8], extended: bool, req_one: bool) {
-    let (head, per) = if extended { (8, 16) } else { (4, 8) };
-    assert!(p.len() >= head + per, "no descriptor");
-    assert_eq!(u32_at(p, 0), BASE_ALLOCATION_ID);
-    assert_eq!((p.len() - head) % per, 0);
-    let n = (p.len() - head) / per;
-    if extended {
-        assert_eq!(u32_at(p, 4) as usize, n);
-    }
-    assert!(!req_one || n == 1, "REQ_ONE answered with {n} extents");
-    for d in p[head..].chunks_exact(per) {
-        let (len, flags) = if extended {
-            (u64_at(d, 0), u64_at(d, 8))
-        } else {
-            (u64::from(u32_at(d, 0)), u64::from(u32_at(d, 4)))
-        };
-        assert!(len > 0, "an empty extent");
-        assert_eq!(flags & !u64::from(STATE_HOLE | STATE_ZERO), 0);
-    }
+/// READ chunks come in order: one at `at` of `n` bytes must start where the
+/// last one ended. Returns where the next one starts.
+fn next_read(pos: u64, at: u64, n: u64) -> u64 {
+    assert!(at == pos, "READ chunks out of order");
+    pos + n
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::reply::{Style, chunk, simple};
+    use crate::proto::option::put_reply;
+    use crate::proto::reply::{chunk, simple};
 
     fn session(style: Style) -> Agreement {
         Agreement {
@@ -269,7 +237,7 @@ mod tests {
         )));
         // A structured READ must end with DONE and cover the request.
         let s = session(Style::Structured);
-        let mut c = chunk(Style::Structured, 0, REPLY_TYPE_OFFSET_DATA, 7, 512, 12)
+        let mut c = chunk(Style::Structured, 0, T_DATA, 7, 512, 12)
             .as_bytes()
             .to_vec();
         c.extend_from_slice(&512u64.to_be_bytes());
@@ -283,7 +251,7 @@ mod tests {
     #[test]
     fn catches_malformed_option_replies() {
         let mut out = Vec::new();
-        option::put_reply(&mut out, OPT_LIST, REP_ACK, &[]);
+        put_reply(&mut out, OPT_LIST, REP_ACK, &[]);
         assert_eq!(option_replies(&out, OPT_LIST), vec![REP_ACK]);
         assert!(fails(|| {
             option_replies(&out, OPT_GO);

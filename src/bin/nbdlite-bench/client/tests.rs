@@ -1,4 +1,10 @@
-//! The handshake against scripted servers.
+//! The handshake against scripted servers, which speak through the
+//! server's own encoders.
+
+use nbdlite::client_proto::u32_at;
+use nbdlite::proto::option::{
+    greeting_newstyle, greeting_oldstyle, put_info_block_size, put_info_export, put_reply,
+};
 
 use super::*;
 
@@ -32,31 +38,25 @@ fn script(parts: &[&[u8]]) -> Script {
 }
 
 fn reply(opt: u32, kind: u32, data: &[u8]) -> Vec<u8> {
-    let mut v = OPT_REPLY_MAGIC.to_be_bytes().to_vec();
-    v.extend_from_slice(&opt.to_be_bytes());
-    v.extend_from_slice(&kind.to_be_bytes());
-    v.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    v.extend_from_slice(data);
+    let mut v = Vec::new();
+    put_reply(&mut v, opt, kind, data);
     v
 }
 
 fn greeting() -> Vec<u8> {
-    nbdlite::proto::option::greeting_newstyle().to_vec()
+    greeting_newstyle().to_vec()
 }
 
 fn info_export(size: u64, flags: u16) -> Vec<u8> {
-    let mut d = INFO_EXPORT.to_be_bytes().to_vec();
-    d.extend_from_slice(&size.to_be_bytes());
-    d.extend_from_slice(&flags.to_be_bytes());
-    reply(OPT_GO, REP_INFO, &d)
+    let mut v = Vec::new();
+    put_info_export(&mut v, OPT_GO, size, flags);
+    v
 }
 
 fn block_size(min: u32, preferred: u32, max: u32) -> Vec<u8> {
-    let mut d = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
-    for v in [min, preferred, max] {
-        d.extend_from_slice(&v.to_be_bytes());
-    }
-    reply(OPT_GO, REP_INFO, &d)
+    let mut v = Vec::new();
+    put_info_block_size(&mut v, OPT_GO, min, preferred, max);
+    v
 }
 
 #[test]
@@ -76,9 +76,9 @@ fn go() {
             max_block: Some(32 << 20),
         }
     );
-    assert_eq!(be32(&s.output), CFLAG_FIXED_NEWSTYLE | CFLAG_NO_ZEROES);
+    assert_eq!(u32_at(&s.output, 0), CFLAG_FIXED_NEWSTYLE | CFLAG_NO_ZEROES);
     assert_eq!(&s.output[4..12], b"IHAVEOPT");
-    assert_eq!(be32(&s.output[12..]), OPT_GO);
+    assert_eq!(u32_at(&s.output, 12), OPT_GO);
     assert_eq!(&s.output[24..28], b"disk");
     // one information request: NBD_INFO_BLOCK_SIZE
     assert_eq!(&s.output[28..], &[0, 1, 0, 3]);
@@ -88,18 +88,18 @@ fn go() {
 fn falls_back_to_export_name() {
     let mut s = script(&[
         &greeting(),
-        &reply(OPT_GO, REP_ERR_UNSUP, b""),
+        &reply(OPT_GO, ERR_UNSUP, b""),
         &(5u64 << 20).to_be_bytes(),
         &1u16.to_be_bytes(),
     ]);
     let info = handshake(&mut s, b"").unwrap();
     assert_eq!(info.size, 5 << 20);
-    assert_eq!(be32(&s.output[s.output.len() - 8..]), OPT_EXPORT_NAME);
+    assert_eq!(u32_at(&s.output, s.output.len() - 8), OPT_EXPORT_NAME);
 }
 
 #[test]
 fn oldstyle() {
-    let g = nbdlite::proto::option::greeting_oldstyle(4096, 1);
+    let g = greeting_oldstyle(4096, 1);
     assert_eq!(
         handshake(&mut script(&[&g]), b"").unwrap(),
         ExportInfo {
@@ -114,22 +114,22 @@ fn oldstyle() {
 fn starttls() {
     let mut s = script(&[&greeting(), &reply(OPT_STARTTLS, REP_ACK, b"")]);
     assert_eq!(super::starttls(&mut s), Ok(true));
-    assert_eq!(be32(&s.output), CFLAG_FIXED_NEWSTYLE | CFLAG_NO_ZEROES);
+    assert_eq!(u32_at(&s.output, 0), CFLAG_FIXED_NEWSTYLE | CFLAG_NO_ZEROES);
     assert_eq!(&s.output[4..12], b"IHAVEOPT");
-    assert_eq!(be32(&s.output[12..]), OPT_STARTTLS);
-    assert_eq!(be32(&s.output[16..]), 0);
+    assert_eq!(u32_at(&s.output, 12), OPT_STARTTLS);
+    assert_eq!(u32_at(&s.output, 16), 0);
     assert_eq!(s.output.len(), 20);
 }
 
 #[test]
 fn starttls_refusals() {
-    let policy = reply(OPT_STARTTLS, REP_ERR_POLICY, b"TLS\nnot enabled");
+    let policy = reply(OPT_STARTTLS, ERR_POLICY, b"TLS\nnot enabled");
     let e = super::starttls(&mut script(&[&greeting(), &policy])).unwrap_err();
     assert_eq!(
         e,
         "the server does not offer TLS (STARTTLS: forbidden by policy: TLS not enabled)"
     );
-    let old = nbdlite::proto::option::greeting_oldstyle(4096, 1);
+    let old = greeting_oldstyle(4096, 1);
     assert!(
         super::starttls(&mut script(&[&old]))
             .unwrap_err()
@@ -153,11 +153,7 @@ fn garbage_and_refusals_are_errors() {
     let cases: Vec<Vec<u8>> = vec![
         b"HTTP/1.1 400 Bad Request\r\n".to_vec(),
         greeting()[..10].to_vec(),
-        [
-            greeting(),
-            reply(OPT_GO, REP_ERR_UNSUP | 5, b"unknown export"),
-        ]
-        .concat(),
+        [greeting(), reply(OPT_GO, ERR_UNSUP | 5, b"unknown export")].concat(),
         [greeting(), reply(OPT_GO, REP_ACK, b"")].concat(),
         [
             greeting(),

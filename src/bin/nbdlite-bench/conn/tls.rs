@@ -127,6 +127,7 @@ mod tests {
     use std::path::PathBuf;
     use std::time::{Duration, Instant};
 
+    use nbdlite::client_proto::{CMD_WRITE, COMPACT_REQUEST_LEN as REQUEST_LEN};
     use nbdlite::proto::SIMPLE_REPLY_MAGIC;
     use nbdlite::tls::{TlsMode, TlsOptions};
     use rustls::ServerConnection;
@@ -137,7 +138,6 @@ mod tests {
     use crate::record::Recorder;
     use crate::stream::Stream;
     use crate::uri::TlsTarget;
-    use crate::wire::REQUEST_LEN;
     use crate::workload::Plan;
     use crate::workload::{Pattern, Workload};
 
@@ -283,7 +283,7 @@ mod tests {
         }
         assert_eq!(got.len(), want);
         for req in got.chunks(REQUEST_LEN + size as usize) {
-            assert_eq!(&req[6..8], &nbdlite::proto::CMD_WRITE.to_be_bytes());
+            assert_eq!(&req[6..8], &CMD_WRITE.to_be_bytes());
             assert!(req[REQUEST_LEN..] == payload[..], "payload intact");
         }
     }
