@@ -24,6 +24,7 @@ pub mod export;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handshake;
+pub mod http;
 pub mod lifecycle;
 pub mod listen;
 pub mod logging;
