@@ -16,6 +16,7 @@ pub mod captive;
 pub mod cli;
 pub mod conn;
 pub mod ctx;
+pub mod curl;
 pub mod daemon;
 pub mod driver;
 pub mod error;

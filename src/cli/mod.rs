@@ -7,6 +7,7 @@
 //! nbdlite says about itself.
 
 mod backend;
+pub mod curl;
 mod help;
 mod values;
 
@@ -19,6 +20,7 @@ use crate::logging::Sink;
 use crate::tls::{self, TlsOptions};
 
 pub use backend::{BackendSpec, parse_size};
+pub use curl::{CurlSpec, Secret};
 pub use help::{HELP, dump_config, tls_available, version};
 pub use values::{DEFAULT_BUSY_POLL, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 use values::{flag, os_value, value};

@@ -46,6 +46,15 @@ use spin::Spin;
 const SIGNAL: Token = Token(usize::MAX);
 /// The I/O engine's completions (the backend's, if it has one).
 const ENGINE: Token = Token(usize::MAX - 1);
+/// The I/O engine's own sockets (the `curl` backend's web server connections):
+/// `ENGINE_SOURCES_TOP - i` for `i < aio::MAX_SOURCES`, far below the listeners.
+const ENGINE_SOURCES_TOP: usize = usize::MAX - (1 << 20);
+
+/// Which of the I/O engine's sockets `token` names, if it is one of theirs.
+fn engine_source(token: Token) -> Option<usize> {
+    let i = ENGINE_SOURCES_TOP.checked_sub(token.0)?;
+    (i < crate::aio::MAX_SOURCES).then_some(i)
+}
 
 /// Pooled buffers are freed, and the storage of connections gone given back,
 /// once the server has had no event for this long.
@@ -167,6 +176,9 @@ impl Server {
             let registry = server.poll.registry();
             registry.register(&mut SourceFd(&fd), ENGINE, Interest::READABLE)?;
         }
+        if let Data::Engine(engine) = server.ctx.backend.data() {
+            engine.attach(server.poll.registry(), ENGINE_SOURCES_TOP)?;
+        }
         for (rfd, wfd) in setup.connections {
             server.add(rfd, wfd, &Peer::Inherited)?;
         }
@@ -214,6 +226,7 @@ impl Server {
                 match ev.token() {
                     SIGNAL => self.on_signals(),
                     ENGINE => {} // reaped below, every turn
+                    t if engine_source(t).is_some() => self.engine_event(t),
                     t => match accept::listener_of(t) {
                         Some(i) => self.accept(i),
                         None => self.serve(t.0, Event::Ready(ev.into())),
@@ -285,6 +298,14 @@ impl Server {
         self.resume_waiting();
         if let Data::Engine(engine) = self.ctx.backend.data() {
             engine.run();
+        }
+    }
+
+    /// An event on one of the I/O engine's own sockets: its completions are
+    /// reaped below, with the others.
+    fn engine_event(&mut self, token: Token) {
+        if let (Data::Engine(engine), Some(i)) = (self.ctx.backend.data(), engine_source(token)) {
+            engine.ready(i);
         }
     }
 
@@ -447,9 +468,9 @@ impl Server {
 
     /// How long poll may sleep.
     fn timeout(&mut self) -> Option<Duration> {
-        let io_busy = match self.ctx.backend.data() {
-            Data::Engine(e) => e.busy(),
-            Data::Now(_) => false,
+        let (io_busy, io_deadline) = match self.ctx.backend.data() {
+            Data::Engine(e) => (e.busy(), e.deadline()),
+            Data::Now(_) => (false, None),
         };
         if !self.ready.is_empty() || self.acceptor.has_pending() || io_busy {
             return Some(Duration::ZERO);
@@ -463,6 +484,7 @@ impl Server {
             trim,
             self.deadlines.next(),
             self.stalls.next(),
+            io_deadline,
         ]
         .into_iter()
         .flatten()
