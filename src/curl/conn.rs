@@ -81,34 +81,15 @@ impl Conn {
     /// Sends what is unsent, reads what has arrived, and hands body bytes to
     /// the pieces they belong to.
     pub fn pump(&mut self, jobs: &mut Slab<Job>, size: u64) -> Outcome {
-        let Some(link) = &mut self.link else {
-            return Outcome::lost(io::ErrorKind::NotConnected.into());
-        };
-        while self.sent < self.out.len() {
-            match link.send(&self.out[self.sent..]) {
-                Ok(0) => break,
-                Ok(n) => self.sent += n,
-                Err(e) => return Outcome::lost(e),
-            }
-        }
-        if let Err(e) = link.flush() {
+        if let Err(e) = self.send() {
             return Outcome::lost(e);
         }
         if self.input.len() < READ_BUF {
             self.input.resize(READ_BUF, 0);
         }
         loop {
-            if self.used == self.have {
-                (self.used, self.have) = (0, 0);
-            } else if self.have == self.input.len() {
-                self.input.copy_within(self.used..self.have, 0);
-                (self.have, self.used) = (self.have - self.used, 0);
-            }
-            let Some(link) = &mut self.link else {
-                return Outcome::lost(io::ErrorKind::NotConnected.into());
-            };
-            match link.recv(&mut self.input[self.have..]) {
-                Ok(Recv::Bytes(n)) => self.have += n,
+            match self.recv(jobs) {
+                Ok(Recv::Bytes(_)) => {}
                 Ok(Recv::WouldBlock) => return Outcome::Wait,
                 Ok(Recv::Eof) => return self.eof(),
                 Err(e) => return Outcome::lost(e),
@@ -118,6 +99,57 @@ impl Conn {
                 return outcome;
             }
         }
+    }
+
+    /// Sends what the socket takes of the request.
+    fn send(&mut self) -> io::Result<()> {
+        let link = self.link.as_mut().ok_or(io::ErrorKind::NotConnected)?;
+        while self.sent < self.out.len() {
+            match link.send(&self.out[self.sent..])? {
+                0 => break,
+                n => self.sent += n,
+            }
+        }
+        link.flush().map(|_| ())
+    }
+
+    /// Receives once: into the input buffer, or straight where body bytes go.
+    fn recv(&mut self, jobs: &mut Slab<Job>) -> io::Result<Recv> {
+        if self.used == self.have {
+            (self.used, self.have) = (0, 0);
+        } else if self.have == self.input.len() {
+            self.input.copy_within(self.used..self.have, 0);
+            (self.have, self.used) = (self.have - self.used, 0);
+        }
+        if let Some(got) = self.recv_direct(jobs) {
+            return got;
+        }
+        let link = self.link.as_mut().ok_or(io::ErrorKind::NotConnected)?;
+        let got = link.recv(&mut self.input[self.have..])?;
+        if let Recv::Bytes(n) = got {
+            self.have += n;
+        }
+        Ok(got)
+    }
+
+    /// In the middle of a `Content-Length` body, with nothing buffered:
+    /// receives straight into the buffer the bytes are for (no copy). None
+    /// when that is not where the connection stands.
+    fn recv_direct(&mut self, jobs: &mut Slab<Job>) -> Option<io::Result<Recv>> {
+        let x = self.exchange.as_mut()?;
+        if x.stage != Stage::Body || self.used != self.have {
+            return None;
+        }
+        let left = x.reader.body_left()?;
+        let (job, at, n) = x.next_dest()?;
+        let n = n.min(usize::try_from(left).unwrap_or(usize::MAX));
+        let buf = &mut jobs.get_mut(job)?.buf[at..at + n];
+        let got = self.link.as_mut()?.recv(buf);
+        if let Ok(Recv::Bytes(k)) = got {
+            x.reader.skip(k as u64);
+            x.got += k as u64;
+        }
+        Some(got)
     }
 
     /// The server closed the connection.

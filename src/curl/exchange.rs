@@ -163,6 +163,20 @@ impl Exchange {
         Ok(())
     }
 
+    /// Where the next body byte goes: (job, offset in its buffer, bytes
+    /// left in that piece).
+    pub fn next_dest(&self) -> Option<(usize, usize, usize)> {
+        let mut skip = self.got;
+        for p in &self.pieces {
+            if skip < p.len as u64 {
+                let within = skip as usize; // < p.len
+                return Some((p.job, p.start + within, p.len - within));
+            }
+            skip -= p.len as u64;
+        }
+        None
+    }
+
     /// Every byte asked for has come.
     pub fn complete(&self) -> bool {
         self.got == self.len

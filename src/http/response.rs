@@ -236,9 +236,20 @@ impl Reader {
         }
     }
 
-    /// The response is done (or never to be: its body is not wanted).
-    pub fn finished(&self) -> bool {
-        self.phase == Phase::Done
+    /// Bytes of a `Content-Length` body still to come, while in one: they
+    /// may be read straight where they go, then `skip`ped here.
+    pub fn body_left(&self) -> Option<u64> {
+        match self.phase {
+            Phase::Length(n) if n > 0 => Some(n),
+            _ => None,
+        }
+    }
+
+    /// `n` (at most `body_left`) body bytes were read past this reader.
+    pub fn skip(&mut self, n: u64) {
+        if let Phase::Length(left) = self.phase {
+            self.phase = Phase::Length(left.saturating_sub(n));
+        }
     }
 
     fn head(&mut self, input: &[u8]) -> Result<(usize, Event), &'static str> {
