@@ -158,11 +158,16 @@ impl Conn {
             // An idle connection the server let go (keep-alive timeout).
             return Outcome::lost(io::ErrorKind::ConnectionAborted.into());
         };
-        match x.reader.eof() {
-            Ok(_) if x.stage == Stage::Body && !x.complete() => Outcome::lost(io::Error::new(
+        if x.stage == Stage::Body && !x.complete() && x.reader.body_left().is_some() {
+            return Outcome::lost(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!("the body ended after {} of {} bytes", x.got, x.len),
-            )),
+            ));
+        }
+        match x.reader.eof() {
+            Ok(_) if x.stage == Stage::Body && !x.complete() => {
+                Outcome::broken(format!("the body ended after {} of {} bytes", x.got, x.len))
+            }
             Ok(_) => Outcome::Complete { reuse: false },
             Err(why) => Outcome::lost(io::Error::new(io::ErrorKind::UnexpectedEof, why)),
         }
