@@ -19,9 +19,6 @@ impl Curl {
     /// and checks that it honours `Range`. May block (start-up only), at
     /// most the request timeout per request. The error is one line.
     pub fn open(spec: &CurlSpec) -> Result<Curl, String> {
-        if cfg!(not(feature = "tls")) && spec.url.scheme == crate::http::Scheme::Https {
-            return Err("https URLs need TLS, and this nbdlite was built without it".into());
-        }
         let options = Options::new(spec)?;
         let found = probe::probe(&options)?;
         log::debug!("curl: {} is {} bytes", found.settings.url, found.size);

@@ -91,6 +91,11 @@ impl Options {
                 url.scheme.name()
             ));
         }
+        if cfg!(not(feature = "tls")) && url.scheme == Scheme::Https {
+            return Err(format!(
+                "{url}: https needs TLS, and this nbdlite was built without it"
+            ));
+        }
         let endpoint = match &self.unix_socket {
             Some(path) => Endpoint::Unix(path.clone()),
             None => Endpoint::Tcp(resolve(url)?),
