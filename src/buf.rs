@@ -167,6 +167,12 @@ impl InBuf {
     }
 }
 
+impl std::fmt::Debug for OutQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OutQueue({} queued, {} held)", self.len, self.held)
+    }
+}
+
 impl std::fmt::Debug for InBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "InBuf({} pending of {})", self.len(), self.data.len())
@@ -326,6 +332,12 @@ pub struct Out<'a> {
 }
 
 impl Out<'_> {
+    /// The pool blocks come from: a request handed to the I/O engine takes its
+    /// buffer there, and gives it back when its reply is built.
+    pub fn pool(&mut self) -> &mut Pool {
+        self.pool
+    }
+
     /// `n` contiguous writable bytes at the end of the queue (stale contents):
     /// fill a prefix, then `commit` it.
     pub fn space(&mut self, n: usize) -> &mut [u8] {

@@ -1,29 +1,34 @@
 //! The pure half of a connection: the bytes received so far, what the message
-//! at their front means, and what goes back.
+//! at their front means, the replies going back, and what all of that holds
+//! as the memory budget counts it.
 //!
 //! No sockets and no clock. `Conn` hands `receive` a function that reads from
-//! its socket; the fuzz targets and the randomized tests hand it one that copies
-//! arbitrary bytes in arbitrary pieces. Both go through the same input buffer
-//! and its growth policy, so the code they exercise is the code the server runs.
+//! its socket and writes `output()` to it; the fuzz targets and the randomized
+//! tests hand it one that copies arbitrary bytes in arbitrary pieces. Both go
+//! through the same buffers and growth policy, so the code they exercise is
+//! the code the server runs.
 //!
-//! It also says what it holds (`held`) and asks the memory budget before it
-//! grows: before a request's payload is read or its reply built
-//! (`Progress::NeedMemory` when it must wait), and before a read would need a
-//! bigger input buffer (`admit_read`).
+//! A request's way through here (`Front::request`): framed, admitted (the
+//! budget has room for its payload and reply before the payload is read; the
+//! I/O engine has room for it before it runs), then served by the request
+//! pipeline (`crate::request::serve`); a request the engine took comes back
+//! through `complete`.
 
 use std::io;
+use std::time::Instant;
 
+use crate::agreement::Agreement;
 use crate::aio::Done;
-use crate::budget::Class;
+use crate::budget::{Budget, Charge};
 use crate::buf::{InBuf, OutQueue, Pool};
-use crate::ctx::Ctx;
-use crate::ctx::InFlight;
 use crate::handshake::{Handshake, Outcome};
-use crate::proto::request::Request;
+use crate::lifecycle::{Activity, Lifecycle};
+use crate::origin::Origin;
 use crate::proto::request::parse_request;
-use crate::proto::{CMD_DISC, CMD_READ, Parse};
-use crate::session::Session;
-use crate::transmission::{self, Handled};
+use crate::proto::{CMD_DISC, EINVAL, Parse};
+use crate::request::{self, Incoming, Served};
+use crate::shared::Shared;
+use crate::storage::Flight;
 
 /// Read at least this much per read(2).
 const READ_CHUNK: usize = 64 * 1024;
@@ -35,33 +40,36 @@ const GROWTH_STEP: usize = 256 * 1024;
 /// data: room for its reply header. Every request asks, so a client piling up
 /// small replies it never reads is held back too.
 const REPLY: usize = 64;
+/// Most requests one connection has in the I/O engine at once: a client with
+/// a deep queue takes no more than this, so others always find room.
+const MAX_IN_ENGINE: usize = 32;
 
 /// Where a connection is in the protocol.
 #[derive(Debug)]
 pub enum Phase {
     Handshake(Handshake),
-    Transmission(Session),
+    Transmission(Agreement),
 }
 
 /// How far handling the buffered input got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
-    /// Handled a message.
-    Some,
+    /// A message was handled.
+    Handled,
     /// The message at the front is incomplete.
     NeedInput,
-    /// End the connection (after sending what is queued).
-    Close(&'static str),
-    /// The request at the front must wait for room in the I/O engine (see
-    /// `transmission::room_for`); a completion or freed room resumes it.
-    Blocked,
-    /// STARTTLS was accepted: once its ACK is sent, the connection switches to
-    /// TLS, handing it the bytes not yet used (`unread`).
-    StartTls,
     /// The memory budget has no room for the request at the front (its
     /// payload, its reply): the connection waits in the budget's queue, and
     /// reads nothing meanwhile, until it is resumed.
     NeedMemory,
+    /// The request at the front waits for room in the I/O engine; a
+    /// completion or freed room resumes it.
+    NeedRoom,
+    /// STARTTLS was accepted: once its ACK is sent, the connection switches to
+    /// TLS, handing it the bytes not yet used (`unread`).
+    StartTls,
+    /// End the connection (after sending what is queued).
+    Close(&'static str),
 }
 
 /// What one `receive` got.
@@ -74,60 +82,110 @@ pub enum Received {
     Bytes { n: usize, drained: bool },
 }
 
-/// One connection's protocol state and its unprocessed input.
+/// One connection's protocol state and buffers.
 #[derive(Debug)]
 pub struct Driver {
     input: InBuf,
-    state: State,
+    out: OutQueue,
+    front: Front,
+    /// Its requests in the I/O engine.
+    flights: Flights,
+    /// What the budget counts it as holding.
+    charge: Charge,
+    /// When a message was last handled.
+    last_active: Instant,
 }
 
-/// The protocol state proper, apart from the bytes it reads.
+/// The protocol state proper, apart from the buffers it reads and writes.
 #[derive(Debug)]
-struct State {
+struct Front {
     phase: Phase,
     /// Input bytes still to be thrown away (option data or a WRITE payload we refused).
     skip: u64,
     /// Total bytes the message at the front needs: how much to read next.
     need: usize,
+    /// Whether the budget has admitted the request at the front.
+    admission: Admission,
     /// A request arrived while the server was shutting down (and was refused):
     /// the client owes us a soft disconnect.
     refused_in_shutdown: bool,
-    /// Requests in the I/O engine, their replies still to come.
-    in_flight: usize,
-    /// Bytes of data those replies will carry (their READs' lengths).
-    in_flight_data: usize,
-    /// Bytes of the buffers those requests lent the engine (READs and WRITEs).
-    in_flight_bufs: usize,
-    /// The budget admitted the request at the front: its payload may be read.
-    admitted: bool,
-    /// What it was admitted with: its whole size and its reply's data,
-    /// counted from the moment it was admitted, however little has arrived.
-    reserved: usize,
-    /// The budget queue this connection waits in, if any.
-    queued: Option<Class>,
+}
+
+/// The budget's answer for the request at the front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// Not asked yet (or no request at the front).
+    Pending,
+    /// Admitted with this much, its whole size and its reply's data, counted
+    /// from the moment it was admitted however little of it has arrived.
+    Admitted { reserved: usize },
+}
+
+/// A connection's requests in the I/O engine, whose replies are still to come.
+#[derive(Debug, Default, Clone, Copy)]
+struct Flights {
+    count: usize,
+    /// Bytes of data their replies will carry.
+    data: usize,
+    /// Bytes of the buffers they lent the engine.
+    lent: usize,
+}
+
+impl Flights {
+    fn add(&mut self, f: &Flight) {
+        self.count += 1;
+        self.data += f.reply_data();
+        self.lent += f.lent();
+    }
+
+    fn remove(&mut self, f: &Flight) {
+        self.count -= 1;
+        self.data -= f.reply_data();
+        self.lent -= f.lent();
+    }
 }
 
 impl Driver {
-    pub fn new(phase: Phase) -> Driver {
+    /// A connection in `phase`, whose first bytes out are `greeting`.
+    pub fn new(phase: Phase, greeting: &[u8], sh: &mut Shared) -> Driver {
+        let pool = &mut sh.pool;
+        let mut out = OutQueue::default();
+        out.writer(pool).put(greeting);
         Driver {
             input: InBuf::default(),
-            state: State {
+            out,
+            front: Front {
                 phase,
                 skip: 0,
                 need: 0,
+                admission: Admission::Pending,
                 refused_in_shutdown: false,
-                in_flight: 0,
-                in_flight_data: 0,
-                in_flight_bufs: 0,
-                admitted: false,
-                reserved: 0,
-                queued: None,
             },
+            flights: Flights::default(),
+            charge: Charge::default(),
+            last_active: sh.now,
         }
     }
 
     pub fn in_handshake(&self) -> bool {
-        matches!(self.state.phase, Phase::Handshake(_))
+        matches!(self.front.phase, Phase::Handshake(_))
+    }
+
+    /// Reads once through `read` into the input buffer, if the memory budget
+    /// lets it grow as far as the read needs (None: it waits in the budget's
+    /// queue, and is resumed when there is room).
+    pub fn read(
+        &mut self,
+        sh: &mut Shared,
+        who: Origin,
+        read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> Option<io::Result<Received>> {
+        if !self.admit_read(&mut sh.budget, who) {
+            return None;
+        }
+        let got = self.receive(&mut sh.pool, read);
+        self.settle(&mut sh.budget);
+        Some(got)
     }
 
     /// Reads once through `read` into the input buffer, which grows with what
@@ -157,7 +215,7 @@ impl Driver {
     /// least `GROWTH_STEP`, and never past the message.
     fn want(&self) -> usize {
         let len = self.input.len();
-        let missing = self.state.need.saturating_sub(len);
+        let missing = self.front.need.saturating_sub(len);
         let fill = missing.min(READ_CHUNK);
         if missing > 0 && self.input.free() >= fill {
             return fill;
@@ -165,93 +223,139 @@ impl Driver {
         READ_CHUNK.max(missing.min(len.max(GROWTH_STEP)))
     }
 
-    /// Bytes of storage this connection holds for its requests: its input
-    /// buffer (or, if more, what the request at the front was admitted with)
-    /// and the buffers it lent the I/O engine. Its output queue is the
-    /// caller's to add.
-    pub fn held(&self) -> usize {
-        self.input.capacity().max(self.state.reserved) + self.state.in_flight_bufs
+    /// Bytes of storage this connection holds: its input buffer (or, if more,
+    /// what the request at the front was admitted with), the buffers it lent
+    /// the I/O engine, and its output queue's blocks.
+    fn held(&self) -> usize {
+        self.input_held() + self.flights.lent + self.out.held()
     }
 
-    /// Buffers lent to the I/O engine: they stay held until reaped, even if
-    /// the connection goes first.
-    pub fn lent_to_engine(&self) -> usize {
-        self.state.in_flight_bufs
+    fn input_held(&self) -> usize {
+        let reserved = match self.front.admission {
+            Admission::Admitted { reserved } => reserved,
+            Admission::Pending => 0,
+        };
+        self.input.capacity().max(reserved)
+    }
+
+    /// Tells the budget what this connection holds now.
+    pub fn settle(&mut self, budget: &mut Budget) {
+        let held = self.held();
+        self.charge.settle(budget, held);
     }
 
     /// Asks the budget whether the next read may grow the input buffer
     /// (nothing to ask when it has room, or when the message arriving was
-    /// admitted whole). `out_held` is what the output queue holds.
-    pub fn admit_read(&mut self, ctx: &mut Ctx, out_held: usize) -> bool {
+    /// admitted whole).
+    fn admit_read(&mut self, budget: &mut Budget, who: Origin) -> bool {
         let want = self.want();
         if self.input.free() >= want {
             return true;
         }
         let after = (self.input.len() + want).max(READ_CHUNK);
-        let has = self.input.capacity().max(self.state.reserved);
-        let grow = after.saturating_sub(has);
-        grow == 0 || {
-            let held = self.held() + out_held;
-            ctx.budget
-                .admit(ctx.serving, held, grow, &mut self.state.queued)
-        }
+        let grow = after.saturating_sub(self.input_held());
+        let held = self.held();
+        grow == 0 || self.charge.admit(budget, who, held, grow)
     }
 
-    /// The budget resumed this connection: it is out of its queue, and goes
-    /// ahead of it once.
+    /// The budget resumed this connection: it goes ahead of its queue once.
     pub fn memory_granted(&mut self) {
-        self.state.queued = None;
+        self.charge.granted();
     }
 
-    /// The budget queue it waits in, if any (to leave it when the connection goes).
-    pub fn queued(&self) -> Option<Class> {
-        self.state.queued
+    /// The connection goes: what it holds goes back to the budget (buffers
+    /// still in the I/O engine as they are reaped), and it leaves any queue.
+    pub fn close(&mut self, budget: &mut Budget, who: Origin) {
+        self.charge.close(budget, who, self.flights.lent);
     }
 
     /// Handles the message at the front of the input, if it is complete,
-    /// queueing any reply on `out`.
-    pub fn step(&mut self, ctx: &mut Ctx, out: &mut OutQueue) -> Progress {
-        let held = self.held() + out.held();
-        let (used, progress) = self.state.one(self.input.pending(), held, ctx, out);
-        self.input.consume(used);
+    /// queueing any reply, and tells the budget what the connection holds then.
+    pub fn step(&mut self, sh: &mut Shared, who: Origin) -> Progress {
+        let progress = self.handle_front(sh, who);
+        if progress == Progress::Handled {
+            self.last_active = sh.now;
+        }
+        self.settle(&mut sh.budget);
+        progress
+    }
+
+    fn handle_front(&mut self, sh: &mut Shared, who: Origin) -> Progress {
+        let held = self.held();
+        let Driver {
+            input,
+            out,
+            front,
+            flights,
+            charge,
+            ..
+        } = self;
+        let mut turn = Turn {
+            sh,
+            who,
+            held,
+            out,
+            flights,
+            charge,
+        };
+        let (used, progress) = front.handle(input.pending(), &mut turn);
+        input.consume(used);
         if used > READ_CHUNK {
             // A large message is done: what follows it needs no large block
             // (the engine took a copy of a WRITE's payload).
-            self.input.shrink(&mut ctx.pool);
+            input.shrink(&mut sh.pool);
         }
         progress
+    }
+
+    /// A request of ours came back from the I/O engine: its reply is queued.
+    pub fn complete(&mut self, flight: &Flight, done: Done, pool: &mut Pool) {
+        self.flights.remove(flight);
+        request::complete(flight, done, &mut self.out.writer(pool));
+    }
+
+    /// The output queue, for the socket to take from.
+    pub fn output(&mut self) -> &mut OutQueue {
+        &mut self.out
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Output the client has yet to read: queued, and still to come from the
+    /// I/O engine.
+    pub fn backlog(&self) -> usize {
+        self.out.len() + self.flights.data
+    }
+
+    /// Whether, at shutdown, the lifecycle lets this connection go though it
+    /// did not ask to (see `Lifecycle::may_let_go`).
+    pub fn may_let_go(&self, lifecycle: &Lifecycle, now: Instant) -> bool {
+        let activity = Activity {
+            negotiating: self.in_handshake(),
+            quiet: self.quiet(),
+            last_active: self.last_active,
+        };
+        lifecycle.may_let_go(&activity, now)
     }
 
     /// Nothing half-received, nothing to skip, no reply still to come, and no
     /// refused request whose client owes us a disconnect: the connection may be
     /// let go at shutdown.
-    pub fn quiet(&self) -> bool {
-        !self.mid_message() && !self.awaiting_io() && !self.state.refused_in_shutdown
+    fn quiet(&self) -> bool {
+        !self.mid_message() && !self.awaiting_io() && !self.front.refused_in_shutdown
     }
 
     /// Requests are in the I/O engine: their completions (and replies) are to
     /// come, so the connection may not close yet.
     pub fn awaiting_io(&self) -> bool {
-        self.state.in_flight > 0
-    }
-
-    /// Data that replies still in the I/O engine will carry: output to come,
-    /// which counts against a client's output limit as queued output does.
-    pub fn awaited_data(&self) -> usize {
-        self.state.in_flight_data
-    }
-
-    /// A request of ours came back from the I/O engine: its reply goes on `out`.
-    pub fn complete(&mut self, ctx: &mut Ctx, flight: &InFlight, done: Done, out: &mut OutQueue) {
-        self.state.in_flight -= 1;
-        self.state.in_flight_data -= reply_data(&flight.req, flight.effect);
-        self.state.in_flight_bufs -= transmission::engine_bytes(&flight.req, flight.effect);
-        transmission::complete(flight, done, &mut ctx.pool, out);
+        self.flights.count > 0
     }
 
     /// Part of a message has arrived, or its data is still being skipped.
     pub fn mid_message(&self) -> bool {
-        !self.input.is_empty() || self.state.skip > 0
+        !self.input.is_empty() || self.front.skip > 0
     }
 
     /// Bytes received and not used: after STARTTLS, the start of the TLS
@@ -264,28 +368,35 @@ impl Driver {
         self.input.consume(self.input.len());
     }
 
-    /// Gives the input buffer back to the pool if nothing is pending.
-    pub fn release(&mut self, pool: &mut Pool) {
-        self.input.release(pool);
-    }
-
-    /// Keeps what little is pending (half a header, say) in a small block,
-    /// the large one back to the pool: for a connection about to wait.
-    pub fn shrink(&mut self, pool: &mut Pool) {
-        self.input.shrink(pool);
+    /// Between bursts: storage with nothing pending goes back to the pool; a
+    /// connection about to wait (`waiting`) keeps what little is pending (half
+    /// a header, say) in a small block.
+    pub fn tidy(&mut self, pool: &mut Pool, waiting: bool) {
+        match waiting {
+            true => self.input.shrink(pool),
+            false => self.input.release(pool),
+        }
+        if self.out.is_empty() {
+            self.out.release(pool);
+        }
     }
 }
 
-impl State {
+/// What handling one message may touch besides the protocol state.
+struct Turn<'a> {
+    sh: &'a mut Shared,
+    who: Origin,
+    /// What the connection held before the message.
+    held: usize,
+    out: &'a mut OutQueue,
+    flights: &'a mut Flights,
+    charge: &'a mut Charge,
+}
+
+impl Front {
     /// Handles the message at the front of `input`, if it is complete. Returns
     /// how many bytes of `input` were used.
-    fn one(
-        &mut self,
-        input: &[u8],
-        held: usize,
-        ctx: &mut Ctx,
-        out: &mut OutQueue,
-    ) -> (usize, Progress) {
+    fn handle(&mut self, input: &[u8], t: &mut Turn) -> (usize, Progress) {
         let mut skipped = 0;
         if self.skip > 0 {
             let n = self.skip.min(input.len() as u64);
@@ -299,13 +410,14 @@ impl State {
         let (used, progress) = match &mut self.phase {
             Phase::Handshake(hs) => {
                 let mut replies = Vec::new();
-                let outcome = hs.step(input, &mut replies, &ctx.export, ctx.shutting_down());
-                out.writer(&mut ctx.pool).put(&replies);
+                let shutting_down = t.sh.lifecycle.shutting_down();
+                let outcome = hs.step(input, &mut replies, &t.sh.storage.export, shutting_down);
+                t.out.writer(&mut t.sh.pool).put(&replies);
                 self.handshake_outcome(outcome)
             }
             Phase::Transmission(s) => {
                 let s = *s;
-                self.request(&s, input, held, ctx, out)
+                self.request(s, input, t)
             }
         };
         (skipped + used, progress)
@@ -314,10 +426,10 @@ impl State {
     fn handshake_outcome(&mut self, outcome: Outcome) -> (usize, Progress) {
         match outcome {
             Outcome::Continue(0) => (0, Progress::NeedInput),
-            Outcome::Continue(n) => (n, Progress::Some),
+            Outcome::Continue(n) => (n, Progress::Handled),
             Outcome::Skip { consumed, skip } => {
                 self.skip = skip;
-                (consumed, Progress::Some)
+                (consumed, Progress::Handled)
             }
             Outcome::Transmission { consumed, session } => {
                 log::debug!(
@@ -327,7 +439,7 @@ impl State {
                     session.meta
                 );
                 self.phase = Phase::Transmission(session);
-                (consumed, Progress::Some)
+                (consumed, Progress::Handled)
             }
             Outcome::StartTls { consumed } => (consumed, Progress::StartTls),
             Outcome::Abort => (0, Progress::Close("client aborted")),
@@ -338,14 +450,8 @@ impl State {
         }
     }
 
-    fn request(
-        &mut self,
-        s: &Session,
-        input: &[u8],
-        held: usize,
-        ctx: &mut Ctx,
-        out: &mut OutQueue,
-    ) -> (usize, Progress) {
+    /// A request's way through the connection: framed, admitted, served.
+    fn request(&mut self, s: Agreement, input: &[u8], t: &mut Turn) -> (usize, Progress) {
         let (req, hdr) = match parse_request(input, s.extended()) {
             Parse::Done(req, n) => (req, n),
             Parse::NeedMore => return (0, Progress::NeedInput),
@@ -357,75 +463,101 @@ impl State {
         if req.kind == CMD_DISC {
             return (0, Progress::Close("client sent DISC"));
         }
-        if req.payload > ctx.export.max_request {
-            if s.extended() {
-                log::warn!("payload of {} bytes: disconnecting", req.payload);
-                return (0, Progress::Close("payload too large"));
-            }
-            // Compact WRITE: refuse it, then read past its payload without keeping it.
-            log::warn!("WRITE of {} bytes refused", req.payload);
-            let mut w = out.writer(&mut ctx.pool);
-            transmission::error(s, &req, &mut w, crate::proto::EINVAL, "request too large");
-            self.skip = req.payload;
-            return (hdr, Progress::Some);
+        if req.payload > t.sh.storage.export.max_request {
+            return self.refuse_payload(s, &req, hdr, t);
         }
         let total = hdr + req.payload as usize; // payload ≤ max_request, checked
-        if !self.admitted {
-            // Its payload still to come and its reply's data, counted from now.
-            let payload = total.saturating_sub(input.len());
-            let reply = transmission::reply_cost(s, ctx, &req);
-            let want = payload + reply + REPLY;
-            if !ctx.budget.admit(ctx.serving, held, want, &mut self.queued) {
-                return (0, Progress::NeedMemory);
-            }
-            self.admitted = true;
-            self.reserved = total + reply;
+        if let Err(wait) = self.admit(s, &req, total, input.len(), t) {
+            return (0, wait);
         }
-        if input.len() < total {
+        let shutting_down = t.sh.lifecycle.shutting_down();
+        self.admission = Admission::Pending;
+        self.refused_in_shutdown |= shutting_down;
+        let incoming = Incoming {
+            origin: t.who,
+            session: s,
+            req,
+            payload: &input[hdr..total],
+        };
+        let out = &mut t.out.writer(&mut t.sh.pool);
+        if let Served::Submitted(f) =
+            request::serve(&incoming, &mut t.sh.storage, shutting_down, out)
+        {
+            t.flights.add(&f);
+        }
+        (total, Progress::Handled)
+    }
+
+    /// A request may run once the budget has admitted it (before its payload
+    /// is read), all of it has arrived, and the I/O engine has room for it.
+    fn admit(
+        &mut self,
+        s: Agreement,
+        req: &crate::proto::request::Request,
+        total: usize,
+        arrived: usize,
+        t: &mut Turn,
+    ) -> Result<(), Progress> {
+        if self.admission == Admission::Pending {
+            let shutting_down = t.sh.lifecycle.shutting_down();
+            let reply = request::reply_cost(&s, req, &mut t.sh.storage, shutting_down);
+            // Its payload still to come and its reply's data, counted from now.
+            let want = total.saturating_sub(arrived) + reply + REPLY;
+            if !t.charge.admit(&mut t.sh.budget, t.who, t.held, want) {
+                return Err(Progress::NeedMemory);
+            }
+            self.admission = Admission::Admitted {
+                reserved: total + reply,
+            };
+        }
+        if arrived < total {
             self.need = total;
-            return (0, Progress::NeedInput);
+            return Err(Progress::NeedInput);
         }
         self.need = 0;
-        if !transmission::room_for(ctx, self.in_flight) {
-            return (0, Progress::Blocked);
+        if t.flights.count >= MAX_IN_ENGINE || !t.sh.storage.has_room() {
+            return Err(Progress::NeedRoom);
         }
-        self.admitted = false;
-        self.reserved = 0;
-        self.refused_in_shutdown |= ctx.shutting_down();
-        if transmission::handle(s, ctx, &req, &input[hdr..total], out) == Handled::Submitted {
-            self.in_flight += 1;
-            self.in_flight_data += reply_data(&req, req.length);
-            self.in_flight_bufs += transmission::engine_bytes(&req, req.length);
-        }
-        (total, Progress::Some)
+        Ok(())
     }
-}
 
-/// Bytes of data a request's reply carries: a READ's length (≤ MAX_REQUEST, or
-/// it would not have been submitted), nothing for the others.
-fn reply_data(req: &Request, len: u64) -> usize {
-    if req.kind == CMD_READ {
-        len as usize
-    } else {
-        0
+    /// A request whose payload is over the maximum: an extended one ends the
+    /// connection; a compact WRITE is refused, and its payload read past
+    /// without being kept.
+    fn refuse_payload(
+        &mut self,
+        s: Agreement,
+        req: &crate::proto::request::Request,
+        hdr: usize,
+        t: &mut Turn,
+    ) -> (usize, Progress) {
+        if s.extended() {
+            log::warn!("payload of {} bytes: disconnecting", req.payload);
+            return (0, Progress::Close("payload too large"));
+        }
+        log::warn!("WRITE of {} bytes refused", req.payload);
+        let out = &mut t.out.writer(&mut t.sh.pool);
+        request::refuse(&s, req, out, EINVAL, "request too large");
+        self.skip = req.payload;
+        (hdr, Progress::Handled)
     }
 }
 
 /// What the fuzz harness's checker inspects between steps.
 #[cfg(feature = "fuzzing")]
 impl Driver {
-    pub(crate) fn session(&self) -> Option<Session> {
-        match self.state.phase {
+    pub(crate) fn session(&self) -> Option<Agreement> {
+        match self.front.phase {
             Phase::Transmission(s) => Some(s),
             Phase::Handshake(_) => None,
         }
     }
 
     pub(crate) fn skip(&self) -> u64 {
-        self.state.skip
+        self.front.skip
     }
 
     pub(crate) fn need(&self) -> usize {
-        self.state.need
+        self.front.need
     }
 }

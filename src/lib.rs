@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 pub mod activation;
+pub mod agreement;
 pub mod aio;
 pub mod backend;
 pub mod budget;
@@ -15,7 +16,6 @@ pub mod buf;
 pub mod captive;
 pub mod cli;
 pub mod conn;
-pub mod ctx;
 pub mod curl;
 pub mod daemon;
 pub mod driver;
@@ -33,10 +33,11 @@ pub mod notify;
 pub mod origin;
 pub mod privileges;
 pub mod proto;
+pub mod request;
 pub mod server;
-pub mod session;
+pub mod shared;
 pub mod startup;
+pub mod storage;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tls;
-pub mod transmission;

@@ -9,7 +9,7 @@ use crate::backend::{self, Backend};
 use crate::budget::host;
 use crate::captive;
 use crate::cli::{BackendSpec, Config};
-use crate::daemon::{self, Cleanup};
+use crate::daemon::{self, Cleanup, ReadyPipe};
 use crate::error::Error;
 use crate::export::Export;
 use crate::listen::{self, Listener};
@@ -39,17 +39,12 @@ pub fn serve(
     let backend = open_backend(cfg)?;
     let export = export_of(cfg, backend.as_ref());
     let memory_budget = memory_budget(cfg);
-    // SIGHUP is a clean quit too (as nbdkit): its default would kill us and
-    // leave the socket and the pidfile behind. Caught before the socket is
-    // bound, so no signal can leave it behind either.
-    let stops = [libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGHUP];
-    let signals = sys::signal_pipe(&[&stops[..], &[libc::SIGCHLD]].concat())
-        .map_err(Error::setup("signals"))?;
+    let signals = catch_signals()?;
     let mut cleanup = Cleanup::default();
     let (listeners, connections, port) = sockets(cfg, activated, &mut cleanup)?;
-    let accept_once = cfg.single && !listeners.is_empty();
+    let unix_socket = cleanup.unix_socket.clone();
     let ep = captive::Endpoint {
-        unix: cleanup.unix_socket.as_deref(),
+        unix: unix_socket.as_deref(),
         port,
         ipaddr: cfg.ipaddr.as_deref(),
         export_name: &cfg.export_name,
@@ -58,36 +53,16 @@ pub fn serve(
     if cfg.print_uri {
         print_uri(&ep)?;
     }
-    let pidfile = cfg
-        .pidfile
-        .as_ref()
-        .map(std::path::absolute)
-        .transpose()
-        .map_err(Error::setup("-P"))?;
-    let ready = if cfg.stays_in_foreground(activated.is_some()) {
-        None
-    } else {
-        Some(daemon::fork_into_background()?)
-    };
-    // Written while we may still write where root can (/run).
-    if let Some(p) = &pidfile {
-        daemon::write_pidfile(p)?;
-        cleanup.pidfile = Some(p.clone());
-    }
-    if let Some(id) = identity {
-        drop_privileges(&id, &cleanup)?;
-    }
-    // After the privilege drop, which clears the parent-death signal.
-    if cfg.exit_with_parent && !follow_parent(parent)? {
+    let detached = detach(cfg, activated.is_some(), identity, parent, &mut cleanup)?;
+    if let Detached::ParentGone = detached {
         return Ok(0);
     }
-
     let setup = Setup {
         export,
+        accept_once: cfg.single && !listeners.is_empty(),
         listeners,
         connections,
         signals,
-        accept_once,
         oldstyle: cfg.oldstyle,
         idle_timeout: cfg.idle_timeout,
         busy_poll: cfg.busy_poll,
@@ -102,14 +77,8 @@ pub fn serve(
     let notifier = setup.notifier.clone();
     let mut server = Server::new(setup, backend).map_err(Error::setup("event loop"))?;
     notifier.ready();
-    if let Some(ready) = ready {
-        if cfg.log.is_none() {
-            // In the background nobody reads our stderr (as nbdkit).
-            logging::set_sink(Sink::Syslog);
-        }
-        // Keep stderr where it was asked for: -v (debug lines), or --log=stderr.
-        daemon::detach_stdio(cfg.verbose || cfg.log == Some(Sink::Stderr))?;
-        ready.signal();
+    if let Detached::Background(ready) = detached {
+        announce_from_background(cfg, ready)?;
     }
     if let Some(cmd) = &cfg.run {
         server.set_run_child(captive::spawn(cmd, &ep, nofile)?);
@@ -117,6 +86,71 @@ pub fn serve(
     let code = server.run();
     drop(cleanup);
     Ok(code)
+}
+
+/// SIGHUP is a clean quit too (as nbdkit): its default would kill us and
+/// leave the socket and the pidfile behind. Caught before the socket is
+/// bound, so no signal can leave it behind either.
+fn catch_signals() -> Result<OwnedFd, Error> {
+    let stops = [libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGHUP];
+    sys::signal_pipe(&[&stops[..], &[libc::SIGCHLD]].concat()).map_err(Error::setup("signals"))
+}
+
+/// Where `detach` left the process.
+enum Detached {
+    Foreground,
+    /// Forked: the parent waits on this until the server is ready.
+    Background(ReadyPipe),
+    /// `--exit-with-parent`, and the parent has already gone: just exit.
+    ParentGone,
+}
+
+/// Goes into the background unless told not to, writes the pidfile, drops
+/// privileges and follows the parent (`--exit-with-parent`).
+fn detach(
+    cfg: &Config,
+    activated: bool,
+    identity: Option<Identity>,
+    parent: libc::pid_t,
+    cleanup: &mut Cleanup,
+) -> Result<Detached, Error> {
+    let pidfile = cfg
+        .pidfile
+        .as_ref()
+        .map(std::path::absolute)
+        .transpose()
+        .map_err(Error::setup("-P"))?;
+    let detached = if cfg.stays_in_foreground(activated) {
+        Detached::Foreground
+    } else {
+        Detached::Background(daemon::fork_into_background()?)
+    };
+    // Written while we may still write where root can (/run).
+    if let Some(p) = &pidfile {
+        daemon::write_pidfile(p)?;
+        cleanup.pidfile = Some(p.clone());
+    }
+    if let Some(id) = identity {
+        drop_privileges(&id, cleanup)?;
+    }
+    // After the privilege drop, which clears the parent-death signal.
+    if cfg.exit_with_parent && !follow_parent(parent)? {
+        return Ok(Detached::ParentGone);
+    }
+    Ok(detached)
+}
+
+/// In the background: logs go to syslog unless told otherwise, stdio is let
+/// go, and the parent that forked us learns that we serve.
+fn announce_from_background(cfg: &Config, ready: ReadyPipe) -> Result<(), Error> {
+    if cfg.log.is_none() {
+        // In the background nobody reads our stderr (as nbdkit).
+        logging::set_sink(Sink::Syslog);
+    }
+    // Keep stderr where it was asked for: -v (debug lines), or --log=stderr.
+    daemon::detach_stdio(cfg.verbose || cfg.log == Some(Sink::Stderr))?;
+    ready.signal();
+    Ok(())
 }
 
 /// The TLS configuration, when `--tls` is on or required: the certificates

@@ -117,12 +117,16 @@ pub fn claim_inherited(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Raises a listening socket's backlog to the system maximum (somaxconn): std
-/// binds with 128, too few for a harness that opens hundreds of clients at once.
+/// The backlog asked of listen(2): the kernel caps it at net.core.somaxconn.
+/// std binds with 128, too few for a harness that opens hundreds of clients
+/// at once.
+const LISTEN_BACKLOG: libc::c_int = 4096;
+
+/// Raises a listening socket's backlog to the system maximum (somaxconn).
 pub fn listen_max(fd: BorrowedFd) -> io::Result<()> {
     let fd = fd.as_raw_fd();
     // SAFETY: no memory is passed; listen on a listening socket just updates its backlog.
-    cvt(unsafe { libc::listen(fd, libc::SOMAXCONN.max(4096)) })?;
+    cvt(unsafe { libc::listen(fd, LISTEN_BACKLOG) })?;
     Ok(())
 }
 

@@ -345,7 +345,7 @@ fn read_beside_flush() {
 #[ignore]
 fn tls_idle_memory() {
     use nbdlite::sys::heap_in_use;
-    use nbdlite::tls::{Session, TlsMode, TlsOptions, server_config};
+    use nbdlite::tls::{Stream, TlsMode, TlsOptions, server_config};
     use rustls::version::{TLS12, TLS13};
 
     if !common::certs::have_openssl() {
@@ -356,8 +356,8 @@ fn tls_idle_memory() {
     let c = common::certs::make(root.path());
     let reply = vec![7u8; 1 << 20];
     println!(
-        "size_of::<Session>() = {} bytes",
-        std::mem::size_of::<Session>()
+        "size_of::<Stream>() = {} bytes",
+        std::mem::size_of::<Stream>()
     );
     for (label, verify_peer, versions) in [
         ("TLS 1.3", false, &[&TLS13][..]),

@@ -1,4 +1,4 @@
-//! `tls::Session` against GnuTLS, the library behind libnbd, qemu and the
+//! `tls::Stream` against GnuTLS, the library behind libnbd, qemu and the
 //! kernel's nbd-client: `gnutls-cli` over TCP, in TLS 1.3 and in TLS 1.2 only
 //! (what nbd-client offers), with and without a client certificate.
 #![cfg(feature = "tls")]
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::certs::{self, Certs};
 use common::{TempDir, have, wait_exit, wait_until};
-use nbdlite::tls::{Session, TlsMode, TlsOptions, server_config};
+use nbdlite::tls::{Stream, TlsMode, TlsOptions, server_config};
 
 /// One gnutls-cli session: it sends "ping\n"; we answer "pong\n" and close.
 /// Returns what gnutls-cli printed and our summary of the session.
@@ -61,7 +61,7 @@ fn ping(c: &Certs, priority: &str, client_cert: bool) -> (String, String) {
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let fd = sock.as_fd();
-    let mut s = Session::new(cfg, b"").unwrap();
+    let mut s = Stream::new(cfg, b"").unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 256];
     while !got.ends_with(b"ping\n") {

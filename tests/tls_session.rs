@@ -1,4 +1,4 @@
-//! `tls::Session` against an in-process rustls client over a socketpair, and
+//! `tls::Stream` against an in-process rustls client over a socketpair, and
 //! against GnuTLS's `gnutls-cli` (the library libnbd, qemu and nbd-client use)
 //! over TCP: handshakes in TLS 1.3 and 1.2, client certificates, data both
 //! ways, the bound on queued ciphertext, and how a session ends.
@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use common::TempDir;
 use common::certs::{self, Certs};
-use nbdlite::tls::session::SEND_LIMIT;
-use nbdlite::tls::{Session, TlsMode, TlsOptions, server_config};
+use nbdlite::tls::stream::SEND_LIMIT;
+use nbdlite::tls::{Stream, TlsMode, TlsOptions, server_config};
 use rustls::version::{TLS12, TLS13};
 use tls_client::{Pair, client_config};
 
@@ -202,12 +202,12 @@ fn plaintext_after_starttls_fails_the_handshake() {
     };
     // A confused client that goes on with NBD options instead of a ClientHello.
     let option = b"IHAVEOPT\0\0\0\x01\0\0\0\0";
-    let e = Session::new(server_cfg(&c), option).err().expect("refused");
+    let e = Stream::new(server_cfg(&c), option).err().expect("refused");
     assert!(e.to_string().starts_with("TLS handshake: "), "{e}");
     // The same bytes arriving on the socket after an empty start.
     let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
     b.set_nonblocking(true).unwrap();
-    let mut s = Session::new(server_cfg(&c), b"").unwrap();
+    let mut s = Stream::new(server_cfg(&c), b"").unwrap();
     (&a).write_all(option).unwrap();
     let e = s.read(b.as_fd(), &mut [0u8; 64]).unwrap_err();
     assert!(e.to_string().starts_with("TLS handshake: "), "{e}");

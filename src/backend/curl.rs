@@ -1,10 +1,10 @@
 //! `curl`: an object on a web server, read-only. Its size is found at
 //! start-up (`crate::curl::probe`), and reads go through the pool of HTTP
-//! connections, an asynchronous engine like a file's (`Data::Engine`).
+//! connections, an asynchronous engine like a file's (`Access::Engine`).
 
 use std::io;
 
-use super::{Backend, Caps, Data, Extent};
+use super::{Access, Backend, Caps, Extent};
 use crate::aio::Engine;
 use crate::cli::CurlSpec;
 use crate::curl::{Options, Pool, probe};
@@ -43,8 +43,8 @@ impl Backend for Curl {
         }
     }
 
-    fn data(&mut self) -> Data<'_> {
-        Data::Engine(&mut self.engine)
+    fn access(&mut self) -> Access<'_> {
+        Access::Engine(&mut self.engine)
     }
 
     /// All data: HTTP says nothing of holes.

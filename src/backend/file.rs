@@ -13,7 +13,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::rc::Rc;
 
-use super::{Backend, Caps, Data, Extent};
+use super::{Access, Backend, Caps, Extent};
 use crate::aio::Engine;
 use crate::proto::{STATE_HOLE, STATE_ZERO};
 use crate::sys;
@@ -90,8 +90,8 @@ impl Backend for File {
         }
     }
 
-    fn data(&mut self) -> Data<'_> {
-        Data::Engine(&mut self.engine)
+    fn access(&mut self) -> Access<'_> {
+        Access::Engine(&mut self.engine)
     }
 
     fn extents(

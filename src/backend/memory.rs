@@ -12,7 +12,7 @@ use std::io;
 use std::ops::Range;
 use std::rc::Rc;
 
-use super::{Backend, Caps, Data, Extent, Store, Zero, pieces};
+use super::{Access, Backend, Caps, Extent, Store, Zero, pieces};
 use crate::proto::{STATE_HOLE, STATE_ZERO};
 
 /// Allocation unit. Small enough that scattered 4 KiB writes do not balloon,
@@ -152,8 +152,8 @@ impl Backend for Memory {
         Ok(())
     }
 
-    fn data(&mut self) -> Data<'_> {
-        Data::Now(self)
+    fn access(&mut self) -> Access<'_> {
+        Access::Now(self)
     }
 }
 

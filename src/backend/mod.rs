@@ -77,11 +77,11 @@ pub trait Backend {
         out: &mut Vec<Extent>,
     ) -> io::Result<()>;
     /// Where requests that move data go.
-    fn data(&mut self) -> Data<'_>;
+    fn access(&mut self) -> Access<'_>;
 }
 
 /// How a backend moves data.
-pub enum Data<'a> {
+pub enum Access<'a> {
     /// At once, on the loop's thread: the data is at hand (RAM, synthetic exports).
     Now(&'a mut dyn Store),
     /// Through an asynchronous engine whose completions come back to the loop:

@@ -2,7 +2,7 @@
 
 use std::io;
 
-use super::{Backend, Caps, Data, Extent, Store, Zero};
+use super::{Access, Backend, Caps, Extent, Store, Zero};
 use crate::proto::{STATE_HOLE, STATE_ZERO};
 
 pub struct Null {
@@ -38,8 +38,8 @@ impl Backend for Null {
         Ok(())
     }
 
-    fn data(&mut self) -> Data<'_> {
-        Data::Now(self)
+    fn access(&mut self) -> Access<'_> {
+        Access::Now(self)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::io;
 
-use super::{Backend, Caps, Data, Extent, Store, Zero};
+use super::{Access, Backend, Caps, Extent, Store, Zero};
 
 pub struct Pattern {
     size: u64,
@@ -61,8 +61,8 @@ impl Backend for Pattern {
         Ok(())
     }
 
-    fn data(&mut self) -> Data<'_> {
-        Data::Now(self)
+    fn access(&mut self) -> Access<'_> {
+        Access::Now(self)
     }
 }
 

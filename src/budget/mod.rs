@@ -14,9 +14,13 @@
 //! heavy ones are admitted strictly in the order they asked, so a large
 //! request is not starved by a stream of smaller ones. Each kind waits in its
 //! own FIFO, resumed (`ready`) once what its front asked for fits, the shape of
-//! `Ctx::waiting` for room in the I/O engine.
+//! the server's queue for room in the I/O engine. A connection's side of this
+//! is its `Charge`.
 
+mod charge;
 pub mod host;
+
+pub use charge::Charge;
 
 use std::collections::VecDeque;
 
@@ -199,10 +203,7 @@ mod tests {
     const MIB: usize = 1 << 20;
 
     fn who(n: u64) -> Origin {
-        Origin {
-            key: n as usize,
-            serial: n,
-        }
+        Origin::new(n as usize, n)
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::logging::Sink;
+use crate::proto::MAX_STRING;
 use crate::tls::{self, TlsOptions};
 
 pub use backend::{BackendSpec, parse_size};
@@ -243,8 +244,10 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
         ("export name", Some(&export_name)),
         ("description", v.description.as_ref()),
     ] {
-        if s.is_some_and(|s| s.len() > 4096) {
-            return Err(Error::usage(format!("{what} is longer than 4096 bytes")));
+        if s.is_some_and(|s| s.len() > MAX_STRING) {
+            return Err(Error::usage(format!(
+                "{what} is longer than {MAX_STRING} bytes"
+            )));
         }
     }
 

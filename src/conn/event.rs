@@ -3,9 +3,11 @@
 use std::time::Duration;
 
 use crate::aio::Done;
-use crate::ctx::InFlight;
+use crate::storage::Flight;
 
-/// What the server tells a connection.
+/// What the server tells a connection. Each was addressed by an `Origin`, and
+/// the server checked it still names this connection before handing it over:
+/// nothing here is for a predecessor in the same slab slot.
 #[derive(Debug)]
 pub enum Event {
     /// The kernel reported readiness on its socket.
@@ -16,26 +18,24 @@ pub enum Event {
     /// The server is shutting down: look at the socket once more, so that
     /// requests already sent are answered (with ESHUTDOWN) before we hang up.
     Shutdown,
-    /// The handshake deadline the server queued for connection `serial` (slab
-    /// keys are reused: the serial tells whether it is still this one's), set
-    /// `after` its start, has passed.
-    Deadline { serial: u64, after: Duration },
-    /// Connection `serial` has left a request half-sent, with nothing more
-    /// for `after` (`--request-timeout`).
-    Stalled { serial: u64, after: Duration },
-    /// The memory budget has room for what connection `serial` waits for.
-    Memory { serial: u64 },
+    /// The handshake deadline the server queued, set `after` the connection
+    /// began, has passed (it counts only while the handshake goes on).
+    Deadline { after: Duration },
+    /// The `--request-timeout` deadline queued for a half-sent request has
+    /// passed: nothing more for `after`.
+    Stalled { after: Duration },
+    /// The memory budget has room for what the connection waits for.
+    Memory,
     /// The server is done with it (the grace period after a shutdown is over).
     Close,
-    /// One of its requests came back from the I/O engine (routed by slab key:
-    /// the origin's serial says whether it is really this connection's). Its
-    /// reply is queued, not sent: the server resumes every connection that got
+    /// One of its requests came back from the I/O engine. Its reply is
+    /// queued, not sent: the server resumes every connection that got
     /// completions once all of a wake-up's are in, so that their replies leave
     /// together, many to a writev.
-    Completed { flight: InFlight, done: Done },
-    /// The I/O engine has room again for the request connection `serial` was
-    /// holding.
-    Room { serial: u64 },
+    Completed { flight: Flight, done: Done },
+    /// The I/O engine has room again for the request it was holding; it is
+    /// out of the server's queue for room.
+    Room,
 }
 
 /// Readiness as mio reports it; errors and hang-ups count as both, so the next
@@ -60,8 +60,11 @@ impl From<&mio::event::Event> for Readiness {
 /// What the server should do with a connection after an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// Nothing to do until the next readiness event.
+    /// Nothing to do until the next event.
     Wait,
+    /// As `Wait`, and it now holds a request the I/O engine has no room for:
+    /// the server queues it, and sends `Room` in turn.
+    WaitForRoom,
     /// Its turn is over but it has more to do: resume it soon.
     Yield,
     /// Finished: deregister and drop it.

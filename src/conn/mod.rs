@@ -1,45 +1,46 @@
-//! One client: its socket, its output queue, its protocol driver, and the
-//! readiness the kernel reported.
+//! One client: its socket and what the kernel said of it, its transport
+//! (plaintext or TLS), its protocol driver, and where it is in its life.
 //!
-//! The server hands each event to `Conn::handle`; the connection remembers
-//! readiness (edge-triggered events do not repeat), reads, runs and writes until
-//! it would block, runs out of its turn, or is done, and keeps its own
-//! registration with the Poll up to date. It never sees the Poll itself, only
-//! the registry.
+//! The server hands each event to `Conn::handle` (having checked that it is
+//! addressed to this very connection, see `crate::origin`); the connection
+//! reads, runs and writes until it must wait, runs out of its turn, or is
+//! done, keeps its registration with the Poll up to date, and answers with a
+//! `Step`. It never sees the Poll itself, only the registry.
 //!
-//! It keeps the memory budget told of what it holds (`settle`), and stops
-//! reading while the budget has no room for its next message. It notes when it
-//! waits for the rest of a half-sent request (`half_sent_since`), for the
-//! server's `--request-timeout`.
+//! Its state is a few enums whose combinations are all legal: where it is in
+//! its life (`Life`), its place in the queue for room in the I/O engine
+//! (`Room`), whether it waits for the rest of a half-sent request (`Stall`),
+//! and what its socket last reported (`socket::ReadSide`). Which one a turn
+//! looks at next is decided in one place, `Conn::next`.
 
 use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, OwnedFd};
-use std::time::Instant;
 
-use mio::{Registry, Token};
+use mio::Registry;
 
-use crate::buf::OutQueue;
-use crate::ctx::Ctx;
+use crate::agreement::Agreement;
 use crate::driver::{Driver, Phase, Progress, Received};
 use crate::handshake::Handshake;
-use crate::lifecycle::Activity;
 use crate::logging;
 use crate::origin::Origin;
 use crate::proto::option::{greeting_newstyle, greeting_oldstyle};
 use crate::proto::reply::Style;
-use crate::session::Session;
-use crate::transmission;
+use crate::shared::Shared;
 
 mod event;
-mod half_sent;
-mod registration;
+mod socket;
+mod stall;
+#[cfg(test)]
+mod tests;
 mod transport;
 
 pub use event::{Event, Readiness, Step};
+use socket::ReadSide;
+pub use socket::Socket;
+use stall::Stall;
 use transport::Transport;
 
 /// Requests (or options) handled per turn, so one busy client cannot starve the rest.
-const TURN: usize = 64;
+const TURN_REQUESTS: usize = 64;
 /// Bytes read per turn: a client streaming large WRITEs yields after this
 /// much, rather than keep the loop copying its payloads while others wait.
 const TURN_BYTES: usize = 2 << 20;
@@ -48,335 +49,391 @@ const OUT_LIMIT: usize = 64 << 20;
 /// Blocks handed to one writev(2).
 const IOV_MAX: usize = 256;
 
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    /// Reading and handling messages (the driver knows whether they are
+    /// options or requests).
+    Open,
+    /// STARTTLS was accepted: TLS begins once its ACK is out; nothing is read
+    /// meanwhile.
+    StartingTls,
+    /// Ending, for this reason: nothing more is read, and it closes once its
+    /// output is out and the I/O engine has given back its requests.
+    Closing(&'static str),
+}
+
+/// Its place in the server's queue for room in the I/O engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    /// Not in the queue.
+    Free,
+    /// In the queue, but holding nothing back (a completion gave it a share
+    /// of the engine since): `Room` finds it with work to do or not.
+    Queued,
+    /// In the queue, and holding the request at its front: it reads nothing
+    /// until a completion or `Room` comes.
+    Blocked,
+}
+
+impl Room {
+    /// The request at its front waits for room; true if it must join the
+    /// queue for it (it was not in it already).
+    fn block(&mut self) -> bool {
+        let join = *self == Room::Free;
+        *self = Room::Blocked;
+        join
+    }
+
+    /// One of its requests came back from the engine: its own share has room
+    /// again, though its place in the queue stays.
+    fn share_back(&mut self) {
+        if *self == Room::Blocked {
+            *self = Room::Queued;
+        }
+    }
+}
+
+/// What a turn may still do, and what it did.
+#[derive(Debug)]
+struct Turn {
+    requests: usize,
+    bytes: usize,
+    /// Bytes arrived (for the half-sent clock).
+    got_input: bool,
+    /// It ended waiting for the client's bytes, not held back by us.
+    awaiting_input: bool,
+    /// It joined the queue for room in the I/O engine.
+    queued_for_room: bool,
+}
+
+impl Turn {
+    fn new() -> Turn {
+        Turn {
+            requests: TURN_REQUESTS,
+            bytes: TURN_BYTES,
+            got_input: false,
+            awaiting_input: false,
+            queued_for_room: false,
+        }
+    }
+}
+
+/// What the turn does after a look at the state.
+enum Next {
+    /// Look again: something changed.
+    Again,
+    /// The turn is over.
+    Stop(Step),
+}
+
 pub struct Conn {
+    origin: Origin,
     /// The server's number for this connection: unique for the life of the
     /// process (slab keys are reused), so it names the connection in log lines.
     id: u64,
-    rfd: OwnedFd,
-    /// A separate fd for writing (`-s` with distinct stdin and stdout).
-    wfd: Option<OwnedFd>,
-    out: OutQueue,
-    /// The protocol and its unprocessed input.
-    driver: Driver,
-    /// Readiness last reported and not yet used up (cleared on EAGAIN).
-    readable: bool,
-    /// The peer has shut down its side (EPOLLRDHUP): the data before the FIN may
-    /// have come with the same edge, so a short read no longer means "drained",
-    /// and reading goes on until it returns 0.
-    read_closed: bool,
-    writable: bool,
-    /// Our token, and whether the Poll reports writability for us now.
-    token: Token,
-    write_registered: bool,
-    /// Descriptors the Poll refuses (EPERM: a regular file or /dev/null given
-    /// to `-s`): they never block, so they are read and written as if always
-    /// ready.
-    unpolled_read: bool,
-    unpolled_write: bool,
-    /// The client will send nothing more.
-    eof: bool,
-    /// Holding a request the I/O engine has no room for (see `Progress::Blocked`).
-    blocked: bool,
+    socket: Socket,
     /// Plaintext, or TLS after STARTTLS.
     transport: Transport,
-    /// STARTTLS was accepted: TLS starts once its ACK is out.
-    starting_tls: bool,
-    /// In the server's queue of connections waiting for room.
-    waiting_for_room: bool,
-    /// Why we are closing once the output drains.
-    closing: Option<&'static str>,
-    /// When a message was last handled.
-    last_active: Instant,
-    /// What the memory budget was last told this connection holds.
-    charged: usize,
-    /// Bytes arrived in this turn, and how many.
-    got_input: bool,
-    turn_bytes: usize,
-    /// The turn ended waiting for the client's bytes (not held back by us).
-    awaiting_input: bool,
-    /// Since when a request has been half-sent with nothing more arriving
-    /// (only while we wait for it: not while we hold the client back).
-    stalled_since: Option<Instant>,
-    /// The `--request-timeout` deadline the server has queued for it.
-    stall_deadline: Option<Instant>,
+    /// The protocol, its buffers, and what they cost the memory budget.
+    driver: Driver,
+    life: Life,
+    room: Room,
+    stall: Stall,
     /// How many of its warnings the log still takes (`logging::Quota`).
     log_quota: logging::Quota,
 }
 
 impl Conn {
-    /// A connection that starts by sending the greeting.
-    pub fn new(id: u64, rfd: OwnedFd, wfd: Option<OwnedFd>, oldstyle: bool, ctx: &mut Ctx) -> Conn {
-        let mut out = OutQueue::default();
-        let mut w = out.writer(&mut ctx.pool);
-        let phase = if oldstyle {
-            let session = Session {
+    /// Connection `id` in slab slot `key`, which starts by sending the greeting.
+    pub fn new(key: usize, id: u64, socket: Socket, oldstyle: bool, sh: &mut Shared) -> Conn {
+        let export = &sh.storage.export;
+        let (phase, greeting) = if oldstyle {
+            let session = Agreement {
                 style: Style::Simple,
-                flags: ctx.export.flags(Style::Simple, false),
+                flags: export.flags(Style::Simple, false),
                 meta: false,
             };
-            w.put(&greeting_oldstyle(ctx.export.size, session.flags));
-            Phase::Transmission(session)
+            let greeting = greeting_oldstyle(export.size, session.flags);
+            (Phase::Transmission(session), greeting.to_vec())
         } else {
-            w.put(&greeting_newstyle());
-            Phase::Handshake(Handshake::default())
+            let greeting = greeting_newstyle();
+            (Phase::Handshake(Handshake::default()), greeting.to_vec())
         };
         Conn {
+            origin: Origin::new(key, id),
             id,
-            rfd,
-            wfd,
-            out,
-            driver: Driver::new(phase),
-            readable: true,
-            read_closed: false,
-            writable: true,
-            token: Token(usize::MAX),
-            write_registered: false,
-            unpolled_read: false,
-            unpolled_write: false,
-            eof: false,
-            blocked: false,
+            socket,
             transport: Transport::Plain,
-            starting_tls: false,
-            waiting_for_room: false,
-            closing: None,
-            last_active: ctx.now,
-            charged: 0,
-            got_input: false,
-            turn_bytes: 0,
-            awaiting_input: false,
-            stalled_since: None,
-            stall_deadline: None,
+            driver: Driver::new(phase, &greeting, sh),
+            life: Life::Open,
+            room: Room::Free,
+            stall: Stall::No,
             log_quota: logging::Quota::default(),
         }
     }
 
-    /// Its serial number (see `Origin`).
-    pub fn serial(&self) -> u64 {
-        self.id
+    /// What events for it are addressed to.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// Still negotiating: the question a queued handshake deadline asks.
+    pub fn negotiating(&self) -> bool {
+        self.driver.in_handshake()
     }
 
     /// The connection goes: what it holds goes back to the budget (buffers
     /// still in the I/O engine as they are reaped), and it leaves any queue
     /// for memory.
-    pub fn leave(&mut self, ctx: &mut Ctx) {
-        let in_engine = self.driver.lent_to_engine().min(self.charged);
-        ctx.budget.give(self.charged - in_engine);
-        self.charged = 0;
-        let me = Origin {
-            key: self.token.0,
-            serial: self.id,
-        };
-        ctx.budget.leave(me, self.driver.queued());
-    }
-
-    /// Whether this is connection `serial`, still negotiating: the question a
-    /// queued handshake deadline asks.
-    pub fn negotiating(&self, serial: u64) -> bool {
-        self.id == serial && self.driver.in_handshake()
+    pub fn close(&mut self, sh: &mut Shared) {
+        self.driver.close(&mut sh.budget, self.origin);
     }
 
     /// The one entry point: acts on `ev`, does as much work as readiness and
     /// the turn allow, and keeps its registration with the Poll current.
-    pub fn handle(&mut self, ev: Event, ctx: &mut Ctx, registry: &Registry) -> Step {
+    pub fn handle(&mut self, ev: Event, sh: &mut Shared, registry: &Registry) -> Step {
         let scope = logging::conn_scope(self.id, self.log_quota);
-        ctx.serving = Origin {
-            key: self.token.0,
-            serial: self.id,
+        let step = match self.take(ev, sh) {
+            Next::Stop(step) => step,
+            Next::Again => self.turn(sh, registry),
         };
-        let step = self.act(ev, ctx, registry);
-        self.settle(ctx);
+        self.driver.settle(&mut sh.budget);
         self.log_quota = scope.end();
         step
     }
 
-    fn act(&mut self, ev: Event, ctx: &mut Ctx, registry: &Registry) -> Step {
+    /// Takes in what an event says; `Stop` if there is nothing more to do now.
+    fn take(&mut self, ev: Event, sh: &mut Shared) -> Next {
         match ev {
-            Event::Ready(r) => {
-                self.readable |= r.readable;
-                self.read_closed |= r.read_closed;
-                self.writable |= r.writable;
-            }
+            Event::Ready(r) => self.socket.note(r),
             Event::Resume => {}
-            Event::Shutdown => self.readable = true,
-            Event::Close => {
-                log::debug!("closed: the server is exiting");
-                return Step::Close;
-            }
+            Event::Shutdown => self.socket.look_again(),
+            Event::Close => return self.end("the server is exiting"),
             Event::Completed { flight, done } => {
-                if flight.origin.serial != self.id {
-                    // A predecessor's, in the same slab slot.
-                    ctx.budget
-                        .give(transmission::engine_bytes(&flight.req, flight.effect));
-                    ctx.pool.give(done.buf);
-                    return Step::Wait;
-                }
-                self.driver.complete(ctx, &flight, done, &mut self.out);
-                self.blocked = false; // a share of the engine came back
-                return Step::Wait; // the server's Resume sends it, with the others
+                self.driver.complete(&flight, done, &mut sh.pool);
+                self.room.share_back();
+                // The server's Resume sends it, with the others.
+                return Next::Stop(Step::Wait);
             }
-            Event::Room { serial } => {
-                if serial != self.id {
-                    return Step::Wait; // a predecessor's place in the queue
-                }
-                self.waiting_for_room = false;
-                self.blocked = false;
-            }
-            Event::Memory { serial } => {
-                if serial == self.id {
-                    self.driver.memory_granted();
-                }
-            }
-            Event::Stalled { serial, after } => {
-                if serial != self.id || self.stalled_since.is_none() {
-                    return Step::Wait;
-                }
+            Event::Room => self.room = Room::Free,
+            Event::Memory => self.driver.memory_granted(),
+            Event::Stalled { after } if self.half_sent_since().is_some() => {
                 let secs = after.as_secs_f64();
                 log::warn!("request half-sent, then nothing for {secs}s: disconnecting");
-                return Step::Close;
+                return self.end("request timeout");
             }
-            Event::Deadline { serial, after } => {
-                if !self.negotiating(serial) {
-                    return Step::Wait;
-                }
+            Event::Deadline { after } if self.negotiating() => {
                 let secs = after.as_secs_f64();
                 log::warn!("handshake not finished within {secs}s: disconnecting");
-                return Step::Close;
+                return self.end("handshake timeout");
             }
+            Event::Stalled { .. } | Event::Deadline { .. } => return Next::Stop(Step::Wait),
         }
-        self.got_input = false;
-        self.awaiting_input = false;
-        let mut step = self.turn(ctx);
+        Next::Again
+    }
+
+    fn end(&self, why: &str) -> Next {
+        log::debug!("closed: {why}");
+        Next::Stop(Step::Close)
+    }
+
+    /// A turn: work until the connection must wait, has used up its turn, or
+    /// is done; then tidy its buffers, note whether it waits for a half-sent
+    /// request, and update its registration.
+    fn turn(&mut self, sh: &mut Shared, registry: &Registry) -> Step {
+        let mut turn = Turn::new();
+        let mut step = loop {
+            if let Next::Stop(step) = self.next(sh, &mut turn) {
+                break step;
+            }
+        };
+        let half_sent = turn.awaiting_input && !self.negotiating() && self.driver.mid_message();
+        self.stall = self.stall.after_turn(half_sent, turn.got_input, sh.now);
         // Storage with nothing pending goes back to the pool between bursts;
         // a connection about to wait keeps only what it needs.
-        match step {
-            Step::Wait => self.driver.shrink(&mut ctx.pool),
-            _ => self.driver.release(&mut ctx.pool),
-        }
-        if self.out.is_empty() {
-            self.out.release(&mut ctx.pool);
-        }
-        self.note_stall(ctx.now);
+        let waiting = matches!(step, Step::Wait | Step::WaitForRoom);
+        self.driver.tidy(&mut sh.pool, waiting);
+        let has_output = self.has_output();
         if step != Step::Close
-            && let Err(e) = self.update_interest(registry)
+            && let Err(e) = self
+                .socket
+                .update_interest(registry, self.origin.token(), has_output)
         {
             log::warn!("epoll: {e}");
             step = Step::Close;
         }
         if step == Step::Close {
-            log::debug!("closed: {}", self.closing.unwrap_or("error"));
+            let why = match self.life {
+                Life::Closing(why) => why,
+                _ => "error",
+            };
+            log::debug!("closed: {why}");
         }
         step
     }
 
-    fn turn(&mut self, ctx: &mut Ctx) -> Step {
-        let mut budget = TURN;
-        self.turn_bytes = 0;
-        loop {
-            let progress = if self.closing.is_some() || self.starting_tls {
-                Progress::NeedInput
-            } else {
-                self.process(ctx, &mut budget)
+    /// One look at the state: handle what input there is, send what output
+    /// the socket takes, then decide what comes next by where the connection
+    /// is in its life.
+    fn next(&mut self, sh: &mut Shared, turn: &mut Turn) -> Next {
+        let progress = match self.life {
+            Life::Open => self.process(sh, turn),
+            Life::StartingTls | Life::Closing(_) => Progress::NeedInput,
+        };
+        if let Err(e) = self.send(sh) {
+            log::debug!("write: {e}");
+            return Next::Stop(Step::Close);
+        }
+        match self.life {
+            Life::Closing(_) => self.drain(),
+            Life::StartingTls => self.start_tls(sh),
+            Life::Open => self.after(progress, sh, turn),
+        }
+    }
+
+    /// Handles buffered messages until one is incomplete or must wait, the
+    /// turn's requests run out, or the output passes its limit. A message that
+    /// changes the connection's life changes it here.
+    fn process(&mut self, sh: &mut Shared, turn: &mut Turn) -> Progress {
+        let mut progress = Progress::NeedInput;
+        while turn.requests > 0 && self.driver.backlog() < OUT_LIMIT {
+            match self.driver.step(sh, self.origin) {
+                Progress::Handled => {
+                    turn.requests -= 1;
+                    progress = Progress::Handled;
+                }
+                Progress::NeedInput => break,
+                Progress::NeedMemory => return Progress::NeedMemory,
+                Progress::NeedRoom => {
+                    turn.queued_for_room = self.room.block();
+                    break;
+                }
+                Progress::StartTls => {
+                    self.life = Life::StartingTls;
+                    break;
+                }
+                Progress::Close(why) => {
+                    self.life = Life::Closing(why);
+                    break;
+                }
+            }
+        }
+        progress
+    }
+
+    /// An open connection after its messages were handled as far as they
+    /// could be: wait for what holds it back, go on, or read more.
+    fn after(&mut self, progress: Progress, sh: &mut Shared, turn: &mut Turn) -> Next {
+        if self.room == Room::Blocked {
+            let step = match turn.queued_for_room {
+                true => Step::WaitForRoom,
+                false => Step::Wait,
             };
-            match progress {
-                Progress::Close(why) => self.closing = Some(why),
-                Progress::StartTls => self.starting_tls = true,
-                _ => {}
-            }
-            if self.writable && self.has_output() {
-                if let Err(e) = self.flush(ctx) {
-                    log::debug!("write: {e}");
-                    return Step::Close;
-                }
-                self.settle(ctx);
-            }
-            if self.closing.is_some() {
-                // flush() either emptied the queue or met EAGAIN; requests still
-                // in the I/O engine get their replies first.
-                if self.has_output() || self.driver.awaiting_io() {
-                    return Step::Wait;
-                }
-                let fd = self.wfd.as_ref().unwrap_or(&self.rfd).as_fd();
-                self.transport.finish(fd);
-                return Step::Close;
-            }
-            if self.starting_tls {
-                if self.has_output() {
-                    return Step::Wait; // STARTTLS's ACK goes out in plaintext first
-                }
-                if let Err(e) = self.start_tls(ctx) {
-                    log::debug!("{e}");
-                    return Step::Close;
-                }
-                continue;
-            }
-            if self.blocked || progress == Progress::NeedMemory {
-                return Step::Wait; // a completion, freed room or memory resumes us
-            }
-            if self.backlog() >= OUT_LIMIT {
-                return Step::Wait; // resumes on the next writable edge or completion
-            }
-            if let Progress::Some = progress {
-                self.last_active = ctx.now;
-            }
-            match progress {
-                Progress::Some if budget == 0 => return Step::Yield,
-                Progress::Some => continue,
-                _ => {}
-            }
-            // The front message is incomplete: read more.
-            if self.eof {
+            return Next::Stop(step); // a completion or freed room resumes us
+        }
+        if progress == Progress::NeedMemory || self.driver.backlog() >= OUT_LIMIT {
+            // Freed memory, a writable edge or a completion resumes us.
+            return Next::Stop(Step::Wait);
+        }
+        if progress == Progress::Handled {
+            return match turn.requests {
+                0 => Next::Stop(Step::Yield),
+                _ => Next::Again,
+            };
+        }
+        // The front message is incomplete: read more.
+        match self.socket.read_side() {
+            ReadSide::Ended => {
                 if self.driver.mid_message() {
                     log::warn!("client disconnected in the middle of a message");
                 }
-                self.closing = Some("client closed the connection");
-                continue;
+                self.life = Life::Closing("client closed the connection");
+                Next::Again
             }
-            if !self.readable {
-                if ctx.lifecycle.may_let_go(&self.activity(), ctx.now) {
-                    self.closing = Some("server shutting down");
-                    continue;
-                }
-                self.awaiting_input = true;
-                return Step::Wait;
+            ReadSide::Drained if self.driver.may_let_go(&sh.lifecycle, sh.now) => {
+                self.life = Life::Closing("server shutting down");
+                Next::Again
             }
-            if self.turn_bytes >= TURN_BYTES {
-                return Step::Yield; // the rest after the others' turn
+            ReadSide::Drained => {
+                turn.awaiting_input = true;
+                Next::Stop(Step::Wait)
             }
-            if !self.driver.admit_read(ctx, self.out.held()) {
-                return Step::Wait; // resumed once the budget has room
-            }
-            if let Err(e) = self.fill(ctx) {
+            ReadSide::Ready | ReadSide::ToEnd => self.read(sh, turn),
+        }
+    }
+
+    /// Reads once, within the turn's bytes and the memory budget. EAGAIN and
+    /// EINTR are not errors.
+    fn read(&mut self, sh: &mut Shared, turn: &mut Turn) -> Next {
+        if turn.bytes == 0 {
+            return Next::Stop(Step::Yield); // the rest after the others' turn
+        }
+        let (fd, wfd) = (self.socket.read_fd(), self.socket.split_write_fd());
+        let transport = &mut self.transport;
+        let got = self
+            .driver
+            .read(sh, self.origin, |buf| transport.read(fd, wfd, buf));
+        match got {
+            None => return Next::Stop(Step::Wait), // resumed once the budget has room
+            Some(Ok(Received::Eof)) => self.socket.ended(),
+            // A short read drained the socket: anything arriving later raises a
+            // new edge, so skip the read that would only say EAGAIN.
+            Some(Ok(Received::Bytes { n, drained })) => self.got(n, drained, turn),
+            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => self.socket.read_blocked(),
+            Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Some(Err(e)) => {
                 log::debug!("read: {e}");
-                return Step::Close;
+                return Next::Stop(Step::Close);
             }
-            self.settle(ctx);
+        }
+        Next::Again
+    }
+
+    /// `n` bytes arrived, with a short read if `drained`.
+    fn got(&mut self, n: usize, drained: bool, turn: &mut Turn) {
+        turn.got_input = true;
+        turn.bytes = turn.bytes.saturating_sub(n);
+        if drained {
+            self.socket.short_read(self.transport.short_read_drains());
+        }
+        if let Some(about) = self.transport.first_plaintext() {
+            log::debug!("TLS: {about}");
         }
     }
 
-    /// Tells the memory budget what this connection holds now: its input
-    /// buffer (or what its front request was admitted with), the buffers it
-    /// lent the I/O engine, and its output queue's blocks.
-    fn settle(&mut self, ctx: &mut Ctx) {
-        let held = self.driver.held() + self.out.held();
-        if held > self.charged {
-            ctx.budget.take(held - self.charged);
-        } else {
-            ctx.budget.give(self.charged - held);
+    /// A closing connection: gone once its output is out and the I/O engine
+    /// has given back its requests (their replies go out first).
+    fn drain(&mut self) -> Next {
+        if self.has_output() || self.driver.awaiting_io() {
+            return Next::Stop(Step::Wait);
         }
-        self.charged = held;
+        self.transport.finish(self.socket.write_fd());
+        Next::Stop(Step::Close)
     }
 
-    /// Bytes waiting for the socket: replies, or TLS records already sealed.
-    fn has_output(&self) -> bool {
-        !self.out.is_empty() || self.transport.wants_write()
+    /// STARTTLS's ACK is out (else wait for it to go, in plaintext): from here
+    /// on the socket carries TLS, beginning with what the client already sent
+    /// behind STARTTLS.
+    fn start_tls(&mut self, sh: &mut Shared) -> Next {
+        if self.has_output() {
+            return Next::Stop(Step::Wait);
+        }
+        match self.begin_tls(sh) {
+            Ok(()) => {
+                self.life = Life::Open;
+                Next::Again
+            }
+            Err(e) => {
+                log::debug!("{e}");
+                Next::Stop(Step::Close)
+            }
+        }
     }
 
-    /// STARTTLS's ACK is out: from here on the socket carries TLS, beginning
-    /// with what the client already sent behind STARTTLS.
     #[cfg(feature = "tls")]
-    fn start_tls(&mut self, ctx: &mut Ctx) -> io::Result<()> {
-        self.starting_tls = false;
-        self.transport = Transport::start_tls(ctx.tls.as_ref(), self.driver.unread())?;
+    fn begin_tls(&mut self, sh: &mut Shared) -> io::Result<()> {
+        self.transport = Transport::start_tls(sh.tls.as_ref(), self.driver.unread())?;
         self.driver.forget_unread();
         log::debug!("STARTTLS: TLS handshake begins");
         Ok(())
@@ -384,78 +441,20 @@ impl Conn {
 
     /// Without TLS built in, STARTTLS is refused (ERR_POLICY): never reached.
     #[cfg(not(feature = "tls"))]
-    fn start_tls(&mut self, _: &mut Ctx) -> io::Result<()> {
+    fn begin_tls(&mut self, _: &mut Shared) -> io::Result<()> {
         Err(io::Error::other("STARTTLS accepted without TLS built in"))
     }
 
-    /// Output the client has yet to read: queued, and still to come from the
-    /// I/O engine.
-    fn backlog(&self) -> usize {
-        self.out.len() + self.driver.awaited_data()
+    /// Bytes waiting for the socket: replies, or TLS records already sealed.
+    fn has_output(&self) -> bool {
+        self.driver.has_output() || self.transport.wants_write()
     }
 
-    /// What the lifecycle needs to know to let this connection go at shutdown.
-    fn activity(&self) -> Activity {
-        Activity {
-            negotiating: self.driver.in_handshake(),
-            quiet: self.driver.quiet(),
-            last_active: self.last_active,
-        }
-    }
-
-    /// Handles buffered messages until one is incomplete, the turn ends, or the
-    /// output passes its limit.
-    fn process(&mut self, ctx: &mut Ctx, budget: &mut usize) -> Progress {
-        let mut progress = Progress::NeedInput;
-        while *budget > 0 && self.backlog() < OUT_LIMIT {
-            let step = self.driver.step(ctx, &mut self.out);
-            self.settle(ctx);
-            match step {
-                Progress::Some => {
-                    *budget -= 1;
-                    progress = Progress::Some;
-                }
-                Progress::NeedInput => break,
-                Progress::NeedMemory => return Progress::NeedMemory,
-                Progress::StartTls => return Progress::StartTls,
-                Progress::Blocked => {
-                    self.blocked = true;
-                    if !self.waiting_for_room {
-                        self.waiting_for_room = true;
-                        ctx.waiting.push_back(ctx.serving);
-                    }
-                    break;
-                }
-                close => return close,
-            }
-        }
-        progress
-    }
-
-    /// One read(2) into the driver's input. EAGAIN and EINTR are not errors.
-    fn fill(&mut self, ctx: &mut Ctx) -> io::Result<()> {
-        let fd = self.rfd.as_fd();
-        let wfd = self.wfd.as_ref().map(AsFd::as_fd);
-        let transport = &mut self.transport;
-        match self
-            .driver
-            .receive(&mut ctx.pool, |buf| transport.read(fd, wfd, buf))
-        {
-            Ok(Received::Eof) => self.eof = true,
-            // A short read drained the socket: anything arriving later raises a
-            // new edge, so skip the read that would only say EAGAIN.
-            Ok(Received::Bytes { n, drained }) => {
-                self.got_input = true;
-                self.turn_bytes += n;
-                let keep = self.read_closed || self.unpolled_read;
-                self.readable &= !drained || keep || !self.transport.short_read_drains();
-                if let Some(about) = self.transport.first_plaintext() {
-                    log::debug!("TLS: {about}");
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+    /// Sends what output the socket takes, if it is writable.
+    fn send(&mut self, sh: &mut Shared) -> io::Result<()> {
+        if self.socket.writable() && self.has_output() {
+            self.flush(sh)?;
+            self.driver.settle(&mut sh.budget);
         }
         Ok(())
     }
@@ -463,16 +462,17 @@ impl Conn {
     /// Writes queued output until it is gone or the socket is full: many replies
     /// per writev(2), straight from the blocks they were built in (or, under
     /// TLS, sealed straight from them).
-    fn flush(&mut self, ctx: &mut Ctx) -> io::Result<()> {
-        let fd = self.wfd.as_ref().unwrap_or(&self.rfd).as_fd();
+    fn flush(&mut self, sh: &mut Shared) -> io::Result<()> {
+        let fd = self.socket.write_fd();
+        let out = self.driver.output();
         let mut sent = Ok(());
-        while sent.is_ok() && !self.out.is_empty() {
+        while sent.is_ok() && !out.is_empty() {
             sent = {
                 let mut iov = [IoSlice::new(&[]); IOV_MAX];
-                let n = self.out.slices(&mut iov);
+                let n = out.slices(&mut iov);
                 self.transport.write(fd, &iov[..n])
             }
-            .map(|n| self.out.consume(n, &mut ctx.pool));
+            .map(|n| out.consume(n, &mut sh.pool));
             if sent
                 .as_ref()
                 .is_err_and(|e| e.kind() == io::ErrorKind::Interrupted)
@@ -485,10 +485,35 @@ impl Conn {
         }
         match sent {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.writable = false;
+                self.socket.write_blocked();
                 Ok(())
             }
             r => r,
         }
+    }
+}
+
+/// A connection registers its own descriptors (see `socket.rs`).
+impl mio::event::Source for Conn {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: mio::Token,
+        interest: mio::Interest,
+    ) -> io::Result<()> {
+        self.socket.register(registry, token, interest)
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: mio::Token,
+        interest: mio::Interest,
+    ) -> io::Result<()> {
+        self.socket.reregister(registry, token, interest)
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        self.socket.deregister(registry)
     }
 }

@@ -11,7 +11,7 @@ use crate::sys;
 pub enum Transport {
     Plain,
     #[cfg(feature = "tls")]
-    Tls(Box<crate::tls::Session>),
+    Tls(Box<crate::tls::Stream>),
 }
 
 impl Transport {
@@ -88,7 +88,7 @@ impl Transport {
         let Some(config) = config else {
             return Err(io::Error::other("STARTTLS accepted without TLS configured"));
         };
-        let s = crate::tls::Session::new(config.clone(), early)?;
+        let s = crate::tls::Stream::new(config.clone(), early)?;
         Ok(Transport::Tls(Box::new(s)))
     }
 

@@ -3,10 +3,10 @@
 //! `replies`, with small readers of their own, so a bug in the server's parser or
 //! encoder is not mirrored by the check.
 
+use crate::agreement::Agreement;
 use crate::driver::{Driver, Progress};
 use crate::export::{Export, MAX_REQUEST};
 use crate::proto::*;
-use crate::session::Session;
 
 use super::Start;
 
@@ -25,7 +25,7 @@ const REQUEST_OVERHEAD_MAX: usize = 16 * 1024;
 /// What the driver looked like before a step.
 #[derive(Debug, Clone, Copy)]
 pub struct State {
-    session: Option<Session>,
+    session: Option<Agreement>,
     skip: u64,
 }
 
@@ -79,7 +79,7 @@ impl Checker {
         }
         let msg = &pending[skipped..];
         let used = used - skipped;
-        if matches!(progress, Progress::Some | Progress::StartTls) {
+        if matches!(progress, Progress::Handled | Progress::StartTls) {
             assert!(used > 0, "a message handled without using input");
         } else {
             assert_eq!(used, 0, "input used by a step that handled nothing");
@@ -101,13 +101,13 @@ impl Checker {
         if !self.flags_read {
             assert!(reply.is_empty(), "a reply to the client's flags");
             match progress {
-                Progress::Some => {
+                Progress::Handled => {
                     assert_eq!(used, 4);
                     self.flags_read = true;
                 }
                 Progress::NeedInput => assert!(msg.len() < 4),
                 Progress::Close(_) => assert!(u32_at(msg, 0) & !3 != 0, "valid flags refused"),
-                Progress::Blocked | Progress::StartTls | Progress::NeedMemory => {
+                Progress::NeedRoom | Progress::StartTls | Progress::NeedMemory => {
                     panic!("{progress:?} for client flags")
                 }
             }
@@ -130,7 +130,7 @@ impl Checker {
                 assert!(magic_ok && len <= buffered_limit(opt) && msg.len() < 16 + len as usize);
                 assert!(reply.is_empty());
             }
-            Progress::Blocked => panic!("the handshake waited for the I/O engine"),
+            Progress::NeedRoom => panic!("the handshake waited for the I/O engine"),
             Progress::NeedMemory => panic!("the handshake waited for memory"),
             Progress::StartTls => {
                 // Only an empty STARTTLS, answered with one ACK and nothing more.
@@ -144,7 +144,7 @@ impl Checker {
                     assert_eq!(option_replies(reply, opt), vec![REP_ACK]);
                 }
             }
-            Progress::Some => {
+            Progress::Handled => {
                 assert!(magic_ok, "a bad option magic accepted");
                 self.option(after, opt, len, used, reply);
             }
@@ -184,7 +184,7 @@ impl Checker {
 
     fn request(
         &self,
-        s: &Session,
+        s: &Agreement,
         after: &Driver,
         msg: &[u8],
         used: usize,
@@ -193,7 +193,7 @@ impl Checker {
     ) {
         let extended = s.style == reply::Style::Extended;
         let hdr_len = if extended { 32 } else { 28 };
-        if progress != Progress::Some {
+        if progress != Progress::Handled {
             assert!(reply.is_empty(), "a reply without a request");
             return;
         }

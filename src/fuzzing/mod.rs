@@ -17,16 +17,17 @@ pub use crate::sys::alloc;
 use std::hash::Hasher;
 use std::io::IoSlice;
 
+use crate::agreement::Agreement;
 use crate::backend::{Backend, Caps, Memory, Null, Pattern};
 use crate::buf::{OutQueue, Pool};
-use crate::ctx::Ctx;
 use crate::driver::{Driver, Phase, Progress};
 use crate::export::Export;
 use crate::handshake::Handshake;
 use crate::lifecycle::Lifecycle;
 use crate::notify::Notifier;
+use crate::origin::Origin;
 use crate::proto::reply::Style;
-use crate::session::Session;
+use crate::shared::Shared;
 use crate::tls::TlsMode;
 
 /// Export sizes to pick from: past a page boundary and not page aligned, one
@@ -129,9 +130,9 @@ impl Config {
 
     /// The session a handshake agreeing on `style` and `meta` would have produced
     /// (meta needs structured replies; the oldstyle session is the simple one).
-    pub fn session(&self) -> Session {
+    pub fn session(&self) -> Agreement {
         let meta = self.meta && self.style != Style::Simple;
-        Session {
+        Agreement {
             style: self.style,
             flags: self.export().flags(self.style, meta),
             meta,
@@ -171,7 +172,7 @@ pub struct Run {
     pub out_len: usize,
     /// A hash of every byte sent, in order.
     pub out_hash: u64,
-    pub session: Option<Session>,
+    pub session: Option<Agreement>,
 }
 
 /// Runs `stream` through a fresh connection, delivered in pieces of the lengths
@@ -179,14 +180,14 @@ pub struct Run {
 /// Panics on any broken invariant.
 pub fn run(cfg: &Config, start: Start, stream: &[u8], chunks: &[usize]) -> Run {
     let export = cfg.export();
-    let mut ctx = Ctx::new(cfg.backend(), export.clone(), cfg.lifecycle());
+    let mut sh = Shared::new(cfg.backend(), export.clone(), cfg.lifecycle());
+    let me = Origin::new(0, 1);
     let phase = match start {
         Start::Handshake => Phase::Handshake(Handshake::default()),
         Start::Transmission => Phase::Transmission(cfg.session()),
     };
-    let mut drv = Driver::new(phase);
+    let mut drv = Driver::new(phase, &[], &mut sh);
     let mut checker = check::Checker::new(&export, start);
-    let mut queue = OutQueue::default();
     let mut hash = Fnv::default();
     let mut run = Run {
         end: End::Eof,
@@ -200,7 +201,7 @@ pub fn run(cfg: &Config, start: Start, stream: &[u8], chunks: &[usize]) -> Run {
         while !piece.is_empty() {
             // As a read(2) would: as much of the piece as the buffer offers.
             let mut n = 0;
-            let got = drv.receive(&mut ctx.pool, |room| {
+            let got = drv.receive(&mut sh.pool, |room| {
                 n = room.len().min(piece.len());
                 room[..n].copy_from_slice(&piece[..n]);
                 Ok(n)
@@ -219,18 +220,18 @@ pub fn run(cfg: &Config, start: Start, stream: &[u8], chunks: &[usize]) -> Run {
                 budget -= 1;
                 let before = check::State::of(&drv);
                 let pending = drv.unread().to_vec();
-                let progress = drv.step(&mut ctx, &mut queue);
+                let progress = drv.step(&mut sh, me);
                 let used = pending.len() - drv.unread().len();
-                let reply = drain(&mut queue, &mut ctx.pool);
+                let reply = drain(drv.output(), &mut sh.pool);
                 checker.step(&before, &drv, &pending, used, progress, &reply);
                 hash.write(&reply);
                 run.out_len += reply.len();
                 run.consumed += used;
                 match progress {
-                    Progress::Some => run.steps += 1,
+                    Progress::Handled => run.steps += 1,
                     Progress::NeedInput => break,
                     // Only a backend with an I/O engine (a file) waits for room.
-                    Progress::Blocked => panic!("blocked without an I/O engine"),
+                    Progress::NeedRoom => panic!("blocked without an I/O engine"),
                     // The harness runs with an unlimited budget.
                     Progress::NeedMemory => panic!("no memory in an unlimited budget"),
                     Progress::StartTls => {

@@ -8,11 +8,11 @@ mod options;
 #[cfg(test)]
 mod tests;
 
+use crate::agreement::Agreement;
 use crate::export::Export;
 use crate::proto::option::*;
 use crate::proto::reply::Style;
 use crate::proto::*;
-use crate::session::Session;
 use crate::tls::TlsMode;
 
 use options::{Answer, Data, Rule};
@@ -29,7 +29,7 @@ pub enum Outcome {
     /// A reply is queued; discard the next `skip` bytes of option data.
     Skip { consumed: usize, skip: u64 },
     /// The handshake is over: serve requests.
-    Transmission { consumed: usize, session: Session },
+    Transmission { consumed: usize, session: Agreement },
     /// STARTTLS was accepted (ACK queued): everything after `consumed` bytes is
     /// TLS, and the handshake starts over inside it.
     StartTls { consumed: usize },
@@ -172,9 +172,9 @@ impl Handshake {
 
     /// Transmission settings for entering `name` now. Contexts count only if the
     /// last SET_META_CONTEXT named the same export.
-    fn session(&self, ex: &Export, name: &[u8]) -> Session {
+    fn session(&self, ex: &Export, name: &[u8]) -> Agreement {
         let meta = self.meta.base_allocation && self.meta.export == name;
-        Session {
+        Agreement {
             style: self.style,
             flags: ex.flags(self.style, meta),
             meta,

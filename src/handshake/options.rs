@@ -36,7 +36,7 @@ pub enum Answer {
     /// Negotiation goes on.
     Replied,
     /// The export is chosen: serve requests.
-    Transmission(crate::session::Session),
+    Transmission(crate::agreement::Agreement),
     /// ACK sent: TLS begins.
     StartTls,
     /// ACK sent: close.
@@ -169,7 +169,7 @@ impl Handshake {
         data: Data,
         out: &mut Vec<u8>,
         ex: &Export,
-    ) -> Option<crate::session::Session> {
+    ) -> Option<crate::agreement::Agreement> {
         let Data::Held(data) = data else {
             too_big(out, opt);
             return None;

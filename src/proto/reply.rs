@@ -80,17 +80,34 @@ pub fn chunk(
     }
 }
 
+/// Bytes of an error chunk's payload before its message: error, message length.
+pub const ERROR_HEAD_LEN: usize = 6;
+/// Bytes of an `NBD_REPLY_TYPE_OFFSET_HOLE` chunk's payload: offset, length.
+pub const HOLE_LEN: usize = 12;
+/// Bytes of an `NBD_REPLY_TYPE_OFFSET_DATA` chunk's payload before its data: the offset.
+pub const DATA_HEAD_LEN: usize = 8;
+
+/// The payload length of an error chunk whose message is `msg_len` bytes.
+pub fn error_payload_len(msg_len: usize) -> u64 {
+    (ERROR_HEAD_LEN + msg_len) as u64
+}
+
+/// The payload length of an OFFSET_DATA chunk carrying `data` bytes.
+pub fn data_payload_len(data: u64) -> u64 {
+    DATA_HEAD_LEN as u64 + data
+}
+
 /// Payload of an `NBD_REPLY_TYPE_ERROR` chunk without its message: error, message length.
-pub fn error_payload(error: u32, msg_len: u16) -> [u8; 6] {
-    let mut p = [0u8; 6];
+pub fn error_payload(error: u32, msg_len: u16) -> [u8; ERROR_HEAD_LEN] {
+    let mut p = [0u8; ERROR_HEAD_LEN];
     p[..4].copy_from_slice(&error.to_be_bytes());
     p[4..].copy_from_slice(&msg_len.to_be_bytes());
     p
 }
 
 /// Payload of an `NBD_REPLY_TYPE_OFFSET_HOLE` chunk.
-pub fn hole_payload(offset: u64, len: u32) -> [u8; 12] {
-    let mut p = [0u8; 12];
+pub fn hole_payload(offset: u64, len: u32) -> [u8; HOLE_LEN] {
+    let mut p = [0u8; HOLE_LEN];
     p[..8].copy_from_slice(&offset.to_be_bytes());
     p[8..].copy_from_slice(&len.to_be_bytes());
     p

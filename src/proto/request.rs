@@ -4,6 +4,21 @@ use super::*;
 
 pub const COMPACT_LEN: usize = 28;
 pub const EXTENDED_LEN: usize = 32;
+/// BLOCK_STATUS's payload form (extended headers): the length to report on,
+/// then context ids of this many bytes each.
+const STATUS_LENGTH_LEN: usize = 8;
+const CONTEXT_ID_LEN: usize = 4;
+
+/// The payload of a BLOCK_STATUS with PAYLOAD_LEN: the length to report on and
+/// the context ids asked for; None if it is not that shape (no id at all, or
+/// a partial one).
+pub fn block_status_payload(p: &[u8]) -> Option<(u64, impl Iterator<Item = u32> + '_)> {
+    let ids = p.get(STATUS_LENGTH_LEN..)?;
+    if ids.is_empty() || !ids.len().is_multiple_of(CONTEXT_ID_LEN) {
+        return None;
+    }
+    Some((be64(p), ids.chunks_exact(CONTEXT_ID_LEN).map(be32)))
+}
 
 /// A request header as it came off the wire, before any check against the export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,16 +10,16 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::origin::Origin;
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     at: Instant,
-    key: usize,
-    serial: u64,
+    to: Origin,
 }
 
-/// The queue; `live(key, serial, at)` answers whether an entry still counts:
-/// its connection is still negotiating, say (slab keys are reused, serials
-/// are not).
+/// The queue; `live(origin, at)` answers whether an entry still counts: its
+/// connection is still there and negotiating, say.
 #[derive(Debug)]
 pub struct Deadlines {
     timeout: Option<Duration>,
@@ -39,19 +39,18 @@ impl Deadlines {
         self.timeout
     }
 
-    /// Starts the clock for connection `serial` at slab `key` from `since`
-    /// (accepted then, say), with `open` connections in all. Returns the
-    /// deadline, if there is a timeout.
+    /// Starts the clock for connection `to` from `since` (accepted then, say),
+    /// with `open` connections in all. Returns the deadline, if there is a
+    /// timeout.
     pub fn push(
         &mut self,
-        key: usize,
-        serial: u64,
+        to: Origin,
         since: Instant,
         open: usize,
-        live: impl Fn(usize, u64, Instant) -> bool,
+        live: impl Fn(Origin, Instant) -> bool,
     ) -> Option<Instant> {
         let at = since + self.timeout?;
-        let entry = Entry { at, key, serial };
+        let entry = Entry { at, to };
         if self.queue.back().is_none_or(|d| d.at <= at) {
             self.queue.push_back(entry);
         } else {
@@ -65,30 +64,30 @@ impl Deadlines {
     /// Forgets stale entries once they are most of the queue: one client stalled
     /// at the front would otherwise keep every later entry, one per connection,
     /// until it expires. Amortized O(1) per connection.
-    fn compact(&mut self, open: usize, live: impl Fn(usize, u64, Instant) -> bool) {
+    fn compact(&mut self, open: usize, live: impl Fn(Origin, Instant) -> bool) {
         if self.queue.len() <= 2 * open + 64 {
             return;
         }
-        self.queue.retain(|d| live(d.key, d.serial, d.at));
+        self.queue.retain(|d| live(d.to, d.at));
         self.queue.shrink_to(2 * self.queue.len() + 64);
     }
 
-    /// The next connection whose deadline has passed by `now`, as (key, serial).
-    /// Stale entries at the front are dropped on the way, so that `next` only
-    /// ever wakes the loop for a deadline that still counts.
+    /// The next connection whose deadline has passed by `now`. Stale entries
+    /// at the front are dropped on the way, so that `next` only ever wakes the
+    /// loop for a deadline that still counts.
     pub fn expired(
         &mut self,
         now: Instant,
-        live: impl Fn(usize, u64, Instant) -> bool,
-    ) -> Option<(usize, u64)> {
+        live: impl Fn(Origin, Instant) -> bool,
+    ) -> Option<Origin> {
         while let Some(d) = self.queue.front().copied() {
-            let alive = live(d.key, d.serial, d.at);
+            let alive = live(d.to, d.at);
             if alive && d.at > now {
                 return None;
             }
             self.queue.pop_front();
             if alive {
-                return Some((d.key, d.serial));
+                return Some(d.to);
             }
         }
         None
@@ -104,19 +103,23 @@ impl Deadlines {
 mod tests {
     use super::*;
 
+    fn o(k: usize) -> Origin {
+        Origin::new(k, k as u64 + 10)
+    }
+
     #[test]
     fn expire_in_order_skipping_the_finished() {
         let t = Duration::from_secs(1);
         let mut d = Deadlines::new(Some(t));
         let now = Instant::now();
-        let live = |k: usize, _, _| k != 1;
+        let live = |o: Origin, _| o.key != 1;
         for k in 0..3 {
-            d.push(k, k as u64 + 10, now, 3, live);
+            d.push(o(k), now, 3, live);
         }
         assert_eq!(d.expired(now, live), None);
         assert_eq!(d.next(), Some(now + t));
-        assert_eq!(d.expired(now + t, live), Some((0, 10)));
-        assert_eq!(d.expired(now + t, live), Some((2, 12)), "1 finished");
+        assert_eq!(d.expired(now + t, live), Some(o(0)));
+        assert_eq!(d.expired(now + t, live), Some(o(2)), "1 finished");
         assert_eq!(d.expired(now + t, live), None);
         assert_eq!(d.next(), None);
     }
@@ -126,11 +129,11 @@ mod tests {
         let mut d = Deadlines::new(Some(Duration::from_secs(1)));
         let now = Instant::now();
         for k in 0..1000 {
-            d.push(k, k as u64, now, 1, |k, _, _| k == 0);
+            d.push(o(k), now, 1, |o, _| o.key == 0);
         }
         assert!(d.queue.len() <= 2 + 64 + 1, "{} entries", d.queue.len());
         let mut off = Deadlines::new(None);
-        assert_eq!(off.push(0, 0, now, 1, |_, _, _| true), None);
+        assert_eq!(off.push(o(0), now, 1, |_, _| true), None);
         assert_eq!(off.next(), None);
     }
 
@@ -139,15 +142,15 @@ mod tests {
         let t = Duration::from_secs(10);
         let mut d = Deadlines::new(Some(t));
         let now = Instant::now();
-        let live = |_, _, _| true;
-        d.push(0, 0, now, 3, live);
-        d.push(1, 1, now + Duration::from_secs(2), 3, live);
-        let at = d.push(2, 2, now + Duration::from_secs(1), 3, live);
+        let live = |_, _| true;
+        d.push(o(0), now, 3, live);
+        d.push(o(1), now + Duration::from_secs(2), 3, live);
+        let at = d.push(o(2), now + Duration::from_secs(1), 3, live);
         assert_eq!(at, Some(now + Duration::from_secs(11)));
-        let order: Vec<u64> = d.queue.iter().map(|e| e.serial).collect();
+        let order: Vec<usize> = d.queue.iter().map(|e| e.to.key).collect();
         assert_eq!(order, [0, 2, 1]);
-        assert_eq!(d.expired(now + Duration::from_secs(11), live), Some((0, 0)));
-        assert_eq!(d.expired(now + Duration::from_secs(11), live), Some((2, 2)));
+        assert_eq!(d.expired(now + Duration::from_secs(11), live), Some(o(0)));
+        assert_eq!(d.expired(now + Duration::from_secs(11), live), Some(o(2)));
         assert_eq!(d.expired(now + Duration::from_secs(11), live), None);
     }
 }

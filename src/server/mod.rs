@@ -6,7 +6,9 @@
 //! half-sent request deadlines `deadlines`, signals and `--run` `signals`, the
 //! busy-poll window `spin`, memory `crate::budget`, and when to stop is the
 //! lifecycle's (`crate::lifecycle`). Each connection handles its own events
-//! (`Conn::handle`).
+//! (`Conn::handle`), which reach it through one door, `route`: addressed by an
+//! `Origin`, checked once there, and dropped there (what they carried given
+//! back) if their connection has gone.
 
 mod accept;
 mod deadlines;
@@ -14,6 +16,7 @@ mod signals;
 mod spin;
 mod timeouts;
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::Child;
@@ -24,17 +27,18 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::aio::Done;
-use crate::backend::{Backend, Data};
+use crate::backend::Backend;
 use crate::budget::Budget;
 use crate::buf::Pool;
-use crate::conn::{Conn, Event, Step};
-use crate::ctx::Ctx;
+use crate::conn::{Conn, Event, Socket, Step};
 use crate::export::Export;
 use crate::lifecycle::{Lifecycle, Verdict};
 use crate::listen::{Listener, Peer};
 use crate::notify::Notifier;
+use crate::origin::Origin;
+use crate::shared::Shared;
+use crate::storage::Flight;
 use crate::sys;
-use crate::transmission::engine_bytes;
 
 use accept::Acceptor;
 use deadlines::Deadlines;
@@ -92,8 +96,8 @@ pub struct Setup {
 
 pub struct Server {
     poll: Poll,
-    /// What connections share: backend, export, buffers, clock, lifecycle.
-    ctx: Ctx,
+    /// What connections share: storage, buffers, budget, clock, lifecycle.
+    shared: Shared,
     conns: Slab<Conn>,
     acceptor: Acceptor,
     deadlines: Deadlines,
@@ -102,13 +106,17 @@ pub struct Server {
     signals: Signals,
     spin: Spin,
     /// Connections whose turn ended with work left: resumed without an event.
-    ready: Vec<usize>,
+    ready: Vec<Origin>,
+    /// Connections holding a request the I/O engine had no room for, in the
+    /// order they asked: resumed in that order as room frees, so none starves.
+    room_queue: VecDeque<Origin>,
     /// Clients accepted in the current batch (kept to reuse its storage).
     accepted: Vec<(OwnedFd, Peer)>,
-    /// Completions reaped from the I/O engine, and the connections they went
-    /// to (both kept to reuse their storage).
+    /// Completions reaped from the I/O engine, with their requests, and the
+    /// connections they went to (all kept to reuse their storage).
     done: Vec<Done>,
-    touched: Vec<usize>,
+    completed: Vec<(Flight, Done)>,
+    touched: Vec<Origin>,
     oldstyle: bool,
     /// The next connection's serial number.
     serial: u64,
@@ -146,15 +154,15 @@ impl Server {
             );
             export.max_request = largest;
         }
-        let mut ctx = Ctx::new(backend, export, lifecycle);
-        ctx.budget = budget;
+        let mut shared = Shared::new(backend, export, lifecycle);
+        shared.budget = budget;
         #[cfg(feature = "tls")]
         {
-            ctx.tls = setup.tls;
+            shared.tls = setup.tls;
         }
         let mut server = Server {
             poll,
-            ctx,
+            shared,
             conns: Slab::new(),
             acceptor,
             deadlines: Deadlines::new(setup.handshake_timeout),
@@ -162,21 +170,23 @@ impl Server {
             signals,
             spin: Spin::new(setup.busy_poll),
             ready: Vec::new(),
+            room_queue: VecDeque::new(),
             accepted: Vec::new(),
             done: Vec::new(),
+            completed: Vec::new(),
             touched: Vec::new(),
             oldstyle: setup.oldstyle,
             serial: 0,
             departed: false,
         };
-        if let Data::Engine(engine) = server.ctx.backend.data()
+        if let Some(engine) = server.shared.storage.engine()
             && let Some(fd) = engine.fd()
         {
             let fd = fd.as_raw_fd();
             let registry = server.poll.registry();
             registry.register(&mut SourceFd(&fd), ENGINE, Interest::READABLE)?;
         }
-        if let Data::Engine(engine) = server.ctx.backend.data() {
+        if let Some(engine) = server.shared.storage.engine() {
             engine.attach(server.poll.registry(), ENGINE_SOURCES_TOP)?;
         }
         for (rfd, wfd) in setup.connections {
@@ -188,7 +198,7 @@ impl Server {
     /// The `--run` command: its exit ends the server, with its status.
     pub fn set_run_child(&mut self, child: Child) {
         self.signals.set_run_child(child);
-        self.ctx.lifecycle.run_started();
+        self.shared.lifecycle.run_started();
     }
 
     /// Serves until a signal, the `--run` command, idleness or the last single
@@ -218,8 +228,8 @@ impl Server {
                 self.spin.waited(start.elapsed());
             }
             busy = !events.is_empty();
-            self.ctx.now = Instant::now();
-            if !busy && (!self.ctx.pool.is_empty() || self.departed) {
+            self.shared.now = Instant::now();
+            if !busy && (!self.shared.pool.is_empty() || self.departed) {
                 self.give_back();
             }
             for ev in events.iter() {
@@ -227,21 +237,22 @@ impl Server {
                     SIGNAL => self.on_signals(),
                     ENGINE => {} // reaped below, every turn
                     t if engine_source(t).is_some() => self.engine_event(t),
-                    t => match accept::listener_of(t) {
-                        Some(i) => self.accept(i),
-                        None => self.serve(t.0, Event::Ready(ev.into())),
+                    t => match (accept::listener_of(t), Origin::of_token(t)) {
+                        (Some(i), _) => self.accept(i),
+                        (None, Some(to)) => self.route(to, Event::Ready(ev.into())),
+                        (None, None) => {} // no token of ours: cannot happen
                     },
                 }
             }
-            for key in std::mem::take(&mut self.ready) {
-                self.serve(key, Event::Resume);
+            for to in std::mem::take(&mut self.ready) {
+                self.route(to, Event::Resume);
             }
             for i in self.acceptor.take_pending() {
                 self.accept(i);
             }
-            if self.ctx.lifecycle.shutting_down() && events.is_empty() {
+            if self.shared.lifecycle.shutting_down() && events.is_empty() {
                 // A shutdown tick: connections that have gone quiet may now close.
-                self.serve_all(|| Event::Resume);
+                self.route_all(|| Event::Resume);
             }
             self.complete_io();
             self.resume_memory();
@@ -265,46 +276,29 @@ impl Server {
     /// resumes connections that were waiting for room, then sends the engine
     /// everything this turn queued (io_uring: in one system call).
     fn complete_io(&mut self) {
-        let Data::Engine(engine) = self.ctx.backend.data() else {
-            return;
-        };
-        engine.reap(&mut self.done);
-        let mut done = std::mem::take(&mut self.done);
+        let mut completed = std::mem::take(&mut self.completed);
+        self.shared.storage.reap(&mut self.done, &mut completed);
         let mut touched = std::mem::take(&mut self.touched);
-        for d in done.drain(..) {
-            let Some(flight) = self.ctx.inflight.try_remove(d.tag as usize) else {
-                continue; // not a tag we gave out: cannot happen, and harmless
-            };
-            if self.conns.contains(flight.origin.key) {
-                let key = flight.origin.key;
-                touched.push(key);
-                self.serve(key, Event::Completed { flight, done: d });
-            } else {
-                // Its client has gone: the buffer was still counted.
-                self.ctx
-                    .budget
-                    .give(engine_bytes(&flight.req, flight.effect));
-                self.ctx.pool.give(d.buf);
-            }
+        for (flight, done) in completed.drain(..) {
+            touched.push(flight.origin);
+            self.route(flight.origin, Event::Completed { flight, done });
         }
-        self.done = done;
+        self.completed = completed;
         // Every connection that got replies sends them now, in one turn each.
-        touched.sort_unstable();
+        touched.sort_unstable_by_key(|o| o.key);
         touched.dedup();
-        for key in touched.drain(..) {
-            self.serve(key, Event::Resume);
+        for to in touched.drain(..) {
+            self.route(to, Event::Resume);
         }
         self.touched = touched;
         self.resume_waiting();
-        if let Data::Engine(engine) = self.ctx.backend.data() {
-            engine.run();
-        }
+        self.shared.storage.run();
     }
 
     /// An event on one of the I/O engine's own sockets: its completions are
     /// reaped below, with the others.
     fn engine_event(&mut self, token: Token) {
-        if let (Data::Engine(engine), Some(i)) = (self.ctx.backend.data(), engine_source(token)) {
+        if let (Some(engine), Some(i)) = (self.shared.storage.engine(), engine_source(token)) {
             engine.ready(i);
         }
     }
@@ -313,53 +307,60 @@ impl Server {
     /// the order they asked while there is room; each is looked at once per
     /// turn (one whose own share is used up just queues again).
     fn resume_waiting(&mut self) {
-        for _ in 0..self.ctx.waiting.len() {
-            let room = match self.ctx.backend.data() {
-                Data::Engine(e) => e.has_room(),
-                Data::Now(_) => true,
-            };
-            let Some(origin) = room.then(|| self.ctx.waiting.pop_front()).flatten() else {
+        for _ in 0..self.room_queue.len() {
+            if !self.shared.storage.has_room() {
+                return;
+            }
+            let Some(to) = self.room_queue.pop_front() else {
                 return;
             };
-            self.serve(
-                origin.key,
-                Event::Room {
-                    serial: origin.serial,
-                },
-            );
+            self.route(to, Event::Room);
         }
     }
 
     /// Connections waiting for memory, resumed in turn while what they asked
     /// for fits; each is looked at once per turn.
     fn resume_memory(&mut self) {
-        for _ in 0..self.ctx.budget.waiting() {
-            let Some(who) = self.ctx.budget.ready() else {
+        for _ in 0..self.shared.budget.waiting() {
+            let Some(to) = self.shared.budget.ready() else {
                 return;
             };
-            let serial = who.serial;
-            self.serve(who.key, Event::Memory { serial });
-            self.ctx.budget.resumed();
+            self.route(to, Event::Memory);
+            self.shared.budget.resumed();
         }
     }
 
-    /// Hands `ev` to connection `key` (if it is still there) and acts on the result.
-    fn serve(&mut self, key: usize, ev: Event) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return; // an event for a connection already closed
+    /// The one door to a connection: hands `ev` to the connection `to` names,
+    /// if it is still there, and acts on its answer. An event for a
+    /// connection gone (its slot empty, or taken by a successor) is dropped
+    /// here, once, and what it carried given back.
+    fn route(&mut self, to: Origin, ev: Event) {
+        let Some(conn) = self.conns.get_mut(to.key).filter(|c| c.origin() == to) else {
+            return self.orphan(ev);
         };
-        match conn.handle(ev, &mut self.ctx, self.poll.registry()) {
+        match conn.handle(ev, &mut self.shared, self.poll.registry()) {
             Step::Wait => {}
-            Step::Yield => self.ready.push(key),
-            Step::Close => return self.close(key),
+            Step::WaitForRoom => self.room_queue.push_back(to),
+            Step::Yield => self.ready.push(to),
+            Step::Close => return self.close(to.key),
         }
-        self.arm_stall(key);
+        self.arm_stall(to);
     }
 
-    fn serve_all(&mut self, ev: impl Fn() -> Event) {
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            self.serve(key, ev());
+    /// An event whose connection has gone: a completion's buffer is still
+    /// counted against the memory budget, and goes back (the only place a
+    /// gone connection's memory is refunded: `Charge::close` left it).
+    fn orphan(&mut self, ev: Event) {
+        if let Event::Completed { flight, done } = ev {
+            self.shared.budget.give(flight.lent());
+            self.shared.pool.give(done.buf);
+        }
+    }
+
+    fn route_all(&mut self, ev: impl Fn() -> Event) {
+        let all: Vec<Origin> = self.conns.iter().map(|(_, c)| c.origin()).collect();
+        for to in all {
+            self.route(to, ev());
         }
     }
 
@@ -369,24 +370,25 @@ impl Server {
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         self.serial += 1;
-        let mut conn = Conn::new(self.serial, rfd, wfd, self.oldstyle, &mut self.ctx);
+        let socket = Socket::new(rfd, wfd);
+        let mut conn = Conn::new(key, self.serial, socket, self.oldstyle, &mut self.shared);
+        let to = conn.origin();
         self.poll
             .registry()
-            .register(&mut conn, Token(key), Interest::READABLE)?;
+            .register(&mut conn, to.token(), Interest::READABLE)?;
         entry.insert(conn);
         if !self.oldstyle {
             let conns = &self.conns;
-            let live = |k, s, _| conns.get(k).is_some_and(|c: &Conn| c.negotiating(s));
-            let now = self.ctx.now;
-            self.deadlines
-                .push(key, self.serial, now, conns.len(), live);
+            let live = |o, _| negotiating(conns, o);
+            let now = self.shared.now;
+            self.deadlines.push(to, now, conns.len(), live);
         }
         log::debug!(
             "conn {}: connected from {peer} ({} open)",
             self.serial,
             self.conns.len()
         );
-        self.serve(key, Event::Resume);
+        self.route(to, Event::Resume);
         Ok(())
     }
 
@@ -394,7 +396,7 @@ impl Server {
     /// connections left (slab slots, the allocator's free memory), go back to
     /// the system, so that a crowd that came and went costs nothing after.
     fn give_back(&mut self) {
-        self.ctx.pool = Pool::default();
+        self.shared.pool = Pool::default();
         if self.departed {
             self.conns.shrink_to_fit();
             self.accepted.shrink_to_fit();
@@ -405,14 +407,14 @@ impl Server {
 
     fn close(&mut self, key: usize) {
         let mut conn = self.conns.remove(key);
-        conn.leave(&mut self.ctx);
+        conn.close(&mut self.shared);
         let _ = self.poll.registry().deregister(&mut conn);
         drop(conn);
         self.departed = true;
         if self.conns.is_empty() {
-            self.ctx.lifecycle.all_closed(Instant::now());
+            self.shared.lifecycle.all_closed(Instant::now());
             // Nobody left to lend storage to: give it back to the allocator.
-            self.ctx.pool = Pool::default();
+            self.shared.pool = Pool::default();
         }
         // A descriptor freed: accepting may work again after EMFILE.
         if self.acceptor.slot_freed() {
@@ -428,13 +430,13 @@ impl Server {
             .acceptor
             .accept(i, open, self.poll.registry(), &mut batch)
         {
-            self.ctx.lifecycle.failed(); // -s never got its client
+            self.shared.lifecycle.failed(); // -s never got its client
         }
         for (fd, peer) in batch.drain(..) {
             if let Err(e) = self.add(fd, None, &peer) {
                 log::warn!("cannot register a new connection: {e}");
                 if self.acceptor.once() {
-                    self.ctx.lifecycle.failed(); // -s could not serve its client
+                    self.shared.lifecycle.failed(); // -s could not serve its client
                 }
             }
         }
@@ -450,8 +452,8 @@ impl Server {
     fn on_signals(&mut self) {
         for sig in self.signals.take() {
             let begun = match sig {
-                Signal::Stop(s) => self.ctx.lifecycle.on_stop_signal(s),
-                Signal::RunExited(code) => self.ctx.lifecycle.run_exited(code),
+                Signal::Stop(s) => self.shared.lifecycle.on_stop_signal(s),
+                Signal::RunExited(code) => self.shared.lifecycle.run_exited(code),
             };
             if begun {
                 self.begin_shutdown();
@@ -463,23 +465,21 @@ impl Server {
     /// ERR_SHUTDOWN, new requests ESHUTDOWN) until the grace period ends.
     fn begin_shutdown(&mut self) {
         self.acceptor.close_all(self.poll.registry());
-        self.serve_all(|| Event::Shutdown);
+        self.route_all(|| Event::Shutdown);
     }
 
     /// How long poll may sleep.
     fn timeout(&mut self) -> Option<Duration> {
-        let (io_busy, io_deadline) = match self.ctx.backend.data() {
-            Data::Engine(e) => (e.busy(), e.deadline()),
-            Data::Now(_) => (false, None),
-        };
+        let io_busy = self.shared.storage.busy();
+        let io_deadline = self.shared.storage.engine().and_then(|e| e.deadline());
         if !self.ready.is_empty() || self.acceptor.has_pending() || io_busy {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
         // Pooled buffers are freed after a quiet second (see `run`).
-        let trim = (!self.ctx.pool.is_empty() || self.departed).then(|| now + POOL_LINGER);
+        let trim = (!self.shared.pool.is_empty() || self.departed).then(|| now + POOL_LINGER);
         [
-            self.ctx.lifecycle.wake_at(self.conns.len(), now),
+            self.shared.lifecycle.wake_at(self.conns.len(), now),
             self.acceptor.resume_at(),
             trim,
             self.deadlines.next(),
@@ -499,17 +499,17 @@ impl Server {
         }
         let open = self.conns.len();
         match self
-            .ctx
+            .shared
             .lifecycle
             .verdict(open, self.acceptor.is_listening(), now)
         {
             Verdict::Continue => None,
             Verdict::Exit(code) => Some(code),
             Verdict::AwaitRun { end_it } => {
-                self.serve_all(|| Event::Close);
+                self.route_all(|| Event::Close);
                 if end_it {
                     self.signals.end_run_child();
-                    self.ctx.lifecycle.run_ending();
+                    self.shared.lifecycle.run_ending();
                 }
                 None
             }
@@ -519,7 +519,7 @@ impl Server {
                 if !self.conns.is_empty() {
                     return None;
                 }
-                let code = self.ctx.lifecycle.idle_exit();
+                let code = self.shared.lifecycle.idle_exit();
                 if code.is_none() {
                     self.begin_shutdown(); // and wait for --run
                 }
@@ -527,4 +527,12 @@ impl Server {
             }
         }
     }
+}
+
+/// Whether `to` is still there, negotiating: the question a queued handshake
+/// deadline asks.
+fn negotiating(conns: &Slab<Conn>, to: Origin) -> bool {
+    conns
+        .get(to.key)
+        .is_some_and(|c| c.origin() == to && c.negotiating())
 }

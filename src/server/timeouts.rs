@@ -5,8 +5,9 @@
 
 use std::time::Instant;
 
-use super::Server;
+use super::{Server, negotiating};
 use crate::conn::{Conn, Event};
+use crate::origin::Origin;
 
 impl Server {
     /// Drops clients whose handshake deadline had passed by `now`.
@@ -14,11 +15,11 @@ impl Server {
         let after = self.deadlines.timeout().unwrap_or_default();
         loop {
             let conns = &self.conns;
-            let live = |k, s, _| conns.get(k).is_some_and(|c: &Conn| c.negotiating(s));
-            let Some((key, serial)) = self.deadlines.expired(now, live) else {
+            let live = |o, _| negotiating(conns, o);
+            let Some(to) = self.deadlines.expired(now, live) else {
                 return;
             };
-            self.serve(key, Event::Deadline { serial, after });
+            self.route(to, Event::Deadline { after });
         }
     }
 
@@ -29,40 +30,47 @@ impl Server {
         let after = self.stalls.timeout().unwrap_or_default();
         loop {
             let conns = &self.conns;
-            let live = |k, s, at| conns.get(k).is_some_and(|c: &Conn| c.stalled(s, at));
-            let Some((key, serial)) = self.stalls.expired(now, live) else {
+            let live = |o, at| stalled(conns, o, at);
+            let Some(to) = self.stalls.expired(now, live) else {
                 return;
             };
-            let since = self.conns.get(key).and_then(Conn::half_sent_since);
+            let since = self.conns.get(to.key).and_then(Conn::half_sent_since);
             match since {
-                Some(since) if since + after > now => self.queue_stall(key, since),
-                _ => self.serve(key, Event::Stalled { serial, after }),
+                Some(since) if since + after > now => self.queue_stall(to, since),
+                _ => self.route(to, Event::Stalled { after }),
             }
         }
     }
 
     /// Queues the `--request-timeout` deadline of a connection that has just
     /// begun to wait for the rest of a half-sent request.
-    pub(super) fn arm_stall(&mut self, key: usize) {
-        let Some(conn) = self.conns.get(key) else {
+    pub(super) fn arm_stall(&mut self, to: Origin) {
+        let Some(conn) = self.conns.get(to.key) else {
             return;
         };
         if let Some(since) = conn.half_sent_since()
             && conn.stall_deadline().is_none()
         {
-            self.queue_stall(key, since);
+            self.queue_stall(to, since);
         }
     }
 
-    /// Queues connection `key`'s half-sent deadline, counted from `since`.
-    pub(super) fn queue_stall(&mut self, key: usize, since: Instant) {
-        let (Some(t), Some(conn)) = (self.stalls.timeout(), self.conns.get_mut(key)) else {
+    /// Queues connection `to`'s half-sent deadline, counted from `since`.
+    pub(super) fn queue_stall(&mut self, to: Origin, since: Instant) {
+        let (Some(t), Some(conn)) = (self.stalls.timeout(), self.conns.get_mut(to.key)) else {
             return;
         };
         conn.set_stall_deadline(since + t); // first: the queue checks entries against it
-        let serial = conn.serial();
         let conns = &self.conns;
-        let live = |k, s, at| conns.get(k).is_some_and(|c: &Conn| c.stalled(s, at));
-        self.stalls.push(key, serial, since, conns.len(), live);
+        let live = |o, at| stalled(conns, o, at);
+        self.stalls.push(to, since, conns.len(), live);
     }
+}
+
+/// Whether a half-sent deadline queued `at` for `to` still counts: the
+/// connection is there, and it is its current deadline.
+fn stalled(conns: &slab::Slab<Conn>, to: Origin, at: Instant) -> bool {
+    conns
+        .get(to.key)
+        .is_some_and(|c| c.origin() == to && c.stalled(at))
 }

@@ -31,7 +31,7 @@ pub fn tcp_listener_v6_only(addr: SocketAddrV6) -> io::Result<std::net::TcpListe
     // SAFETY: sa is a valid sockaddr_in6 of len bytes, only read by the kernel.
     cvt(unsafe { libc::bind(fd.as_raw_fd(), (&raw const sa).cast(), len) })?;
     // SAFETY: no memory is passed.
-    cvt(unsafe { libc::listen(fd.as_raw_fd(), libc::SOMAXCONN.max(4096)) })?;
+    cvt(unsafe { libc::listen(fd.as_raw_fd(), super::LISTEN_BACKLOG) })?;
     Ok(std::net::TcpListener::from(fd))
 }
 

@@ -10,10 +10,10 @@
 pub mod config;
 pub mod options;
 #[cfg(feature = "tls")]
-pub mod session;
+pub mod stream;
 
 #[cfg(feature = "tls")]
 pub use config::server_config;
 pub use options::{TlsMode, TlsOptions, parse};
 #[cfg(feature = "tls")]
-pub use session::Session;
+pub use stream::Stream;

@@ -1,4 +1,4 @@
-//! An in-process rustls client facing a `tls::Session` over a Unix socketpair,
+//! An in-process rustls client facing a `tls::Stream` over a Unix socketpair,
 //! both driven from one thread: for the library's TLS tests and the idle-memory
 //! measurement (`tests/measure.rs`, `tls_idle_memory`), which include this file
 //! with `#[path]`; and `Blocking`, the TLS step of the raw NBD client against a
@@ -11,7 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
 
-use nbdlite::tls::Session;
+use nbdlite::tls::Stream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, SupportedProtocolVersion};
@@ -50,7 +50,7 @@ pub fn client_config(
 pub struct Pair {
     pub client: ClientConnection,
     pub csock: UnixStream,
-    pub server: Session,
+    pub server: Stream,
     pub ssock: UnixStream,
 }
 
@@ -68,7 +68,7 @@ impl Pair {
         while client.wants_write() {
             client.write_tls(&mut hello)?;
         }
-        let server = Session::new(server, &hello)?;
+        let server = Stream::new(server, &hello)?;
         Ok(Pair {
             client,
             csock,

@@ -4,9 +4,9 @@
 //! encoders so that a bug there is not mirrored here. Each reader panics, with
 //! a message, on what the spec does not allow.
 
+use crate::agreement::Agreement;
 use crate::export::BASE_ALLOCATION_ID;
 use crate::proto::*;
-use crate::session::Session;
 
 // Big-endian fields at byte `i`; callers have checked the length.
 
@@ -104,7 +104,7 @@ fn known_errno(e: u32) -> bool {
 
 /// The replies to one request: a simple reply where the style allows it, or
 /// chunks with exactly one DONE, last, all carrying the request's cookie.
-pub(super) fn check_replies(s: &Session, req: &Req, reply: &[u8]) {
+pub(super) fn check_replies(s: &Agreement, req: &Req, reply: &[u8]) {
     use reply::Style;
     assert!(reply.len() >= 4, "no reply");
     if u32_at(reply, 0) == SIMPLE_REPLY_MAGIC {
@@ -129,7 +129,7 @@ pub(super) fn check_replies(s: &Session, req: &Req, reply: &[u8]) {
     chunks(s, req, reply);
 }
 
-fn chunks(s: &Session, req: &Req, mut rest: &[u8]) {
+fn chunks(s: &Agreement, req: &Req, mut rest: &[u8]) {
     let extended = s.style == reply::Style::Extended;
     let (hdr, magic) = if extended {
         (32, EXT_REPLY_MAGIC)
@@ -222,8 +222,8 @@ mod tests {
     use super::*;
     use crate::proto::reply::{Style, chunk, simple};
 
-    fn session(style: Style) -> Session {
-        Session {
+    fn session(style: Style) -> Agreement {
+        Agreement {
             style,
             flags: 0,
             meta: true,

@@ -2,11 +2,11 @@
 //! what was advertised and negotiated. Pure: a request in, an effect length or
 //! the NBD error to send back out.
 
+use crate::agreement::Agreement;
 use crate::export::{BASE_ALLOCATION_ID, Export};
 use crate::proto::reply::Style;
-use crate::proto::request::Request;
+use crate::proto::request::{Request, block_status_payload};
 use crate::proto::*;
-use crate::session::Session;
 
 /// An NBD error to send back, with a message for humans where the reply can carry one.
 #[derive(Debug, PartialEq, Eq)]
@@ -20,7 +20,7 @@ fn refuse<T>(errno: u32, msg: &'static str) -> Result<T, Refusal> {
 }
 
 /// Flags each command accepts, given what was advertised and negotiated.
-fn allowed_flags(s: &Session, kind: u16) -> u16 {
+fn allowed_flags(s: &Agreement, kind: u16) -> u16 {
     let mut f = if s.has(TF_SEND_FUA) { CMD_FLAG_FUA } else { 0 };
     match kind {
         CMD_READ if s.has(TF_SEND_DF) => f |= CMD_FLAG_DF,
@@ -43,7 +43,7 @@ fn allowed_flags(s: &Session, kind: u16) -> u16 {
 }
 
 /// Checks a request against the protocol and the export. Returns the effect length.
-pub fn check(s: &Session, ex: &Export, req: &Request, payload: &[u8]) -> Result<u64, Refusal> {
+pub fn check(s: &Agreement, ex: &Export, req: &Request, payload: &[u8]) -> Result<u64, Refusal> {
     let kind = req.kind;
     if !matches!(
         kind,
@@ -106,22 +106,21 @@ fn block_status_length(req: &Request, payload: &[u8]) -> Result<u64, Refusal> {
     if req.flags & CMD_FLAG_PAYLOAD_LEN == 0 {
         return Ok(req.length);
     }
-    if payload.len() < 12 || !(payload.len() - 8).is_multiple_of(4) {
+    let Some((len, mut ids)) = block_status_payload(payload) else {
         return refuse(EINVAL, "malformed block status payload");
-    }
-    let ids = &payload[8..];
+    };
     // We have one context: the only valid list is [BASE_ALLOCATION_ID], once.
-    if ids.len() != 4 || be32(ids) != BASE_ALLOCATION_ID {
+    if ids.next() != Some(BASE_ALLOCATION_ID) || ids.next().is_some() {
         return refuse(EINVAL, "unknown or repeated context id");
     }
-    Ok(be64(payload))
+    Ok(len)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::export::test_export as export;
-    use crate::transmission::testing::{req, session};
+    use crate::request::testing::{req, session};
 
     fn errno(r: Result<u64, Refusal>) -> u32 {
         r.map(|_| 0).unwrap_or_else(|r| r.errno)

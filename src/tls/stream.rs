@@ -31,21 +31,21 @@ use crate::sys;
 /// buffer, not a copy of every reply it has not read.
 pub const SEND_LIMIT: usize = 128 * 1024;
 
-pub struct Session {
+pub struct Stream {
     tls: ServerConnection,
     /// `announce` has said what the handshake agreed.
     announced: bool,
 }
 
-impl Session {
+impl Stream {
     /// Starts the server side of the handshake. `early` holds the bytes the
     /// client sent after STARTTLS that the option parser already received:
     /// they belong to TLS (a ClientHello, usually), never to the options.
     /// Its answer is queued: the caller flushes when `wants_write()`.
-    pub fn new(cfg: Arc<ServerConfig>, early: &[u8]) -> io::Result<Session> {
+    pub fn new(cfg: Arc<ServerConfig>, early: &[u8]) -> io::Result<Stream> {
         let mut tls = ServerConnection::new(cfg).map_err(|e| tls_error(&e, true))?;
         tls.set_buffer_limit(Some(SEND_LIMIT));
-        let mut s = Session {
+        let mut s = Stream {
             tls,
             announced: false,
         };

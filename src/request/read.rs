@@ -1,14 +1,14 @@
 //! The replies that carry data: READ (sent from the backend's storage where it
 //! can lend it, holes as holes in structured replies) and BLOCK_STATUS.
 
-use super::{error, put_chunk};
-use crate::backend::{Backend, Extent, Store, nbd_errno};
+use super::{Incoming, reply};
+use crate::agreement::Agreement;
+use crate::backend::{Extent, Store, nbd_errno};
 use crate::buf::Out;
 use crate::export::BASE_ALLOCATION_ID;
-use crate::proto::reply::{self, Style};
-use crate::proto::request::Request;
+use crate::proto::reply::{self as wire, Style};
 use crate::proto::*;
-use crate::session::Session;
+use crate::storage::Storage;
 
 /// Most descriptors in one block-status reply (the spec asks for at most 2^20).
 const MAX_EXTENTS: usize = 1 << 16;
@@ -18,27 +18,22 @@ const LEND_MIN: u64 = 32 * 1024;
 /// Most chunks one sparse READ is split into; the rest goes as data.
 const MAX_READ_CHUNKS: usize = 64;
 
-/// The runs a structured READ is split into: holes and data, where the backend
-/// knows them cheaply (and DF was not asked for). Empty: one run of data.
-pub fn sparse_runs(
-    s: &Session,
-    backend: &mut dyn Backend,
-    runs: &mut Vec<Extent>,
-    req: &Request,
-    len: u64,
-) -> std::io::Result<()> {
-    runs.clear();
-    let wanted = s.style != Style::Simple && len > 0 && req.flags & CMD_FLAG_DF == 0;
-    if wanted && backend.caps().sparse_reads {
-        backend.extents(req.offset, len, MAX_READ_CHUNKS, runs)?;
-    }
-    Ok(())
+/// Finds the runs a structured READ is split into, holes and data, where the
+/// backend knows them cheaply (and DF was not asked for); none: one run of
+/// data. They stay in the storage's scratch list for `read`.
+pub fn find_holes(r: &Incoming, len: u64, storage: &mut Storage) -> std::io::Result<()> {
+    let wanted = r.session.style != Style::Simple && len > 0 && r.req.flags & CMD_FLAG_DF == 0;
+    let max = match wanted && storage.backend().caps().sparse_reads {
+        true => MAX_READ_CHUNKS,
+        false => 0,
+    };
+    storage.find_extents(r.req.offset, len, max).map(|_| ())
 }
 
 /// The most a READ of `len` bytes from a store that lends copies into the
 /// output queue: nothing when it is lent whole; the data runs too small to
 /// lend (under `LEND_MIN`) of a structured reply split at holes.
-pub fn copied_at_most(s: &Session, len: usize) -> usize {
+pub fn copied_at_most(s: &Agreement, len: usize) -> usize {
     match s.style {
         Style::Simple if len as u64 >= LEND_MIN => 0,
         Style::Simple => len,
@@ -47,54 +42,42 @@ pub fn copied_at_most(s: &Session, len: usize) -> usize {
 }
 
 /// A READ that failed: said in the log, and as its reply.
-pub fn failed(s: &Session, req: &Request, len: u64, e: &std::io::Error, out: &mut Out) {
-    log::warn!("READ offset {} length {len}: {e}", req.offset);
-    error(s, req, out, nbd_errno(e), "read failed");
+pub fn failed(r: &Incoming, len: u64, e: &std::io::Error, out: &mut Out) {
+    log::warn!("READ offset {} length {len}: {e}", r.req.offset);
+    reply::error(&r.session, &r.req, out, nbd_errno(e), "read failed");
 }
 
 /// READ on data at hand: straight from the store into the output queue,
-/// behind its header, split at `runs` (see `sparse_runs`).
-pub fn read(
-    s: &Session,
-    store: &mut dyn Store,
-    runs: &[Extent],
-    req: &Request,
-    len: u64,
-    out: &mut Out,
-) {
+/// behind its header, split at `holes` (see `find_holes`).
+pub fn read(r: &Incoming, len: u64, store: &mut dyn Store, holes: &[Extent], out: &mut Out) {
     let mark = out.mark();
-    let result = match s.style {
+    let result = match r.session.style {
         Style::Simple => {
-            out.put(reply::simple(0, req.cookie).as_bytes());
-            read_into(store, req.offset, len, out)
+            out.put(wire::simple(0, r.req.cookie).as_bytes());
+            read_into(store, r.req.offset, len, out)
         }
         _ if len == 0 => {
-            put_chunk(s, req, REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0, out);
+            reply::chunk(&r.session, &r.req, REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0, out);
             Ok(())
         }
-        _ => read_chunks(s, store, runs, req, len, out),
+        _ => read_chunks(r, len, store, holes, out),
     };
     if let Err(e) = result {
         out.rollback(mark);
-        failed(s, req, len, &e, out);
+        failed(r, len, &e, out);
     }
 }
 
 /// The header of a READ reply whose `len` bytes of data follow in one piece:
 /// simple, or one OFFSET_DATA chunk that is the last.
-pub fn data_header(s: &Session, req: &Request, len: u64, out: &mut Out) {
-    match s.style {
-        Style::Simple => out.put(reply::simple(0, req.cookie).as_bytes()),
+pub fn data_header(r: &Incoming, len: u64, out: &mut Out) {
+    match r.session.style {
+        Style::Simple => out.put(wire::simple(0, r.req.cookie).as_bytes()),
         _ => {
-            put_chunk(
-                s,
-                req,
-                REPLY_FLAG_DONE,
-                REPLY_TYPE_OFFSET_DATA,
-                8 + len,
-                out,
-            );
-            out.put(&req.offset.to_be_bytes());
+            let payload = wire::data_payload_len(len);
+            let kind = REPLY_TYPE_OFFSET_DATA;
+            reply::chunk(&r.session, &r.req, REPLY_FLAG_DONE, kind, payload, out);
+            out.put(&r.req.offset.to_be_bytes());
         }
     }
 }
@@ -113,33 +96,39 @@ fn read_into(store: &mut dyn Store, offset: u64, len: u64, out: &mut Out) -> std
 }
 
 /// A structured READ reply: holes as OFFSET_HOLE, data as OFFSET_DATA, split at
-/// `runs`; the last chunk is DONE.
+/// `holes`; the last chunk is DONE.
 fn read_chunks(
-    s: &Session,
-    store: &mut dyn Store,
-    runs: &[Extent],
-    req: &Request,
+    r: &Incoming,
     len: u64,
+    store: &mut dyn Store,
+    holes: &[Extent],
     out: &mut Out,
 ) -> std::io::Result<()> {
-    let end = req.offset + len;
-    let mut pos = req.offset;
-    let mut i = 0;
+    let end = r.req.offset + len;
+    let mut pos = r.req.offset;
+    let mut runs = holes.iter();
     while pos < end {
         // The run at `pos`: a known hole, or data up to the next hole (or the end).
-        let (run, hole) = match runs.get(i) {
-            Some(e) if e.flags & STATE_ZERO != 0 => (e.len, true),
-            Some(e) => (e.len, false),
+        let (run, hole) = match runs.next() {
+            Some(e) => (e.len, e.flags & STATE_ZERO != 0),
             None => (end - pos, false),
         };
-        i += 1;
         let n = run.min(end - pos);
         let done = if pos + n == end { REPLY_FLAG_DONE } else { 0 };
+        let (s, req) = (&r.session, &r.req);
         if hole {
-            put_chunk(s, req, done, REPLY_TYPE_OFFSET_HOLE, 12, out);
-            out.put(&reply::hole_payload(pos, n as u32));
+            reply::chunk(
+                s,
+                req,
+                done,
+                REPLY_TYPE_OFFSET_HOLE,
+                wire::HOLE_LEN as u64,
+                out,
+            );
+            out.put(&wire::hole_payload(pos, n as u32)); // ≤ MAX_REQUEST
         } else {
-            put_chunk(s, req, done, REPLY_TYPE_OFFSET_DATA, 8 + n, out);
+            let payload = wire::data_payload_len(n);
+            reply::chunk(s, req, done, REPLY_TYPE_OFFSET_DATA, payload, out);
             out.put(&pos.to_be_bytes());
             read_into(store, pos, n, out)?;
         }
@@ -149,38 +138,34 @@ fn read_chunks(
 }
 
 /// BLOCK_STATUS: one chunk for our one context.
-pub fn block_status(
-    s: &Session,
-    backend: &mut dyn Backend,
-    ext: &mut Vec<Extent>,
-    min_block: u32,
-    req: &Request,
-    len: u64,
-    out: &mut Out,
-) {
-    ext.clear();
+pub fn block_status(r: &Incoming, len: u64, storage: &mut Storage, out: &mut Out) {
+    let (s, req) = (&r.session, &r.req);
     let req_one = req.flags & CMD_FLAG_REQ_ONE != 0;
     let max = if req_one { 1 } else { MAX_EXTENTS };
-    if let Err(e) = backend.extents(req.offset, len, max, ext) {
-        log::warn!("BLOCK_STATUS offset {} length {len}: {e}", req.offset);
-        return error(s, req, out, nbd_errno(&e), "block status failed");
-    }
+    let min_block = storage.export.caps.min_block;
+    let ext = match storage.find_extents(req.offset, len, max) {
+        Ok(ext) => ext,
+        Err(e) => {
+            log::warn!("BLOCK_STATUS offset {} length {len}: {e}", req.offset);
+            return reply::error(s, req, out, nbd_errno(&e), "block status failed");
+        }
+    };
     clip_extents(ext, len, req_one, s.style, min_block);
-    let (per, head) = reply::block_status_layout(s.style);
+    let (per, head) = wire::block_status_layout(s.style);
     let kind = if s.extended() {
         REPLY_TYPE_BLOCK_STATUS_EXT
     } else {
         REPLY_TYPE_BLOCK_STATUS
     };
     let payload = (head + per * ext.len()) as u64;
-    put_chunk(s, req, REPLY_FLAG_DONE, kind, payload, out);
+    reply::chunk(s, req, REPLY_FLAG_DONE, kind, payload, out);
     out.put(&BASE_ALLOCATION_ID.to_be_bytes());
     if s.extended() {
-        out.put(&(ext.len() as u32).to_be_bytes());
+        out.put(&(ext.len() as u32).to_be_bytes()); // ≤ MAX_EXTENTS
     }
     let mut d = [0u8; 16];
     for e in ext.iter() {
-        reply::descriptor(s.style, e.len, e.flags, &mut d);
+        wire::descriptor(s.style, e.len, e.flags, &mut d);
         out.put(&d[..per]);
     }
 }
@@ -207,18 +192,18 @@ fn clip_extents(ext: &mut Vec<Extent>, len: u64, req_one: bool, style: Style, mi
 
 #[cfg(test)]
 mod tests {
-    use crate::backend::Data;
+    use crate::backend::Access;
     use crate::export::{BASE_ALLOCATION_ID, test_export as export};
     use crate::proto::reply::Style;
     use crate::proto::*;
-    use crate::transmission::testing::{req, run, session, with_memory};
+    use crate::request::testing::{req, run, session, with_memory};
 
     #[test]
     fn structured_read_with_holes() {
         let ex = export(false, 1);
         let s = session(&ex, Style::Structured, false);
         let mut c = with_memory(&ex);
-        let Data::Now(store) = c.backend.data() else {
+        let Access::Now(store) = c.backend().access() else {
             panic!("RAM is at hand")
         };
         store.write(&[9; 4096], 65536, false).unwrap();

@@ -6,7 +6,7 @@ use crate::proto::reply::Style;
 
 /// What the handshake agreed for the rest of the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Session {
+pub struct Agreement {
     pub style: Style,
     /// Transmission flags as sent to the client.
     pub flags: u16,
@@ -14,7 +14,7 @@ pub struct Session {
     pub meta: bool,
 }
 
-impl Session {
+impl Agreement {
     pub fn extended(&self) -> bool {
         self.style == Style::Extended
     }

@@ -1,0 +1,128 @@
+//! Requests on a backend whose data goes through the I/O engine (`crate::aio`):
+//! each becomes an operation that owns its buffer, and its reply is built when
+//! its completion comes back, in whatever order completions come. NBD lets a
+//! server answer in any order; every reply is built whole, so replies never
+//! interleave.
+
+use super::now::zero_how;
+use super::{Incoming, Served, read, reply};
+use crate::aio::{Done, Op};
+use crate::buf::{Out, Pool};
+use crate::proto::*;
+use crate::storage::{Flight, Storage};
+
+/// Buffers smaller than this (a pool block's size) are the request's own,
+/// exactly its size, and never enter the pool. A pool block cut down to 4 KiB
+/// came back to the pool too short for the input and output it is kept for,
+/// so every turn allocated a fresh 64 KiB block, zeroed: 15% of the server's
+/// CPU in cached 4 KiB reads went to that memset.
+const OWN_BUFFER: usize = 64 * 1024;
+
+/// Hands a checked request to the engine (or, if it has nothing to do,
+/// answers it at once).
+pub fn submit(r: &Incoming, effect: u64, storage: &mut Storage, out: &mut Out) -> Served {
+    let req = &r.req;
+    if effect == 0 && req.kind != CMD_FLUSH {
+        reply::ok(&r.session, req, out); // nothing to do: done
+        return Served::Replied;
+    }
+    let op = operation(r, effect, out.pool());
+    let flight = Flight {
+        origin: r.origin,
+        session: r.session,
+        req: *req,
+        effect,
+    };
+    match storage.submit(flight, op) {
+        Ok(()) => Served::Submitted(flight),
+        Err(op) => {
+            // The driver asked `Storage::has_room` first, so this does not
+            // happen; if it did, the client gets an answer rather than silence.
+            log::warn!("{}: no room in the I/O engine", command_name(req.kind));
+            if let Op::Read { buf, .. } | Op::Write { buf, .. } = op {
+                recycle(out.pool(), buf);
+            }
+            reply::error(&r.session, req, out, ENOMEM, "server busy");
+            Served::Replied
+        }
+    }
+}
+
+/// The engine's operation for a request with a nonzero effect (or a FLUSH).
+fn operation(r: &Incoming, effect: u64, pool: &mut Pool) -> Op {
+    let req = &r.req;
+    let (offset, len) = (req.offset, effect);
+    let fua = req.flags & CMD_FLAG_FUA != 0;
+    match req.kind {
+        CMD_READ => Op::Read {
+            offset,
+            buf: block(pool, effect as usize), // ≤ MAX_REQUEST, checked
+        },
+        CMD_WRITE => {
+            let mut buf = block(pool, r.payload.len());
+            buf.copy_from_slice(r.payload);
+            Op::Write { offset, buf, fua }
+        }
+        CMD_FLUSH => Op::Flush,
+        CMD_TRIM => Op::Trim { offset, len, fua },
+        CMD_WRITE_ZEROES => {
+            let how = zero_how(req);
+            let (may_trim, fast) = (how.may_trim, how.fast);
+            Op::Zero {
+                offset,
+                len,
+                may_trim,
+                fast,
+                fua,
+            }
+        }
+        CMD_CACHE => Op::Cache { offset, len },
+        _ => unreachable!("only data commands reach the engine"),
+    }
+}
+
+/// A buffer of exactly `n` bytes: its own when small (see `OWN_BUFFER`), else
+/// a pool block (whose spare capacity stays with it).
+fn block(pool: &mut Pool, n: usize) -> Vec<u8> {
+    if n < OWN_BUFFER {
+        return vec![0; n];
+    }
+    let mut b = pool.take(n);
+    b.truncate(n);
+    b
+}
+
+/// A buffer back from the engine: a pool block returns to the pool, a small
+/// one of the request's own is freed.
+pub fn recycle(pool: &mut Pool, b: Vec<u8>) {
+    if b.len() >= OWN_BUFFER {
+        pool.give(b);
+    }
+}
+
+/// The rest of a request's life once the engine is done with it: its reply.
+/// A large READ's data goes out of the buffer the disk read into, without a
+/// copy; a small one's is copied in behind its header, where other replies
+/// join it.
+pub fn complete(flight: &Flight, done: Done, out: &mut Out) {
+    let r = Incoming {
+        origin: flight.origin,
+        session: flight.session,
+        req: flight.req,
+        payload: &[],
+    };
+    let mut spare = done.buf;
+    match (r.req.kind, done.result) {
+        (CMD_READ, Ok(())) => {
+            read::data_header(&r, flight.effect, out);
+            if spare.len() < OWN_BUFFER {
+                out.put(&spare);
+            } else {
+                out.give(std::mem::take(&mut spare));
+            }
+        }
+        (CMD_READ, Err(e)) => read::failed(&r, flight.effect, &e, out),
+        (_, result) => reply::finish(&r.session, &r.req, flight.effect, result, out),
+    }
+    recycle(out.pool(), spare);
+}

@@ -1,0 +1,242 @@
+//! One request's life, once the driver has framed it and admitted it (the
+//! memory budget had room for its payload and reply; the I/O engine has room
+//! for it), read top to bottom in `serve`:
+//!
+//! 1. check: valid for the session and the export (`check.rs`), else its
+//!    error reply;
+//! 2. **the filter seam**: where filters will stand, each seeing the request
+//!    on its way down and the reply on its way up (nbdkit's `next` calls);
+//! 3. run: on data at hand at once (`now.rs`), or handed to the backend's
+//!    I/O engine (`engine.rs`), whose completion comes back to `complete`;
+//! 4. reply: queued on the connection's output (`reply.rs`, `read.rs`).
+//!
+//! No sockets: the caller hands over the request's bytes and an appender on
+//! its output queue, and reads back what became of it (`Served`).
+
+mod check;
+mod engine;
+mod now;
+mod read;
+mod reply;
+
+pub use check::{Refusal, check};
+pub use engine::complete;
+pub use reply::error as refuse;
+
+use crate::agreement::Agreement;
+use crate::backend::Access;
+use crate::buf::Out;
+use crate::origin::Origin;
+use crate::proto::request::Request;
+use crate::proto::*;
+use crate::storage::{Flight, Storage};
+
+/// A complete request as it leaves the driver: who sent it, under what
+/// agreement, and its payload (empty but for WRITE and BLOCK_STATUS's
+/// payload form).
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    pub origin: Origin,
+    pub session: Agreement,
+    pub req: Request,
+    pub payload: &'a [u8],
+}
+
+/// What became of a request.
+#[derive(Debug, Clone, Copy)]
+pub enum Served {
+    /// Its reply is queued.
+    Replied,
+    /// It went to the I/O engine as this flight; its reply is built when its
+    /// completion comes back (`complete`).
+    Submitted(Flight),
+}
+
+/// Serves one request whose payload is complete, appending its reply to
+/// `out`, or handing it to the I/O engine. `shutting_down`: the server
+/// refuses new requests (ESHUTDOWN).
+pub fn serve(r: &Incoming, storage: &mut Storage, shutting_down: bool, out: &mut Out) -> Served {
+    let req = &r.req;
+    // With -v only: the level check is one atomic load when debug is off.
+    log::debug!(
+        "{} cookie {:#x} offset {} length {} flags {:#x}",
+        command_name(req.kind),
+        req.cookie,
+        req.offset,
+        req.length,
+        req.flags
+    );
+    // 1. Check.
+    let effect = match admissible(r, &storage.export, shutting_down) {
+        Ok(len) => len,
+        Err(refusal) => {
+            reply::error(&r.session, req, out, refusal.errno, refusal.msg);
+            return Served::Replied;
+        }
+    };
+    // 2. The filter seam: a filter would see (r, effect) here, and may answer
+    //    it, hold it on a timer, or change what goes below.
+    // 3. Run, and 4. reply.
+    if req.kind == CMD_BLOCK_STATUS {
+        read::block_status(r, effect, storage, out);
+        return Served::Replied;
+    }
+    if req.kind == CMD_READ
+        && let Err(e) = read::find_holes(r, effect, storage)
+    {
+        read::failed(r, effect, &e, out);
+        return Served::Replied;
+    }
+    match storage.split() {
+        (Access::Now(store), holes) => {
+            now::run(r, effect, store, holes, out);
+            Served::Replied
+        }
+        (Access::Engine(_), _) => engine::submit(r, effect, storage, out),
+    }
+}
+
+/// The storage a request's reply will hold for its data, besides its header:
+/// what the memory budget is asked for before the request runs. A READ's data
+/// goes into a buffer of ours (the I/O engine's, or the output queue), unless
+/// the store lends its pages, which cost nothing more (they are the RAM disk
+/// itself); the other replies are small. A READ that will be refused costs
+/// nothing: one too long, or one that carries a payload (its length is then
+/// the payload's, already counted, and asking for it twice could ask for more
+/// than the budget can ever give, stalling every large request behind it).
+pub fn reply_cost(
+    s: &Agreement,
+    req: &Request,
+    storage: &mut Storage,
+    shutting_down: bool,
+) -> usize {
+    let refused = req.length > storage.export.max_request || req.payload != 0;
+    if req.kind != CMD_READ || refused || shutting_down {
+        return 0;
+    }
+    let len = req.length as usize; // ≤ max_request, checked
+    match storage.backend().access() {
+        Access::Engine(_) => len,
+        // A zero-length lend asks the store whether it lends at all.
+        Access::Now(store) => match store.lend(0, 0, &mut |_, _| {}) {
+            true => read::copied_at_most(s, len),
+            false => len,
+        },
+    }
+}
+
+/// The checks every request passes first: not while shutting down, and valid
+/// for the session and the export. Returns the effect length.
+fn admissible(
+    r: &Incoming,
+    ex: &crate::export::Export,
+    shutting_down: bool,
+) -> Result<u64, Refusal> {
+    if shutting_down {
+        return Err(Refusal {
+            errno: ESHUTDOWN,
+            msg: "server is shutting down",
+        });
+    }
+    let req = &r.req;
+    check(&r.session, ex, req, r.payload).inspect_err(|refusal| {
+        log::debug!(
+            "{} offset {} length {}: {} ({})",
+            command_name(req.kind),
+            req.offset,
+            req.length,
+            refusal.msg,
+            refusal.errno
+        );
+    })
+}
+
+/// What the unit tests of this module share.
+#[cfg(test)]
+mod testing {
+    use super::*;
+    use crate::backend::Memory;
+    use crate::buf::{OutQueue, Pool};
+    use crate::export::Export;
+
+    pub fn session(ex: &Export, style: crate::proto::reply::Style, meta: bool) -> Agreement {
+        Agreement {
+            style,
+            flags: ex.flags(style, meta),
+            meta,
+        }
+    }
+
+    pub fn req(kind: u16, flags: u16, offset: u64, length: u64) -> Request {
+        Request {
+            flags,
+            kind,
+            cookie: 7,
+            offset,
+            length,
+            payload: 0,
+        }
+    }
+
+    /// Storage serving `ex` from RAM.
+    pub fn with_memory(ex: &Export) -> Storage {
+        Storage::new(Box::new(Memory::new(ex.size)), ex.clone())
+    }
+
+    /// Serves one request; returns every byte it queued.
+    pub fn run(s: &Agreement, storage: &mut Storage, req: Request, payload: &[u8]) -> Vec<u8> {
+        run_in(s, storage, req, payload, false)
+    }
+
+    pub fn run_in(
+        s: &Agreement,
+        storage: &mut Storage,
+        req: Request,
+        payload: &[u8],
+        shutting_down: bool,
+    ) -> Vec<u8> {
+        let (mut q, mut pool) = (OutQueue::default(), Pool::default());
+        let r = Incoming {
+            origin: Origin::new(0, 0),
+            session: *s,
+            req,
+            payload,
+        };
+        serve(&r, storage, shutting_down, &mut q.writer(&mut pool));
+        let mut iov = [std::io::IoSlice::new(&[]); 64];
+        let n = q.slices(&mut iov);
+        iov[..n].iter().flat_map(|s| s.iter().copied()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{req, run, run_in, session, with_memory};
+    use super::*;
+    use crate::export::test_export as export;
+    use crate::proto::reply::{self, Style};
+
+    #[test]
+    fn simple_read_write() {
+        let ex = export(false, 1);
+        let s = session(&ex, Style::Simple, false);
+        let mut st = with_memory(&ex);
+        let mut w = req(CMD_WRITE, 0, 10, 3);
+        w.payload = 3;
+        let r = run(&s, &mut st, w, b"abc");
+        assert_eq!(r, reply::simple(0, 7).as_bytes());
+        let r = run(&s, &mut st, req(CMD_READ, 0, 9, 5), &[]);
+        assert_eq!(&r[16..], b"\0abc\0");
+        let r = run(&s, &mut st, req(CMD_READ, 0, 1 << 20, 1), &[]);
+        assert_eq!(r, reply::simple(EINVAL, 7).as_bytes());
+    }
+
+    #[test]
+    fn shutdown_refuses_requests() {
+        let ex = export(false, 1);
+        let s = session(&ex, Style::Simple, false);
+        let mut st = with_memory(&ex);
+        let r = run_in(&s, &mut st, req(CMD_READ, 0, 0, 1), &[], true);
+        assert_eq!(r, reply::simple(ESHUTDOWN, 7).as_bytes());
+    }
+}

@@ -1,0 +1,146 @@
+//! What every connection's requests act on: the export, the backend behind
+//! it, and the requests that have left their connection for the backend's I/O
+//! engine (`Flight`s), each found again by the tag its completion carries.
+//!
+//! Single-threaded: `&mut` is all the locking there is, and every connection
+//! sees every acknowledged write.
+
+use slab::Slab;
+
+use crate::agreement::Agreement;
+use crate::aio::{Done, Engine, Op};
+use crate::backend::{Access, Backend, Extent};
+use crate::export::Export;
+use crate::origin::Origin;
+use crate::proto::request::Request;
+use crate::proto::{CMD_READ, CMD_WRITE};
+
+/// A request the I/O engine is working on: who asked, and what its reply needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Flight {
+    pub origin: Origin,
+    pub session: Agreement,
+    pub req: Request,
+    /// The length it acts on.
+    pub effect: u64,
+}
+
+impl Flight {
+    /// Bytes of the buffer it lent the engine (READ: its data; WRITE: a copy
+    /// of its payload), counted against the memory budget until it is reaped,
+    /// whether or not its connection is still there.
+    pub fn lent(&self) -> usize {
+        match self.req.kind {
+            CMD_READ | CMD_WRITE => self.effect as usize, // ≤ max_request, checked
+            _ => 0,
+        }
+    }
+
+    /// Bytes of data its reply will carry: output still to come, which counts
+    /// against its connection's output limit as queued output does.
+    pub fn reply_data(&self) -> usize {
+        match self.req.kind {
+            CMD_READ => self.effect as usize, // ≤ max_request, checked
+            _ => 0,
+        }
+    }
+}
+
+pub struct Storage {
+    backend: Box<dyn Backend>,
+    pub export: Export,
+    /// Scratch space for extents, reused by every request.
+    extents: Vec<Extent>,
+    /// Requests in the engine, by the tag their completion carries.
+    flights: Slab<Flight>,
+}
+
+impl Storage {
+    pub fn new(backend: Box<dyn Backend>, export: Export) -> Storage {
+        Storage {
+            backend,
+            export,
+            extents: Vec::new(),
+            flights: Slab::new(),
+        }
+    }
+
+    pub fn backend(&mut self) -> &mut dyn Backend {
+        &mut *self.backend
+    }
+
+    /// The backend's data and the extents last found, together: a READ split
+    /// at its holes runs on both.
+    pub fn split(&mut self) -> (Access<'_>, &[Extent]) {
+        (self.backend.access(), &self.extents)
+    }
+
+    /// Finds at most `max` (≥ 1) extents from `offset` (see `Backend::extents`)
+    /// into the scratch list, which it returns; `max` 0 just empties it.
+    pub fn find_extents(
+        &mut self,
+        offset: u64,
+        len: u64,
+        max: usize,
+    ) -> std::io::Result<&mut Vec<Extent>> {
+        self.extents.clear();
+        if max > 0 {
+            self.backend.extents(offset, len, max, &mut self.extents)?;
+        }
+        Ok(&mut self.extents)
+    }
+
+    /// The backend's I/O engine, if its data goes through one.
+    pub fn engine(&mut self) -> Option<&mut Engine> {
+        match self.backend.access() {
+            Access::Engine(e) => Some(e),
+            Access::Now(_) => None,
+        }
+    }
+
+    /// Whether the engine would take another operation now (always, without one).
+    pub fn has_room(&mut self) -> bool {
+        self.engine().is_none_or(|e| e.has_room())
+    }
+
+    /// Hands `op` to the engine for `flight`; gives it back if there is no
+    /// engine or no room (callers ask `has_room` first).
+    pub fn submit(&mut self, flight: Flight, op: Op) -> Result<(), Op> {
+        let Access::Engine(engine) = self.backend.access() else {
+            return Err(op);
+        };
+        let tag = self.flights.insert(flight);
+        engine.submit(op, tag as u64).map_err(|(op, _)| {
+            self.flights.remove(tag);
+            op
+        })
+    }
+
+    /// The completions the engine has, each with the request it finishes.
+    /// `done` is scratch space, kept by the caller to reuse its storage.
+    pub fn reap(&mut self, done: &mut Vec<Done>, out: &mut Vec<(Flight, Done)>) {
+        let Access::Engine(engine) = self.backend.access() else {
+            return;
+        };
+        engine.reap(done);
+        for d in done.drain(..) {
+            // Every tag was given out by `submit`: a missing one cannot happen.
+            if let Some(flight) = self.flights.try_remove(d.tag as usize) {
+                out.push((flight, d));
+            }
+        }
+    }
+
+    /// Sends the engine what this turn queued (io_uring: in one system call).
+    pub fn run(&mut self) {
+        if let Some(e) = self.engine() {
+            e.run();
+        }
+    }
+
+    /// The engine has work that no descriptor will announce: the loop must
+    /// not sleep.
+    pub fn busy(&mut self) -> bool {
+        self.engine().is_some_and(|e| e.busy())
+    }
+}
