@@ -18,6 +18,7 @@ pub mod cli;
 #[doc(hidden)]
 pub mod client_proto;
 pub mod conn;
+pub mod curl;
 pub mod daemon;
 pub mod driver;
 pub mod error;
@@ -27,6 +28,7 @@ pub mod filter;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handshake;
+pub mod http;
 pub mod lifecycle;
 pub mod listen;
 pub mod logging;

@@ -238,6 +238,10 @@ fn open_backend(cfg: &Config) -> Result<Box<dyn Backend>, Error> {
             backend::File::open(path, cfg.read_only, sync_io_asked())
                 .map_err(Error::setup(format!("file: {}", path.display())))?,
         ),
+        BackendSpec::Curl(spec) => Box::new(
+            backend::Curl::open(spec)
+                .map_err(|e| Error::Setup("curl".into(), std::io::Error::other(e)))?,
+        ),
     })
 }
 

@@ -14,6 +14,12 @@
 //! `run`, then sleep in `Poll::poll` unless `busy()` (sync engine with work
 //! left: poll with a zero timeout). With io_uring, register `fd()` for
 //! readable, edge-triggered: an event means "reap".
+//!
+//! A third kind of engine does its work over sockets of its own: `Remote`
+//! (the `curl` backend's pool of HTTP connections). The server `attach`es it
+//! to the Poll once; it registers and deregisters its sockets itself, under
+//! tokens `top - i` for `i < MAX_SOURCES`; the server hands it each event on
+//! one of them (`ready(i)`), and polls no longer than its `deadline()`.
 
 mod blocking;
 mod plan;
@@ -30,6 +36,9 @@ use std::fs::File;
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::rc::Rc;
+use std::time::Instant;
+
+use mio::Registry;
 
 /// The caller's name for an operation; the engine only hands it back.
 pub type Tag = u64;
@@ -88,7 +97,35 @@ fn zeroes() -> &'static [u8] {
     ZEROES.get_or_init(|| Box::leak(vec![0u8; ZEROES_LEN].into_boxed_slice()))
 }
 
-/// The file I/O engine: io_uring, or synchronous calls in bounded slices.
+/// Most sockets a `Remote` engine may have on the Poll at once.
+pub const MAX_SOURCES: usize = 1024;
+
+/// An engine whose operations are carried out over sockets it owns, each on
+/// the server's Poll: it never blocks, it opens and closes its sockets as it
+/// needs, and its time limits are deadlines the loop sleeps no longer than.
+/// `Op`s, tags and `Done`s mean what they mean for the file engines.
+pub trait Remote {
+    /// Takes `op`; it starts at the next `run`.
+    fn submit(&mut self, op: Op, tag: Tag);
+    /// Once per loop turn, after `ready` calls and `reap`: starts queued
+    /// operations, and acts on deadlines that have passed.
+    fn run(&mut self);
+    /// Appends completed operations to `out`.
+    fn reap(&mut self, out: &mut Vec<Done>);
+    /// Completions wait to be reaped: the loop must not sleep.
+    fn busy(&self) -> bool;
+    /// Operations submitted and not yet reaped.
+    fn in_flight(&self) -> usize;
+    /// Where its sockets go: `registry` (kept, a clone) with tokens `top - i`.
+    fn attach(&mut self, registry: &Registry, top: usize) -> io::Result<()>;
+    /// An event on the socket of token `top - source`.
+    fn ready(&mut self, source: usize);
+    /// The next moment `run` has something to do without an event.
+    fn deadline(&self) -> Option<Instant>;
+}
+
+/// The I/O engine: io_uring, synchronous calls in bounded slices, or a
+/// `Remote` engine.
 pub struct Engine {
     inner: Inner,
 }
@@ -97,6 +134,7 @@ enum Inner {
     /// Boxed: the ring is large, and there is one engine per served file.
     Uring(Box<uring::Uring>),
     Blocking(blocking::Blocking),
+    Remote(Box<dyn Remote>),
 }
 
 impl Engine {
@@ -123,16 +161,48 @@ impl Engine {
         }
     }
 
-    /// True with io_uring.
-    pub fn is_async(&self) -> bool {
-        matches!(self.inner, Inner::Uring(_))
+    /// An engine that works over sockets of its own.
+    pub fn remote(remote: Box<dyn Remote>) -> Engine {
+        Engine {
+            inner: Inner::Remote(remote),
+        }
     }
 
-    /// The fd to register with the Poll (readable: completions to reap); None when synchronous.
+    /// True with io_uring or a remote engine.
+    pub fn is_async(&self) -> bool {
+        !matches!(self.inner, Inner::Blocking(_))
+    }
+
+    /// The fd to register with the Poll (readable: completions to reap); None
+    /// when synchronous or remote.
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
         match &self.inner {
             Inner::Uring(u) => Some(u.fd()),
-            Inner::Blocking(_) => None,
+            _ => None,
+        }
+    }
+
+    /// Lets a remote engine put its sockets on the Poll, under tokens `top - i`
+    /// for `i < MAX_SOURCES`. Nothing to do for the file engines.
+    pub fn attach(&mut self, registry: &Registry, top: usize) -> io::Result<()> {
+        match &mut self.inner {
+            Inner::Remote(r) => r.attach(registry, top),
+            _ => Ok(()),
+        }
+    }
+
+    /// An event on the remote engine's socket of token `top - source`.
+    pub fn ready(&mut self, source: usize) {
+        if let Inner::Remote(r) = &mut self.inner {
+            r.ready(source);
+        }
+    }
+
+    /// When the loop must wake for the engine, events or not.
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.inner {
+            Inner::Remote(r) => r.deadline(),
+            _ => None,
         }
     }
 
@@ -150,6 +220,7 @@ impl Engine {
         match &mut self.inner {
             Inner::Uring(u) => u.submit(op, tag),
             Inner::Blocking(b) => b.submit(op, tag),
+            Inner::Remote(r) => r.submit(op, tag),
         }
         Ok(())
     }
@@ -160,6 +231,7 @@ impl Engine {
         match &mut self.inner {
             Inner::Uring(u) => u.run(),
             Inner::Blocking(b) => b.run(),
+            Inner::Remote(r) => r.run(),
         }
     }
 
@@ -168,6 +240,7 @@ impl Engine {
         match &mut self.inner {
             Inner::Uring(u) => u.reap(out),
             Inner::Blocking(b) => b.reap(out),
+            Inner::Remote(r) => r.reap(out),
         }
     }
 
@@ -177,6 +250,7 @@ impl Engine {
         match &self.inner {
             Inner::Uring(u) => u.busy(),
             Inner::Blocking(b) => b.busy(),
+            Inner::Remote(r) => r.busy(),
         }
     }
 
@@ -185,6 +259,7 @@ impl Engine {
         match &self.inner {
             Inner::Uring(u) => u.in_flight(),
             Inner::Blocking(b) => b.in_flight(),
+            Inner::Remote(r) => r.in_flight(),
         }
     }
 }

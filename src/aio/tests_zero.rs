@@ -147,6 +147,7 @@ fn long_no_hole_zero_on_tmpfs_is_cut_into_pieces() {
                     assert!(calls <= SLICE_CALLS, "{calls} calls in one slice");
                     assert!(bytes <= 2 * SLICE_BYTES, "{bytes} bytes in one slice");
                 }
+                Inner::Remote(_) => unreachable!("a file engine"),
             }
         });
         let order: Vec<u64> = done.iter().map(|d| d.tag).collect();
@@ -161,6 +162,7 @@ fn long_no_hole_zero_on_tmpfs_is_cut_into_pieces() {
                 assert!(u.issued >= 8, "{} pieces", u.issued);
             }
             Inner::Blocking(_) => assert!(runs >= 64, "{runs} slices"),
+            Inner::Remote(_) => unreachable!("a file engine"),
         }
         assert!(allocated(&f) >= SIZE, "NO_HOLE: allocated");
         for off in [0, 100 * MIB + 17, SIZE - 4096] {

@@ -1,6 +1,7 @@
 //! What an export is served from: the `Backend` trait, its capabilities, and the
 //! one place where system errors become NBD errors.
 
+mod curl;
 mod file;
 mod memory;
 mod null;
@@ -13,6 +14,7 @@ use std::rc::Rc;
 use crate::aio::Engine;
 use crate::proto;
 
+pub use curl::Curl;
 pub use file::File;
 pub use memory::Memory;
 pub use null::Null;

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use super::curl::{self, CurlSpec};
 use crate::error::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,16 +11,20 @@ pub enum BackendSpec {
     File(PathBuf),
     Null(u64),
     Pattern(u64),
+    /// An HTTP or HTTPS URL (`curl`, or its alias `http`).
+    Curl(Box<CurlSpec>),
 }
 
 /// The backends, each with its "magic" key (the one a bare value sets) and
 /// its default when the key is not given (`None`: the key is required).
 /// nbdkit's null and pattern plugins serve a 0-byte export without a size.
-const BACKENDS: [(&str, &str, Option<&str>); 4] = [
+const BACKENDS: [(&str, &str, Option<&str>); 6] = [
     ("memory", "size", None),
     ("file", "file", None),
     ("null", "size", Some("0")),
     ("pattern", "size", Some("0")),
+    ("curl", "url", None),
+    ("http", "url", None),
 ];
 
 /// Whether backend `name` takes parameter `key`.
@@ -40,7 +45,7 @@ fn lookup(name: &str) -> Result<(&'static str, Option<&'static str>), Error> {
         .map(|&(_, magic, default)| (magic, default))
         .ok_or_else(|| {
             Error::usage(format!(
-                "unknown backend '{name}': expecting memory, file, null or pattern"
+                "unknown backend '{name}': expecting memory, file, null, pattern or curl"
             ))
         })
 }
@@ -48,6 +53,10 @@ fn lookup(name: &str) -> Result<(&'static str, Option<&'static str>), Error> {
 /// `BACKEND [KEY=VALUE ...]`: the first bare word is the backend's main parameter.
 pub fn parse(name: &str, params: &[String]) -> Result<BackendSpec, Error> {
     let (magic, default) = lookup(name)?;
+    if magic == "url" {
+        // Many keys, some repeatable: its own parser.
+        return Ok(BackendSpec::Curl(Box::new(curl::parse(name, params)?)));
+    }
     let mut value: Option<&str> = None;
     for param in params {
         let (key, v) = match param.split_once('=') {

@@ -79,6 +79,12 @@ Backends:
   null [size=]SIZE        reads zeroes, discards writes (default size 0)
   pattern [size=]SIZE     read-only; each 8-byte word holds its own offset
                           (default size 0)
+  curl [url=]URL          read-only; an object on an HTTP or HTTPS server,
+                          read with range requests (alias: http); also
+                          header=, user=, password=, cookie=, user-agent=,
+                          cainfo=, capath=, sslverify=, timeout=,
+                          followlocation=, connections=, unix-socket-path=,
+                          protocols=, tcp-nodelay= (see nbdlite(1))
 
 SIZE is bytes with an optional suffix: s (512), k/K, M, G, T, P, E (powers of 1024).
 Socket activation (LISTEN_FDS/LISTEN_PID) and NOTIFY_SOCKET are supported; see nbdlite(1).

@@ -7,6 +7,7 @@
 //! nbdlite says about itself.
 
 mod backend;
+pub mod curl;
 mod filters;
 mod help;
 mod values;
@@ -22,6 +23,7 @@ use crate::proto::MAX_STRING;
 use crate::tls::{self, TlsOptions};
 
 pub use backend::{BackendSpec, parse_size};
+pub use curl::{CurlSpec, Secret};
 pub use help::{HELP, dump_config, tls_available, version};
 pub use values::{DEFAULT_BUSY_POLL, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 use values::{flag, os_value, value};

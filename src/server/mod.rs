@@ -52,6 +52,15 @@ use spin::Spin;
 const SIGNAL: Token = Token(usize::MAX);
 /// The I/O engine's completions (the backend's, if it has one).
 const ENGINE: Token = Token(usize::MAX - 1);
+/// The I/O engine's own sockets (the `curl` backend's web server connections):
+/// `ENGINE_SOURCES_TOP - i` for `i < aio::MAX_SOURCES`, far below the listeners.
+const ENGINE_SOURCES_TOP: usize = usize::MAX - (1 << 20);
+
+/// Which of the I/O engine's sockets `token` names, if it is one of theirs.
+fn engine_source(token: Token) -> Option<usize> {
+    let i = ENGINE_SOURCES_TOP.checked_sub(token.0)?;
+    (i < crate::aio::MAX_SOURCES).then_some(i)
+}
 
 /// Pooled buffers are freed, and the storage of connections gone given back,
 /// once the server has had no event for this long.
@@ -185,6 +194,9 @@ impl Server {
             let registry = server.poll.registry();
             registry.register(&mut SourceFd(&fd), ENGINE, Interest::READABLE)?;
         }
+        if let Some(engine) = server.shared.storage.engine() {
+            engine.attach(server.poll.registry(), ENGINE_SOURCES_TOP)?;
+        }
         for (rfd, wfd) in setup.connections {
             server.add(rfd, wfd, &Peer::Inherited)?;
         }
@@ -232,6 +244,7 @@ impl Server {
                 match ev.token() {
                     SIGNAL => self.on_signals(),
                     ENGINE => {} // reaped below, every turn
+                    t if engine_source(t).is_some() => self.engine_event(t),
                     t => match (accept::listener_of(t), Origin::of_token(t)) {
                         (Some(i), _) => self.accept(i),
                         (None, Some(to)) => self.route(to, Event::Ready(ev.into())),
@@ -301,6 +314,14 @@ impl Server {
         self.touched = touched;
         self.resume_waiting();
         self.shared.storage.run();
+    }
+
+    /// An event on one of the I/O engine's own sockets: its completions are
+    /// reaped below, with the others.
+    fn engine_event(&mut self, token: Token) {
+        if let (Some(engine), Some(i)) = (self.shared.storage.engine(), engine_source(token)) {
+            engine.ready(i);
+        }
     }
 
     /// Connections holding a request the engine had no room for, resumed in
@@ -476,6 +497,7 @@ impl Server {
     /// How long poll may sleep.
     fn timeout(&mut self) -> Option<Duration> {
         let io_busy = self.shared.storage.busy();
+        let io_deadline = self.shared.storage.engine().and_then(|e| e.deadline());
         if !self.ready.is_empty() || self.acceptor.has_pending() || io_busy {
             return Some(Duration::ZERO);
         }
@@ -490,6 +512,7 @@ impl Server {
             self.stalls.next(),
             self.shared.storage.filters.next_due(),
             self.sleepers.peek().map(|Reverse((at, _))| *at),
+            io_deadline,
         ]
         .into_iter()
         .flatten()

@@ -585,6 +585,7 @@ pub fn json_field<'a>(json: &'a str, key: &str) -> &'a str {
     rest[..end].trim()
 }
 pub mod certs;
+pub mod nginx;
 
 /// `nbdkit -f -i 127.0.0.1 -p PORT -P DIR/pid ARGS…` on a free TCP port,
 /// ready when the pidfile appears. nbdkit 1.32 can neither print a port the
