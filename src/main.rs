@@ -69,7 +69,7 @@ fn real_main() -> Result<i32, Error> {
     };
     let cfg = match cli::parse(std::env::args_os().skip(1).collect(), activated.is_some())? {
         Command::Help => {
-            print!("{}", cli::HELP);
+            print!("{}", cli::help());
             return Ok(0);
         }
         Command::Version(backend) => {

@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
-pub const HELP: &str = "\
+const HELP: &str = "\
 nbdlite - a single-threaded NBD server
 
-usage: nbdlite [OPTIONS] BACKEND [KEY=VALUE ...]
+usage: nbdlite [OPTIONS] [--filter=FILTER ...] BACKEND [KEY=VALUE ...]
 
 Options:
   -f, --foreground, --no-fork
@@ -67,6 +67,9 @@ Options:
       --tls-psk FILE      not supported: rustls has no TLS-PSK (see nbdlite(1))
   -t, --threads N         accepted for nbdkit compatibility; no effect
   -D, --debug NAME.FLAG=N accepted for nbdkit compatibility; no effect
+      --filter FILTER     a filter in front of the backend (the first one
+                          given is nearest the client); its KEY=VALUEs mix
+                          with the backend's (see Filters below)
   -v, --verbose           debug messages (always on stderr)
       --dump-config       print the build's configuration as key=value lines
       --help              this text
@@ -88,7 +91,14 @@ Backends:
 
 SIZE is bytes with an optional suffix: s (512), k/K, M, G, T, P, E (powers of 1024).
 Socket activation (LISTEN_FDS/LISTEN_PID) and NOTIFY_SOCKET are supported; see nbdlite(1).
+
+Filters (nbdkit's names and parameters; see nbdlite(1)):
 ";
+
+/// `--help`: the options, the backends, and each filter with its parameters.
+pub fn help() -> String {
+    format!("{HELP}{}", crate::filter::describe())
+}
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -148,6 +158,7 @@ fn yes_no(b: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::filter::FILTERS;
 
     #[test]
     fn versions_like_nbdkit() {
@@ -186,5 +197,34 @@ mod tests {
             VERSION[..VERSION.rfind('.').unwrap() + 1]
         );
         assert!(!dump_config(None).contains("binary="));
+    }
+
+    /// Every filter and every one of its parameters is in `--help` and in the
+    /// man page.
+    #[test]
+    fn every_filter_is_documented() {
+        let help = super::help();
+        let man = include_str!("../../man/nbdlite.1").replace("\\-", "-");
+        for f in FILTERS {
+            assert!(
+                help.contains(&format!("  {} ", f.name)),
+                "--help: {}",
+                f.name
+            );
+            assert!(
+                man.contains(&format!("--filter={}", f.name)),
+                "man: {}",
+                f.name
+            );
+            for p in f.params {
+                assert!(help.contains(&format!("{}=", p.key)), "--help: {}", p.key);
+                assert!(
+                    man.contains(&format!("{}=", p.key)),
+                    "man: {} of {}",
+                    p.key,
+                    f.name
+                );
+            }
+        }
     }
 }

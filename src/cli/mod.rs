@@ -24,7 +24,7 @@ use crate::tls::{self, TlsOptions};
 
 pub use backend::{BackendSpec, parse_size};
 pub use curl::{CurlSpec, Secret};
-pub use help::{HELP, dump_config, tls_available, version};
+pub use help::{dump_config, help, tls_available, version};
 pub use values::{DEFAULT_BUSY_POLL, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 use values::{flag, os_value, value};
 

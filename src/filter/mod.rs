@@ -98,9 +98,19 @@ pub trait Filter {
     /// carries.
     fn reply(&mut self, _call: &Call, _errno: u32, _now: Instant) {}
 
-    /// The server is exiting (or asked for a report, `report` true): say
-    /// what there is to say.
+    /// The server is exiting, or was asked for a report (SIGUSR1): say what
+    /// there is to say.
     fn report(&mut self, _now: Instant) {}
+
+    /// When it next wants `wake` called, if ever: for work of its own that no
+    /// request brings (flushing a log, re-reading a file, polling for an
+    /// event). The loop's sleep never runs past it.
+    fn wake_at(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Called once per turn of the loop from `wake_at` on.
+    fn wake(&mut self, _now: Instant) {}
 }
 
 /// A request a filter holds: everything needed to carry it on later, from
@@ -218,6 +228,22 @@ impl Stack {
     pub fn report(&mut self, now: Instant) {
         for f in &mut self.filters {
             f.report(now);
+        }
+    }
+
+    /// When the loop must next turn for the filters: a held request due, or
+    /// a filter's own wake.
+    pub fn next_wake(&self) -> Option<Instant> {
+        let own = self.filters.iter().filter_map(|f| f.wake_at()).min();
+        [self.next_due(), own].into_iter().flatten().min()
+    }
+
+    /// Once per turn: the filters whose wake time has come.
+    pub fn wake(&mut self, now: Instant) {
+        for f in &mut self.filters {
+            if f.wake_at().is_some_and(|at| at <= now) {
+                f.wake(now);
+            }
         }
     }
 }

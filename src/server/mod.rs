@@ -218,6 +218,7 @@ impl Server {
             // First: the work of the previous turn (or of start-up, where a
             // single client may already be gone) may have ended the server.
             if let Some(code) = self.should_exit() {
+                self.shared.storage.filters.report(Instant::now());
                 return code;
             }
             let timeout = self.timeout();
@@ -295,6 +296,7 @@ impl Server {
         // Requests filters held that are due (all of them, at shutdown: they
         // are refused), and connections they held.
         let (now, all) = (self.shared.now, self.shared.lifecycle.shutting_down());
+        self.shared.storage.filters.wake(now);
         while let Some(held) = self.shared.storage.filters.release(now, all) {
             touched.push(held.origin);
             self.route(held.origin, Event::Released(held));
@@ -510,7 +512,7 @@ impl Server {
             trim,
             self.deadlines.next(),
             self.stalls.next(),
-            self.shared.storage.filters.next_due(),
+            self.shared.storage.filters.next_wake(),
             self.sleepers.peek().map(|Reverse((at, _))| *at),
             io_deadline,
         ]
