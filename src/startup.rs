@@ -37,6 +37,8 @@ pub fn serve(
     let tls = load_tls(cfg)?;
     let nofile = raise_nofile_limit();
     let backend = open_backend(cfg)?;
+    // Before any fork: filters make their paths absolute from where we started.
+    let filters = crate::filter::build(&cfg.filters).map_err(Error::usage)?;
     let export = export_of(cfg, backend.as_ref());
     let memory_budget = memory_budget(cfg);
     let signals = catch_signals()?;
@@ -59,7 +61,7 @@ pub fn serve(
     }
     let setup = Setup {
         export,
-        filters: crate::filter::build(&cfg.filters).map_err(Error::usage)?,
+        filters,
         accept_once: cfg.single && !listeners.is_empty(),
         listeners,
         connections,

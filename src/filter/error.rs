@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::params::{Params, nbd_error, probability};
+use super::params::{Params, nbd_error, path, probability};
 use super::registry::Param;
 use super::{Call, Filter, Verdict};
 use crate::proto::*;
@@ -95,8 +95,7 @@ fn rule(params: &Params, prefix: &str, base: &Rule) -> Result<Rule, String> {
             .parsed(&format!("{prefix}-rate"), probability)?
             .unwrap_or(base.rate),
         file: params
-            .get(&format!("{prefix}-file"))
-            .map(PathBuf::from)
+            .parsed(&format!("{prefix}-file"), path)?
             .or_else(|| base.file.clone()),
     })
 }

@@ -88,6 +88,16 @@ pub fn nbd_error(s: &str) -> Result<u32, String> {
     })
 }
 
+/// A file's path, made absolute against the directory the server was
+/// started in (as nbdkit's `nbdkit_absolute_path`): in the background the
+/// server runs from `/`, and a relative path would name another file.
+pub fn path(s: &str) -> Result<std::path::PathBuf, String> {
+    if s.is_empty() {
+        return Err("empty path".into());
+    }
+    std::path::absolute(s).map_err(|e| format!("{s}: {e}"))
+}
+
 /// A size with nbdkit's suffixes (see `cli::parse_size`).
 pub fn size(s: &str) -> Result<u64, String> {
     crate::cli::parse_size(s)
@@ -119,6 +129,8 @@ mod tests {
         assert!(probability("101%").is_err());
         assert!(probability("2").is_err());
         assert_eq!(nbd_error("ENOSPC"), Ok(proto::ENOSPC));
+        assert!(path("x").is_ok_and(|p| p.is_absolute()));
+        assert!(path("").is_err());
         assert!(nbd_error("EAGAIN").is_err());
         let p = Params(vec![("a".into(), "1".into()), ("a".into(), "2".into())]);
         assert_eq!(p.get("a"), Some("2"), "the last one wins");
