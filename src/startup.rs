@@ -290,13 +290,17 @@ fn inherited(fds: Vec<Inherited>) -> (Vec<Listener>, Connections) {
     (listeners, connections)
 }
 
-/// `-s`: the client is on stdin/stdout (one socket, or two pipes). An inetd
-/// in "wait" mode (`systemd-socket-activate --inetd` without `--accept`)
-/// hands us its listening socket instead: we accept one client from it.
+/// `-s`: the client is on stdin/stdout (one socket, or two pipes or files).
+/// An inetd in "wait" mode (`systemd-socket-activate --inetd` without
+/// `--accept`) hands us its listening socket instead: we accept one client
+/// from it. nbd-server's inetd convention (nbd-tester-client's `-I` mode)
+/// puts the client's socket on stdin alone, stdout left on a log file or
+/// closed: replies then go back on that socket, the only way to the client.
 fn stdio() -> Result<Sockets, Error> {
     let stdin = sys::claim_inherited(0).map_err(Error::setup("-s: fd 0"))?;
     sys::set_nonblocking(stdin.as_fd()).map_err(Error::setup("-s: fd 0"))?;
-    if let Ok(kind) = sys::socket_kind(stdin.as_fd())
+    let stdin_socket = sys::socket_kind(stdin.as_fd()).ok();
+    if let Some(kind) = stdin_socket
         && kind.listening
     {
         return Ok((
@@ -305,8 +309,13 @@ fn stdio() -> Result<Sockets, Error> {
             None,
         ));
     }
-    // One socket serves both directions; else stdout is the write side.
+    // fd 1 is only looked at here (closed: not a socket); it is claimed below
+    // when it is the write side.
+    let stdout_socket = sys::socket_kind(std::io::stdout().as_fd()).is_ok();
     let stdout = if sys::same_file(0, 1) {
+        None
+    } else if stdin_socket.is_some() && !stdout_socket {
+        log::debug!("-s: stdin is a socket and stdout is not: replying on stdin's socket");
         None
     } else {
         let fd = sys::claim_inherited(1).map_err(Error::setup("-s: fd 1"))?;
