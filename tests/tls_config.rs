@@ -283,7 +283,7 @@ fn misuse_at_start_is_one_line_and_exit_1() {
 #[test]
 fn the_cipher_suite_this_cpu_encrypts_fastest_comes_first() {
     use rustls::CipherSuite::*;
-    let all = rustls::crypto::ring::default_provider().cipher_suites;
+    let all = nbdlite::tls::provider().cipher_suites;
     let order = |aes: bool| -> Vec<rustls::CipherSuite> {
         fastest_first(all.clone(), aes)
             .iter()
