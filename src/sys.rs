@@ -504,3 +504,19 @@ pub fn geteuid() -> libc::uid_t {
     // SAFETY: geteuid takes nothing, touches no memory and cannot fail.
     unsafe { libc::geteuid() }
 }
+
+/// Runs `f` when the process exits through `exit` (returning from `main`, or
+/// `std::process::exit`), after Rust has flushed stdout. The test harness
+/// uses it to list, after libtest's summary, the tests that did not really
+/// run: libtest has no hook of its own there.
+pub fn at_exit(f: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: atexit only records a function pointer, valid for the whole
+    // life of the process (a plain fn item).
+    if unsafe { libc::atexit(f) } != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            "atexit: no room",
+        ));
+    }
+    Ok(())
+}

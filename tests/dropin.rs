@@ -200,7 +200,7 @@ fn null_and_pattern_without_a_size_are_empty() {
 }
 
 /// Starts `nbdlite -f -p 0 --print-uri FLAGS memory 1M`; the child and its
-/// port, or a SKIP line if it cannot listen so (a machine without IPv6).
+/// port, or None after a skip if it cannot listen so (a machine without IPv6).
 fn tcp_server(flags: &[&str]) -> Option<(Reap, u16)> {
     let mut child = Reap(
         Command::new(bin())
@@ -215,7 +215,10 @@ fn tcp_server(flags: &[&str]) -> Option<(Reap, u16)> {
     let Some(uri) = first_line(child.0.stdout.take().expect("piped"), 10) else {
         let mut err = String::new();
         let _ = std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err);
-        eprintln!("\n*** SKIP: nbdlite {flags:?} could not listen: {err} ***\n");
+        common::skip_part(&format!(
+            "nbdlite {flags:?} could not listen ({}); the rest did not run",
+            err.trim()
+        ));
         return None;
     };
     let port = uri.rsplit(':').next().unwrap().parse().unwrap();
@@ -231,7 +234,7 @@ fn ipv4_only_and_ipv6_only() {
     if TcpStream::connect("[::1]:1")
         .is_err_and(|e| e.kind() != std::io::ErrorKind::ConnectionRefused)
     {
-        eprintln!("\n*** SKIP: no IPv6 loopback on this machine ***\n");
+        common::skip("no IPv6 loopback on this machine");
         return;
     }
     let Some((_v4, port)) = tcp_server(&["-4"]) else {

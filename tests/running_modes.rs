@@ -318,7 +318,7 @@ fn single_under_an_inetd() {
 fn user_and_group() {
     let dir = TempDir::new();
     if !is_root() {
-        eprintln!("\n*** SKIP: user_and_group: not root; only the refusal is checked ***\n");
+        common::skip_part("not root: only the refusal is checked");
         let (code, _, err) = nbdlite_in(dir.path(), &["-u", "0", "memory", "1M", "--run", "true"]);
         assert_eq!(code, Some(1));
         assert!(err.starts_with("nbdlite: cannot change to"), "{err}");

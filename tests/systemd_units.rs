@@ -182,7 +182,7 @@ fn the_tls_service_serves_tls_clients_under_socket_activation() {
         return;
     }
     let dir = TempDir::new();
-    let Some(c) = common::certs::make_or_skip(dir.path(), "tls_service") else {
+    let Some(c) = common::certs::make_or_skip(dir.path()) else {
         return;
     };
     let units = units();
