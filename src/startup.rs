@@ -16,6 +16,7 @@ use crate::listen::{self, Listener};
 use crate::logging::{self, Sink};
 use crate::notify::Notifier;
 use crate::privileges::Identity;
+use crate::proto::option::HANDSHAKE_FLAGS;
 use crate::server::{Server, Setup};
 use crate::sys;
 
@@ -251,6 +252,9 @@ fn export_of(cfg: &Config, backend: &dyn Backend) -> Export {
             ..caps
         },
         no_sr: cfg.no_sr,
+        // --mask-handshake keeps what it names of the flags nbdlite offers
+        // (it is 16 bits on the wire; higher bits mean nothing yet).
+        handshake_flags: HANDSHAKE_FLAGS & cfg.mask_handshake as u16,
         tls: cfg.tls.mode(),
         max_request: crate::export::MAX_REQUEST, // lowered by a small budget
     }

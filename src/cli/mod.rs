@@ -90,6 +90,9 @@ pub struct Config {
     pub memory_budget: Option<u64>,
     /// `--tls`, `--tls-certificates`, `--tls-verify-peer`, `--tls-psk`.
     pub tls: TlsOptions,
+    /// `--mask-handshake`: the newstyle handshake flags that may be offered
+    /// (all bits set by default; nbdkit's option, for testing clients).
+    pub mask_handshake: u32,
 }
 
 impl Config {
@@ -119,6 +122,7 @@ struct Values {
     max_connections: Option<String>,
     request_timeout: Option<String>,
     memory_budget: Option<String>,
+    mask_handshake: Option<String>,
     debug: Vec<String>,
 }
 
@@ -145,6 +149,7 @@ impl Values {
             max_connections: value(p, &["--max-connections"])?,
             request_timeout: value(p, &["--request-timeout"])?,
             memory_budget: value(p, &["--memory-budget"])?,
+            mask_handshake: value(p, &["--mask-handshake"])?,
             debug: p
                 .values_from_str(["-D", "--debug"])
                 .map_err(|e| Error::usage(e.to_string()))?,
@@ -212,6 +217,16 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
         return Err(Error::usage("-s cannot be used with -U, -p, -i or --run"));
     }
     v.tls.check_oldstyle(oldstyle)?;
+    let mask_handshake = v
+        .mask_handshake
+        .as_deref()
+        .map_or(Ok(u32::MAX), values::mask_handshake)?;
+    if mask_handshake & 1 == 0 && v.tls.mode() == tls::TlsMode::Require {
+        return Err(Error::usage(
+            "--mask-handshake: without bit 0 (fixed newstyle) no client can start \
+             TLS, which --tls=require demands",
+        ));
+    }
     if let Some(t) = &v.threads {
         values::threads(t)?;
     }
@@ -303,6 +318,7 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
             .map(values::memory_budget)
             .transpose()?,
         tls: v.tls,
+        mask_handshake,
     })))
 }
 

@@ -117,7 +117,7 @@ impl Conn {
             w.put(&greeting_oldstyle(ctx.export.size, session.flags));
             Phase::Transmission(session)
         } else {
-            w.put(&greeting_newstyle());
+            w.put(&greeting_newstyle(ctx.export.handshake_flags));
             Phase::Handshake(Handshake::default())
         };
         Conn {

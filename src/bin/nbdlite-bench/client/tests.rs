@@ -41,7 +41,8 @@ fn reply(opt: u32, kind: u32, data: &[u8]) -> Vec<u8> {
 }
 
 fn greeting() -> Vec<u8> {
-    nbdlite::proto::option::greeting_newstyle().to_vec()
+    use nbdlite::proto::option::{HANDSHAKE_FLAGS, greeting_newstyle};
+    greeting_newstyle(HANDSHAKE_FLAGS).to_vec()
 }
 
 fn info_export(size: u64, flags: u16) -> Vec<u8> {
