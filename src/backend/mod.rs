@@ -2,6 +2,7 @@
 //! one place where system errors become NBD errors.
 
 mod file;
+mod malloc;
 mod memory;
 mod null;
 mod pattern;
@@ -14,6 +15,7 @@ use crate::aio::Engine;
 use crate::proto;
 
 pub use file::File;
+pub use malloc::Malloc;
 pub use memory::Memory;
 pub use null::Null;
 pub use pattern::Pattern;
