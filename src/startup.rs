@@ -8,7 +8,7 @@ use crate::activation::{self, Inherited};
 use crate::backend::{self, Backend};
 use crate::budget::host;
 use crate::captive;
-use crate::cli::{BackendSpec, Config};
+use crate::cli::{Allocator, BackendSpec, Config, show_size};
 use crate::daemon::{self, Cleanup};
 use crate::error::Error;
 use crate::export::Export;
@@ -197,14 +197,62 @@ fn print_uri(ep: &captive::Endpoint) -> Result<(), Error> {
 
 fn open_backend(cfg: &Config) -> Result<Box<dyn Backend>, Error> {
     Ok(match &cfg.backend {
-        BackendSpec::Memory(size) => Box::new(backend::Memory::new(*size)),
+        BackendSpec::Memory {
+            size,
+            allocator: Allocator::Sparse,
+        } => Box::new(backend::Memory::new(*size)),
+        BackendSpec::Memory {
+            size,
+            allocator: Allocator::Malloc { mlock },
+        } => Box::new(malloc(*size, *mlock)?),
         BackendSpec::Null(size) => Box::new(backend::Null::new(*size)),
         BackendSpec::Pattern(size) => Box::new(backend::Pattern::new(*size)),
         BackendSpec::File(path) => Box::new(
-            backend::File::open(path, cfg.read_only, sync_io_asked())
-                .map_err(Error::setup(format!("file: {}", path.display())))?,
+            backend::File::open(path, cfg.read_only, sync_io_asked()).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::IsADirectory {
+                    return Error::usage(format!(
+                        "file: {} is a directory: give a file or block device \
+                         (nbdkit's dir=, an export for each file in a directory, \
+                         is not supported)",
+                        path.display()
+                    ));
+                }
+                Error::Setup(format!("file: {}", path.display()), e)
+            })?,
         ),
     })
+}
+
+/// `memory allocator=malloc[,mlock=true]`: the whole disk now, so that a
+/// disk the host cannot hold fails here, with a message, not at some write.
+fn malloc(size: u64, mlock: bool) -> Result<backend::Malloc, Error> {
+    let m = backend::Malloc::new(size).map_err(|e| {
+        Error::usage(format!(
+            "memory: allocator=malloc cannot take {} at start: {} \
+             (allocator=sparse takes memory only for what is written)",
+            show_size(size),
+            crate::error::plain(&e)
+        ))
+    })?;
+    if mlock {
+        m.lock().map_err(|e| {
+            let limit = match sys::memlock_limit() {
+                Ok(Some(l)) => format!("the locked-memory limit (ulimit -l) is {}", show_size(l)),
+                _ => "the locked-memory limit is ulimit -l's".to_string(),
+            };
+            Error::usage(format!(
+                "memory: mlock=true: cannot lock {} in RAM: {}; {limit}: raise it \
+                 (ulimit -l, LimitMEMLOCK= in a systemd unit), or run with \
+                 CAP_IPC_LOCK (as root)",
+                show_size(size),
+                crate::error::plain(&e)
+            ))
+        })?;
+        log::debug!("memory: {} allocated and locked in RAM", show_size(size));
+    } else {
+        log::debug!("memory: {} allocated", show_size(size));
+    }
+    Ok(m)
 }
 
 /// `--memory-budget`, or the default that fits the host: below the memory
@@ -216,7 +264,7 @@ fn memory_budget(cfg: &Config) -> usize {
         return usize::try_from(b).unwrap_or(usize::MAX);
     }
     let disk = match cfg.backend {
-        BackendSpec::Memory(size) => size,
+        BackendSpec::Memory { size, .. } => size,
         _ => 0,
     };
     let limit = host::memory_limit();
