@@ -12,7 +12,7 @@ use std::process::Command;
 
 use common::{Reap, TempDir, bin, have, run, run_ok, system_path, wait_until};
 
-/// Where the units say the binary is (`cargo install --path . --root /usr/local`).
+/// Where the units say the binary is (`cargo install --locked --path . --root /usr/local`).
 const INSTALLED: &str = "/usr/local/bin/nbdlite";
 
 fn units_dir() -> PathBuf {
