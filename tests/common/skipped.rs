@@ -11,8 +11,8 @@
 //! NBDLITE_REQUIRE_INTEROP=1; what a machine cannot do (root, fd limits, an
 //! IPv6 loopback, io_uring) stays a skip everywhere.
 //!
-//! Std and `nbdlite::sys` only: the bench's unit tests include it too
-//! (`#[path]`), beside `certs.rs`.
+//! Std and `nbdlite::sys` only: the library's and the bench's unit tests
+//! include it too (`#[path]`).
 #![allow(dead_code)]
 
 use std::io::Write;
