@@ -1,5 +1,5 @@
 //! The ways people run nbdkit, run with nbdlite instead: captive `--run`,
-//! `-U -`, `-s` (socketpair, inetd), `--print-uri`, `-u`/`-g`,
+//! `-U -`, `-s` (socketpair, inetd, a socket on stdin alone), `--print-uri`, `-u`/`-g`,
 //! `--exit-with-parent`, `--log`, `-t`.
 
 mod common;
