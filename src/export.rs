@@ -26,6 +26,11 @@ pub struct Export {
     pub caps: Caps,
     /// `--no-sr`: refuse STRUCTURED_REPLY (and EXTENDED_HEADERS, which implies it).
     pub no_sr: bool,
+    /// The newstyle handshake flags offered (`proto::option::HANDSHAKE_FLAGS`
+    /// less what `--mask-handshake` takes away). Without FIXED_NEWSTYLE, a
+    /// client may only send EXPORT_NAME; without NO_ZEROES, it gets the 124
+    /// bytes of padding after it.
+    pub handshake_flags: u16,
     /// Whether clients may, or must, reach it over TLS (`--tls`).
     pub tls: TlsMode,
     /// Largest READ or WRITE served: `MAX_REQUEST`, or less when the memory
@@ -86,6 +91,7 @@ pub fn test_export(read_only: bool, min_block: u32) -> Export {
             min_block,
         },
         no_sr: false,
+        handshake_flags: crate::proto::option::HANDSHAKE_FLAGS,
         tls: TlsMode::Off,
         max_request: MAX_REQUEST,
     }

@@ -7,6 +7,14 @@
 
 #![deny(unsafe_code)]
 
+// The unit tests report their skips as the integration tests do
+// (tests/common/skipped.rs, which names this crate `nbdlite`).
+#[cfg(test)]
+extern crate self as nbdlite;
+#[cfg(test)]
+#[path = "../tests/common/skipped.rs"]
+mod skipped;
+
 pub mod activation;
 pub mod agreement;
 pub mod aio;

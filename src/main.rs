@@ -68,8 +68,8 @@ fn real_main() -> Result<i32, Error> {
         Detected::None => None,
     };
     let cfg = match cli::parse(std::env::args_os().skip(1).collect(), activated.is_some())? {
-        Command::Help => {
-            print!("{}", cli::help());
+        Command::Help(backend) => {
+            print!("{}", cli::help(backend));
             return Ok(0);
         }
         Command::Version(backend) => {
@@ -79,6 +79,15 @@ fn real_main() -> Result<i32, Error> {
         Command::DumpConfig => {
             let exe = std::env::current_exe().ok();
             print!("{}", cli::dump_config(exe.as_deref()));
+            return Ok(0);
+        }
+        Command::DumpPlugin(backend) => {
+            let exe = std::env::current_exe().ok();
+            print!("{}", cli::dump_plugin(backend, exe.as_deref()));
+            return Ok(0);
+        }
+        Command::Options(list) => {
+            print!("{}", cli::option_list(list));
             return Ok(0);
         }
         Command::Serve(cfg) => cfg,

@@ -8,7 +8,7 @@ use crate::activation::{self, Inherited};
 use crate::backend::{self, Backend};
 use crate::budget::host;
 use crate::captive;
-use crate::cli::{BackendSpec, Config};
+use crate::cli::{Allocator, BackendSpec, Config, show_size};
 use crate::daemon::{self, Cleanup, ReadyPipe};
 use crate::error::Error;
 use crate::export::Export;
@@ -16,6 +16,7 @@ use crate::listen::{self, Listener};
 use crate::logging::{self, Sink};
 use crate::notify::Notifier;
 use crate::privileges::Identity;
+use crate::proto::option::HANDSHAKE_FLAGS;
 use crate::server::{Server, Setup};
 use crate::sys;
 
@@ -233,18 +234,66 @@ fn print_uri(ep: &captive::Endpoint) -> Result<(), Error> {
 
 fn open_backend(cfg: &Config) -> Result<Box<dyn Backend>, Error> {
     Ok(match &cfg.backend {
-        BackendSpec::Memory(size) => Box::new(backend::Memory::new(*size)),
+        BackendSpec::Memory {
+            size,
+            allocator: Allocator::Sparse,
+        } => Box::new(backend::Memory::new(*size)),
+        BackendSpec::Memory {
+            size,
+            allocator: Allocator::Malloc { mlock },
+        } => Box::new(malloc(*size, *mlock)?),
         BackendSpec::Null(size) => Box::new(backend::Null::new(*size)),
         BackendSpec::Pattern(size) => Box::new(backend::Pattern::new(*size)),
         BackendSpec::File(path) => Box::new(
-            backend::File::open(path, cfg.read_only, sync_io_asked())
-                .map_err(Error::setup(format!("file: {}", path.display())))?,
+            backend::File::open(path, cfg.read_only, sync_io_asked()).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::IsADirectory {
+                    return Error::usage(format!(
+                        "file: {} is a directory: give a file or block device \
+                         (nbdkit's dir=, an export for each file in a directory, \
+                         is not supported)",
+                        path.display()
+                    ));
+                }
+                Error::Setup(format!("file: {}", path.display()), e)
+            })?,
         ),
         BackendSpec::Curl(spec) => Box::new(
             backend::Curl::open(spec)
                 .map_err(|e| Error::Setup("curl".into(), std::io::Error::other(e)))?,
         ),
     })
+}
+
+/// `memory allocator=malloc[,mlock=true]`: the whole disk now, so that a
+/// disk the host cannot hold fails here, with a message, not at some write.
+fn malloc(size: u64, mlock: bool) -> Result<backend::Malloc, Error> {
+    let m = backend::Malloc::new(size).map_err(|e| {
+        Error::usage(format!(
+            "memory: allocator=malloc cannot take {} at start: {} \
+             (allocator=sparse takes memory only for what is written)",
+            show_size(size),
+            crate::error::plain(&e)
+        ))
+    })?;
+    if mlock {
+        m.lock().map_err(|e| {
+            let limit = match sys::memlock_limit() {
+                Ok(Some(l)) => format!("the locked-memory limit (ulimit -l) is {}", show_size(l)),
+                _ => "the locked-memory limit is ulimit -l's".to_string(),
+            };
+            Error::usage(format!(
+                "memory: mlock=true: cannot lock {} in RAM: {}; {limit}: raise it \
+                 (ulimit -l, LimitMEMLOCK= in a systemd unit), or run with \
+                 CAP_IPC_LOCK (as root)",
+                show_size(size),
+                crate::error::plain(&e)
+            ))
+        })?;
+        log::debug!("memory: {} allocated and locked in RAM", show_size(size));
+    } else {
+        log::debug!("memory: {} allocated", show_size(size));
+    }
+    Ok(m)
 }
 
 /// `--memory-budget`, or the default that fits the host: below the memory
@@ -256,7 +305,7 @@ fn memory_budget(cfg: &Config) -> usize {
         return usize::try_from(b).unwrap_or(usize::MAX);
     }
     let disk = match cfg.backend {
-        BackendSpec::Memory(size) => size,
+        BackendSpec::Memory { size, .. } => size,
         _ => 0,
     };
     let limit = host::memory_limit();
@@ -292,6 +341,9 @@ fn export_of(cfg: &Config, backend: &dyn Backend) -> Export {
             ..caps
         },
         no_sr: cfg.no_sr,
+        // --mask-handshake keeps what it names of the flags nbdlite offers
+        // (it is 16 bits on the wire; higher bits mean nothing yet).
+        handshake_flags: HANDSHAKE_FLAGS & cfg.mask_handshake as u16,
         tls: cfg.tls.mode(),
         max_request: crate::export::MAX_REQUEST, // lowered by a small budget
     }
@@ -331,13 +383,17 @@ fn inherited(fds: Vec<Inherited>) -> (Vec<Listener>, Connections) {
     (listeners, connections)
 }
 
-/// `-s`: the client is on stdin/stdout (one socket, or two pipes). An inetd
-/// in "wait" mode (`systemd-socket-activate --inetd` without `--accept`)
-/// hands us its listening socket instead: we accept one client from it.
+/// `-s`: the client is on stdin/stdout (one socket, or two pipes or files).
+/// An inetd in "wait" mode (`systemd-socket-activate --inetd` without
+/// `--accept`) hands us its listening socket instead: we accept one client
+/// from it. nbd-server's inetd convention (nbd-tester-client's `-I` mode)
+/// puts the client's socket on stdin alone, stdout left on a log file or
+/// closed: replies then go back on that socket, the only way to the client.
 fn stdio() -> Result<Sockets, Error> {
     let stdin = sys::claim_inherited(0).map_err(Error::setup("-s: fd 0"))?;
     sys::set_nonblocking(stdin.as_fd()).map_err(Error::setup("-s: fd 0"))?;
-    if let Ok(kind) = sys::socket_kind(stdin.as_fd())
+    let stdin_socket = sys::socket_kind(stdin.as_fd()).ok();
+    if let Some(kind) = stdin_socket
         && kind.listening
     {
         return Ok((
@@ -346,8 +402,13 @@ fn stdio() -> Result<Sockets, Error> {
             None,
         ));
     }
-    // One socket serves both directions; else stdout is the write side.
+    // fd 1 is only looked at here (closed: not a socket); it is claimed below
+    // when it is the write side.
+    let stdout_socket = sys::socket_kind(std::io::stdout().as_fd()).is_ok();
     let stdout = if sys::same_file(0, 1) {
+        None
+    } else if stdin_socket.is_some() && !stdout_socket {
+        log::debug!("-s: stdin is a socket and stdout is not: replying on stdin's socket");
         None
     } else {
         let fd = sys::claim_inherited(1).map_err(Error::setup("-s: fd 1"))?;

@@ -18,7 +18,7 @@ pub mod uring;
 pub use log::{poll_writable, syslog_time};
 #[cfg(target_env = "gnu")]
 pub use memory::heap_in_use;
-pub use memory::{physical_memory, trim_heap};
+pub use memory::{memlock_limit, mlock, physical_memory, trim_heap};
 
 /// Turns the C convention (-1 and errno) into `io::Result`.
 fn cvt<T: PartialEq + From<i8>>(r: T) -> io::Result<T> {
@@ -507,4 +507,20 @@ pub fn lowest_free_fd(open: BorrowedFd) -> io::Result<usize> {
 pub fn geteuid() -> libc::uid_t {
     // SAFETY: geteuid takes nothing, touches no memory and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// Runs `f` when the process exits through `exit` (returning from `main`, or
+/// `std::process::exit`), after Rust has flushed stdout. The test harness
+/// uses it to list, after libtest's summary, the tests that did not really
+/// run: libtest has no hook of its own there.
+pub fn at_exit(f: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: atexit only records a function pointer, valid for the whole
+    // life of the process (a plain fn item).
+    if unsafe { libc::atexit(f) } != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            "atexit: no room",
+        ));
+    }
+    Ok(())
 }

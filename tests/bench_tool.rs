@@ -205,10 +205,7 @@ fn ten_thousand_connections() {
     let hard = String::from_utf8_lossy(&hard.stdout).trim().to_string();
     if hard != "unlimited" && hard.parse::<u64>().unwrap_or(0) < N + 100 {
         // A limit of the machine, not a missing tool: skip even in CI.
-        eprintln!(
-            "\n*** SKIP: ten_thousand_connections: hard fd limit {hard} < {} ***\n",
-            N + 100
-        );
+        common::skip(&format!("hard fd limit {hard} < {}", N + 100));
         return;
     }
     let srv = Server::start(&["memory", "1G"]);
@@ -235,11 +232,11 @@ fn ten_thousand_connections() {
 }
 
 /// Test certificates (see `common::certs`) under a fresh directory, kept
-/// alive with it; `None` after a SKIP line when openssl is missing.
+/// alive with it; `None` after a skip when openssl is missing.
 #[cfg(feature = "tls")]
-fn certificates(test: &str) -> Option<(TempDir, common::certs::Certs)> {
+fn certificates() -> Option<(TempDir, common::certs::Certs)> {
     let dir = TempDir::new();
-    let c = common::certs::make_or_skip(dir.path(), test)?;
+    let c = common::certs::make_or_skip(dir.path())?;
     Some((dir, c))
 }
 
@@ -253,7 +250,7 @@ fn tls_against_nbdkit() {
     if !have(&["nbdkit"]) {
         return;
     }
-    let Some((dir, c)) = certificates("tls_against_nbdkit") else {
+    let Some((dir, c)) = certificates() else {
         return;
     };
     let pki = c.dir.to_str().unwrap();
@@ -326,7 +323,7 @@ fn tls_against_nbdkit() {
 #[cfg(feature = "tls")]
 #[test]
 fn nbds_against_a_plaintext_server_is_one_line() {
-    let Some((_dir, c)) = certificates("nbds_against_a_plaintext_server") else {
+    let Some((_dir, c)) = certificates() else {
         return;
     };
     let pki = c.dir.to_str().unwrap();
@@ -349,7 +346,7 @@ fn nbds_against_a_plaintext_server_is_one_line() {
 #[cfg(feature = "tls")]
 #[test]
 fn bad_certificate_directories_are_one_line() {
-    let Some((_certs_dir, c)) = certificates("bad_certificate_directories") else {
+    let Some((_certs_dir, c)) = certificates() else {
         return;
     };
     let dir = TempDir::new();

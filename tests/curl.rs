@@ -384,7 +384,7 @@ mod https {
     /// nginx with HTTPS on its Unix socket, its certificate from the CA in
     /// `pki`; and a second CA that signed nothing of it.
     fn site(dir: &TempDir) -> Option<(Nginx, PathBuf, PathBuf, Vec<u8>)> {
-        let ours = certs::make_or_skip(&dir.join("a"), "https")?;
+        let ours = certs::make_or_skip(&dir.join("a"))?;
         let other_dir = dir.join("b");
         fs::create_dir_all(&other_dir).unwrap();
         let other = certs::make(&other_dir);

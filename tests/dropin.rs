@@ -1,6 +1,8 @@
 //! nbdlite in nbdkit's place: the spellings nbdkit's scripts and unit files
-//! use, `--dump-config` and `BACKEND --version` as tools probe them, `-4`/`-6`,
-//! export names, sizeless null and pattern, and messages a user can act on.
+//! use, `--dump-config`, `BACKEND --version` and `BACKEND --dump-plugin` as
+//! tools probe them, `--short-options`/`--long-options`, `--mask-handshake`,
+//! `-4`/`-6`, export names, sizeless null and pattern, and messages a user
+//! can act on.
 
 mod common;
 
@@ -200,7 +202,7 @@ fn null_and_pattern_without_a_size_are_empty() {
 }
 
 /// Starts `nbdlite -f -p 0 --print-uri FLAGS memory 1M`; the child and its
-/// port, or a SKIP line if it cannot listen so (a machine without IPv6).
+/// port, or None after a skip if it cannot listen so (a machine without IPv6).
 fn tcp_server(flags: &[&str]) -> Option<(Reap, u16)> {
     let mut child = Reap(
         Command::new(bin())
@@ -215,7 +217,10 @@ fn tcp_server(flags: &[&str]) -> Option<(Reap, u16)> {
     let Some(uri) = first_line(child.0.stdout.take().expect("piped"), 10) else {
         let mut err = String::new();
         let _ = std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err);
-        eprintln!("\n*** SKIP: nbdlite {flags:?} could not listen: {err} ***\n");
+        common::skip_part(&format!(
+            "nbdlite {flags:?} could not listen ({}); the rest did not run",
+            err.trim()
+        ));
         return None;
     };
     let port = uri.rsplit(':').next().unwrap().parse().unwrap();
@@ -231,7 +236,7 @@ fn ipv4_only_and_ipv6_only() {
     if TcpStream::connect("[::1]:1")
         .is_err_and(|e| e.kind() != std::io::ErrorKind::ConnectionRefused)
     {
-        eprintln!("\n*** SKIP: no IPv6 loopback on this machine ***\n");
+        common::skip("no IPv6 loopback on this machine");
         return;
     }
     let Some((_v4, port)) = tcp_server(&["-4"]) else {
@@ -305,5 +310,134 @@ fn verbose_does_not_open_with_a_no_op() {
             .unwrap()
             .contains("RLIMIT_NOFILE: 256 raised to 512"),
         "{err}"
+    );
+}
+
+/// `nbdkit PLUGIN --dump-plugin`, as scripts and nbdkit's own tests read it
+/// (`grep ^thread_model=`, `grep mlock=yes`): `key=value` lines only.
+#[test]
+fn dump_plugin_as_nbdkit() {
+    let dump = |args: &[&str]| {
+        let (code, out, err) = nbdlite(args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        for l in out.lines() {
+            let (k, _) = l.split_once('=').expect("key=value");
+            assert!(
+                k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{l}"
+            );
+        }
+        out
+    };
+    let v = env!("CARGO_PKG_VERSION");
+    let out = dump(&["memory", "--dump-plugin"]);
+    for line in [
+        "name=memory",
+        &format!("version={v}"),
+        "thread_model=serialize_all_requests",
+        "magic_config_key=size",
+        "parameters=size,allocator",
+        "mlock=yes",
+        "zstd=no",
+    ] {
+        assert!(out.lines().any(|l| l == line), "{line} in {out}");
+    }
+    let path = out.lines().find_map(|l| l.strip_prefix("path=")).unwrap();
+    assert_eq!(
+        std::fs::canonicalize(path).unwrap(),
+        std::fs::canonicalize(bin()).unwrap()
+    );
+    let out = dump(&["--dump-plugin", "file"]);
+    assert!(out.contains("\nthread_model=parallel\n"), "{out}");
+    assert!(out.contains("\nmagic_config_key=file\n"), "{out}");
+    assert!(dump(&["pattern", "1M", "--dump-plugin"]).contains("\nname=pattern\n"));
+    // nbdkit's test-dump-plugin-and-single.sh: an error, and nothing on stdout.
+    refused(&["--dump-plugin", "-s", "null"], "cannot be used with -s");
+    refused(&["--dump-plugin"], "name a backend");
+    refused(&["nosuch", "--dump-plugin"], "unknown backend 'nosuch'");
+}
+
+/// What nbdkit's bash completion asks of it.
+#[test]
+fn short_and_long_options_as_nbdkit() {
+    let (code, short, _) = nbdlite(&["--short-options"]);
+    assert_eq!(code, Some(0));
+    let (code, long, _) = nbdlite(&["--long-options"]);
+    assert_eq!(code, Some(0));
+    for o in ["-f", "-U", "-s", "-r", "-e", "-V"] {
+        assert!(short.lines().any(|l| l == o), "{o} in {short}");
+    }
+    for o in [
+        "--mask-handshake",
+        "--no-fork",
+        "--dump-plugin",
+        "--tls-verify-peer",
+    ] {
+        assert!(long.lines().any(|l| l == o), "{o} in {long}");
+    }
+    assert!(short.lines().all(|l| l.len() == 2 && l.starts_with('-')));
+    assert!(long.lines().all(|l| l.starts_with("--")));
+    assert!(!long.contains("--short-options") && !long.contains("--long-options"));
+    let (_, help, _) = nbdlite(&["memory", "--help"]);
+    assert!(help.contains("\nbackend: memory\nsize=SIZE "), "{help}");
+    assert!(
+        help.contains("\nallocator=sparse|malloc[,mlock=true]\n"),
+        "{help}"
+    );
+}
+
+/// nbdkit's test-long-name.sh: with `--mask-handshake=0` (an old, not fixed,
+/// newstyle server) qemu can only use EXPORT_NAME, with the longest name.
+#[test]
+fn mask_handshake_as_nbdkit_tests_it() {
+    if !have(&["qemu-io", "nbdinfo"]) {
+        return;
+    }
+    let name = "0123456789abcdef".repeat(256);
+    let cmd = format!("qemu-io -r -f raw -c quit 'nbd+unix:///{name}?socket='\"$unixsocket\"");
+    let (code, _, err) = nbdlite(&["-U", "-", "--mask-handshake=0", "null", "--run", &cmd]);
+    assert_eq!(code, Some(0), "{err}");
+    // libnbd copes with such a server too.
+    let (code, out, err) = nbdlite(&[
+        "-U",
+        "-",
+        "--mask-handshake=0",
+        "memory",
+        "1M",
+        "--run",
+        "nbdinfo --size \"$uri\"",
+    ]);
+    assert_eq!((code, out.trim()), (Some(0), "1048576"), "{err}");
+}
+
+/// The mistakes a newcomer makes first, each answered with what to type.
+#[test]
+fn first_mistakes_say_what_to_type() {
+    refused(
+        &["memory", "1", "GiB"],
+        "memory: '1 GiB' is one size with a space in it: write 1G",
+    );
+    let err = refused(
+        &["memory", "1GB"],
+        "could not parse size '1GB': write 1G for 1 GiB",
+    );
+    assert!(err.contains("s for 512-byte sectors, or K, M, G, T, P, E for powers of 1024"));
+    let dir = TempDir::new();
+    let path = dir.path().to_str().unwrap();
+    for ro in [&[][..], &["-r"]] {
+        let args = [ro, &["-f", "-U", "-", "file", path, "--run", "true"]].concat();
+        refused(
+            &args,
+            &format!("file: {path} is a directory: give a file or block device"),
+        );
+    }
+    refused(&["file", "dir=/srv"], "file: dir= (an export for each file");
+    refused(
+        &["memory", "1G", "allocator=zstd"],
+        "allocator=zstd is not supported",
+    );
+    refused(
+        &["memory", "1G", "allocator=malloc,mlock=sometimes"],
+        "expecting true or false",
     );
 }

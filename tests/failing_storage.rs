@@ -25,11 +25,11 @@ use wire::*;
 
 const KIB: u64 = 1024;
 
-/// Prints a loud SKIP line. Not a failure even in CI: mounting and loop
+/// A skip (`common::skip`). Not a failure even in CI: mounting and loop
 /// devices are privileges of the machine (a container may refuse them to
 /// root), not tools we could install.
 fn skip(why: &str) {
-    eprintln!("\n*** SKIP: {why}; this test did not run ***\n");
+    common::skip(why);
 }
 
 /// A tmpfs mounted on a fresh directory, unmounted (then the directory

@@ -67,7 +67,7 @@ const CROWD: usize = 1100;
 #[test]
 fn input_that_came_during_a_pause_is_read_before_deadlines() {
     if common::raise_fd_limit() < CROWD as u64 + 100 {
-        eprintln!("\n*** SKIP: cannot open {CROWD} sockets (RLIMIT_NOFILE) ***\n");
+        common::skip(&format!("cannot open {CROWD} sockets (RLIMIT_NOFILE)"));
         return;
     }
     // Long enough for the crowd to connect on a loaded machine; the pause

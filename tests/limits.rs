@@ -129,7 +129,7 @@ fn a_trickled_write_costs_only_what_has_arrived() {
 fn a_thousand_silent_clients_do_not_delay_a_new_one() {
     let n = 1000;
     if common::raise_fd_limit() < n + 100 {
-        eprintln!("\n*** SKIP: cannot open {n} sockets (RLIMIT_NOFILE) ***\n");
+        common::skip(&format!("cannot open {n} sockets (RLIMIT_NOFILE)"));
         return;
     }
     let srv = Server::start(&["memory", "1M"]);

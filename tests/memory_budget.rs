@@ -178,7 +178,7 @@ fn pattern() -> Vec<u8> {
 #[test]
 fn attacks_under_a_memory_limit() {
     if common::raise_fd_limit() < 1200 {
-        eprintln!("\n*** SKIP: cannot open 1,100 sockets (RLIMIT_NOFILE) ***\n");
+        common::skip("cannot open 1,100 sockets (RLIMIT_NOFILE)");
         return;
     }
     let limit = 384 * MIB;
@@ -288,7 +288,7 @@ fn attacks_under_a_memory_limit() {
 #[test]
 fn a_crowd_of_half_sent_connections_leaves_nothing_behind() {
     if common::raise_fd_limit() < 2200 {
-        eprintln!("\n*** SKIP: cannot open 2,100 sockets (RLIMIT_NOFILE) ***\n");
+        common::skip("cannot open 2,100 sockets (RLIMIT_NOFILE)");
         return;
     }
     let srv = Server::start(&["memory", "64M"]);

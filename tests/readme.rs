@@ -1,7 +1,13 @@
 //! README's examples, run as written, in order: every ```sh block that is not
 //! marked `norun` (installing, building, root-only) runs under bash in one
-//! fresh directory, with the built nbdlite and nbdlite-bench first on PATH
-//! (blocks marked `tls` only in a build with TLS).
+//! fresh directory, with the built nbdlite and nbdlite-bench first on PATH and
+//! then the caller's PATH as it is, as in the shell a user pastes them into
+//! (blocks marked `tls` only in a build with TLS). A command that needs the
+//! system's python3 (nbdsh) must say so itself: it is checked with a python3
+//! that lacks libnbd's module first on PATH, as pyenv's is.
+//!
+//! README's install commands are run too, into a scratch prefix: the man
+//! pages must land where `man` finds them from the binary's directory.
 //!
 //! Each block has a time limit and must succeed. Every process a block starts
 //! carries a marker in its environment; once the block is over none may be
@@ -15,7 +21,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TempDir, bin, have, system_path, wait_exit};
+use common::{TempDir, bin, have, run, run_ok, wait_exit};
 
 /// How long one block may take (the benchmark block measures for 10 s).
 const BLOCK_SECS: u64 = 180;
@@ -113,6 +119,122 @@ impl Drop for KillMarked {
     }
 }
 
+/// The built binaries' directory, then `first` if given, then the caller's
+/// PATH as it is.
+fn users_path(first: Option<&Path>) -> String {
+    let bin_dir = Path::new(bin()).parent().expect("target dir");
+    let mut path = format!("{}:", bin_dir.display());
+    if let Some(f) = first {
+        path.push_str(&format!("{}:", f.display()));
+    }
+    path + &std::env::var("PATH").unwrap_or_default()
+}
+
+fn readme() -> String {
+    fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README.md")
+}
+
+/// Every command of an example that runs nbdsh: nbdsh runs the first python3
+/// on PATH, and the command must reach libnbd's module even when that one is
+/// a python3 without it (pyenv's, a virtualenv's), as README says.
+#[test]
+fn nbdsh_commands_do_not_depend_on_the_first_python3() {
+    if !have(&["bash", "nbdsh"]) {
+        return;
+    }
+    let readme = readme();
+    let blocks = examples(&readme);
+    let lines: Vec<&str> = blocks
+        .iter()
+        .flat_map(|b| b.text.lines())
+        .filter(|l| l.contains("nbdsh ") && !l.trim_start().starts_with('#'))
+        .collect();
+    assert!(!lines.is_empty(), "README lost its nbdsh example");
+    let dir = TempDir::new();
+    let shadow = dir.join("shadow");
+    fs::create_dir(&shadow).unwrap();
+    let python = shadow.join("python3");
+    fs::write(
+        &python,
+        "#!/bin/sh\necho \"ModuleNotFoundError: No module named 'nbd'\" >&2\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&python, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = users_path(Some(&shadow));
+    // The shadow is seen: plain nbdsh fails with it first on PATH.
+    let out = run(
+        Command::new("bash")
+            .args(["-c", "nbdsh -c 'print(1)'"])
+            .env("PATH", &path),
+        60,
+    );
+    assert!(!out.status.success(), "the shadow python3 was not run");
+    for line in lines {
+        run_ok(
+            Command::new("bash")
+                .args(["-euo", "pipefail", "-c", line])
+                .current_dir(dir.path())
+                .env("PATH", &path),
+            60,
+        );
+    }
+}
+
+/// README's install commands but `apt-get` and `cargo install` (which is the
+/// build `cargo test` made), with `/usr/local` a scratch prefix: the man pages
+/// go where `man` finds them from the binary's directory on PATH, the bash
+/// completion where bash-completion looks, and the build is `--locked`.
+#[test]
+fn install_commands_put_the_man_pages_where_man_finds_them() {
+    if !have(&["bash", "man", "install"]) {
+        return;
+    }
+    let readme = readme();
+    let block = readme
+        .split("```sh norun\n")
+        .map(|b| b.split("```").next().unwrap())
+        .find(|b| b.contains("cargo install"))
+        .expect("README's install block");
+    let cargo = block
+        .lines()
+        .find(|l| l.starts_with("cargo install"))
+        .unwrap();
+    assert!(cargo.contains(" --locked "), "{cargo}");
+    assert!(cargo.contains(" --root /usr/local"), "{cargo}");
+    let prefix = TempDir::new();
+    let p = prefix.path().to_str().unwrap();
+    let script: String = block
+        .lines()
+        .filter(|l| !l.starts_with("apt-get") && !l.starts_with("cargo install"))
+        .map(|l| l.replace("/usr/local", p) + "\n")
+        .collect();
+    run_ok(
+        Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .current_dir(env!("CARGO_MANIFEST_DIR")),
+        60,
+    );
+    // What cargo install --root would have put there.
+    fs::create_dir_all(prefix.join("bin")).unwrap();
+    fs::copy(bin(), prefix.join("bin/nbdlite")).unwrap();
+    for page in ["nbdlite", "nbdlite-bench"] {
+        let found = run_ok(
+            Command::new("man")
+                .args(["-w", page])
+                .env_remove("MANPATH")
+                .env("PATH", format!("{p}/bin:/usr/bin:/bin")),
+            30,
+        );
+        assert_eq!(found.trim(), format!("{p}/share/man/man1/{page}.1"));
+    }
+    assert!(
+        prefix
+            .join("share/bash-completion/completions/nbdlite")
+            .is_file()
+    );
+}
+
 #[test]
 fn readme_examples_run_as_written() {
     let tools = [
@@ -131,8 +253,7 @@ fn readme_examples_run_as_written() {
     if !have(&tools) {
         return;
     }
-    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .expect("README.md");
+    let readme = readme();
     let blocks = examples(&readme);
     assert!(blocks.len() >= 5, "README lost its examples");
     let dir = TempDir::new();
@@ -141,8 +262,7 @@ fn readme_examples_run_as_written() {
         .map_or(0, |d| d.as_nanos());
     let marker = format!("{}-{nanos}", std::process::id());
     let _cleanup = KillMarked(marker.clone());
-    let bin_dir = Path::new(bin()).parent().expect("target dir");
-    let path = format!("{}:{}", bin_dir.display(), system_path());
+    let path = users_path(None);
     for (n, b) in blocks.iter().enumerate() {
         let what = format!("README block at line {}", b.line);
         let out = dir.join(&format!("block-{n}.out"));

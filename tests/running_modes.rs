@@ -1,5 +1,5 @@
 //! The ways people run nbdkit, run with nbdlite instead: captive `--run`,
-//! `-U -`, `-s` (socketpair, inetd), `--print-uri`, `-u`/`-g`,
+//! `-U -`, `-s` (socketpair, inetd, a socket on stdin alone), `--print-uri`, `-u`/`-g`,
 //! `--exit-with-parent`, `--log`, `-t`.
 
 mod common;
@@ -201,6 +201,43 @@ fn single_on_a_socketpair() {
     assert!(wait_exit(&mut child.0, 10).expect("exit").success());
 }
 
+/// nbd-server's inetd convention, which nbd-tester-client's `-I` mode
+/// follows: the client's socket on stdin only, stdout left where the caller's
+/// was (a log file, /dev/null). The replies go back on the socket, and
+/// nothing is written to stdout.
+#[test]
+fn single_on_a_socket_on_stdin_alone() {
+    let dir = TempDir::new();
+    let log = dir.join("stdout.log");
+    for stdout in ["file", "/dev/null"] {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let out = match stdout {
+            "file" => Stdio::from(fs::File::create(&log).unwrap()),
+            _ => Stdio::null(),
+        };
+        let mut child = Reap(
+            Command::new(bin())
+                .args(["-s", "-e", "export1", "memory", "1M"])
+                .stdin(Stdio::from(OwnedFd::from(theirs)))
+                .stdout(out)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let mut c = wire::Client::over(ours);
+        assert_eq!(&c.recv(18)[..8], b"NBDMAGIC", "stdout on {stdout}");
+        c.send(&3u32.to_be_bytes());
+        let (size, _) = c.go(b"export1");
+        assert_eq!(size, 1 << 20);
+        assert_eq!(c.write(0, b"inetd"), 0);
+        assert_eq!(c.read(0, 0, 5).unwrap(), b"inetd");
+        drop(c);
+        let st = wait_exit(&mut child.0, 10).expect("exit after the one client");
+        assert!(st.success(), "stdout on {stdout}: {st}");
+    }
+    assert_eq!(fs::read(&log).unwrap(), b"", "nothing goes to stdout");
+}
+
 /// `-s` with stdin and stdout on regular files (as nbdkit's fuzzing does:
 /// `nbdkit -s memory 1M < requests > replies`): descriptors the Poll refuses
 /// are served without it, and the stream is answered in full.
@@ -273,7 +310,7 @@ fn single_under_an_inetd() {
 fn user_and_group() {
     let dir = TempDir::new();
     if !is_root() {
-        eprintln!("\n*** SKIP: user_and_group: not root; only the refusal is checked ***\n");
+        common::skip_part("not root: only the refusal is checked");
         let (code, _, err) = nbdlite_in(dir.path(), &["-u", "0", "memory", "1M", "--run", "true"]);
         assert_eq!(code, Some(1));
         assert!(err.starts_with("nbdlite: cannot change to"), "{err}");

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use common::{Reap, TempDir, bin, have, run, run_ok, system_path, wait_until};
 
-/// Where the units say the binary is (`cargo install --path . --root /usr/local`).
+/// Where the units say the binary is (`cargo install --locked --path . --root /usr/local`).
 const INSTALLED: &str = "/usr/local/bin/nbdlite";
 
 fn units_dir() -> PathBuf {
@@ -182,7 +182,7 @@ fn the_tls_service_serves_tls_clients_under_socket_activation() {
         return;
     }
     let dir = TempDir::new();
-    let Some(c) = common::certs::make_or_skip(dir.path(), "tls_service") else {
+    let Some(c) = common::certs::make_or_skip(dir.path()) else {
         return;
     };
     let units = units();

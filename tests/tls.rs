@@ -18,10 +18,10 @@ use common::{Server, TempDir, have, nbdinfo, nbdlite_in, nbdsh_command, run, run
 
 const MIB: usize = 1 << 20;
 
-/// Certificates in a fresh directory, or None after a SKIP line.
-fn certs(test: &str) -> Option<(TempDir, Certs)> {
+/// Certificates in a fresh directory, or None after a skip.
+fn certs() -> Option<(TempDir, Certs)> {
     let tmp = TempDir::new();
-    let c = certs::make_or_skip(tmp.path(), test)?;
+    let c = certs::make_or_skip(tmp.path())?;
     Some((tmp, c))
 }
 
@@ -108,7 +108,7 @@ fn nbdinfo_nbdsh_nbdcopy_over_unix_and_tcp() {
     if !have(&["nbdinfo", "nbdsh", "nbdcopy"]) {
         return;
     }
-    let Some((tmp, c)) = certs("libnbd_tools") else {
+    let Some((tmp, c)) = certs() else {
         return;
     };
     let unix = Server::start(&tls_args(&c, "require", &[]));
@@ -164,7 +164,7 @@ fn qemu_img_and_qemu_io_with_x509_credentials() {
     if !have(&["qemu-io", "qemu-img"]) {
         return;
     }
-    let Some((tmp, c)) = certs("qemu_tls") else {
+    let Some((tmp, c)) = certs() else {
         return;
     };
     let creds = qemu_creds(&c.dir);
@@ -216,7 +216,7 @@ fn client_certificates_under_verify_peer() {
     if !have(&["nbdinfo", "qemu-img"]) {
         return;
     }
-    let Some((tmp, c)) = certs("verify_peer") else {
+    let Some((tmp, c)) = certs() else {
         return;
     };
     // A client directory with the CA alone: no certificate to show.
@@ -285,7 +285,7 @@ fn plaintext_clients_against_require_and_on() {
     if !have(&["nbdinfo", "qemu-img"]) {
         return;
     }
-    let Some((_tmp, c)) = certs("plaintext_clients") else {
+    let Some((_tmp, c)) = certs() else {
         return;
     };
     let required = Server::start(&tls_args(&c, "require", &[]));
@@ -314,7 +314,7 @@ fn captive(dir: &Path, args: &[&str], cmd: &str) -> (Option<i32>, String, String
 
 #[test]
 fn run_gets_dollar_tls_and_nbds_uris() {
-    let Some((tmp, c)) = certs("dollar_tls") else {
+    let Some((tmp, c)) = certs() else {
         return;
     };
     let d = c.dir.to_str().unwrap();
@@ -376,7 +376,7 @@ fn captive_nbdinfo_over_tls() {
     if !have(&["nbdinfo"]) {
         return;
     }
-    let Some((tmp, c)) = certs("captive_tls") else {
+    let Some((tmp, c)) = certs() else {
         return;
     };
     let d = c.dir.to_str().unwrap();

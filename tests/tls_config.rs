@@ -48,7 +48,7 @@ fn copy(c: &Certs, tmp: &TempDir, name: &str) -> PathBuf {
 #[test]
 fn good_directory_loads_without_resumption_state() {
     let tmp = TempDir::new();
-    let Some(c) = certs::make_or_skip(tmp.path(), "good_directory_loads") else {
+    let Some(c) = certs::make_or_skip(tmp.path()) else {
         return;
     };
     for verify in [false, true] {
@@ -68,7 +68,7 @@ fn good_directory_loads_without_resumption_state() {
 #[test]
 fn rsa_keys_load_and_a_mismatch_is_caught() {
     let tmp = TempDir::new();
-    let Some(c) = certs::make_or_skip(tmp.path(), "rsa_keys") else {
+    let Some(c) = certs::make_or_skip(tmp.path()) else {
         return;
     };
     let d = copy(&c, &tmp, "rsa");
@@ -92,7 +92,7 @@ fn rsa_keys_load_and_a_mismatch_is_caught() {
 #[test]
 fn missing_and_empty_files_are_named() {
     let tmp = TempDir::new();
-    let Some(c) = certs::make_or_skip(tmp.path(), "missing_and_empty_files") else {
+    let Some(c) = certs::make_or_skip(tmp.path()) else {
         return;
     };
     for f in ["ca-cert.pem", "server-cert.pem", "server-key.pem"] {
@@ -116,7 +116,7 @@ fn missing_and_empty_files_are_named() {
 #[test]
 fn garbage_is_refused() {
     let tmp = TempDir::new();
-    let Some(c) = certs::make_or_skip(tmp.path(), "garbage_is_refused") else {
+    let Some(c) = certs::make_or_skip(tmp.path()) else {
         return;
     };
     // A key where the CA belongs: no certificate in it.
@@ -153,13 +153,11 @@ fn garbage_is_refused() {
 #[test]
 fn unreadable_key_is_named() {
     if nbdlite::sys::geteuid() == 0 {
-        eprintln!(
-            "\n*** SKIP: running as root, who reads any file; unreadable_key_is_named did not run ***\n"
-        );
+        common::skip("running as root, who reads any file");
         return;
     }
     let tmp = TempDir::new();
-    let Some(c) = certs::make_or_skip(tmp.path(), "unreadable_key") else {
+    let Some(c) = certs::make_or_skip(tmp.path()) else {
         return;
     };
     use std::os::unix::fs::PermissionsExt;
@@ -211,7 +209,7 @@ fn nbdkit_default_directories() {
 #[test]
 fn misuse_at_start_is_one_line_and_exit_1() {
     let tmp = TempDir::new();
-    let Some(c) = certs::make_or_skip(tmp.path(), "misuse_at_start") else {
+    let Some(c) = certs::make_or_skip(tmp.path()) else {
         return;
     };
     let missing = tmp.join("none");
@@ -283,7 +281,7 @@ fn misuse_at_start_is_one_line_and_exit_1() {
 #[test]
 fn the_cipher_suite_this_cpu_encrypts_fastest_comes_first() {
     use rustls::CipherSuite::*;
-    let all = rustls::crypto::ring::default_provider().cipher_suites;
+    let all = nbdlite::tls::provider().cipher_suites;
     let order = |aes: bool| -> Vec<rustls::CipherSuite> {
         fastest_first(all.clone(), aes)
             .iter()

@@ -109,7 +109,7 @@ fn gnutls_cli_in_tls13_and_tls12() -> io::Result<()> {
         return Ok(());
     }
     let tmp = TempDir::new();
-    let Some(c) = certs::make_or_skip(tmp.path(), "gnutls_cli_in_tls13_and_tls12") else {
+    let Some(c) = certs::make_or_skip(tmp.path()) else {
         return Ok(());
     };
     for (priority, ours, theirs) in [

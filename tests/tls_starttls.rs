@@ -42,10 +42,10 @@ impl Tunnel for Rustls {
     }
 }
 
-/// Certificates in a fresh directory, or None after a SKIP line.
-fn certs(test: &str) -> Option<(TempDir, Certs)> {
+/// Certificates in a fresh directory, or None after a skip.
+fn certs() -> Option<(TempDir, Certs)> {
     let tmp = TempDir::new();
-    let c = certs::make_or_skip(tmp.path(), test)?;
+    let c = certs::make_or_skip(tmp.path())?;
     Some((tmp, c))
 }
 
@@ -97,7 +97,7 @@ fn only_reply(c: &mut Client, opt: u32, data: &[u8]) -> OptReply {
 
 #[test]
 fn require_refuses_every_option_but_starttls_and_abort() {
-    let Some((_tmp, c)) = certs("require_refuses") else {
+    let Some((_tmp, c)) = certs() else {
         return;
     };
     let srv = serve(&c, "require", &[]);
@@ -130,7 +130,7 @@ fn require_refuses_every_option_but_starttls_and_abort() {
 
 #[test]
 fn on_serves_plaintext_and_tls_clients() {
-    let Some((_tmp, c)) = certs("on_serves_both") else {
+    let Some((_tmp, c)) = certs() else {
         return;
     };
     let srv = serve(&c, "on", &[]);
@@ -146,7 +146,7 @@ fn on_serves_plaintext_and_tls_clients() {
 
 #[test]
 fn starttls_refused_with_data_twice_or_when_off() {
-    let Some((_tmp, c)) = certs("starttls_refused") else {
+    let Some((_tmp, c)) = certs() else {
         return;
     };
     let off = serve(&c, "off", &[]);
@@ -165,7 +165,7 @@ fn starttls_refused_with_data_twice_or_when_off() {
 
 #[test]
 fn a_client_hello_pipelined_behind_starttls_is_tls() {
-    let Some((_tmp, c)) = certs("pipelined_hello") else {
+    let Some((_tmp, c)) = certs() else {
         return;
     };
     let srv = serve(&c, "require", &[]);
@@ -184,7 +184,7 @@ fn a_client_hello_pipelined_behind_starttls_is_tls() {
 /// TLS, not be taken for an option meanwhile.
 #[test]
 fn a_pipelined_client_hello_waits_for_the_ack_behind_a_full_socket() {
-    let Some((_tmp, c)) = certs("hello_behind_full_socket") else {
+    let Some((_tmp, c)) = certs() else {
         return;
     };
     let long = "n".repeat(4096);
@@ -226,7 +226,7 @@ fn a_pipelined_client_hello_waits_for_the_ack_behind_a_full_socket() {
 
 #[test]
 fn what_was_negotiated_before_starttls_is_forgotten() {
-    let Some((_tmp, c)) = certs("forgotten") else {
+    let Some((_tmp, c)) = certs() else {
         return;
     };
     let srv = serve(&c, "on", &[]);
@@ -269,7 +269,7 @@ fn what_was_negotiated_before_starttls_is_forgotten() {
 
 #[test]
 fn garbage_instead_of_a_client_hello_ends_that_client_only() {
-    let Some((_tmp, c)) = certs("garbage_hello") else {
+    let Some((_tmp, c)) = certs() else {
         return;
     };
     let mut srv = serve(&c, "on", &["-v"]);
@@ -307,7 +307,7 @@ fn garbage_instead_of_a_client_hello_ends_that_client_only() {
 
 #[test]
 fn the_handshake_timeout_covers_the_tls_handshake() {
-    let Some((_tmp, c)) = certs("tls_handshake_timeout") else {
+    let Some((_tmp, c)) = certs() else {
         return;
     };
     let srv = serve(&c, "require", &["--handshake-timeout", "1"]);
@@ -326,7 +326,7 @@ fn the_handshake_timeout_covers_the_tls_handshake() {
 
 #[test]
 fn eof_in_the_middle_of_the_tls_handshake() {
-    let Some((_tmp, c)) = certs("eof_in_handshake") else {
+    let Some((_tmp, c)) = certs() else {
         return;
     };
     let mut srv = serve(&c, "require", &["-v"]);
@@ -348,7 +348,7 @@ fn eof_in_the_middle_of_the_tls_handshake() {
 
 #[test]
 fn disc_and_abort_end_with_close_notify() {
-    let Some((_tmp, c)) = certs("close_notify") else {
+    let Some((_tmp, c)) = certs() else {
         return;
     };
     let srv = serve(&c, "require", &[]);
@@ -369,7 +369,7 @@ fn disc_and_abort_end_with_close_notify() {
 /// at most the output limit plus the sealed records queued (128 KiB).
 #[test]
 fn a_tls_client_that_never_reads_costs_at_most_the_output_limit() {
-    let Some((tmp, c)) = certs("tls_never_reads") else {
+    let Some((tmp, c)) = certs() else {
         return;
     };
     let img = tmp.join("disk.img");
@@ -427,7 +427,7 @@ fn a_tls_client_that_never_reads_costs_at_most_the_output_limit() {
 /// handshake's answers must go out on stdout, not on the stdin they came from.
 #[test]
 fn tls_over_a_pair_of_pipes() {
-    let Some((tmp, c)) = certs("tls_over_pipes") else {
+    let Some((tmp, c)) = certs() else {
         return;
     };
     let log = std::fs::File::create(tmp.join("log")).unwrap();

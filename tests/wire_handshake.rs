@@ -35,6 +35,44 @@ fn greeting_and_export_name() {
     c.recv(134);
 }
 
+/// `--mask-handshake` (nbdkit's, for testing clients against older servers):
+/// the greeting offers only the flags the mask keeps, a client may set no
+/// other, and without FIXED_NEWSTYLE only EXPORT_NAME is served.
+#[test]
+fn mask_handshake_offers_fewer_flags() {
+    let greeting = |srv: &Server| {
+        let mut c = Client::connect_raw(&srv.sock);
+        let g = c.recv(18);
+        assert_eq!((u64_at(&g, 0), u64_at(&g, 8)), (NBDMAGIC, IHAVEOPT));
+        (c, u16_at(&g, 16))
+    };
+    // Bit 1 kept, bit 0 cleared: an old (not fixed) newstyle server.
+    let srv = Server::start(&["--mask-handshake=2", "memory", "1M"]);
+    let (mut c, flags) = greeting(&srv);
+    assert_eq!(flags, 2, "NO_ZEROES only");
+    c.send(&1u32.to_be_bytes()); // FIXED_NEWSTYLE, which was not offered
+    assert!(c.closed_by_peer(5));
+    let (mut c, _) = greeting(&srv);
+    c.send(&2u32.to_be_bytes());
+    for opt in [OPT_LIST, OPT_GO, OPT_STARTTLS, OPT_SR] {
+        assert_eq!(c.opt(opt, &[])[0].kind, ERR_INVALID, "{opt}");
+    }
+    c.send_opt(OPT_EXPORT_NAME, b"any");
+    assert_eq!(u64_at(&c.recv(10), 0), 1 << 20);
+    c.request(0, CMD_READ, 1, 0, 512, &[]);
+    assert_eq!(c.reply(Some(512)).error, 0);
+    // Nothing offered: the 124 zeroes follow EXPORT_NAME's reply.
+    let srv = Server::start(&["--mask-handshake", "0", "memory", "1M"]);
+    let (mut c, flags) = greeting(&srv);
+    assert_eq!(flags, 0);
+    c.send(&0u32.to_be_bytes());
+    c.send_opt(OPT_EXPORT_NAME, b"");
+    let r = c.recv(134);
+    assert!(r[10..].iter().all(|&b| b == 0));
+    c.request(0, CMD_FLUSH, 2, 0, 0, &[]);
+    assert_eq!(c.reply(None).error, 0);
+}
+
 #[test]
 fn bad_client_flags_and_magic_drop_only_that_client() {
     let srv = Server::start(&["memory", "1M"]);

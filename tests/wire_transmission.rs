@@ -420,9 +420,7 @@ fn block_device_minimum_block_size() {
     common::sparse_file(&img, 8 << 20);
     // 4096-byte logical sectors.
     let Some(dev) = common::LoopDevice::new(&img, Some(4096)) else {
-        eprintln!(
-            "\n*** SKIP: cannot set up a loop device (needs root); block-device test did not run ***\n"
-        );
+        common::skip("cannot set up a loop device (needs root)");
         return;
     };
     let srv = Server::start(&["file", &dev.0]);

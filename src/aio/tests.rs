@@ -75,8 +75,8 @@ impl Rig {
     pub fn new(file: &Rc<File>, sync: bool) -> Rig {
         let e = Engine::new(file.clone(), sync);
         if !sync && !e.is_async() {
-            eprintln!(
-                "\n*** NOTE: io_uring unavailable here: the async case ran synchronously ***\n"
+            crate::skipped::skip_part(
+                "io_uring unavailable here: the async case ran synchronously",
             );
         }
         let poll = Poll::new().expect("poll");
@@ -310,7 +310,7 @@ fn completions_wake_the_poll() {
     evict(&f, 0, 0);
     let e = &mut Engine::new(f.clone(), false);
     let Some(fd) = e.fd().map(|fd| fd.as_raw_fd()) else {
-        eprintln!("\n*** SKIP: io_uring unavailable, no fd to poll ***\n");
+        crate::skipped::skip("io_uring unavailable, no fd to poll");
         return;
     };
     let mut poll = Poll::new().expect("poll");
@@ -363,7 +363,7 @@ fn completions_wake_the_poll() {
 #[test]
 fn enospc_through_the_engine() {
     if !is_root() {
-        eprintln!("\n*** SKIP: mounting a small tmpfs needs root ***\n");
+        crate::skipped::skip("mounting a small tmpfs needs root");
         return;
     }
     let dir = TempDir::new("/tmp");
@@ -373,7 +373,7 @@ fn enospc_through_the_engine() {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("\n*** SKIP: mount -t tmpfs refused ***\n");
+        crate::skipped::skip("mount -t tmpfs refused");
         return;
     }
     // Lazily: a ring's teardown runs after its fd is closed and keeps the

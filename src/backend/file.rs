@@ -51,6 +51,10 @@ impl File {
             }
         };
         let kind = file.metadata()?.file_type();
+        if kind.is_dir() {
+            // What opening one for writing says; -r opens it for reading.
+            return Err(io::Error::from_raw_os_error(libc::EISDIR));
+        }
         let block_device = kind.is_block_device();
         if !block_device && !kind.is_file() {
             return Err(io::Error::new(

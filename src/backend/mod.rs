@@ -3,6 +3,7 @@
 
 mod curl;
 mod file;
+mod malloc;
 mod memory;
 mod null;
 mod pattern;
@@ -16,6 +17,7 @@ use crate::proto;
 
 pub use curl::Curl;
 pub use file::File;
+pub use malloc::Malloc;
 pub use memory::Memory;
 pub use null::Null;
 pub use pattern::Pattern;

@@ -15,7 +15,7 @@ pub const DEFAULT_CONNECTIONS: usize = 16;
 pub const MAX_CONNECTIONS: usize = 256;
 
 /// nbdkit-curl-plugin keys that nbdlite does not implement.
-const UNSUPPORTED: &[&str] = &[
+pub const UNSUPPORTED: &[&str] = &[
     "proxy",
     "proxy-user",
     "proxy-password",

@@ -1,10 +1,14 @@
-//! What nbdlite says about itself: `--help`, `--version` (with or without a
-//! backend, as nbdkit does) and `--dump-config`, the `key=value` lines tools
-//! probe an nbdkit-like server with.
+//! What nbdlite says about itself: `--help` (with a backend: its
+//! parameters too), `--version` (with or without a backend, as nbdkit does),
+//! `--dump-config` and `BACKEND --dump-plugin`, the `key=value` lines tools
+//! probe an nbdkit-like server with, and `--short-options`/`--long-options`,
+//! what nbdkit's bash completion asks.
 
 use std::path::Path;
 
-const HELP: &str = "\
+use super::backend::Kind;
+
+pub const HELP: &str = "\
 nbdlite - a single-threaded NBD server
 
 usage: nbdlite [OPTIONS] [--filter=FILTER ...] BACKEND [KEY=VALUE ...]
@@ -55,6 +59,9 @@ Options:
       --max-connections N refuse clients beyond N at once (default: as many
                           as the file descriptor limit allows)
       --no-sr             do not offer structured replies
+      --mask-handshake MASK
+                          offer only these newstyle handshake flags (bit 0:
+                          fixed newstyle, bit 1: no zeroes; default: both)
       --tls off|on|require
                           TLS (STARTTLS): refused, offered, or demanded before
                           any other option (default: on with
@@ -72,12 +79,19 @@ Options:
                           with the backend's (see Filters below)
   -v, --verbose           debug messages (always on stderr)
       --dump-config       print the build's configuration as key=value lines
-      --help              this text
+      --dump-plugin       (BACKEND --dump-plugin) print what the backend is
+                          and can do, as key=value lines
+      --short-options, --long-options
+                          list the options, one a line (for completion)
+  -h, --help              this text (BACKEND --help: and its parameters)
   -V, --version           print the version (BACKEND --version: and the
                           backend's)
 
 Backends:
-  memory [size=]SIZE      sparse RAM disk
+  memory [size=]SIZE [allocator=sparse|malloc[,mlock=true]]
+                          RAM disk: sparse (the default) takes memory as data
+                          is written; malloc takes all of it at start
+                          (mlock=true: locked in RAM)
   file [file=]PATH        a regular file or block device
   null [size=]SIZE        reads zeroes, discards writes (default size 0)
   pattern [size=]SIZE     read-only; each 8-byte word holds its own offset
@@ -95,12 +109,108 @@ Socket activation (LISTEN_FDS/LISTEN_PID) and NOTIFY_SOCKET are supported; see n
 Filters (nbdkit's names and parameters; see nbdlite(1)):
 ";
 
-/// `--help`: the options, the backends, and each filter with its parameters.
-pub fn help() -> String {
-    format!("{HELP}{}", crate::filter::describe())
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Every short option, for `--short-options`: nbdkit's that nbdlite takes,
+/// and `-h`.
+pub const SHORT_OPTIONS: &[&str] = &[
+    "-4", "-6", "-D", "-e", "-f", "-g", "-h", "-i", "-n", "-o", "-p", "-P", "-r", "-s", "-t", "-u",
+    "-U", "-v", "-V",
+];
+
+/// Every long option under each of its spellings, for `--long-options`
+/// (which, as nbdkit's, leaves out itself and `--short-options`).
+pub const LONG_OPTIONS: &[&str] = &[
+    "--busy-poll",
+    "--debug",
+    "--description",
+    "--dump-config",
+    "--dump-plugin",
+    "--exit-with-parent",
+    "--export",
+    "--export-name",
+    "--exportname",
+    "--filter",
+    "--foreground",
+    "--group",
+    "--handshake-timeout",
+    "--help",
+    "--idle-timeout",
+    "--ip-addr",
+    "--ipaddr",
+    "--ipv4-only",
+    "--ipv6-only",
+    "--log",
+    "--mask-handshake",
+    "--max-connections",
+    "--memory-budget",
+    "--new-style",
+    "--newstyle",
+    "--no-fork",
+    "--no-sr",
+    "--old-style",
+    "--oldstyle",
+    "--pid-file",
+    "--pidfile",
+    "--port",
+    "--print-uri",
+    "--read-only",
+    "--readonly",
+    "--request-timeout",
+    "--run",
+    "--single",
+    "--stdin",
+    "--threads",
+    "--tls",
+    "--tls-certificates",
+    "--tls-psk",
+    "--tls-verify-peer",
+    "--unix",
+    "--user",
+    "--verbose",
+    "--version",
+];
+
+/// `--short-options` or `--long-options`: one option a line.
+pub fn option_list(options: &[&str]) -> String {
+    options.iter().map(|o| format!("{o}\n")).collect()
 }
 
-const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// `--help`, or `BACKEND --help`: the backend's parameters follow.
+/// `--help`: the options, the backends, and each filter with its
+/// parameters; `BACKEND --help`: and that backend's parameters.
+pub fn help(backend: Option<&Kind>) -> String {
+    let filters = crate::filter::describe();
+    match backend {
+        None => format!("{HELP}{filters}"),
+        Some(kind) => format!("{HELP}{filters}\n{}", super::backend::help(kind)),
+    }
+}
+
+/// `BACKEND --dump-plugin`: what `nbdkit PLUGIN --dump-plugin` prints that
+/// means something for a backend built into nbdlite (its name and version,
+/// thread model, magic key and feature lines), and its parameters. `path` is
+/// the file the backend lives in (for nbdkit a plugin's `.so`; here the
+/// binary itself).
+pub fn dump_plugin(kind: &Kind, binary: Option<&Path>) -> String {
+    let mut lines = Vec::new();
+    if let Some(b) = binary {
+        lines.push(format!("path={}", b.display()));
+    }
+    lines.push(format!("name={}", kind.name));
+    lines.push(format!("version={VERSION}"));
+    lines.push(format!("max_thread_model={}", kind.thread_model));
+    lines.push(format!("thread_model={}", kind.thread_model));
+    lines.push(format!("magic_config_key={}", kind.magic()));
+    // Not nbdkit's (it has no such line): every parameter the backend
+    // takes, comma-separated so that the output stays safe to `eval`.
+    let keys: Vec<&str> = kind.params.iter().map(|p| p.key).collect();
+    lines.push(format!("parameters={}", keys.join(",")));
+    for (k, v) in kind.features {
+        lines.push(format!("{k}={v}"));
+    }
+    lines.iter().map(|l| format!("{l}\n")).collect()
+}
 
 /// Whether this build can serve TLS (the default `tls` cargo feature).
 pub fn tls_available() -> bool {
@@ -203,7 +313,7 @@ mod tests {
     /// man page.
     #[test]
     fn every_filter_is_documented() {
-        let help = super::help();
+        let help = super::help(None);
         let man = include_str!("../../man/nbdlite.1").replace("\\-", "-");
         for f in FILTERS {
             assert!(

@@ -22,9 +22,12 @@ use crate::logging::Sink;
 use crate::proto::MAX_STRING;
 use crate::tls::{self, TlsOptions};
 
-pub use backend::{BackendSpec, parse_size};
+pub use backend::{Allocator, BackendSpec, parse_size, show_size};
 pub use curl::{CurlSpec, Secret};
-pub use help::{dump_config, help, tls_available, version};
+pub use help::{
+    HELP, LONG_OPTIONS, SHORT_OPTIONS, dump_config, dump_plugin, help, option_list, tls_available,
+    version,
+};
 pub use values::{DEFAULT_BUSY_POLL, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 use values::{flag, os_value, value};
 
@@ -34,10 +37,15 @@ pub const DEFAULT_PORT: u16 = 10809;
 #[derive(Debug)]
 pub enum Command {
     Serve(Box<Config>),
-    Help,
+    /// `--help`, or `BACKEND --help` (a backend that exists).
+    Help(Option<&'static backend::Kind>),
     /// `--version`, or `BACKEND --version` (a backend that exists).
     Version(Option<String>),
     DumpConfig,
+    /// `BACKEND --dump-plugin`.
+    DumpPlugin(&'static backend::Kind),
+    /// `--short-options` or `--long-options`: the list to print.
+    Options(&'static [&'static str]),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +105,9 @@ pub struct Config {
     pub memory_budget: Option<u64>,
     /// `--tls`, `--tls-certificates`, `--tls-verify-peer`, `--tls-psk`.
     pub tls: TlsOptions,
+    /// `--mask-handshake`: the newstyle handshake flags that may be offered
+    /// (all bits set by default; nbdkit's option, for testing clients).
+    pub mask_handshake: u32,
 }
 
 impl Config {
@@ -126,6 +137,7 @@ struct Values {
     max_connections: Option<String>,
     request_timeout: Option<String>,
     memory_budget: Option<String>,
+    mask_handshake: Option<String>,
     debug: Vec<String>,
     filters: Vec<String>,
 }
@@ -153,6 +165,7 @@ impl Values {
             max_connections: value(p, &["--max-connections"])?,
             request_timeout: value(p, &["--request-timeout"])?,
             memory_budget: value(p, &["--memory-budget"])?,
+            mask_handshake: value(p, &["--mask-handshake"])?,
             debug: p
                 .values_from_str(["-D", "--debug"])
                 .map_err(|e| Error::usage(e.to_string()))?,
@@ -175,12 +188,17 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
     flag(&mut p, &["-4", "--ipv4-only"]);
     flag(&mut p, &["-6", "--ipv6-only"]);
 
-    if flag(&mut p, &["--help", "-h"]) {
-        return Ok(Command::Help);
+    if flag(&mut p, &["--short-options"]) {
+        return Ok(Command::Options(SHORT_OPTIONS));
+    }
+    if flag(&mut p, &["--long-options"]) {
+        return Ok(Command::Options(LONG_OPTIONS));
     }
     if flag(&mut p, &["--dump-config"]) {
         return Ok(Command::DumpConfig);
     }
+    let help = flag(&mut p, &["--help", "-h"]);
+    let dump_plugin = flag(&mut p, &["--dump-plugin"]);
     let version = flag(&mut p, &["-V", "--version"]);
     let foreground = flag(&mut p, &["-f", "--foreground", "--no-fork"]);
     let single = flag(&mut p, &["-s", "--single", "--stdin"]);
@@ -192,13 +210,17 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
     let no_sr = flag(&mut p, &["--no-sr"]);
     let print_uri = flag(&mut p, &["--print-uri"]);
     let rest = remaining(p)?;
-    if version {
-        // `BACKEND --version` names the backend too, if there is one.
-        let name = rest.iter().find(|a| !a.starts_with('-'));
-        if let Some(name) = name {
-            backend::known(name)?;
+    if help || version || dump_plugin {
+        // About a backend, if one is named (it must exist).
+        let named = rest.iter().find(|a| !a.starts_with('-'));
+        let kind = named.map(|n| backend::lookup(n)).transpose()?;
+        if help {
+            return Ok(Command::Help(kind));
         }
-        return Ok(Command::Version(name.cloned()));
+        if version {
+            return Ok(Command::Version(named.cloned()));
+        }
+        return dump_plugin_of(kind, &rest, single);
     }
 
     if activated {
@@ -223,6 +245,16 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
         return Err(Error::usage("-s cannot be used with -U, -p, -i or --run"));
     }
     v.tls.check_oldstyle(oldstyle)?;
+    let mask_handshake = v
+        .mask_handshake
+        .as_deref()
+        .map_or(Ok(u32::MAX), values::mask_handshake)?;
+    if mask_handshake & 1 == 0 && v.tls.mode() == tls::TlsMode::Require {
+        return Err(Error::usage(
+            "--mask-handshake: without bit 0 (fixed newstyle) no client can start \
+             TLS, which --tls=require demands",
+        ));
+    }
     if let Some(t) = &v.threads {
         values::threads(t)?;
     }
@@ -259,11 +291,7 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
         }
     }
 
-    if let Some(opt) = rest.iter().find(|a| a.starts_with('-') && a.len() > 1) {
-        return Err(Error::usage(format!(
-            "unknown option: {opt} (see nbdlite --help)"
-        )));
-    }
+    unknown_option(&rest)?;
     let Some((name, params)) = rest.split_first() else {
         return Err(Error::usage(
             "no backend given: try 'nbdlite -f memory 1G' (see nbdlite --help)",
@@ -311,7 +339,49 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
             .map(values::memory_budget)
             .transpose()?,
         tls: v.tls,
+        mask_handshake,
     })))
+}
+
+/// An option left once every known one is taken is an error.
+fn unknown_option(rest: &[String]) -> Result<(), Error> {
+    let Some(opt) = rest.iter().find(|a| a.starts_with('-') && a.len() > 1) else {
+        return Ok(());
+    };
+    Err(Error::usage(format!(
+        "unknown option: {opt} (see nbdlite --help)"
+    )))
+}
+
+/// `BACKEND --dump-plugin`: the backend must be named, and its parameters, if
+/// any, must be ones it takes (as nbdkit hands them to the plugin first);
+/// none is required. Not with `-s`, whose stdout is the client's.
+fn dump_plugin_of(
+    kind: Option<&'static backend::Kind>,
+    rest: &[String],
+    single: bool,
+) -> Result<Command, Error> {
+    let Some(kind) = kind else {
+        return Err(Error::usage(
+            "--dump-plugin: name a backend, as in 'nbdlite memory --dump-plugin' \
+             (--dump-config describes the server)",
+        ));
+    };
+    if single {
+        return Err(Error::usage(
+            "--dump-plugin cannot be used with -s (its output would go to the client)",
+        ));
+    }
+    unknown_option(rest)?;
+    let params: Vec<String> = rest
+        .iter()
+        .skip_while(|a| **a != kind.name)
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .cloned()
+        .collect();
+    backend::given(kind, &params)?;
+    Ok(Command::DumpPlugin(kind))
 }
 
 /// The family of the last `-4`/`-6` (`--ipv4-only`/`--ipv6-only`), also
@@ -431,7 +501,10 @@ mod tests {
         }
         assert!(error("--idle-timeout 0 memory 1M", false).contains("idle-timeout"));
         assert!(error("-s -U x memory 1M", false).contains("-s cannot"));
-        assert!(matches!(parse(args("--help"), false), Ok(Command::Help)));
+        assert!(matches!(
+            parse(args("--help"), false),
+            Ok(Command::Help(None))
+        ));
         assert!(error("-f", false).contains("no backend"));
     }
 
@@ -501,6 +574,80 @@ mod tests {
     }
 
     #[test]
+    fn mask_handshake() {
+        assert_eq!(config("memory 1M").mask_handshake, u32::MAX);
+        assert_eq!(config("--mask-handshake=0 memory 1M").mask_handshake, 0);
+        assert_eq!(config("--mask-handshake 0x2 memory 1M").mask_handshake, 2);
+        assert!(error("--mask-handshake=x memory 1M", false).contains("not a number"));
+        if cfg!(feature = "tls") {
+            let e = error("--mask-handshake=2 --tls=require memory 1M", false);
+            assert!(e.contains("no client can start TLS"), "{e}");
+            let c = config("--mask-handshake=3 --tls=require memory 1M");
+            assert_eq!(c.mask_handshake, 3);
+        }
+    }
+
+    #[test]
+    fn dump_plugin() {
+        let dump = |s: &str| match parse(args(s), false) {
+            Ok(Command::DumpPlugin(k)) => k.name,
+            other => panic!("{s}: {other:?}"),
+        };
+        assert_eq!(dump("memory --dump-plugin"), "memory");
+        assert_eq!(dump("--dump-plugin file"), "file");
+        // Parameters need not be given, nor their values be right, as with
+        // nbdkit; their keys must be the backend's.
+        assert_eq!(dump("-f memory 1G allocator=zstd --dump-plugin"), "memory");
+        for (bad, msg) in [
+            ("--dump-plugin", "name a backend"),
+            ("--dump-plugin -s null", "cannot be used with -s"),
+            (
+                "memory colour=red --dump-plugin",
+                "unknown parameter 'colour'",
+            ),
+            ("nosuch --dump-plugin", "unknown backend 'nosuch'"),
+            ("memory --dump-plugin --bogus", "unknown option: --bogus"),
+        ] {
+            assert!(error(bad, false).contains(msg), "{bad}");
+        }
+    }
+
+    /// `--short-options` and `--long-options` list every option the parser
+    /// takes and `--help` shows, under every spelling, and nothing else.
+    #[test]
+    fn option_lists_match_the_parser_and_help() {
+        let list = |s: &str| match parse(args(s), false) {
+            Ok(Command::Options(l)) => l,
+            other => panic!("{s}: {other:?}"),
+        };
+        assert_eq!(list("--short-options"), SHORT_OPTIONS);
+        assert_eq!(list("--long-options"), LONG_OPTIONS);
+        for opt in SHORT_OPTIONS.iter().chain(LONG_OPTIONS) {
+            if let Err(e) = parse(args(&format!("{opt} memory 1M")), false) {
+                assert!(!e.to_string().starts_with("unknown option"), "{opt}: {e}");
+            }
+        }
+        let mut in_help: Vec<&str> = HELP
+            .split_whitespace()
+            .map(|w| w.trim_start_matches('(').trim_end_matches([',', ':', ')']))
+            .filter(|w| {
+                let long = w.strip_prefix("--").is_some_and(|n| {
+                    !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+                let short =
+                    w.len() == 2 && w.starts_with('-') && w.as_bytes()[1].is_ascii_alphanumeric();
+                long || short
+            })
+            .filter(|w| !matches!(*w, "--short-options" | "--long-options"))
+            .collect();
+        in_help.sort();
+        in_help.dedup();
+        let mut listed: Vec<&str> = SHORT_OPTIONS.iter().chain(LONG_OPTIONS).copied().collect();
+        listed.sort();
+        assert_eq!(in_help, listed);
+    }
+
+    #[test]
     fn last_of_ipv4_and_ipv6_only_wins() {
         assert_eq!(config("memory 1M").family, None);
         assert_eq!(config("-4 memory 1M").family, Some(Family::V4));
@@ -532,6 +679,9 @@ mod tests {
             parse(args("--dump-config"), false),
             Ok(Command::DumpConfig)
         ));
-        assert!(matches!(parse(args("-h memory"), false), Ok(Command::Help)));
+        assert!(matches!(
+            parse(args("-h memory"), false),
+            Ok(Command::Help(Some(k))) if k.name == "memory"
+        ));
     }
 }

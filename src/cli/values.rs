@@ -147,6 +147,27 @@ pub fn memory_budget(s: &str) -> Result<u64, Error> {
     }
 }
 
+/// `--mask-handshake MASK`: an unsigned number as nbdkit reads one (decimal,
+/// `0x` hexadecimal, or octal with a leading 0).
+pub fn mask_handshake(s: &str) -> Result<u32, Error> {
+    let parsed = if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        u32::from_str_radix(hex, 16)
+    } else if s.len() > 1 && s.starts_with('0') {
+        u32::from_str_radix(&s[1..], 8)
+    } else {
+        s.parse::<u32>()
+    };
+    // from_str_radix takes a sign; nbdkit does not.
+    parsed
+        .ok()
+        .filter(|_| !s.contains(['+', '-']))
+        .ok_or_else(|| {
+            Error::usage(format!(
+                "--mask-handshake: '{s}' is not a number (bit 0: fixed newstyle, bit 1: no zeroes)"
+            ))
+        })
+}
+
 pub fn max_connections(s: &str) -> Result<usize, Error> {
     match s.parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
@@ -251,6 +272,12 @@ mod tests {
         );
         assert!(idle_timeout("0").is_err());
         assert!(threads("x").is_err() && threads("16").is_ok());
+        for (s, mask) in [("0", 0), ("3", 3), ("0x2", 2), ("0X1", 1), ("010", 8)] {
+            assert_eq!(mask_handshake(s).unwrap(), mask, "{s}");
+        }
+        for bad in ["", "-1", "+1", "0x", "09", "three", "4294967296"] {
+            assert!(mask_handshake(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

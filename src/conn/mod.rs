@@ -180,7 +180,7 @@ impl Conn {
             let greeting = greeting_oldstyle(export.size, session.flags);
             (Phase::Transmission(session), greeting.to_vec())
         } else {
-            let greeting = greeting_newstyle();
+            let greeting = greeting_newstyle(export.handshake_flags);
             (Phase::Handshake(Handshake::default()), greeting.to_vec())
         };
         Conn {

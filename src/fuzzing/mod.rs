@@ -110,6 +110,7 @@ impl Config {
                 min_block: self.min_block,
             },
             no_sr: self.no_sr,
+            handshake_flags: crate::proto::option::HANDSHAKE_FLAGS,
             tls: self.tls,
             max_request: crate::export::MAX_REQUEST,
         }

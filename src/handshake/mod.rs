@@ -82,7 +82,7 @@ impl Handshake {
     ) -> Outcome {
         if !self.flags_read {
             return match parse_client_flags(input) {
-                Parse::Done(flags, n) => self.client_flags(flags, n),
+                Parse::Done(flags, n) => self.client_flags(flags, n, ex),
                 _ => Outcome::Continue(0),
             };
         }
@@ -115,6 +115,13 @@ impl Handshake {
         };
         let answer = if shutting_down && hdr.opt != OPT_ABORT {
             shutdown_answer(hdr.opt, out)
+        } else if !fixed_newstyle(ex) && !matches!(hdr.opt, OPT_EXPORT_NAME | OPT_ABORT) {
+            options::error(
+                out,
+                hdr.opt,
+                REP_ERR_INVALID,
+                "only EXPORT_NAME: the server does not offer fixed newstyle",
+            )
         } else if self.tls_required(ex) && !matches!(hdr.opt, OPT_STARTTLS | OPT_ABORT) {
             tls_required_answer(hdr.opt, out)
         } else {
@@ -160,11 +167,14 @@ impl Handshake {
         ex.tls == TlsMode::Require && !self.tls
     }
 
-    fn client_flags(&mut self, flags: u32, n: usize) -> Outcome {
-        if flags & !(CFLAG_FIXED_NEWSTYLE | CFLAG_NO_ZEROES) != 0 {
-            return Outcome::Close("client sent unknown handshake flags");
+    /// The client's flags: only those the greeting offered (client flags
+    /// mirror the server's, bit for bit).
+    fn client_flags(&mut self, flags: u32, n: usize, ex: &Export) -> Outcome {
+        if flags & !u32::from(ex.handshake_flags) != 0 {
+            return Outcome::Close("client sent handshake flags the server did not offer");
         }
-        // A client without FIXED_NEWSTYLE is served as if it had set it, as the spec allows.
+        // A client without FIXED_NEWSTYLE is served as if it had set it, as
+        // the spec allows, when the server offers it (see `fixed_newstyle`).
         self.no_zeroes = flags & CFLAG_NO_ZEROES != 0;
         self.flags_read = true;
         Outcome::Continue(n)
@@ -180,6 +190,14 @@ impl Handshake {
             meta,
         }
     }
+}
+
+/// Whether the greeting offered FIXED_NEWSTYLE. Without it (`--mask-handshake`
+/// with bit 0 clear, to test how clients cope with an old server) a client
+/// may send only EXPORT_NAME (or ABORT, to leave); anything else is
+/// refused, as nbdkit does.
+fn fixed_newstyle(ex: &Export) -> bool {
+    ex.handshake_flags & FLAG_FIXED_NEWSTYLE != 0
 }
 
 /// Before TLS, under `--tls=require`: options are refused with ERR_TLS_REQD

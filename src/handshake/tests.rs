@@ -44,6 +44,49 @@ fn unknown_client_flags_close() {
     assert!(matches!(o, Outcome::Close(_)));
 }
 
+/// `--mask-handshake`: a client may set only the flags offered; without
+/// FIXED_NEWSTYLE only EXPORT_NAME (and ABORT) is served, and without
+/// NO_ZEROES the EXPORT_NAME reply carries its 124 bytes of padding.
+#[test]
+fn masked_handshake_flags() {
+    let offered = |flags: u16| Export {
+        handshake_flags: flags,
+        ..export()
+    };
+    let start = |ex: &Export, flags: u32| {
+        let mut h = Handshake::default();
+        let o = h.step(&flags.to_be_bytes(), &mut Vec::new(), ex, false);
+        (h, o)
+    };
+    let plain = offered(0);
+    assert!(matches!(start(&plain, 1).1, Outcome::Close(_)));
+    assert!(matches!(
+        start(&offered(FLAG_FIXED_NEWSTYLE), 2).1,
+        Outcome::Close(_)
+    ));
+    let (mut h, o) = start(&plain, 0);
+    assert_eq!(o, Outcome::Continue(4));
+    for (o, data) in [
+        (OPT_LIST, &b""[..]),
+        (OPT_GO, &info_data(b"", &[])[..]),
+        (OPT_STARTTLS, b""),
+        (OPT_STRUCTURED_REPLY, b""),
+    ] {
+        let mut out = Vec::new();
+        let outcome = h.step(&opt(o, data), &mut out, &plain, false);
+        assert_eq!(outcome, Outcome::Continue(16 + data.len()), "{o}");
+        assert_eq!(reply_types(&out), vec![REP_ERR_INVALID], "{o}");
+    }
+    let mut out = Vec::new();
+    let o = h.step(&opt(OPT_EXPORT_NAME, b"x"), &mut out, &plain, false);
+    assert!(matches!(o, Outcome::Transmission { .. }));
+    assert_eq!(out.len(), 8 + 2 + 124, "size, flags and the zeroes");
+    assert!(out[10..].iter().all(|&b| b == 0));
+    let (mut h, _) = start(&plain, 0);
+    let o = h.step(&opt(OPT_ABORT, b""), &mut Vec::new(), &plain, false);
+    assert_eq!(o, Outcome::Abort);
+}
+
 #[test]
 fn go_every_prefix_then_transmission() {
     let mut h = started();

@@ -9,12 +9,16 @@ pub const OPTION_HEADER_LEN: usize = 16;
 /// Bytes in the oldstyle greeting.
 pub const OLDSTYLE_LEN: usize = 152;
 
-/// The newstyle greeting: we always offer FIXED_NEWSTYLE and NO_ZEROES.
-pub fn greeting_newstyle() -> [u8; GREETING_LEN] {
+/// The newstyle handshake flags nbdlite supports, and offers unless
+/// `--mask-handshake` takes some away: FIXED_NEWSTYLE and NO_ZEROES.
+pub const HANDSHAKE_FLAGS: u16 = FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES;
+
+/// The newstyle greeting, offering `flags` (`Export::handshake_flags`).
+pub fn greeting_newstyle(flags: u16) -> [u8; GREETING_LEN] {
     let mut g = [0u8; GREETING_LEN];
     g[..8].copy_from_slice(&NBDMAGIC.to_be_bytes());
     g[8..16].copy_from_slice(&IHAVEOPT.to_be_bytes());
-    g[16..].copy_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+    g[16..].copy_from_slice(&flags.to_be_bytes());
     g
 }
 
@@ -222,10 +226,11 @@ mod tests {
 
     #[test]
     fn greeting_layout() {
-        let g = greeting_newstyle();
+        let g = greeting_newstyle(HANDSHAKE_FLAGS);
         assert_eq!(&g[..8], b"NBDMAGIC");
         assert_eq!(&g[8..16], b"IHAVEOPT");
         assert_eq!(&g[16..], &[0, 3]);
+        assert_eq!(&greeting_newstyle(FLAG_NO_ZEROES)[16..], &[0, 2]);
         let o = greeting_oldstyle(1 << 20, 0x1234);
         assert_eq!(&o[..8], b"NBDMAGIC");
         assert_eq!(be64(&o[8..]), OLDSTYLE_MAGIC);

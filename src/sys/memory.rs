@@ -33,3 +33,28 @@ pub fn heap_in_use() -> usize {
     // SAFETY: mallinfo2 only reads the allocator's counters and returns them by value.
     unsafe { libc::mallinfo2() }.uordblks
 }
+
+/// Locks `buf`'s pages in RAM (`memory allocator=malloc,mlock=true`), so the
+/// disk is never swapped out. Needs CAP_IPC_LOCK, or a locked-memory limit
+/// (`memlock_limit`) that leaves room for it.
+pub fn mlock(buf: &[u8]) -> std::io::Result<()> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: mlock reads and writes no memory; the range is one live
+    // allocation, which the caller keeps for the life of the process.
+    super::cvt(unsafe { libc::mlock(buf.as_ptr().cast(), buf.len()) })?;
+    Ok(())
+}
+
+/// The soft RLIMIT_MEMLOCK in bytes (`ulimit -l`), `None` when unlimited:
+/// what a failed `mlock` is explained with.
+pub fn memlock_limit() -> std::io::Result<Option<u64>> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given, which lives on our stack.
+    super::cvt(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) })?;
+    Ok((lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur))
+}

@@ -368,7 +368,7 @@ mod tests {
         let file = Rc::new(File::open(&path).expect("open"));
         let _ = std::fs::remove_file(&path);
         let Ok(mut ring) = Ring::new(file, 4, Options::default()) else {
-            eprintln!("\n*** SKIP: io_uring unavailable ***\n");
+            crate::skipped::skip("io_uring unavailable");
             return;
         };
         let id = ring.lend(vec![0; 4096]);

@@ -79,7 +79,7 @@ pub fn cert_dir(opts: &TlsOptions) -> Result<PathBuf, Error> {
 /// Load it before dropping privileges: keys are usually readable by root only.
 pub fn server_config(opts: &TlsOptions) -> Result<Arc<ServerConfig>, Error> {
     let dir = cert_dir(opts)?;
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = provider();
     provider.cipher_suites = fastest_first(provider.cipher_suites, aes_in_hardware());
     let provider = Arc::new(provider);
     let roots = roots(&dir.join(CA_CERT))?;
@@ -107,6 +107,16 @@ pub fn server_config(opts: &TlsOptions) -> Result<Arc<ServerConfig>, Error> {
     cfg.send_tls13_tickets = 0;
     cfg.cert_compression_cache = Arc::new(CompressionCache::Disabled);
     Ok(Arc::new(cfg))
+}
+
+/// rustls's *ring* provider, the one the crate features build in: rustls
+/// installs it as the process default on first use, and the builder hands it
+/// back. (rustls 0.23.48 deprecated `crypto::ring::default_provider()`, for
+/// want of post-quantum key exchange, which *ring* does not have; this is the
+/// same provider through the API that stays, so that a `cargo install`
+/// resolving a newer rustls builds without a warning.) The bench uses it too.
+pub fn provider() -> CryptoProvider {
+    CryptoProvider::clone(ServerConfig::builder().crypto_provider())
 }
 
 /// The suites in the order the server chooses from (it ignores the client's

@@ -13,7 +13,7 @@ pub mod options;
 pub mod stream;
 
 #[cfg(feature = "tls")]
-pub use config::server_config;
+pub use config::{provider, server_config};
 pub use options::{TlsMode, TlsOptions, parse};
 #[cfg(feature = "tls")]
 pub use stream::Stream;

@@ -11,7 +11,8 @@
 //! - `revoked`: the same CA, with a client certificate the CRL revokes.
 //!
 //! Keys are ECDSA P-256 (fast to make); `rsa_pair` makes an RSA pair.
-//! Also compiled into the library's unit tests (`#[path]`), so it uses std only.
+//! Also compiled into the bench's unit tests (`#[path]`), so it uses std only
+//! (and `skipped.rs`, included there too).
 #![allow(dead_code)]
 
 use std::fs;
@@ -34,16 +35,15 @@ pub fn have_openssl() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// `make(dir)`, or `None` after a loud SKIP line when openssl is missing; under
-/// NBDLITE_REQUIRE_INTEROP=1 a missing openssl fails the test instead.
-pub fn make_or_skip(dir: &Path, test: &str) -> Option<Certs> {
+/// `make(dir)`, or `None` after a skip when openssl is missing; under
+/// NBDLITE_REQUIRE_INTEROP=1 a missing openssl fails the test instead (see
+/// `skipped.rs`, which the includer of this file declares beside it).
+#[track_caller]
+pub fn make_or_skip(dir: &Path) -> Option<Certs> {
     if have_openssl() {
         return Some(make(dir));
     }
-    if std::env::var("NBDLITE_REQUIRE_INTEROP").is_ok_and(|v| v == "1") {
-        panic!("{test}: openssl is required (NBDLITE_REQUIRE_INTEROP=1) but not found");
-    }
-    eprintln!("\n*** SKIP: openssl is not installed; {test} did not run ***\n");
+    super::skipped::missing_tool("openssl");
     None
 }
 

@@ -56,7 +56,10 @@ pub fn has_ring(io: Io, srv: &Server) -> bool {
     }
     let log = srv.log_text();
     if log.contains("io_uring unavailable") {
-        eprintln!("\n*** NOTE: no io_uring here, the default engine is the fallback: {log} ***\n");
+        crate::common::skip_part(&format!(
+            "no io_uring here, the default engine is the fallback: what only io_uring promises was not checked ({})",
+            log.trim()
+        ));
         return false;
     }
     true
@@ -97,11 +100,11 @@ impl Scratch {
         };
         if (fstype == "tmpfs") != tmpfs || avail < need {
             let want = if tmpfs { "a tmpfs" } else { "a disk" };
-            eprintln!(
-                "\n*** SKIP: {root} is {fstype} with {} MiB free; this test needs {want} with {} MiB ***\n",
+            crate::common::skip(&format!(
+                "{root} is {fstype} with {} MiB free; this test needs {want} with {} MiB",
                 avail >> 20,
                 need >> 20
-            );
+            ));
             return None;
         }
         static N: AtomicU32 = AtomicU32::new(0);

@@ -77,11 +77,11 @@ pub fn wait_exit(child: &mut Child, secs: u64) -> Option<ExitStatus> {
 
 /// Whether interop tools are mandatory (CI sets NBDLITE_REQUIRE_INTEROP=1).
 pub fn interop_required() -> bool {
-    std::env::var("NBDLITE_REQUIRE_INTEROP").is_ok_and(|v| v == "1")
+    skipped::interop_required()
 }
 
-/// True if every tool is on PATH. If one is missing: a loud SKIP line, or a
-/// failure when NBDLITE_REQUIRE_INTEROP=1.
+/// True if every tool is on PATH. If one is missing: a skip that `cargo test`
+/// shows (see `skip`), or a failure when NBDLITE_REQUIRE_INTEROP=1.
 #[track_caller]
 pub fn have(tools: &[&str]) -> bool {
     for t in tools {
@@ -89,10 +89,7 @@ pub fn have(tools: &[&str]) -> bool {
             .map(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
             .unwrap_or(false);
         if !found {
-            if interop_required() {
-                panic!("{t} is required (NBDLITE_REQUIRE_INTEROP=1) but not installed");
-            }
-            eprintln!("\n*** SKIP: {t} is not installed; this test did not run ***\n");
+            skipped::missing_tool(t);
             return false;
         }
     }
@@ -586,6 +583,17 @@ pub fn json_field<'a>(json: &'a str, key: &str) -> &'a str {
 }
 pub mod certs;
 pub mod nginx;
+pub mod skipped;
+
+/// The test did not run: said where `cargo test` shows it (see `skipped`).
+pub fn skip(why: &str) {
+    skipped::skip(why);
+}
+
+/// Part of the test did not run (see `skipped`).
+pub fn skip_part(why: &str) {
+    skipped::skip_part(why);
+}
 
 /// `nbdkit -f -i 127.0.0.1 -p PORT -P DIR/pid ARGS…` on a free TCP port,
 /// ready when the pidfile appears. nbdkit 1.32 can neither print a port the

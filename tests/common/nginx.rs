@@ -39,7 +39,7 @@ pub fn have_nginx() -> bool {
     if super::interop_required() {
         panic!("nginx is required (NBDLITE_REQUIRE_INTEROP=1) but {NGINX} is not installed");
     }
-    eprintln!("\n*** SKIP: nginx is not installed; this test did not run ***\n");
+    super::skip("nginx is not installed");
     false
 }
 

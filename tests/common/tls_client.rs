@@ -27,11 +27,9 @@ pub fn client_config(
     for c in CertificateDer::pem_file_iter(dir.join("ca-cert.pem")).expect("read CA") {
         roots.add(c.expect("parse CA")).expect("add CA");
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let b = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
-        .expect("versions")
-        .with_root_certificates(roots);
+    // The provider the crate features name (ring), as a client built
+    // without nbdlite would get it.
+    let b = ClientConfig::builder_with_protocol_versions(versions).with_root_certificates(roots);
     let cfg = match auth {
         None => b.with_no_client_auth(),
         Some(a) => {

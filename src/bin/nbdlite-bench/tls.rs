@@ -52,7 +52,7 @@ impl Client {
                 t.hostname
             )
         })?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(nbdlite::tls::provider());
         let ca = dir.join(CA_CERT);
         let crl_file = dir.join(CA_CRL);
         let roots = Arc::new(roots(&ca)?);

@@ -2,9 +2,7 @@
 //! server's own encoders.
 
 use nbdlite::client_proto::u32_at;
-use nbdlite::proto::option::{
-    greeting_newstyle, greeting_oldstyle, put_info_block_size, put_info_export, put_reply,
-};
+use nbdlite::proto::option::{greeting_oldstyle, put_info_block_size, put_info_export, put_reply};
 
 use super::*;
 
@@ -44,7 +42,8 @@ fn reply(opt: u32, kind: u32, data: &[u8]) -> Vec<u8> {
 }
 
 fn greeting() -> Vec<u8> {
-    greeting_newstyle().to_vec()
+    use nbdlite::proto::option::{HANDSHAKE_FLAGS, greeting_newstyle};
+    greeting_newstyle(HANDSHAKE_FLAGS).to_vec()
 }
 
 fn info_export(size: u64, flags: u16) -> Vec<u8> {

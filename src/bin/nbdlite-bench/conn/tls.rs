@@ -116,6 +116,9 @@ impl Conn {
 #[cfg(all(test, feature = "tls"))]
 #[path = "../../../../tests/common/certs.rs"]
 mod certs;
+#[cfg(all(test, feature = "tls"))]
+#[path = "../../../../tests/common/skipped.rs"]
+mod skipped;
 
 /// The TLS paths against a rustls server over a socketpair, driven by hand
 /// from the test thread after the handshake: records cut anywhere, writes
@@ -154,7 +157,7 @@ mod tests {
         let root = PathBuf::from(format!("/tmp/nbdlite-bench-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
-        let c = certs::make_or_skip(&root, name)?;
+        let c = certs::make_or_skip(&root)?;
         Some(Pki(root, c))
     }
 
