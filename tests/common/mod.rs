@@ -113,18 +113,8 @@ pub fn run(cmd: &mut Command, secs: u64) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
+    let out = drain(child.stdout.take().expect("piped stdout"));
+    let err = drain(child.stderr.take().expect("piped stderr"));
     let status = match wait_exit(&mut child, secs) {
         Some(s) => s,
         None => {
@@ -135,8 +125,38 @@ pub fn run(cmd: &mut Command, secs: u64) -> Output {
     };
     Output {
         status,
-        stdout: t_out.join().unwrap_or_default(),
-        stderr: t_err.join().unwrap_or_default(),
+        stdout: out.collect(),
+        stderr: err.collect(),
+    }
+}
+
+/// A pipe read on a thread of its own, as its bytes come.
+struct Drain {
+    bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    done: mpsc::Receiver<()>,
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> Drain {
+    let bytes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, done) = mpsc::channel();
+    let sink = bytes.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n @ 1..) = pipe.read(&mut buf) {
+            sink.lock().map(|mut v| v.extend_from_slice(&buf[..n])).ok();
+        }
+        let _ = tx.send(());
+    });
+    Drain { bytes, done }
+}
+
+impl Drain {
+    /// What the command wrote, once the pipe ends; a process it left behind
+    /// (a server libnbd started for it) may hold the pipe open, so after a
+    /// few seconds, what came by then.
+    fn collect(self) -> Vec<u8> {
+        let _ = self.done.recv_timeout(Duration::from_secs(3));
+        self.bytes.lock().map(|v| v.clone()).unwrap_or_default()
     }
 }
 
