@@ -19,8 +19,11 @@
 mod below;
 mod delay;
 mod error;
+mod offset;
 pub mod params;
+mod partition;
 pub mod registry;
+mod truncate;
 
 pub use below::Below;
 

@@ -48,6 +48,24 @@ pub static FILTERS: &[Entry] = &[
         params: super::error::PARAMS,
         build: super::error::build,
     },
+    Entry {
+        name: "partition",
+        about: "serve one partition of a disk image (MBR or GPT)",
+        params: super::partition::PARAMS,
+        build: super::partition::build,
+    },
+    Entry {
+        name: "offset",
+        about: "serve a byte range of what is below",
+        params: super::offset::PARAMS,
+        build: super::offset::build,
+    },
+    Entry {
+        name: "truncate",
+        about: "change the size: cut, extend with zeroes, round up or down",
+        params: super::truncate::PARAMS,
+        build: super::truncate::build,
+    },
 ];
 
 /// The filter named `name`.
