@@ -19,6 +19,9 @@
 mod below;
 mod delay;
 mod error;
+mod exitlast;
+mod exitwhen;
+mod limit;
 mod offset;
 pub mod params;
 mod partition;

@@ -66,6 +66,24 @@ pub static FILTERS: &[Entry] = &[
         params: super::truncate::PARAMS,
         build: super::truncate::build,
     },
+    Entry {
+        name: "exitlast",
+        about: "exit once the last client has gone",
+        params: super::exitlast::PARAMS,
+        build: super::exitlast::build,
+    },
+    Entry {
+        name: "exitwhen",
+        about: "exit gracefully once an event has happened (a file, a pipe, a process, a script)",
+        params: super::exitwhen::PARAMS,
+        build: super::exitwhen::build,
+    },
+    Entry {
+        name: "limit",
+        about: "limit how many clients may be connected at once",
+        params: super::limit::PARAMS,
+        build: super::limit::build,
+    },
 ];
 
 /// The filter named `name`.
