@@ -59,7 +59,7 @@ fn operation(r: &Incoming, call: &Call, pool: &mut Pool) -> Op {
         },
         CMD_WRITE => {
             // Only what is below: a filter may have cut the rest (see `Call::len`).
-            let below = &r.payload[..len as usize]; // ≤ the payload's length
+            let below = zeroes::below(r, call);
             let mut buf = block(pool, below.len());
             buf.copy_from_slice(below);
             Op::Write { offset, buf, fua }

@@ -13,11 +13,12 @@ use crate::filter::Call;
 use crate::proto::reply::{self as wire, Style};
 use crate::proto::*;
 
-/// The shared block of zeroes lent into replies.
-const ZERO_BLOCK: usize = 1 << 20;
+/// The shared block of zeroes lent into replies: a 64 MiB READ of zeroes is
+/// 256 pieces of it, one writev's worth.
+const ZERO_BLOCK: usize = 256 * 1024;
 
 thread_local! {
-    /// Made when first needed (calloc'd: its pages cost nothing until read).
+    /// Made when first needed (the server has one thread: one block).
     static ZEROES: Rc<[u8]> = vec![0u8; ZERO_BLOCK].into();
 }
 
@@ -82,11 +83,17 @@ pub fn lend(mut n: u64, out: &mut Out) {
     });
 }
 
+/// A WRITE's payload as far as it goes below (a filter may have cut the
+/// rest: see `cut_write_fits`).
+pub fn below<'a>(r: &Incoming<'a>, call: &Call) -> &'a [u8] {
+    let n = (call.len as usize).min(r.payload.len());
+    &r.payload[..n]
+}
+
 /// A WRITE cut short: whether what was cut off is zeroes (which need not be
 /// stored: they read back as zeroes anyway).
 pub fn cut_write_fits(r: &Incoming, call: &Call) -> bool {
-    let below = (call.len as usize).min(r.payload.len()); // ≤ the payload, checked
-    all_zero(&r.payload[below..])
+    all_zero(&r.payload[below(r, call).len()..])
 }
 
 /// Data past the end of what is below that is not zeroes: it cannot be
