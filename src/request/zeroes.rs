@@ -74,6 +74,9 @@ pub fn tail(r: &Incoming, call: &Call) -> u64 {
 
 /// Queues `n` zero bytes, lent from the shared block.
 pub fn lend(mut n: u64, out: &mut Out) {
+    if n == 0 {
+        return; // the common case: nothing cut
+    }
     ZEROES.with(|z| {
         while n > 0 {
             let k = n.min(ZERO_BLOCK as u64) as usize; // ≤ ZERO_BLOCK
