@@ -22,7 +22,7 @@ use crate::aio::Done;
 use crate::budget::{Budget, Charge};
 use crate::buf::{InBuf, OutQueue, Pool};
 use crate::filter::{self, Held};
-use crate::handshake::{Handshake, Outcome};
+use crate::handshake::{Gate, Handshake, Outcome};
 use crate::lifecycle::{Activity, Lifecycle};
 use crate::origin::Origin;
 use crate::proto::request::parse_request;
@@ -458,6 +458,18 @@ struct Turn<'a> {
     charge: &'a mut Charge,
 }
 
+/// Whether a client may choose the export now: not while the server shuts
+/// down, nor while a filter admits no more clients.
+fn gate(sh: &Shared) -> Gate {
+    if sh.lifecycle.shutting_down() {
+        return Gate::ShuttingDown;
+    }
+    match sh.storage.filters.refusing_open() {
+        Some(by) => Gate::Refused(by),
+        None => Gate::Open,
+    }
+}
+
 impl Front {
     /// Handles the message at the front of `input`, if it is complete. Returns
     /// how many bytes of `input` were used.
@@ -475,8 +487,7 @@ impl Front {
         let (used, progress) = match &mut self.phase {
             Phase::Handshake(hs) => {
                 let mut replies = Vec::new();
-                let shutting_down = t.sh.lifecycle.shutting_down();
-                let outcome = hs.step(input, &mut replies, &t.sh.storage.export, shutting_down);
+                let outcome = hs.step(input, &mut replies, &t.sh.storage.export, gate(t.sh));
                 t.out.writer(&mut t.sh.pool).put(&replies);
                 self.handshake_outcome(outcome, t)
             }

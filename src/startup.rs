@@ -37,10 +37,16 @@ pub fn serve(
     #[cfg(feature = "tls")]
     let tls = load_tls(cfg)?;
     let nofile = raise_nofile_limit();
-    let backend = open_backend(cfg)?;
-    // Before any fork: filters make their paths absolute from where we started.
-    let filters = crate::filter::build(&cfg.filters).map_err(Error::usage)?;
-    let export = export_of(cfg, backend.as_ref());
+    let mut backend = open_backend(cfg)?;
+    let mut export = export_of(cfg, backend.as_ref());
+    // Before anything is bound or forked: a filter that cannot start (a
+    // partition not found, an offset past the end) is one line and exit 1,
+    // and its paths resolve against the directory we were started in.
+    let mut filters =
+        crate::filter::Stack::new(crate::filter::build(&cfg.filters).map_err(Error::usage)?);
+    filters
+        .prepare(backend.as_mut(), &mut export)
+        .map_err(Error::usage)?;
     let memory_budget = memory_budget(cfg);
     let signals = catch_signals()?;
     let mut cleanup = Cleanup::default();

@@ -42,13 +42,13 @@ pub struct Owed {
 }
 
 impl Flight {
-    /// READ: its data, into a buffer the engine fills; WRITE: a copy of its
-    /// payload.
+    /// READ: its data, into a buffer the engine fills (its reply also
+    /// carries the zeroes past a filter's cut); WRITE: a copy of its payload.
     pub fn owed(&self) -> Owed {
         let len = self.call.len as usize; // ≤ max_request, checked
         match self.req.kind {
             CMD_READ => Owed {
-                data: len,
+                data: self.req.length as usize, // ≤ max_request, checked
                 lent: len,
             },
             CMD_WRITE => Owed { data: 0, lent: len },
@@ -61,7 +61,7 @@ impl Held {
     /// A held READ's data is still to come; a held WRITE holds its payload.
     pub fn owed(&self) -> Owed {
         let data = match self.req.kind {
-            CMD_READ => self.call.len as usize, // ≤ max_request, checked
+            CMD_READ => self.req.length as usize, // ≤ max_request, checked
             _ => 0,
         };
         Owed {
@@ -83,10 +83,9 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// `export` is what the backend serves; the filters shape what clients
-    /// are told of it.
-    pub fn new(backend: Box<dyn Backend>, mut export: Export, mut filters: Stack) -> Storage {
-        filters.shape(&mut export);
+    /// `export` is what clients are told, as the filters (prepared:
+    /// `Stack::prepare`) shaped it.
+    pub fn new(backend: Box<dyn Backend>, export: Export, filters: Stack) -> Storage {
         Storage {
             backend,
             export,

@@ -14,11 +14,13 @@ mod log;
 mod memory;
 pub mod net;
 pub mod uring;
+mod watch;
 
 pub use log::{poll_writable, syslog_time};
 #[cfg(target_env = "gnu")]
 pub use memory::heap_in_use;
 pub use memory::{memlock_limit, mlock, physical_memory, trim_heap};
+pub use watch::{PipeEnd, pipe_end};
 
 /// Turns the C convention (-1 and errno) into `io::Result`.
 fn cvt<T: PartialEq + From<i8>>(r: T) -> io::Result<T> {

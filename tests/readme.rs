@@ -249,6 +249,7 @@ fn readme_examples_run_as_written() {
         "fio",
         "systemd-socket-activate",
         "openssl",
+        "sfdisk",
     ];
     if !have(&tools) {
         return;

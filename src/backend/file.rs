@@ -9,7 +9,7 @@
 use std::fs::{self, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsFd;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 use std::rc::Rc;
 
@@ -98,6 +98,11 @@ impl Backend for File {
 
     fn access(&mut self) -> Access<'_> {
         Access::Engine(&mut self.engine)
+    }
+
+    /// Straight from the file (start-up only: this may wait on the disk).
+    fn read_at_start(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
     }
 
     fn extents(

@@ -87,6 +87,20 @@ pub trait Backend {
     ) -> io::Result<()>;
     /// Where requests that move data go.
     fn access(&mut self) -> Access<'_>;
+
+    /// Reads at start-up, before the event loop runs (a filter reading a
+    /// partition table), so it may wait. Data at hand is read at once; a
+    /// backend whose data goes through an engine reads it directly if it
+    /// can, else says it cannot (`Unsupported`).
+    fn read_at_start(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match self.access() {
+            Access::Now(store) => store.read(buf, offset),
+            Access::Engine(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this backend cannot be read before the server starts",
+            )),
+        }
+    }
 }
 
 /// How a backend moves data.

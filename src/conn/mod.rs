@@ -183,13 +183,22 @@ impl Conn {
             let greeting = greeting_newstyle(export.handshake_flags);
             (Phase::Handshake(Handshake::default()), greeting.to_vec())
         };
+        // Oldstyle has no handshake: the client opens the export as it
+        // connects, so the filters hear of it now (and may hold its greeting).
+        let life = match oldstyle {
+            true => match sh.storage.filters.open(filter::Conn { id }, sh.now) {
+                Some(until) => Life::Opening(until),
+                None => Life::Open,
+            },
+            false => Life::Open,
+        };
         Conn {
             origin: Origin::new(key, id),
             id,
             socket,
             transport: Transport::Plain,
             driver: Driver::new(id, phase, &greeting, sh),
-            life: Life::Open,
+            life,
             room: Room::Free,
             stall: Stall::No,
             log_quota: logging::Quota::default(),

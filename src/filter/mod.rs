@@ -3,8 +3,12 @@
 //! sees a request on its way down (`Filter::request`) and may let it pass,
 //! change it (its offset, its flags), answer it with an error, hold it on a
 //! timer, or have its client disconnected; each sees the outcome on the way
-//! up (`Filter::reply`). At start-up each may change what clients are told
-//! (`Filter::shape`); each hears of connections opening and closing.
+//! up (`Filter::reply`). At start-up each may read what it needs of the data
+//! below it and check its parameters against it (`Filter::prepare`), then
+//! change what clients are told (`Filter::shape`). Each hears of connections
+//! opening and closing, may turn clients away (`Filter::connect`,
+//! `Filter::may_open`), and may ask the server to shut down
+//! (`Filter::wants_exit`).
 //!
 //! Single-threaded: a held request is not a sleeping thread but an entry
 //! here (`Held`), with its payload, released by the loop when its time comes
@@ -12,10 +16,19 @@
 //! it. With no filter configured the request path asks `Stack::is_empty`
 //! and nothing else.
 
+mod below;
 mod delay;
 mod error;
+mod exitlast;
+mod exitwhen;
+mod limit;
+mod offset;
 pub mod params;
+mod partition;
 pub mod registry;
+mod truncate;
+
+pub use below::Below;
 
 pub use registry::{FILTERS, Spec, build, describe};
 
@@ -26,6 +39,7 @@ use std::time::Instant;
 use slab::Slab;
 
 use crate::agreement::Agreement;
+use crate::backend::Backend;
 use crate::export::Export;
 use crate::origin::Origin;
 use crate::proto::request::Request;
@@ -41,6 +55,12 @@ pub struct Call {
     pub flags: u16,
     pub offset: u64,
     /// The length it acts on (its effect: BLOCK_STATUS's from its payload form too).
+    ///
+    /// A filter may shorten it where what is below ends (truncate): the rest
+    /// of the client's request lies past that end and reads as zeroes. A
+    /// READ's reply carries zeroes there; a WRITE's payload there must be
+    /// zeroes (else ENOSPC, as nothing can be stored there); a BLOCK_STATUS
+    /// reply describes only the part below.
     pub len: u64,
     /// When the client's request was taken up.
     pub started: Instant,
@@ -57,6 +77,12 @@ pub enum Verdict {
     Hold(Instant),
     /// End the connection (its client broke a rule the filter enforces).
     Disconnect(&'static str),
+    /// Answer it as if everything it covers read as zeroes (it lies wholly
+    /// past the end of what is below: truncate); nothing below sees it. A
+    /// READ gets zeroes, a WRITE of zeroes succeeds (any other fails with
+    /// ENOSPC), TRIM, WRITE_ZEROES and CACHE succeed, BLOCK_STATUS reports a
+    /// hole.
+    Zeroes,
 }
 
 /// A connection, as filters hear of it.
@@ -71,9 +97,31 @@ pub trait Filter {
     /// Its name on the command line.
     fn name(&self) -> &'static str;
 
+    /// At start-up, from the filter nearest the backend up, before its
+    /// `shape`: reads what it needs of the data below it (a partition table)
+    /// and checks its parameters against what is below (`export`, as the
+    /// filters below shaped it). Err: the server does not start (one line).
+    fn prepare(&mut self, _below: &mut Below, _export: &Export) -> Result<(), String> {
+        Ok(())
+    }
+
     /// At start-up, from the filter nearest the backend up: what clients are
     /// told (size, flags, block sizes).
     fn shape(&mut self, _export: &mut Export) {}
+
+    /// A client has just connected (before its greeting, as nbdkit's
+    /// preconnect): false turns it away (its socket is closed at once).
+    fn connect(&mut self, _now: Instant) -> bool {
+        true
+    }
+
+    /// Whether a client may open the export now: asked before GO or
+    /// EXPORT_NAME is answered (`open` follows if it may). False refuses it
+    /// (GO gets an error and may be tried again; EXPORT_NAME ends the
+    /// connection).
+    fn may_open(&self) -> bool {
+        true
+    }
 
     /// A client chose the export (GO, EXPORT_NAME): until when its answer is held.
     fn open(&mut self, _c: Conn, _now: Instant) -> Option<Instant> {
@@ -111,6 +159,13 @@ pub trait Filter {
 
     /// Called once per turn of the loop from `wake_at` on.
     fn wake(&mut self, _now: Instant) {}
+
+    /// Whether it wants the server to shut down now, as a signal would (no
+    /// new clients; those connected get the grace period). Asked once per
+    /// turn of the loop.
+    fn wants_exit(&self) -> bool {
+        false
+    }
 }
 
 /// A request a filter holds: everything needed to carry it on later, from
@@ -152,11 +207,26 @@ impl Stack {
         self.filters.is_empty()
     }
 
-    /// At start-up: each filter, from the backend up, shapes what clients see.
-    pub fn shape(&mut self, export: &mut Export) {
-        for f in self.filters.iter_mut().rev() {
+    /// At start-up: each filter, from the backend up, prepares (reading
+    /// through the filters below it) and shapes what clients see. `export`
+    /// is what the backend serves; it leaves as clients are to see it.
+    pub fn prepare(
+        &mut self,
+        backend: &mut dyn Backend,
+        export: &mut Export,
+    ) -> Result<(), String> {
+        for i in (0..self.filters.len()).rev() {
+            let (upper, lower) = self.filters.split_at_mut(i + 1);
+            let f = &mut upper[i];
+            let mut below = Below {
+                filters: lower,
+                backend: &mut *backend,
+            };
+            f.prepare(&mut below, export)
+                .map_err(|e| format!("{} filter: {e}", f.name()))?;
             f.shape(export);
         }
+        Ok(())
     }
 
     /// A request on its way down from stage `from`: the first verdict that is
@@ -206,6 +276,27 @@ impl Stack {
         }
         self.due.pop();
         self.held.try_remove(key)
+    }
+
+    /// A client has just connected: whether every filter lets it stay.
+    pub fn connect(&mut self, now: Instant) -> bool {
+        self.filters.iter_mut().all(|f| f.connect(now))
+    }
+
+    /// The filter that refuses to let a client open the export now, if one does.
+    pub fn refusing_open(&self) -> Option<&'static str> {
+        self.filters
+            .iter()
+            .find(|f| !f.may_open())
+            .map(|f| f.name())
+    }
+
+    /// The filter that wants the server to shut down, if one does.
+    pub fn wanting_exit(&self) -> Option<&'static str> {
+        self.filters
+            .iter()
+            .find(|f| f.wants_exit())
+            .map(|f| f.name())
     }
 
     pub fn open(&mut self, c: Conn, now: Instant) -> Option<Instant> {

@@ -48,6 +48,42 @@ pub static FILTERS: &[Entry] = &[
         params: super::error::PARAMS,
         build: super::error::build,
     },
+    Entry {
+        name: "partition",
+        about: "serve one partition of a disk image (MBR or GPT)",
+        params: super::partition::PARAMS,
+        build: super::partition::build,
+    },
+    Entry {
+        name: "offset",
+        about: "serve a byte range of what is below",
+        params: super::offset::PARAMS,
+        build: super::offset::build,
+    },
+    Entry {
+        name: "truncate",
+        about: "change the size: cut, extend with zeroes, round up or down",
+        params: super::truncate::PARAMS,
+        build: super::truncate::build,
+    },
+    Entry {
+        name: "exitlast",
+        about: "exit once the last client has gone",
+        params: super::exitlast::PARAMS,
+        build: super::exitlast::build,
+    },
+    Entry {
+        name: "exitwhen",
+        about: "exit gracefully once an event has happened (a file, a pipe, a process, a script)",
+        params: super::exitwhen::PARAMS,
+        build: super::exitwhen::build,
+    },
+    Entry {
+        name: "limit",
+        about: "limit how many clients may be connected at once",
+        params: super::limit::PARAMS,
+        build: super::limit::build,
+    },
 ];
 
 /// The filter named `name`.

@@ -39,6 +39,17 @@ pub enum Outcome {
     Close(&'static str),
 }
 
+/// Whether a client may choose the export now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    Open,
+    /// A filter (named) admits no more clients now (limit): GO is refused
+    /// (the client may try again), EXPORT_NAME ends the connection.
+    Refused(&'static str),
+    /// The server is shutting down: every option but ABORT is refused.
+    ShuttingDown,
+}
+
 /// Which metadata context a client selected, and for which export name.
 #[derive(Debug, Default)]
 struct MetaSelection {
@@ -73,13 +84,7 @@ impl Default for Handshake {
 
 impl Handshake {
     /// Handles at most one message at the front of `input`.
-    pub fn step(
-        &mut self,
-        input: &[u8],
-        out: &mut Vec<u8>,
-        ex: &Export,
-        shutting_down: bool,
-    ) -> Outcome {
+    pub fn step(&mut self, input: &[u8], out: &mut Vec<u8>, ex: &Export, gate: Gate) -> Outcome {
         if !self.flags_read {
             return match parse_client_flags(input) {
                 Parse::Done(flags, n) => self.client_flags(flags, n, ex),
@@ -113,19 +118,23 @@ impl Handshake {
         } else {
             Data::TooLong
         };
-        let answer = if shutting_down && hdr.opt != OPT_ABORT {
-            shutdown_answer(hdr.opt, out)
-        } else if !fixed_newstyle(ex) && !matches!(hdr.opt, OPT_EXPORT_NAME | OPT_ABORT) {
-            options::error(
-                out,
-                hdr.opt,
-                REP_ERR_INVALID,
-                "only EXPORT_NAME: the server does not offer fixed newstyle",
-            )
-        } else if self.tls_required(ex) && !matches!(hdr.opt, OPT_STARTTLS | OPT_ABORT) {
-            tls_required_answer(hdr.opt, out)
-        } else {
-            self.answer(hdr.opt, rule, data, out, ex)
+        let answer = match gate {
+            Gate::ShuttingDown if hdr.opt != OPT_ABORT => shutdown_answer(hdr.opt, out),
+            _ if !fixed_newstyle(ex) && !matches!(hdr.opt, OPT_EXPORT_NAME | OPT_ABORT) => {
+                options::error(
+                    out,
+                    hdr.opt,
+                    REP_ERR_INVALID,
+                    "only EXPORT_NAME: the server does not offer fixed newstyle",
+                )
+            }
+            _ if self.tls_required(ex) && !matches!(hdr.opt, OPT_STARTTLS | OPT_ABORT) => {
+                tls_required_answer(hdr.opt, out)
+            }
+            Gate::Refused(by) if matches!(hdr.opt, OPT_GO | OPT_EXPORT_NAME) => {
+                refused_answer(hdr.opt, by, out)
+            }
+            _ => self.answer(hdr.opt, rule, data, out, ex),
         };
         match (answer, held) {
             (Answer::Replied, true) => Outcome::Continue(total),
@@ -208,6 +217,18 @@ fn tls_required_answer(opt: u32, out: &mut Vec<u8>) -> Answer {
         return Answer::Close("EXPORT_NAME without TLS, which is required");
     }
     options::error(out, opt, REP_ERR_TLS_REQD, "TLS is required: use STARTTLS")
+}
+
+/// A filter admits no more clients now: GO gets ERR_UNKNOWN (as nbdkit
+/// answers an export that failed to open), and the client may try again;
+/// EXPORT_NAME has no way to be refused, so the client is let go.
+fn refused_answer(opt: u32, by: &str, out: &mut Vec<u8>) -> Answer {
+    log::warn!("the {by} filter admits no more clients now: refusing the export");
+    if opt == OPT_EXPORT_NAME {
+        return Answer::Close("refused by a filter");
+    }
+    let msg = format!("the {by} filter admits no more clients now");
+    options::error(out, opt, REP_ERR_UNKNOWN, &msg)
 }
 
 /// While the server shuts down, options (but ABORT) are refused; EXPORT_NAME

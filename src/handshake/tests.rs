@@ -25,7 +25,7 @@ fn reply_types(mut out: &[u8]) -> Vec<u32> {
 fn started() -> Handshake {
     let mut h = Handshake::default();
     assert_eq!(
-        h.step(&3u32.to_be_bytes(), &mut Vec::new(), &export(), false),
+        h.step(&3u32.to_be_bytes(), &mut Vec::new(), &export(), Gate::Open),
         Outcome::Continue(4)
     );
     h
@@ -33,14 +33,14 @@ fn started() -> Handshake {
 
 fn run(h: &mut Handshake, o: u32, data: &[u8]) -> (Outcome, Vec<u32>) {
     let mut out = Vec::new();
-    let outcome = h.step(&opt(o, data), &mut out, &export(), false);
+    let outcome = h.step(&opt(o, data), &mut out, &export(), Gate::Open);
     (outcome, reply_types(&out))
 }
 
 #[test]
 fn unknown_client_flags_close() {
     let mut h = Handshake::default();
-    let o = h.step(&4u32.to_be_bytes(), &mut Vec::new(), &export(), false);
+    let o = h.step(&4u32.to_be_bytes(), &mut Vec::new(), &export(), Gate::Open);
     assert!(matches!(o, Outcome::Close(_)));
 }
 
@@ -55,7 +55,7 @@ fn masked_handshake_flags() {
     };
     let start = |ex: &Export, flags: u32| {
         let mut h = Handshake::default();
-        let o = h.step(&flags.to_be_bytes(), &mut Vec::new(), ex, false);
+        let o = h.step(&flags.to_be_bytes(), &mut Vec::new(), ex, Gate::Open);
         (h, o)
     };
     let plain = offered(0);
@@ -73,17 +73,17 @@ fn masked_handshake_flags() {
         (OPT_STRUCTURED_REPLY, b""),
     ] {
         let mut out = Vec::new();
-        let outcome = h.step(&opt(o, data), &mut out, &plain, false);
+        let outcome = h.step(&opt(o, data), &mut out, &plain, Gate::Open);
         assert_eq!(outcome, Outcome::Continue(16 + data.len()), "{o}");
         assert_eq!(reply_types(&out), vec![REP_ERR_INVALID], "{o}");
     }
     let mut out = Vec::new();
-    let o = h.step(&opt(OPT_EXPORT_NAME, b"x"), &mut out, &plain, false);
+    let o = h.step(&opt(OPT_EXPORT_NAME, b"x"), &mut out, &plain, Gate::Open);
     assert!(matches!(o, Outcome::Transmission { .. }));
     assert_eq!(out.len(), 8 + 2 + 124, "size, flags and the zeroes");
     assert!(out[10..].iter().all(|&b| b == 0));
     let (mut h, _) = start(&plain, 0);
-    let o = h.step(&opt(OPT_ABORT, b""), &mut Vec::new(), &plain, false);
+    let o = h.step(&opt(OPT_ABORT, b""), &mut Vec::new(), &plain, Gate::Open);
     assert_eq!(o, Outcome::Abort);
 }
 
@@ -93,12 +93,12 @@ fn go_every_prefix_then_transmission() {
     let msg = opt(OPT_GO, &info_data(b"", &[INFO_NAME, INFO_DESCRIPTION]));
     for i in 0..msg.len() {
         assert_eq!(
-            h.step(&msg[..i], &mut Vec::new(), &export(), false),
+            h.step(&msg[..i], &mut Vec::new(), &export(), Gate::Open),
             Outcome::Continue(0)
         );
     }
     let mut out = Vec::new();
-    let o = h.step(&msg, &mut out, &export(), false);
+    let o = h.step(&msg, &mut out, &export(), Gate::Open);
     assert!(matches!(o, Outcome::Transmission { consumed, .. } if consumed == msg.len()));
     assert_eq!(
         reply_types(&out),
@@ -122,7 +122,7 @@ fn any_export_name_but_an_overlong_one() {
         &opt(OPT_EXPORT_NAME, b"nope"),
         &mut Vec::new(),
         &export(),
-        false,
+        Gate::Open,
     );
     assert!(matches!(o, Outcome::Transmission { .. }));
 }
@@ -235,7 +235,7 @@ fn oversized_option_is_skipped() {
     ] {
         let mut h = started();
         let mut out = Vec::new();
-        let o = h.step(&option_header(opt, len), &mut out, &export(), false);
+        let o = h.step(&option_header(opt, len), &mut out, &export(), Gate::Open);
         let skip = u64::from(len);
         assert_eq!(o, Outcome::Skip { consumed: 16, skip }, "{opt}");
         assert_eq!(reply_types(&out), vec![reply], "{opt}");
@@ -245,14 +245,14 @@ fn oversized_option_is_skipped() {
         &option_header(OPT_EXPORT_NAME, 4097),
         &mut Vec::new(),
         &export(),
-        false,
+        Gate::Open,
     );
     assert!(matches!(o, Outcome::Close(_)));
     // A GO naming a 4096-byte export and asking for every item fits.
     let name = vec![b'x'; MAX_STRING];
     let go = opt(OPT_GO, &info_data(&name, &[0, 1, 2, 3]));
     let mut out = Vec::new();
-    let o = started().step(&go, &mut out, &export(), false);
+    let o = started().step(&go, &mut out, &export(), Gate::Open);
     assert!(matches!(o, Outcome::Transmission { consumed, .. } if consumed == go.len()));
     assert_eq!(reply_types(&out).last(), Some(&REP_ACK));
 }
@@ -261,11 +261,39 @@ fn oversized_option_is_skipped() {
 fn shutdown_refuses_options() {
     let mut h = started();
     let mut out = Vec::new();
-    let o = h.step(&opt(OPT_LIST, b""), &mut out, &export(), true);
+    let o = h.step(&opt(OPT_LIST, b""), &mut out, &export(), Gate::ShuttingDown);
     assert!(matches!(o, Outcome::Continue(_)));
     assert_eq!(reply_types(&out), vec![REP_ERR_SHUTDOWN]);
     out.clear();
-    let o = h.step(&opt(OPT_ABORT, b""), &mut out, &export(), true);
+    let o = h.step(
+        &opt(OPT_ABORT, b""),
+        &mut out,
+        &export(),
+        Gate::ShuttingDown,
+    );
     assert_eq!(o, Outcome::Abort);
     assert_eq!(reply_types(&out), vec![REP_ACK]);
+}
+
+#[test]
+fn a_refusing_filter_refuses_go_and_export_name_only() {
+    let mut h = started();
+    let refused = Gate::Refused("limit");
+    let mut out = Vec::new();
+    let o = h.step(&opt(OPT_LIST, b""), &mut out, &export(), refused);
+    assert!(matches!(o, Outcome::Continue(_)));
+    assert_eq!(reply_types(&out).last(), Some(&REP_ACK), "LIST is answered");
+    out.clear();
+    let go = opt(OPT_GO, &info_data(b"", &[]));
+    let o = h.step(&go, &mut out, &export(), refused);
+    assert_eq!(o, Outcome::Continue(go.len()), "the client may try again");
+    assert_eq!(reply_types(&out), vec![REP_ERR_UNKNOWN]);
+    let o = h.step(&go, &mut Vec::new(), &export(), Gate::Open);
+    assert!(
+        matches!(o, Outcome::Transmission { .. }),
+        "and get in once it may"
+    );
+    let name = opt(OPT_EXPORT_NAME, b"");
+    let o = started().step(&name, &mut Vec::new(), &export(), refused);
+    assert!(matches!(o, Outcome::Close(_)));
 }

@@ -5,7 +5,7 @@
 //! interleave.
 
 use super::now::zero_how;
-use super::{Incoming, Ran, read, reply};
+use super::{Incoming, Ran, read, reply, zeroes};
 use crate::aio::{Done, Op};
 use crate::buf::{Out, Pool};
 use crate::filter::Call;
@@ -58,8 +58,10 @@ fn operation(r: &Incoming, call: &Call, pool: &mut Pool) -> Op {
             buf: block(pool, len as usize), // ≤ MAX_REQUEST, checked
         },
         CMD_WRITE => {
-            let mut buf = block(pool, r.payload.len());
-            buf.copy_from_slice(r.payload);
+            // Only what is below: a filter may have cut the rest (see `Call::len`).
+            let below = zeroes::below(r, call);
+            let mut buf = block(pool, below.len());
+            buf.copy_from_slice(below);
             Op::Write { offset, buf, fua }
         }
         CMD_FLUSH => Op::Flush,
@@ -116,12 +118,15 @@ pub fn reply(flight: &Flight, done: Done, out: &mut Out) -> u32 {
     let mut spare = done.buf;
     let errno = match (r.req.kind, done.result) {
         (CMD_READ, Ok(())) => {
-            read::data_header(&r, len, out);
+            // Zeroes past what is below, where a filter cut the request short.
+            let tail = zeroes::tail(&r, &flight.call);
+            read::data_header(&r, len + tail, out);
             if spare.len() < OWN_BUFFER {
                 out.put(&spare);
             } else {
                 out.give(std::mem::take(&mut spare));
             }
+            zeroes::lend(tail, out);
             0
         }
         (CMD_READ, Err(e)) => read::failed(&r, len, &e, out),

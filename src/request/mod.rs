@@ -21,6 +21,7 @@ mod engine;
 mod now;
 mod read;
 mod reply;
+mod zeroes;
 
 pub use check::{Refusal, check};
 pub use reply::error as refuse;
@@ -146,6 +147,11 @@ fn onward(
             }
             Verdict::Hold(at) => return hold(r, call, stage, at, storage),
             Verdict::Disconnect(why) => return Served::Disconnect(why),
+            Verdict::Zeroes => {
+                let errno = zeroes::answer(r, &call, out);
+                storage.filters.up(&call, errno, stage, r.now);
+                return Served::Replied;
+            }
         }
     }
     // 3. Run, and 4. reply.
@@ -171,6 +177,14 @@ enum Ran {
 fn run(r: &Incoming, call: &Call, storage: &mut Storage, out: &mut Out) -> Ran {
     if call.kind == CMD_BLOCK_STATUS {
         return Ran::Replied(read::block_status(r, call, storage, out));
+    }
+    // A filter cut it short (what is below ends): past the cut, zeroes.
+    let cut = call.len < r.req.length && matches!(call.kind, CMD_READ | CMD_WRITE);
+    if cut && call.kind == CMD_WRITE && !zeroes::cut_write_fits(r, call) {
+        return Ran::Replied(zeroes::refuse_write(r, out));
+    }
+    if cut && call.len == 0 {
+        return Ran::Replied(zeroes::answer(r, call, out));
     }
     let chunks = r.agreed.style != crate::proto::reply::Style::Simple;
     if call.kind == CMD_READ

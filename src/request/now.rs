@@ -1,7 +1,7 @@
 //! Requests on data at hand (RAM, synthetic exports): done at once, on the
 //! loop's thread, their reply queued before `serve` returns.
 
-use super::{Incoming, read, reply};
+use super::{Incoming, read, reply, zeroes};
 use crate::backend::{Extent, Store, Zero};
 use crate::buf::Out;
 use crate::filter::Call;
@@ -22,7 +22,8 @@ pub fn run(
     let result = match call.kind {
         CMD_READ => return read::read(r, call, store, holes, out),
         _ if len == 0 && call.kind != CMD_FLUSH => Ok(()),
-        CMD_WRITE => store.write(r.payload, offset, fua),
+        // Only what is below: a filter may have cut the rest (see `Call::len`).
+        CMD_WRITE => store.write(zeroes::below(r, call), offset, fua),
         CMD_FLUSH => store.flush(),
         CMD_TRIM => store.trim(offset, len, fua),
         CMD_WRITE_ZEROES => store.zero(offset, len, zero_how(call), fua),

@@ -1,7 +1,7 @@
 //! The replies that carry data: READ (sent from the backend's storage where it
 //! can lend it, holes as holes in structured replies) and BLOCK_STATUS.
 
-use super::{Incoming, reply};
+use super::{Incoming, reply, zeroes};
 use crate::agreement::Agreement;
 use crate::backend::{Extent, Store, nbd_errno};
 use crate::buf::Out;
@@ -63,10 +63,16 @@ pub fn read(
 ) -> u32 {
     let mark = out.mark();
     let len = call.len;
+    // Zeroes past what is below, where a filter cut the request short.
+    let tail = zeroes::tail(r, call);
     let result = match r.agreed.style {
         Style::Simple => {
             out.put(wire::simple(0, r.req.cookie).as_bytes());
-            read_into(store, call.offset, len, out)
+            read_into(store, call.offset, len, out).map(|()| zeroes::lend(tail, out))
+        }
+        _ if tail > 0 => {
+            data_header(r, len + tail, out);
+            read_into(store, call.offset, len, out).map(|()| zeroes::lend(tail, out))
         }
         _ if len == 0 => {
             reply::chunk(&r.agreed, &r.req, REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0, out);
@@ -158,7 +164,7 @@ fn read_chunks(
 /// none). An export without extents (`Caps::extents` false) reports the
 /// whole range as allocated data.
 pub fn block_status(r: &Incoming, call: &Call, storage: &mut Storage, out: &mut Out) -> u32 {
-    let (s, req, len) = (&r.agreed, &r.req, call.len);
+    let (req, len) = (&r.req, call.len);
     let req_one = req.flags & CMD_FLAG_REQ_ONE != 0;
     let max = match (storage.export.caps.extents, req_one) {
         (false, _) => 0,
@@ -166,15 +172,38 @@ pub fn block_status(r: &Incoming, call: &Call, storage: &mut Storage, out: &mut 
         (true, false) => MAX_EXTENTS,
     };
     let min_block = storage.export.caps.min_block;
+    // A filter's export may end before what is below it does (offset's
+    // range, a partition, truncate): nothing past its end is described.
+    let room = match storage.filters.is_empty() {
+        true => None,
+        false => Some(storage.export.size.saturating_sub(req.offset)),
+    };
     let ext = match storage.find_extents(call.offset, len, max) {
         Ok(ext) => ext,
         Err(e) => {
             log::warn!("BLOCK_STATUS offset {} length {len}: {e}", req.offset);
             let errno = nbd_errno(&e);
-            reply::error(s, req, out, errno, "block status failed");
+            reply::error(&r.agreed, req, out, errno, "block status failed");
             return errno;
         }
     };
+    if let Some(room) = room {
+        clip_to(ext, room);
+    }
+    put_block_status(r, ext, len, min_block, out);
+    0
+}
+
+/// The reply to BLOCK_STATUS of `len` bytes whose extents are `ext`.
+pub fn put_block_status(
+    r: &Incoming,
+    ext: &mut Vec<Extent>,
+    len: u64,
+    min_block: u32,
+    out: &mut Out,
+) {
+    let (s, req) = (&r.agreed, &r.req);
+    let req_one = req.flags & CMD_FLAG_REQ_ONE != 0;
     clip_extents(ext, len, req_one, s.style, min_block);
     let (per, head) = wire::block_status_layout(s.style);
     let kind = if s.extended() {
@@ -193,7 +222,19 @@ pub fn block_status(r: &Incoming, call: &Call, storage: &mut Storage, out: &mut 
         wire::descriptor(s.style, e.len, e.flags, &mut d);
         out.put(&d[..per]);
     }
-    0
+}
+
+/// Cuts the extents at `room` bytes (the end of the export).
+fn clip_to(ext: &mut Vec<Extent>, room: u64) {
+    let mut pos = 0u64;
+    for i in 0..ext.len() {
+        if pos + ext[i].len >= room {
+            ext[i].len = room - pos;
+            ext.truncate(if ext[i].len == 0 { i } else { i + 1 });
+            return;
+        }
+        pos += ext[i].len;
+    }
 }
 
 /// Makes extents fit the reply: none past the request with REQ_ONE, and none

@@ -33,7 +33,7 @@ use crate::budget::Budget;
 use crate::buf::Pool;
 use crate::conn::{Conn, Event, Socket, Step};
 use crate::export::Export;
-use crate::filter::{Filter, Stack};
+use crate::filter::Stack;
 use crate::lifecycle::{Lifecycle, Verdict};
 use crate::listen::{Listener, Peer};
 use crate::notify::Notifier;
@@ -69,8 +69,9 @@ const POOL_LINGER: Duration = Duration::from_secs(1);
 /// What `Server::new` needs besides the backend.
 pub struct Setup {
     pub export: Export,
-    /// `--filter`s, first nearest the client.
-    pub filters: Vec<Box<dyn Filter>>,
+    /// `--filter`s, first nearest the client, prepared (`Stack::prepare`:
+    /// `export` is as they shaped it).
+    pub filters: Stack,
     pub listeners: Vec<Listener>,
     /// Clients that are already connected: `-s`, or systemd `Accept=yes` sockets.
     /// Each is (read fd, separate write fd).
@@ -160,7 +161,7 @@ impl Server {
             );
             export.max_request = largest;
         }
-        let storage = Storage::new(backend, export, Stack::new(setup.filters));
+        let storage = Storage::new(backend, export, setup.filters);
         let mut shared = Shared::new(storage, lifecycle);
         shared.budget = budget;
         #[cfg(feature = "tls")]
@@ -395,6 +396,11 @@ impl Server {
     /// Registers a new client, which sends its greeting. `peer` says who it
     /// is, for the log.
     fn add(&mut self, rfd: OwnedFd, wfd: Option<OwnedFd>, peer: &Peer) -> io::Result<()> {
+        if !self.shared.storage.filters.connect(self.shared.now) {
+            // Closed before its greeting (as nbdkit's preconnect): EOF.
+            log::debug!("a client from {peer}: turned away by a filter");
+            return Ok(());
+        }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         self.serial += 1;
@@ -524,6 +530,14 @@ impl Server {
 
     fn should_exit(&mut self) -> Option<i32> {
         let now = Instant::now();
+        if !self.shared.lifecycle.shutting_down()
+            && let Some(by) = self.shared.storage.filters.wanting_exit()
+        {
+            // As a signal would: no new clients, the grace period for the rest.
+            log::info!("the {by} filter asks the server to exit: shutting down");
+            self.shared.lifecycle.shut_down(0);
+            self.begin_shutdown();
+        }
         if self.acceptor.resume_if_due(now) {
             self.accept_everywhere();
         }
