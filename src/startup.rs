@@ -292,6 +292,7 @@ fn export_of(cfg: &Config, backend: &dyn Backend) -> Export {
         no_sr: cfg.no_sr,
         tls: cfg.tls.mode(),
         max_request: crate::export::MAX_REQUEST, // lowered by a small budget
+        block_override: None,
     }
 }
 

@@ -112,6 +112,7 @@ impl Config {
             no_sr: self.no_sr,
             tls: self.tls,
             max_request: crate::export::MAX_REQUEST,
+            block_override: None,
         }
     }
 
