@@ -14,6 +14,8 @@
 
 mod delay;
 mod error;
+mod noextents;
+mod nozero;
 pub mod params;
 pub mod registry;
 

@@ -48,6 +48,18 @@ pub static FILTERS: &[Entry] = &[
         params: super::error::PARAMS,
         build: super::error::build,
     },
+    Entry {
+        name: "nozero",
+        about: "take WRITE_ZEROES away, or make zeroing naive",
+        params: super::nozero::PARAMS,
+        build: super::nozero::build,
+    },
+    Entry {
+        name: "noextents",
+        about: "report the whole export as allocated data",
+        params: super::noextents::PARAMS,
+        build: super::noextents::build,
+    },
 ];
 
 /// The filter named `name`.
