@@ -12,6 +12,7 @@
 //! it. With no filter configured the request path asks `Stack::is_empty`
 //! and nothing else.
 
+mod blocksize_policy;
 mod delay;
 mod error;
 mod noextents;

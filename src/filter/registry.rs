@@ -60,6 +60,12 @@ pub static FILTERS: &[Entry] = &[
         params: super::noextents::PARAMS,
         build: super::noextents::build,
     },
+    Entry {
+        name: "blocksize-policy",
+        about: "advertise block sizes, and refuse requests that ignore them",
+        params: super::blocksize_policy::PARAMS,
+        build: super::blocksize_policy::build,
+    },
 ];
 
 /// The filter named `name`.
