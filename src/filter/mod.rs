@@ -13,11 +13,13 @@
 //! and nothing else.
 
 mod blocksize_policy;
+mod bucket;
 mod delay;
 mod error;
 mod noextents;
 mod nozero;
 pub mod params;
+mod rate;
 pub mod registry;
 
 pub use registry::{FILTERS, Spec, build, describe};

@@ -49,6 +49,12 @@ pub static FILTERS: &[Entry] = &[
         build: super::error::build,
     },
     Entry {
+        name: "rate",
+        about: "limit the bandwidth of the server and of each connection",
+        params: super::rate::PARAMS,
+        build: super::rate::build,
+    },
+    Entry {
         name: "nozero",
         about: "take WRITE_ZEROES away, or make zeroing naive",
         params: super::nozero::PARAMS,
