@@ -202,6 +202,14 @@ impl Filter for Policy {
                 sizes.2
             );
         }
+        if sizes.0 < export.caps.min_block {
+            log::warn!(
+                "blocksize-policy: the backend needs requests aligned to {} bytes: \
+                 those aligned only to the advertised minimum {} will fail",
+                export.caps.min_block,
+                sizes.0
+            );
+        }
         self.advertised = sizes;
         export.block_override = Some(sizes);
     }

@@ -347,4 +347,36 @@ mod tests {
         assert_eq!(wait(&mut f, call(1, CMD_READ, 2048), t4), 1000);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn a_connection_rate_file_reaches_open_connections() {
+        let dir = std::env::temp_dir().join(format!("nbdlite-crate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("rate");
+        let path = file.to_str().unwrap();
+        let kv = [("connection-rate-file", path), ("burstiness", "0")];
+        let mut f = rate(&kv).unwrap();
+        let now = Instant::now();
+        assert_eq!(
+            wait(&mut f, call(1, CMD_READ, 1 << 20), now),
+            0,
+            "no file: no limit"
+        );
+        std::fs::write(&file, "8K").unwrap();
+        f.wake(now);
+        assert_eq!(wait(&mut f, call(1, CMD_READ, 1024), now), 1000);
+        assert_eq!(wait(&mut f, call(2, CMD_WRITE, 1024), now), 1000);
+        // Faster: connection 1's debt is paid at the new rate.
+        std::fs::write(&file, "16384\n").unwrap();
+        f.wake(now);
+        assert_eq!(wait(&mut f, call(1, CMD_READ, 1024), now), 1000);
+        std::fs::write(&file, "0").unwrap();
+        f.wake(now);
+        assert_eq!(
+            wait(&mut f, call(1, CMD_READ, 1 << 30), now),
+            0,
+            "0: no limit"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
