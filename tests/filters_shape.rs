@@ -558,6 +558,37 @@ fn a_rate_file_changes_the_rate() {
     assert!(secs < 5.0, "100 reads at 1 Gbit/s took {secs:.2}s");
 }
 
+/// A client that queues 20 s of reads and leaves does not hold the next
+/// client back: what it had waiting is given back.
+#[test]
+fn a_client_that_leaves_gives_its_bandwidth_back() {
+    if !have(&["nbdsh"]) {
+        return;
+    }
+    let srv = memory(&["-v", "--filter=rate"], &["rate=1M"]);
+    let (mut c, _, _) = Client::ready(&srv.sock, true, false, false);
+    let flood: Vec<u8> = (0..40)
+        .flat_map(|i| wire::request(false, 0, wire::CMD_READ, i, i * 65536, 65536))
+        .collect();
+    c.send(&flood);
+    // The first of them are answered (the burst): the rest are held.
+    let first = c.replies(None);
+    assert_eq!(first.last().map(|r| r.errno()), Some(0));
+    drop(c);
+    common::wait_until(10, "the flood's connection to close", || {
+        srv.log_text().contains("conn 1: closed")
+    });
+    let out = nbdsh(
+        &srv.uri(),
+        "import time\nt = time.monotonic()\nh.pread(4096, 0)\nprint(time.monotonic() - t)",
+    );
+    let secs: f64 = out.trim().parse().unwrap();
+    assert!(
+        secs < 5.0,
+        "a 4K read waited {secs:.2}s behind a client that left"
+    );
+}
+
 /// Writes `text` into a new file renamed over `file`, as the man page asks.
 fn rewrite(file: &Path, text: &str) {
     let new = file.with_extension("new");

@@ -63,6 +63,13 @@ impl Bucket {
         self.at + Duration::from_secs_f64(secs) // finite, 0..MAX_WAIT
     }
 
+    /// Gives back `bits` taken for a request that will not run (its client
+    /// went while it waited): later requests need not wait for it.
+    pub fn refund(&mut self, bits: u64, now: Instant) {
+        self.fill(now);
+        self.level = (self.level + bits as f64).min(self.capacity());
+    }
+
     /// From `now` on, fills at `rate` (0: no limit); returns the old rate.
     /// What is owed stays owed; a bucket that had no limit starts full.
     pub fn set_rate(&mut self, rate: u64, now: Instant) -> u64 {
@@ -145,6 +152,17 @@ mod tests {
             t0,
             "a bucket that had no limit starts full"
         );
+    }
+
+    #[test]
+    fn a_refund_shortens_the_wait_of_later_requests() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(1000, 0.0, t0);
+        assert_eq!(wait(b.take(5000, t0), t0), 5000);
+        b.refund(5000, t0);
+        assert_eq!(wait(b.take(100, t0), t0), 100);
+        b.refund(1 << 20, t0);
+        assert_eq!(wait(b.take(100, t0), t0), 100, "never above its capacity");
     }
 
     #[test]

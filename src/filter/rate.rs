@@ -8,7 +8,7 @@
 //! second, from the loop's wake; a file that is gone or unreadable leaves
 //! the last rate in place).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -78,15 +78,27 @@ impl Pair {
     }
 }
 
+/// What the filter keeps of one connection, from its first held request
+/// (or, with a connection rate, its first read or write) until it closes.
+#[derive(Debug, Default)]
+struct Client {
+    /// Its buckets, while there is a connection rate.
+    buckets: Option<Pair>,
+    /// Its requests still held, as (when due, bits taken from the server's
+    /// buckets), reads then writes, each soonest first: given back if it
+    /// goes before they run, so that a client that queues a flood of reads
+    /// and leaves does not hold the others back.
+    held: [VecDeque<(Instant, u64)>; 2],
+}
+
 #[derive(Debug)]
 struct Rate {
     burst: f64,
     /// The whole server's buckets.
     total: Pair,
-    /// Each connection's rate (0: none) and buckets, from its first read or
-    /// write until it closes.
+    /// Each connection's rate (0: none).
     conn_rate: u64,
-    conns: HashMap<u64, Pair>,
+    conns: HashMap<u64, Client>,
     total_file: Option<RateFile>,
     conn_file: Option<RateFile>,
     /// When the rate files are next looked at.
@@ -142,11 +154,12 @@ impl Rate {
         if old != rate {
             log::info!("connection-rate adjusted from {old} to {rate} bits/s");
         }
-        if rate == 0 {
-            self.conns.clear();
-        }
-        for pair in self.conns.values_mut() {
-            pair.set_rate(rate, now);
+        for c in self.conns.values_mut() {
+            match (rate, &mut c.buckets) {
+                (0, b) => *b = None,
+                (_, Some(pair)) => _ = pair.set_rate(rate, now),
+                (_, None) => {}
+            }
         }
     }
 }
@@ -164,22 +177,39 @@ impl Filter for Rate {
         // The server's bucket first, then the connection's from when that
         // one lets the request go.
         let mut at = self.total.of(call.kind).take(bits, now);
-        if self.conn_rate != 0 {
-            let (rate, burst) = (self.conn_rate, self.burst);
-            let pair = self
-                .conns
-                .entry(call.conn)
-                .or_insert_with(|| Pair::new(rate, burst, now));
+        let (limit, burst) = (self.conn_rate, self.burst);
+        if limit == 0 && at <= now {
+            return Verdict::Pass;
+        }
+        let c = self.conns.entry(call.conn).or_default();
+        if limit != 0 {
+            let pair = c
+                .buckets
+                .get_or_insert_with(|| Pair::new(limit, burst, now));
             at = pair.of(call.kind).take(bits, at);
         }
-        match at > now {
-            true => Verdict::Hold(at),
-            false => Verdict::Pass,
+        if at <= now {
+            return Verdict::Pass;
         }
+        let held = &mut c.held[usize::from(call.kind != CMD_READ)];
+        while held.front().is_some_and(|&(due, _)| due <= now) {
+            held.pop_front();
+        }
+        held.push_back((at, bits));
+        Verdict::Hold(at)
     }
 
-    fn closed(&mut self, c: Conn, _: Instant) {
-        self.conns.remove(&c.id);
+    /// What it still held is given back to the server's buckets.
+    fn closed(&mut self, c: Conn, now: Instant) {
+        let Some(client) = self.conns.remove(&c.id) else {
+            return;
+        };
+        for (kind, held) in [CMD_READ, CMD_WRITE].into_iter().zip(client.held) {
+            let bucket = self.total.of(kind);
+            for (_, bits) in held.into_iter().filter(|&(due, _)| due > now) {
+                bucket.refund(bits, now);
+            }
+        }
     }
 
     fn wake_at(&self) -> Option<Instant> {
@@ -315,6 +345,22 @@ mod tests {
         f.closed(Conn { id: 1 }, now);
         let later = now + Duration::from_secs(10);
         assert_eq!(wait(&mut f, call(1, CMD_READ, 128), later), 0);
+    }
+
+    #[test]
+    fn a_connection_that_goes_gives_back_what_it_held() {
+        let now = Instant::now();
+        let mut f = rate(&[("rate", "8K"), ("burstiness", "0")]).unwrap();
+        // Connection 1 queues 10 s of reads, and goes after 1 s.
+        for i in 1..=10 {
+            assert_eq!(wait(&mut f, call(1, CMD_READ, 1024), now), i * 1000);
+        }
+        let t1 = now + Duration::from_secs(1);
+        f.closed(Conn { id: 1 }, t1);
+        // Connection 2 waits only for its own bits.
+        assert_eq!(wait(&mut f, call(2, CMD_READ, 1024), t1), 1000);
+        // One that never waited leaves nothing behind.
+        f.closed(Conn { id: 3 }, t1);
     }
 
     #[test]
