@@ -37,6 +37,11 @@ pub struct Export {
     /// budget could not always find room for one (`Budget::largest_request`).
     /// Larger ones are refused as requests over the maximum are.
     pub max_request: u64,
+    /// (minimum, preferred, maximum) to advertise instead of what the backend
+    /// and `max_request` give (`--filter=blocksize-policy`). Only what clients
+    /// are told: `check` still enforces the backend's own `caps.min_block`,
+    /// so a filter may ask clients for more than the server refuses.
+    pub block_override: Option<(u32, u32, u32)>,
 }
 
 impl Export {
@@ -68,6 +73,9 @@ impl Export {
     /// maximum follows `max_request`, so that clients that honour it never
     /// send a request the memory budget could not take.
     pub fn block_sizes(&self) -> (u32, u32, u32) {
+        if let Some(sizes) = self.block_override {
+            return sizes;
+        }
         let min = self.caps.min_block;
         let preferred = PREFERRED_BLOCK.max(min);
         let max = self.max_request.min(u64::from(MAX_PAYLOAD)) as u32;
@@ -94,6 +102,7 @@ pub fn test_export(read_only: bool, min_block: u32) -> Export {
         handshake_flags: crate::proto::option::HANDSHAKE_FLAGS,
         tls: TlsMode::Off,
         max_request: MAX_REQUEST,
+        block_override: None,
     }
 }
 

@@ -352,6 +352,7 @@ fn export_of(cfg: &Config, backend: &dyn Backend) -> Export {
         handshake_flags: HANDSHAKE_FLAGS & cfg.mask_handshake as u16,
         tls: cfg.tls.mode(),
         max_request: crate::export::MAX_REQUEST, // lowered by a small budget
+        block_override: None,
     }
 }
 

@@ -17,14 +17,19 @@
 //! and nothing else.
 
 mod below;
+mod blocksize_policy;
+mod bucket;
 mod delay;
 mod error;
 mod exitlast;
 mod exitwhen;
 mod limit;
+mod noextents;
+mod nozero;
 mod offset;
 pub mod params;
 mod partition;
+mod rate;
 pub mod registry;
 mod truncate;
 

@@ -103,6 +103,13 @@ pub fn size(s: &str) -> Result<u64, String> {
     crate::cli::parse_size(s)
 }
 
+/// A rate in bits a second, as nbdkit reads one: a number with a size's
+/// suffixes (`1M` is 2^20 bits a second).
+pub fn bits_per_sec(s: &str) -> Result<u64, String> {
+    crate::cli::parse_size(s.trim())
+        .map_err(|_| format!("could not parse '{s}' as bits per second (N, NK, NM, NG…)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

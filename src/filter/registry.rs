@@ -84,6 +84,30 @@ pub static FILTERS: &[Entry] = &[
         params: super::limit::PARAMS,
         build: super::limit::build,
     },
+    Entry {
+        name: "rate",
+        about: "limit the bandwidth of the server and of each connection",
+        params: super::rate::PARAMS,
+        build: super::rate::build,
+    },
+    Entry {
+        name: "nozero",
+        about: "take WRITE_ZEROES away, or make zeroing naive",
+        params: super::nozero::PARAMS,
+        build: super::nozero::build,
+    },
+    Entry {
+        name: "noextents",
+        about: "report the whole export as allocated data",
+        params: super::noextents::PARAMS,
+        build: super::noextents::build,
+    },
+    Entry {
+        name: "blocksize-policy",
+        about: "advertise block sizes, and refuse requests that ignore them",
+        params: super::blocksize_policy::PARAMS,
+        build: super::blocksize_policy::build,
+    },
 ];
 
 /// The filter named `name`.

@@ -113,6 +113,7 @@ impl Config {
             handshake_flags: crate::proto::option::HANDSHAKE_FLAGS,
             tls: self.tls,
             max_request: crate::export::MAX_REQUEST,
+            block_override: None,
         }
     }
 
