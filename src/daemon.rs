@@ -70,17 +70,17 @@ pub fn write_pidfile(path: &Path) -> Result<(), Error> {
 }
 
 /// Files to remove when we exit, however we exit (except the forked parent,
-/// which leaves them to the child).
+/// which leaves them to the child). The pidfile stays, as nbdkit's does:
+/// scripts read it after the server has gone to check that it has.
 #[derive(Default)]
 pub struct Cleanup {
     pub unix_socket: Option<PathBuf>,
     pub tmpdir: Option<PathBuf>,
-    pub pidfile: Option<PathBuf>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        for p in [&self.unix_socket, &self.pidfile].into_iter().flatten() {
+        if let Some(p) = &self.unix_socket {
             let _ = std::fs::remove_file(p);
         }
         if let Some(d) = &self.tmpdir {

@@ -138,7 +138,6 @@ fn detach(
     // Written while we may still write where root can (/run).
     if let Some(p) = &pidfile {
         daemon::write_pidfile(p)?;
-        cleanup.pidfile = Some(p.clone());
     }
     if let Some(id) = identity {
         drop_privileges(&id, cleanup)?;

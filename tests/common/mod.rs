@@ -291,9 +291,12 @@ impl Server {
 
     /// Bounded wait for the pidfile, written once the server is listening.
     #[track_caller]
+    /// Until the pidfile names this very process (the file of a server run
+    /// before on the same path stays, as nbdkit's does, with its pid).
     fn wait_for_pidfile(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.pidfile.exists() {
+        let me = self.child.id().to_string();
+        while fs::read_to_string(&self.pidfile).map_or(true, |p| p.trim() != me) {
             if let Ok(Some(st)) = self.child.try_wait() {
                 panic!("the server exited early ({st}): {}", self.log_text());
             }
