@@ -402,10 +402,12 @@ impl Driver {
 
     /// Bytes received and not used: after STARTTLS, the start of the TLS
     /// handshake (never options: `forget_unread` drops them from here).
+    #[cfg(any(feature = "tls", feature = "fuzzing"))]
     pub fn unread(&self) -> &[u8] {
         self.input.pending()
     }
 
+    #[cfg(feature = "tls")]
     pub fn forget_unread(&mut self) {
         self.input.consume(self.input.len());
     }

@@ -15,40 +15,54 @@ extern crate self as nbdlite;
 #[path = "../tests/common/skipped.rs"]
 mod skipped;
 
+// The facade: what the `nbdlite` binary runs (command line, logging,
+// start-up), what the bench and the tests build on (the client's side of the
+// protocol, the TLS configuration, the I/O engine, the wire format), the fuzz
+// harness, and the few system calls tests make (`os`). Everything else is the
+// server's own, crate-private, so that the compiler sees what is unused.
 pub mod activation;
-pub mod agreement;
 pub mod aio;
-pub mod backend;
-pub mod budget;
-pub mod buf;
-pub mod captive;
 pub mod cli;
 #[doc(hidden)]
 pub mod client_proto;
-pub mod conn;
-pub mod curl;
-pub mod daemon;
-pub mod driver;
 pub mod error;
-pub mod export;
-pub mod filter;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod handshake;
-pub mod http;
-pub mod lifecycle;
-pub mod listen;
 pub mod logging;
-pub mod notify;
-pub mod origin;
-pub mod privileges;
 pub mod proto;
-pub mod request;
-pub mod server;
-pub mod shared;
 pub mod startup;
-pub mod storage;
-#[allow(unsafe_code)]
-pub mod sys;
 pub mod tls;
+
+/// The system calls the binaries and the tests make themselves.
+pub mod os {
+    pub use crate::sys::{
+        at_exit, fadvise_dontneed, geteuid, getppid, heap_in_use, memlock_limit,
+        raise_nofile_limit, unsetenv,
+    };
+}
+
+mod agreement;
+mod backend;
+mod budget;
+mod buf;
+mod captive;
+mod conn;
+mod curl;
+mod daemon;
+mod driver;
+mod export;
+mod filter;
+mod handshake;
+mod http;
+mod lifecycle;
+mod listen;
+mod notify;
+mod origin;
+mod privileges;
+mod request;
+mod server;
+mod shared;
+mod storage;
+#[allow(unsafe_code)]
+mod sys;

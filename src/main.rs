@@ -7,7 +7,7 @@
 use nbdlite::activation::{self, Detected};
 use nbdlite::cli::{self, Command};
 use nbdlite::error::Error;
-use nbdlite::{logging, startup, sys};
+use nbdlite::{logging, os as sys, startup};
 
 fn main() {
     let code = match real_main() {

@@ -128,7 +128,7 @@ fn a_cold_read_and_a_cached_one() {
             // Evict every page, then bring the last one back.
             let f = File::open(&img).unwrap();
             f.sync_all().unwrap();
-            nbdlite::sys::fadvise_dontneed(f.as_fd(), 0, 0).unwrap();
+            nbdlite::os::fadvise_dontneed(f.as_fd(), 0, 0).unwrap();
             read_at(&img, size - 4096, 4096);
             let mut s = unix(&srv.sock, style);
             let mut b = Batch::new(style);

@@ -47,7 +47,7 @@ use fileio::*;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nbdlite::aio::{Engine, Op};
-use nbdlite::sys;
+use nbdlite::os as sys;
 use pipeline::*;
 use wire::*;
 
@@ -344,7 +344,7 @@ fn read_beside_flush() {
 #[test]
 #[ignore]
 fn tls_idle_memory() {
-    use nbdlite::sys::heap_in_use;
+    use nbdlite::os::heap_in_use;
     use nbdlite::tls::{Stream, TlsMode, TlsOptions, server_config};
     use rustls::version::{TLS12, TLS13};
 

@@ -77,7 +77,7 @@ fn memory_attacks() {
     let sock = PathBuf::from(sock);
     let pid: u32 = pid.parse().expect("PID: a number");
     let n = |default: usize| knob("NBDLITE_ATTACK_N").map_or(default, |s| s.parse().expect("N"));
-    let _ = nbdlite::sys::raise_nofile_limit();
+    let _ = nbdlite::os::raise_nofile_limit();
     let before = settled(pid, 5);
     println!("{attack}: RSS before: {}", mib(before));
     let start = Instant::now();

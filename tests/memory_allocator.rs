@@ -53,7 +53,7 @@ fn mlock_locks_it_in_ram() {
     // 16 MiB, or a quarter of the locked-memory limit (usually 64 KiB or
     // more) if that is less: even root may be held to it (a container's root,
     // without CAP_IPC_LOCK).
-    let limit = nbdlite::sys::memlock_limit().expect("RLIMIT_MEMLOCK");
+    let limit = nbdlite::os::memlock_limit().expect("RLIMIT_MEMLOCK");
     let size = limit.map_or(16 * MIB, |l| (l / 4 / 4096 * 4096).min(16 * MIB));
     if size == 0 {
         skip(&format!("the locked-memory limit is only {limit:?} bytes"));

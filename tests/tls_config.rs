@@ -152,7 +152,7 @@ fn garbage_is_refused() {
 
 #[test]
 fn unreadable_key_is_named() {
-    if nbdlite::sys::geteuid() == 0 {
+    if nbdlite::os::geteuid() == 0 {
         common::skip("running as root, who reads any file");
         return;
     }

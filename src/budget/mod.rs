@@ -83,12 +83,9 @@ impl Budget {
         Budget::new(usize::MAX / 4)
     }
 
+    #[cfg(test)]
     pub fn limit(&self) -> usize {
         self.limit
-    }
-
-    pub fn used(&self) -> usize {
-        self.used
     }
 
     /// The largest request it can always admit in time: a power of two, at

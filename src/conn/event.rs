@@ -42,8 +42,6 @@ pub enum Event {
     /// A request a filter held is due. Like a completion, its reply (if it
     /// gets one now) is sent at the server's next Resume.
     Released(Held),
-    /// The time it asked to sleep until (`Step::Sleep`) has come.
-    Wake,
 }
 
 /// Readiness as mio reports it; errors and hang-ups count as both, so the next
@@ -73,7 +71,7 @@ pub enum Step {
     /// As `Wait`, and it now holds a request the I/O engine has no room for:
     /// the server queues it, and sends `Room` in turn.
     WaitForRoom,
-    /// As `Wait`, and it wants `Wake` at this time too (a filter holds it).
+    /// As `Wait`, and it wants a `Resume` at this time too (a filter holds it).
     Sleep(Instant),
     /// Its turn is over but it has more to do: resume it soon.
     Yield,

@@ -35,7 +35,7 @@ mod stall;
 mod tests;
 mod transport;
 
-pub use event::{Event, Readiness, Step};
+pub use event::{Event, Step};
 use socket::ReadSide;
 pub use socket::Socket;
 use stall::Stall;
@@ -258,7 +258,6 @@ impl Conn {
                 }
                 return Next::Stop(Step::Wait); // sent at the server's Resume
             }
-            Event::Wake => {}
             Event::Room => self.room = Room::Free,
             Event::Memory => self.driver.memory_granted(),
             Event::Stalled { after } if self.half_sent_since().is_some() => {

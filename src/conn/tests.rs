@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use mio::Poll;
 
+use super::event::Readiness;
 use super::*;
 use crate::backend::Memory;
 use crate::client_proto::{client_flags, compact_request, info_data, option};

@@ -59,6 +59,7 @@ pub struct Transport {
 
 /// An error of the TLS protocol (a certificate that does not verify, an
 /// alert): not to be retried. Its kind is `InvalidData`.
+#[cfg(feature = "tls")]
 pub fn tls_error(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
 }

@@ -137,21 +137,12 @@ impl Ring {
         })
     }
 
-    /// The ring's own fd: it polls readable while completions wait in the CQ.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.ring_fd()
-    }
-
     fn ring_fd(&self) -> BorrowedFd<'_> {
         // The io-uring crate exposes the fd as a RawFd only; it lives as long as self.ring.
         let raw: RawFd = self.ring.as_raw_fd();
         // SAFETY: raw is the ring's fd, open until self.ring drops, which cannot
         // happen while the returned borrow of self lives.
         unsafe { BorrowedFd::borrow_raw(raw) }
-    }
-
-    pub fn is_fixed_file(&self) -> bool {
-        self.fixed
     }
 
     /// Hands `buf` to the ring; it comes back through `take`.

@@ -562,7 +562,7 @@ pub fn cpu_ticks(pid: i32) -> u64 {
 /// Raises this test process's soft RLIMIT_NOFILE to its hard limit, with the
 /// server's own call (so the tests need no libc); returns the new soft limit.
 pub fn raise_fd_limit() -> u64 {
-    nbdlite::sys::raise_nofile_limit().map_or(0, |(_, after)| after)
+    nbdlite::os::raise_nofile_limit().map_or(0, |(_, after)| after)
 }
 
 /// Kills and reaps a child when dropped, so a failed assert leaks no process;

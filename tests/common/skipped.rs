@@ -55,7 +55,7 @@ fn report(line: &str) {
         .unwrap_or_else(|e| e.into_inner())
         .push(line.to_string());
     AT_EXIT.call_once(|| {
-        if let Err(e) = nbdlite::sys::at_exit(summary) {
+        if let Err(e) = nbdlite::os::at_exit(summary) {
             let _ = writeln!(std::io::stderr(), "*** cannot list skips at exit: {e}");
         }
     });

@@ -143,7 +143,7 @@ impl Client {
 /// libnbd's default certificate directory, when none is given: the first of
 /// its places that holds a CA certificate.
 fn default_dir() -> Result<PathBuf, String> {
-    let dirs: Vec<PathBuf> = if nbdlite::sys::geteuid() == 0 {
+    let dirs: Vec<PathBuf> = if nbdlite::os::geteuid() == 0 {
         vec!["/etc/pki/libnbd".into()]
     } else {
         let home = std::env::var_os("HOME").map(PathBuf::from);
