@@ -168,7 +168,8 @@ impl Engine {
         }
     }
 
-    /// True with io_uring or a remote engine.
+    /// True with io_uring or a remote engine (the tests ask which they got).
+    #[cfg(test)]
     pub fn is_async(&self) -> bool {
         !matches!(self.inner, Inner::Blocking(_))
     }
