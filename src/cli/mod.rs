@@ -187,47 +187,119 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
     let mut p = pico_args::Arguments::from_vec(rest);
     flag(&mut p, &["-4", "--ipv4-only"]);
     flag(&mut p, &["-6", "--ipv6-only"]);
-
-    if flag(&mut p, &["--short-options"]) {
-        return Ok(Command::Options(SHORT_OPTIONS));
+    for (spellings, command) in [
+        (&["--short-options"][..], Command::Options(SHORT_OPTIONS)),
+        (&["--long-options"], Command::Options(LONG_OPTIONS)),
+        (&["--dump-config"], Command::DumpConfig),
+    ] {
+        if flag(&mut p, spellings) {
+            return Ok(command);
+        }
     }
-    if flag(&mut p, &["--long-options"]) {
-        return Ok(Command::Options(LONG_OPTIONS));
-    }
-    if flag(&mut p, &["--dump-config"]) {
-        return Ok(Command::DumpConfig);
-    }
-    let help = flag(&mut p, &["--help", "-h"]);
-    let dump_plugin = flag(&mut p, &["--dump-plugin"]);
-    let version = flag(&mut p, &["-V", "--version"]);
-    let foreground = flag(&mut p, &["-f", "--foreground", "--no-fork"]);
-    let single = flag(&mut p, &["-s", "--single", "--stdin"]);
-    let read_only = flag(&mut p, &["-r", "--readonly", "--read-only"]);
-    let verbose = flag(&mut p, &["-v", "--verbose"]);
-    let newstyle = flag(&mut p, &["-n", "--newstyle", "--new-style"]);
-    let oldstyle = flag(&mut p, &["-o", "--oldstyle", "--old-style"]);
-    let exit_with_parent = flag(&mut p, &["--exit-with-parent"]);
-    let no_sr = flag(&mut p, &["--no-sr"]);
-    let print_uri = flag(&mut p, &["--print-uri"]);
+    let f = Flags::take(&mut p);
     let rest = remaining(p)?;
-    if help || version || dump_plugin {
-        // About a backend, if one is named (it must exist).
-        let named = rest.iter().find(|a| !a.starts_with('-'));
-        let kind = named.map(|n| backend::lookup(n)).transpose()?;
-        if help {
-            return Ok(Command::Help(kind));
-        }
-        if version {
-            return Ok(Command::Version(named.cloned()));
-        }
-        return dump_plugin_of(kind, &rest, single);
+    if f.help || f.version || f.dump_plugin {
+        return about(&f, &rest);
     }
+    check_combinations(&v, &f, activated)?;
+    let mask_handshake = mask_handshake(&v)?;
+    if let Some(t) = &v.threads {
+        values::threads(t)?;
+    }
+    for d in &v.debug {
+        values::debug_flag(d)?;
+    }
+    let port = v.port.as_deref().map(values::port).transpose()?;
+    let unix = unix_socket(&v, port);
+    let export_name = v.export_name.clone().unwrap_or_default();
+    check_lengths(&export_name, v.description.as_deref())?;
+    unknown_option(&rest)?;
+    let Some((name, params)) = rest.split_first() else {
+        return Err(Error::usage(
+            "no backend given: try 'nbdlite -f memory 1G' (see nbdlite --help)",
+        ));
+    };
+    let (filters, params) = filters::sort(&v.filters, name, params)?;
+    let backend = backend::parse(name, &params)?;
+    let server = Server {
+        unix,
+        port,
+        family,
+        export_name,
+        mask_handshake,
+        filters,
+        backend,
+    };
+    Ok(Command::Serve(Box::new(config(v, f, server)?)))
+}
 
+/// The flags that take no value.
+struct Flags {
+    help: bool,
+    dump_plugin: bool,
+    version: bool,
+    foreground: bool,
+    single: bool,
+    read_only: bool,
+    verbose: bool,
+    newstyle: bool,
+    oldstyle: bool,
+    exit_with_parent: bool,
+    no_sr: bool,
+    print_uri: bool,
+}
+
+impl Flags {
+    fn take(p: &mut pico_args::Arguments) -> Flags {
+        Flags {
+            help: flag(p, &["--help", "-h"]),
+            dump_plugin: flag(p, &["--dump-plugin"]),
+            version: flag(p, &["-V", "--version"]),
+            foreground: flag(p, &["-f", "--foreground", "--no-fork"]),
+            single: flag(p, &["-s", "--single", "--stdin"]),
+            read_only: flag(p, &["-r", "--readonly", "--read-only"]),
+            verbose: flag(p, &["-v", "--verbose"]),
+            newstyle: flag(p, &["-n", "--newstyle", "--new-style"]),
+            oldstyle: flag(p, &["-o", "--oldstyle", "--old-style"]),
+            exit_with_parent: flag(p, &["--exit-with-parent"]),
+            no_sr: flag(p, &["--no-sr"]),
+            print_uri: flag(p, &["--print-uri"]),
+        }
+    }
+}
+
+/// What the server is, apart from the options' plain values.
+struct Server {
+    unix: Option<UnixSocket>,
+    port: Option<u16>,
+    family: Option<Family>,
+    export_name: String,
+    mask_handshake: u32,
+    filters: Vec<Spec>,
+    backend: BackendSpec,
+}
+
+/// `--help`, `--version`, `--dump-plugin`: about a backend, if one is named
+/// (it must exist).
+fn about(f: &Flags, rest: &[String]) -> Result<Command, Error> {
+    let named = rest.iter().find(|a| !a.starts_with('-'));
+    let kind = named.map(|n| backend::lookup(n)).transpose()?;
+    if f.help {
+        return Ok(Command::Help(kind));
+    }
+    if f.version {
+        return Ok(Command::Version(named.cloned()));
+    }
+    dump_plugin_of(kind, rest, f.single)
+}
+
+/// Options that cannot go together.
+fn check_combinations(v: &Values, f: &Flags, activated: bool) -> Result<(), Error> {
     if activated {
         for (given, flag) in [
             (v.ipaddr.is_some(), "-i"),
             (v.port.is_some(), "-p"),
-            (single, "-s"),
+            (f.single, "-s"),
             (v.unix.is_some(), "-U"),
             (v.run.is_some(), "--run"),
         ] {
@@ -238,51 +310,56 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
             }
         }
     }
-    if newstyle && oldstyle {
+    if f.newstyle && f.oldstyle {
         return Err(Error::usage("-n and -o cannot be used together"));
     }
-    if single && (v.unix.is_some() || v.port.is_some() || v.ipaddr.is_some() || v.run.is_some()) {
+    let listens = v.unix.is_some() || v.port.is_some() || v.ipaddr.is_some();
+    if f.single && (listens || v.run.is_some()) {
         return Err(Error::usage("-s cannot be used with -U, -p, -i or --run"));
     }
-    v.tls.check_oldstyle(oldstyle)?;
-    let mask_handshake = v
-        .mask_handshake
-        .as_deref()
-        .map_or(Ok(u32::MAX), values::mask_handshake)?;
-    if mask_handshake & 1 == 0 && v.tls.mode() == tls::TlsMode::Require {
-        return Err(Error::usage(
-            "--mask-handshake: without bit 0 (fixed newstyle) no client can start \
-             TLS, which --tls=require demands",
-        ));
-    }
-    if let Some(t) = &v.threads {
-        values::threads(t)?;
-    }
-    for d in &v.debug {
-        values::debug_flag(d)?;
-    }
-    let log = v.log.as_deref().map(values::log).transpose()?;
+    v.tls.check_oldstyle(f.oldstyle)?;
     for (flag, name) in [("-u", &v.user), ("-g", &v.group)] {
         if name.as_deref() == Some("") {
             return Err(Error::usage(format!("{flag}: empty name")));
         }
     }
-    let port = v.port.as_deref().map(values::port).transpose()?;
-    let mut unix = v.unix.map(|u| {
-        if u == "-" {
-            UnixSocket::Random
-        } else {
-            UnixSocket::Path(PathBuf::from(u))
-        }
-    });
-    if v.run.is_some() && unix.is_none() && port.is_none() && v.ipaddr.is_none() {
-        // A captive server is private unless asked otherwise.
-        unix = Some(UnixSocket::Random);
+    Ok(())
+}
+
+/// `--mask-handshake` (all flags offered by default).
+fn mask_handshake(v: &Values) -> Result<u32, Error> {
+    let mask = v
+        .mask_handshake
+        .as_deref()
+        .map_or(Ok(u32::MAX), values::mask_handshake)?;
+    if mask & 1 == 0 && v.tls.mode() == tls::TlsMode::Require {
+        return Err(Error::usage(
+            "--mask-handshake: without bit 0 (fixed newstyle) no client can start \
+             TLS, which --tls=require demands",
+        ));
     }
-    let export_name = v.export_name.unwrap_or_default();
+    Ok(mask)
+}
+
+/// `-U PATH` or `-U -`; a captive server (`--run`) is private unless told
+/// where to listen.
+fn unix_socket(v: &Values, port: Option<u16>) -> Option<UnixSocket> {
+    let unix = v.unix.as_ref().map(|u| match u.as_str() {
+        "-" => UnixSocket::Random,
+        path => UnixSocket::Path(PathBuf::from(path)),
+    });
+    let elsewhere = port.is_some() || v.ipaddr.is_some();
+    match (unix, v.run.is_some() && !elsewhere) {
+        (None, true) => Some(UnixSocket::Random),
+        (unix, _) => unix,
+    }
+}
+
+/// The export's name and description, which the protocol bounds.
+fn check_lengths(export_name: &str, description: Option<&str>) -> Result<(), Error> {
     for (what, s) in [
-        ("export name", Some(&export_name)),
-        ("description", v.description.as_ref()),
+        ("export name", Some(export_name)),
+        ("description", description),
     ] {
         if s.is_some_and(|s| s.len() > MAX_STRING) {
             return Err(Error::usage(format!(
@@ -290,42 +367,37 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
             )));
         }
     }
+    Ok(())
+}
 
-    unknown_option(&rest)?;
-    let Some((name, params)) = rest.split_first() else {
-        return Err(Error::usage(
-            "no backend given: try 'nbdlite -f memory 1G' (see nbdlite --help)",
-        ));
-    };
-    let (filters, params) = filters::sort(&v.filters, name, params)?;
-    let backend = backend::parse(name, &params)?;
-
-    Ok(Command::Serve(Box::new(Config {
-        foreground,
-        unix,
-        port,
+/// The configuration, from the options' values, the flags and the rest.
+fn config(v: Values, f: Flags, s: Server) -> Result<Config, Error> {
+    Ok(Config {
+        foreground: f.foreground,
+        unix: s.unix,
+        port: s.port,
         ipaddr: v.ipaddr,
-        family,
-        single,
-        read_only,
-        export_name,
+        family: s.family,
+        single: f.single,
+        read_only: f.read_only,
+        export_name: s.export_name,
         description: v.description,
         pidfile: v.pidfile.map(PathBuf::from),
-        verbose,
-        oldstyle,
+        verbose: f.verbose,
+        oldstyle: f.oldstyle,
         run: v.run,
-        exit_with_parent,
+        exit_with_parent: f.exit_with_parent,
         idle_timeout: v.idle.as_deref().map(values::idle_timeout).transpose()?,
         busy_poll: values::busy_poll(v.busy_poll.as_deref())?,
-        no_sr,
-        print_uri,
+        no_sr: f.no_sr,
+        print_uri: f.print_uri,
         user: v.user,
         group: v.group,
-        log,
+        log: v.log.as_deref().map(values::log).transpose()?,
         threads_ignored: v.threads.is_some(),
         debug_flags: v.debug,
-        filters,
-        backend,
+        filters: s.filters,
+        backend: s.backend,
         handshake_timeout: values::handshake_timeout(v.handshake_timeout.as_deref())?,
         max_connections: v
             .max_connections
@@ -339,8 +411,8 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
             .map(values::memory_budget)
             .transpose()?,
         tls: v.tls,
-        mask_handshake,
-    })))
+        mask_handshake: s.mask_handshake,
+    })
 }
 
 /// An option left once every known one is taken is an error.
