@@ -63,6 +63,7 @@ mod privileges;
 mod request;
 mod server;
 mod shared;
+mod size;
 mod storage;
 #[allow(unsafe_code)]
 mod sys;

@@ -98,15 +98,15 @@ pub fn path(s: &str) -> Result<std::path::PathBuf, String> {
     std::path::absolute(s).map_err(|e| format!("{s}: {e}"))
 }
 
-/// A size with nbdkit's suffixes (see `cli::parse_size`).
+/// A size with nbdkit's suffixes (see `crate::size`).
 pub fn size(s: &str) -> Result<u64, String> {
-    crate::cli::parse_size(s)
+    crate::size::parse_size(s)
 }
 
 /// A rate in bits a second, as nbdkit reads one: a number with a size's
 /// suffixes (`1M` is 2^20 bits a second).
 pub fn bits_per_sec(s: &str) -> Result<u64, String> {
-    crate::cli::parse_size(s.trim())
+    crate::size::parse_size(s.trim())
         .map_err(|_| format!("could not parse '{s}' as bits per second (N, NK, NM, NG…)"))
 }
 
