@@ -38,7 +38,10 @@ impl Export {
     /// Transmission flags for a client that negotiated `style`, with or without
     /// a metadata context.
     pub fn flags(&self, style: Style, meta: bool) -> u16 {
-        let mut f = TF_HAS_FLAGS | TF_SEND_FLUSH | TF_CAN_MULTI_CONN | TF_SEND_CACHE;
+        let mut f = TF_HAS_FLAGS | TF_SEND_FLUSH | TF_SEND_CACHE;
+        if self.caps.multi_conn {
+            f |= TF_CAN_MULTI_CONN;
+        }
         if style != Style::Simple {
             f |= TF_SEND_DF;
         }
@@ -84,6 +87,7 @@ pub fn test_export(read_only: bool, min_block: u32) -> Export {
             extents: true,
             sparse_reads: true,
             min_block,
+            multi_conn: true,
         },
         no_sr: false,
         tls: TlsMode::Off,

@@ -35,6 +35,9 @@ pub struct Caps {
     pub sparse_reads: bool,
     /// Smallest addressable unit; requests must be aligned to it.
     pub min_block: u32,
+    /// Every connection sees every other's writes and flushes (CAN_MULTI_CONN):
+    /// false only where each connection has data of its own (`cow-per-client`).
+    pub multi_conn: bool,
 }
 
 impl Caps {
@@ -47,6 +50,7 @@ impl Caps {
         extents: true,
         sparse_reads: true,
         min_block: 1,
+        multi_conn: true,
     };
 }
 
@@ -85,6 +89,21 @@ pub trait Backend {
     ) -> io::Result<()>;
     /// Where requests that move data go.
     fn access(&mut self) -> Access<'_>;
+    /// `extents` as connection `conn` sees them: the same for every
+    /// connection but where each has data of its own (`cow-per-client`).
+    fn extents_for(
+        &mut self,
+        _conn: u64,
+        offset: u64,
+        len: u64,
+        max: usize,
+        out: &mut Vec<Extent>,
+    ) -> io::Result<()> {
+        self.extents(offset, len, max, out)
+    }
+    /// Connection `conn` has gone: what the backend kept for it alone may go
+    /// (its requests still in the engine finish first).
+    fn closed(&mut self, _conn: u64) {}
 }
 
 /// How a backend moves data.
