@@ -18,6 +18,7 @@ pub mod cli;
 #[doc(hidden)]
 pub mod client_proto;
 pub mod conn;
+pub mod cow;
 pub mod curl;
 pub mod daemon;
 pub mod driver;

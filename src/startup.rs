@@ -36,7 +36,10 @@ pub fn serve(
     #[cfg(feature = "tls")]
     let tls = load_tls(cfg)?;
     let nofile = raise_nofile_limit();
-    let backend = open_backend(cfg)?;
+    let mut filters = crate::filter::build(&cfg.filters).map_err(Error::usage)?;
+    let layers = crate::filter::Layers::sort(&mut filters);
+    let backend = open_backend(cfg, layers.read_only_below())?;
+    let backend = layers.wrap(backend)?;
     let export = export_of(cfg, backend.as_ref());
     let memory_budget = memory_budget(cfg);
     let signals = catch_signals()?;
@@ -59,7 +62,7 @@ pub fn serve(
     }
     let setup = Setup {
         export,
-        filters: crate::filter::build(&cfg.filters).map_err(Error::usage)?,
+        filters,
         accept_once: cfg.single && !listeners.is_empty(),
         listeners,
         connections,
@@ -229,13 +232,16 @@ fn print_uri(ep: &captive::Endpoint) -> Result<(), Error> {
         .map_err(Error::setup("--print-uri"))
 }
 
-fn open_backend(cfg: &Config) -> Result<Box<dyn Backend>, Error> {
+/// The backend, read-only with `-r` or when a layer over it must never
+/// write to it (`read_only_below`: cow).
+fn open_backend(cfg: &Config, read_only_below: bool) -> Result<Box<dyn Backend>, Error> {
+    let read_only = cfg.read_only || read_only_below;
     Ok(match &cfg.backend {
         BackendSpec::Memory(size) => Box::new(backend::Memory::new(*size)),
         BackendSpec::Null(size) => Box::new(backend::Null::new(*size)),
         BackendSpec::Pattern(size) => Box::new(backend::Pattern::new(*size)),
         BackendSpec::File(path) => Box::new(
-            backend::File::open(path, cfg.read_only, sync_io_asked())
+            backend::File::open(path, read_only, crate::aio::sync_asked())
                 .map_err(Error::setup(format!("file: {}", path.display())))?,
         ),
         BackendSpec::Curl(spec) => Box::new(
@@ -270,12 +276,6 @@ fn memory_budget(cfg: &Config) -> usize {
     let budget = host::default_budget(limit, disk).max(crate::budget::MIN_BUDGET as u64);
     log::debug!("memory budget: {} MiB ({limit:?})", budget >> 20);
     usize::try_from(budget).unwrap_or(usize::MAX)
-}
-
-/// NBDLITE_IO_URING=0 asks for synchronous file I/O (tests use it to run the
-/// fallback that a kernel without io_uring gets).
-fn sync_io_asked() -> bool {
-    std::env::var_os("NBDLITE_IO_URING").is_some_and(|v| v == "0")
 }
 
 /// What is served, as clients will see it.

@@ -6,17 +6,24 @@
 //! up (`Filter::reply`). At start-up each may change what clients are told
 //! (`Filter::shape`); each hears of connections opening and closing.
 //!
+//! A filter may instead be a layer of storage over the backend (`Layer`:
+//! cow, whose overlay needs I/O of its own, which a stage cannot do): it is
+//! put over the backend at start-up (`layers.rs`) and is no stage.
+//!
 //! Single-threaded: a held request is not a sleeping thread but an entry
 //! here (`Held`), with its payload, released by the loop when its time comes
 //! (`Stack::release`) and carried on from the stage below the one that held
 //! it. With no filter configured the request path asks `Stack::is_empty`
 //! and nothing else.
 
+mod cow;
 mod delay;
 mod error;
+mod layers;
 pub mod params;
 pub mod registry;
 
+pub use layers::{Layer, Layers};
 pub use registry::{FILTERS, Spec, build, describe};
 
 use std::cmp::Reverse;
@@ -111,6 +118,13 @@ pub trait Filter {
 
     /// Called once per turn of the loop from `wake_at` on.
     fn wake(&mut self, _now: Instant) {}
+
+    /// A filter that is a layer of storage rather than a stage: what is put
+    /// over the backend at start-up (asked once; the filter then leaves the
+    /// stages). None: a stage.
+    fn layer(&mut self) -> Option<Box<dyn Layer>> {
+        None
+    }
 }
 
 /// A request a filter holds: everything needed to carry it on later, from

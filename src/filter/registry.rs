@@ -48,6 +48,12 @@ pub static FILTERS: &[Entry] = &[
         params: super::error::PARAMS,
         build: super::error::build,
     },
+    Entry {
+        name: "cow",
+        about: "writes go to a temporary overlay; the backend is opened read-only",
+        params: super::cow::PARAMS,
+        build: super::cow::build,
+    },
 ];
 
 /// The filter named `name`.
