@@ -403,19 +403,19 @@ impl Core {
         let mut pos = offset;
         while pos < end {
             let b = g.block(pos);
-            let e = map.map_or(super::map::Entry::BELOW, |m| m.get(b));
-            let (upto, flags) = match e.state {
+            let state = map.map_or(State::Below, |m| m.get(b).state);
+            let stop = map.map_or(last, |m| m.same_until(b, last));
+            let upto = g.start(stop).clamp(pos + 1, end);
+            let flags = match state {
                 State::Below => {
-                    let stop = map.map_or(last, |m| m.below_until(b, last));
-                    let upto = g.start(stop).clamp(pos + 1, end);
                     let (below, scratch) = (&mut self.below, &mut self.extents);
                     below.extents(pos, upto, max, scratch, &mut push)?;
                     pos = upto;
                     continue;
                 }
-                State::Data => (g.end(b), 0),
-                State::Zero { hole: true } => (g.end(b), STATE_HOLE | STATE_ZERO),
-                State::Zero { hole: false } => (g.end(b), STATE_ZERO),
+                State::Data => 0,
+                State::Zero { hole: true } => STATE_HOLE | STATE_ZERO,
+                State::Zero { hole: false } => STATE_ZERO,
             };
             if !push(upto - pos, flags) {
                 break;
@@ -448,7 +448,7 @@ impl Extents<'_> {
 }
 
 impl View {
-    fn new() -> View {
+    pub fn new() -> View {
         View {
             map: Map::default(),
             jobs: 0,

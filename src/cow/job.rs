@@ -188,6 +188,8 @@ pub struct Job {
     pub flying: usize,
     /// Waiting for room in an engine below (in the stalled list).
     pub stalled: bool,
+    /// The next block to copy up (a read or cache request that copies).
+    pub cursor: u64,
     pub error: Option<io::Error>,
     /// Overlay data was written or zeroed: FUA then needs its sync.
     pub wrote: bool,
@@ -208,6 +210,7 @@ impl Job {
             todo: VecDeque::new(),
             flying: 0,
             stalled: false,
+            cursor: 0,
             error: None,
             wrote: false,
         }

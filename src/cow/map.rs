@@ -44,32 +44,47 @@ const STATE_SHIFT: u32 = 30;
 /// Slots are numbered below this (slot + 1 must fit in 30 bits).
 pub const MAX_SLOTS: u32 = (1 << STATE_SHIFT) - 1;
 
-/// The entries of one view: leaves only where something was written, so the
-/// map of an export never written costs nothing, and one fully written costs
-/// 4 bytes a block.
+/// The entries of one view, made only where something was written: leaves
+/// of 1024 entries (4 KiB), and runs of whole leaves whose blocks all have
+/// one entry without a slot (a zeroing or trim of a terabyte is one run, not
+/// a million leaves). A leaf overrides a run it lies in. A map never
+/// written costs nothing; one fully written, 4 bytes a block.
 #[derive(Default)]
 pub struct Map {
     leaves: BTreeMap<u64, Box<[u32]>>,
+    /// First leaf -> (the leaf after the last, the entry).
+    runs: BTreeMap<u64, (u64, u32)>,
 }
 
 impl Map {
     pub fn get(&self, block: u64) -> Entry {
         match self.leaves.get(&(block / LEAF)) {
             Some(leaf) => decode(leaf[(block % LEAF) as usize]),
-            None => Entry::BELOW,
+            None => decode(self.run_entry(block / LEAF)),
+        }
+    }
+
+    /// The entry of the run `leaf` lies in (0, below, if none).
+    fn run_entry(&self, leaf: u64) -> u32 {
+        match self.runs.range(..=leaf).next_back() {
+            Some((_, &(end, e))) if end > leaf => e,
+            _ => 0,
         }
     }
 
     pub fn set(&mut self, block: u64, e: Entry) {
-        let leaf = match self.leaves.get_mut(&(block / LEAF)) {
-            Some(leaf) => leaf,
-            None if e == Entry::BELOW => return,
-            None => self
-                .leaves
-                .entry(block / LEAF)
-                .or_insert_with(|| vec![0; LEAF as usize].into_boxed_slice()),
-        };
-        leaf[(block % LEAF) as usize] = encode(e);
+        let (n, i) = (block / LEAF, (block % LEAF) as usize);
+        let x = encode(e);
+        if let Some(leaf) = self.leaves.get_mut(&n) {
+            leaf[i] = x;
+            return;
+        }
+        let base = self.run_entry(n);
+        if x != base {
+            let mut leaf = vec![base; LEAF as usize].into_boxed_slice();
+            leaf[i] = x;
+            self.leaves.insert(n, leaf);
+        }
     }
 
     /// Sets `block`'s state, keeping its slot.
@@ -78,28 +93,96 @@ impl Map {
         self.set(block, Entry { state, slot });
     }
 
-    /// Where the run of blocks that read from below, from `block`, ends (at
-    /// most `limit`). Leaves that were never made are passed over whole.
-    pub fn below_until(&self, block: u64, limit: u64) -> u64 {
+    /// Sets the state of every block of `blocks`, keeping their slots: whole
+    /// leaves without slots become one run.
+    pub fn set_states(&mut self, blocks: Range<u64>, state: State) {
+        let (first, last) = (blocks.start.div_ceil(LEAF), blocks.end / LEAF);
+        if first >= last {
+            return blocks.for_each(|b| self.set_state(b, state));
+        }
+        (blocks.start..first * LEAF).for_each(|b| self.set_state(b, state));
+        let x = encode(Entry { state, slot: None });
+        let mut plain = Vec::new();
+        for (&n, leaf) in self.leaves.range_mut(first..last) {
+            if leaf.iter().any(|&e| decode(e).slot.is_some()) {
+                for e in leaf.iter_mut() {
+                    let slot = decode(*e).slot;
+                    *e = encode(Entry { state, slot });
+                }
+            } else {
+                plain.push(n);
+            }
+        }
+        for n in plain {
+            self.leaves.remove(&n);
+        }
+        self.put_run(first..last, x);
+        (last * LEAF..blocks.end).for_each(|b| self.set_state(b, state));
+    }
+
+    /// Makes leaves `leaves` one run of entry `x` (none, for below), cutting
+    /// the runs it overlaps.
+    fn put_run(&mut self, leaves: Range<u64>, x: u32) {
+        let from = match self.runs.range(..leaves.start).next_back() {
+            Some((&s, &(end, _))) if end > leaves.start => s,
+            _ => leaves.start,
+        };
+        let cut: Vec<(u64, (u64, u32))> = self
+            .runs
+            .range(from..leaves.end)
+            .map(|(&s, &r)| (s, r))
+            .collect();
+        for (s, (end, e)) in cut {
+            self.runs.remove(&s);
+            if s < leaves.start {
+                self.runs.insert(s, (leaves.start, e));
+            }
+            if end > leaves.end {
+                self.runs.insert(leaves.end, (end, e));
+            }
+        }
+        if x != 0 {
+            self.runs.insert(leaves.start, (leaves.end, x));
+        }
+    }
+
+    /// Where the run of blocks in the same state as `block` ends (at most
+    /// `limit`), whatever their slots. Costs what the map holds, not what
+    /// the run spans.
+    pub fn same_until(&self, block: u64, limit: u64) -> u64 {
+        let state = self.get(block).state;
         let mut b = block;
         while b < limit {
-            let Some(leaf) = self.leaves.get(&(b / LEAF)) else {
-                // No leaf here: up to the next one that exists.
-                let next = self
-                    .leaves
-                    .range(b / LEAF + 1..)
-                    .next()
-                    .map(|(k, _)| k * LEAF);
-                b = next.unwrap_or(limit).min(limit);
-                continue;
-            };
-            let end = ((b / LEAF + 1) * LEAF).min(limit);
-            while b < end {
-                if decode(leaf[(b % LEAF) as usize]).state != State::Below {
-                    return b;
+            let n = b / LEAF;
+            if let Some(leaf) = self.leaves.get(&n) {
+                let end = ((n + 1) * LEAF).min(limit);
+                while b < end {
+                    if decode(leaf[(b % LEAF) as usize]).state != state {
+                        return b;
+                    }
+                    b += 1;
                 }
-                b += 1;
+                continue;
             }
+            if decode(self.run_entry(n)).state != state {
+                return b;
+            }
+            // Up to the next leaf, or where this run (or this gap) ends.
+            let next_leaf = self
+                .leaves
+                .range(n + 1..)
+                .next()
+                .map_or(u64::MAX, |(&k, _)| k);
+            let run_end = match self.runs.range(..=n).next_back() {
+                Some((_, &(end, _))) if end > n => end,
+                _ => self
+                    .runs
+                    .range(n + 1..)
+                    .next()
+                    .map_or(u64::MAX, |(&k, _)| k),
+            };
+            let stop = next_leaf.min(run_end);
+            b = stop.saturating_mul(LEAF).min(limit);
         }
         limit
     }
@@ -115,9 +198,9 @@ impl Map {
         v
     }
 
-    /// Bytes of memory its leaves take.
+    /// Bytes of memory it takes.
     pub fn bytes(&self) -> usize {
-        self.leaves.len() * (LEAF as usize * 4 + 48)
+        self.leaves.len() * (LEAF as usize * 4 + 48) + self.runs.len() * 64
     }
 }
 
@@ -230,20 +313,58 @@ mod tests {
     }
 
     #[test]
-    fn runs_below_skip_missing_leaves() {
+    fn runs_skip_what_the_map_does_not_hold() {
         let mut m = Map::default();
-        assert_eq!(m.below_until(0, u64::MAX / 2), u64::MAX / 2);
+        assert_eq!(m.same_until(0, u64::MAX / 2), u64::MAX / 2);
         let data = Entry {
             state: State::Data,
             slot: Some(1),
         };
         m.set(5000, data);
         m.set(5002, Entry::BELOW);
-        assert_eq!(m.below_until(0, 1 << 40), 5000);
-        assert_eq!(m.below_until(5000, 1 << 40), 5000);
-        assert_eq!(m.below_until(5001, 1 << 40), 1 << 40);
-        assert_eq!(m.below_until(10, 20), 20);
+        assert_eq!(m.same_until(0, 1 << 40), 5000);
+        assert_eq!(m.same_until(5000, 1 << 40), 5001);
+        assert_eq!(m.same_until(5001, 1 << 40), 1 << 40);
+        assert_eq!(m.same_until(10, 20), 20);
         assert_eq!(m.slots(), vec![1]);
+    }
+
+    #[test]
+    fn a_huge_zeroing_is_one_run() {
+        let mut m = Map::default();
+        let data = |slot| Entry {
+            state: State::Data,
+            slot: Some(slot),
+        };
+        m.set(3000, data(4));
+        m.set(10, data(5));
+        let hole = State::Zero { hole: true };
+        m.set_states(5..(1 << 50), hole);
+        assert_eq!(m.leaves.len(), 2, "the leaf with a slot, and block 5's");
+        assert_eq!(m.runs.len(), 1);
+        assert_eq!(m.get(4), Entry::BELOW);
+        assert_eq!(m.get(5).state, hole);
+        assert_eq!(
+            m.get(3000),
+            Entry {
+                state: hole,
+                slot: Some(4)
+            }
+        );
+        assert_eq!(m.get((1 << 50) - 1).state, hole);
+        assert_eq!(m.get(1 << 50), Entry::BELOW);
+        assert_eq!(m.same_until(5, u64::MAX), 1 << 50);
+        // A block written inside the run: a leaf of its own, over the run.
+        m.set(1 << 40, data(6));
+        assert_eq!(m.get((1 << 40) + 1).state, hole);
+        assert_eq!(m.same_until(5, u64::MAX), 1 << 40);
+        assert_eq!(m.same_until((1 << 40) + 1, u64::MAX), 1 << 50);
+        // A run cut in two by another.
+        m.set_states(1 << 30..1 << 31, State::Zero { hole: false });
+        assert_eq!(m.runs.len(), 3);
+        assert_eq!(m.get((1 << 31) + 7).state, hole);
+        assert_eq!(m.get((1 << 30) + 7).state, State::Zero { hole: false });
+        assert_eq!(m.slots(), vec![4, 5, 6]);
     }
 
     #[test]

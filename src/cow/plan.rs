@@ -71,18 +71,20 @@ pub fn reads(map: Option<&Map>, g: Geometry, offset: u64, len: u64) -> Vec<Run> 
     while pos < end {
         let b = g.block(pos);
         let e = map.map_or(super::map::Entry::BELOW, |m| m.get(b));
+        // Where the run of blocks in this one's state ends.
+        let run_end = || {
+            let last = g.block(end - 1) + 1;
+            let stop = map.map_or(last, |m| m.same_until(b, last));
+            g.start(stop).clamp(pos + 1, end)
+        };
         let (src, upto) = match (e.state, e.slot) {
-            (State::Below, _) => {
-                let last = g.block(end - 1) + 1;
-                let stop = map.map_or(last, |m| m.below_until(b, last));
-                (Src::Below(pos), g.start(stop).clamp(pos + 1, end))
-            }
+            (State::Below, _) => (Src::Below(pos), run_end()),
             (State::Data, Some(slot)) => {
                 (Src::Overlay(g.slot_at(slot) + pos - g.start(b)), g.end(b))
             }
             // Data always has a slot: read as zeroes would be wrong, but
             // cannot happen.
-            (State::Data, None) | (State::Zero { .. }, _) => (Src::Zero, g.end(b)),
+            (State::Data, None) | (State::Zero { .. }, _) => (Src::Zero, run_end()),
         };
         let n = upto.min(end) - pos;
         push(&mut out, (pos - offset) as usize, n as usize, src);

@@ -20,11 +20,18 @@ use std::io;
 use std::ops::Range;
 
 use super::OnRead;
-use super::engine::Core;
+use super::engine::{Core, View};
 use super::job::{Kind, Part, Stage, Sub, errno};
 use super::map::{Entry, State};
 use super::plan::{self, Src};
 use crate::aio::Op;
+
+/// Bytes copied up from below at a time, for a read or cache request that
+/// copies (`cow-on-read`, `cow-on-cache`).
+const FILL_WINDOW: u64 = 8 << 20;
+/// The most one CACHE request copies up (a hint: doing less is correct);
+/// as much as a compact request can ask for.
+const COPY_MAX: u64 = 4 << 30;
 
 impl Core {
     /// Moves job `key` on as far as it can go now.
@@ -71,7 +78,7 @@ impl Core {
         let hold = match kind {
             Kind::Write { .. } | Kind::Zero { .. } => true,
             Kind::Read { .. } => self.copies_on_read() && self.any_below(view, blocks.clone()),
-            Kind::Cache { .. } => self.settings.on_cache && self.any_below(view, blocks.clone()),
+            Kind::Cache { .. } => self.settings.on_cache,
             Kind::Flush => false,
         };
         if let Kind::Zero { fast: true, .. } = kind
@@ -86,8 +93,19 @@ impl Core {
                 Some(lock) => self.jobs[key].lock = Some(lock),
                 None => return false,
             }
+            self.join_view(key); // a read that copies up may be its first
         }
         self.set_stage(key, Stage::Held)
+    }
+
+    /// Makes the job's view if it has none yet, and counts the job in it.
+    fn join_view(&mut self, key: usize) {
+        let job = &mut self.jobs[key];
+        if !job.counted {
+            let v = self.views.entry(job.view).or_insert_with(View::new);
+            v.jobs += 1;
+            job.counted = true;
+        }
     }
 
     /// `cow-on-read`: reads copy what they read from below into the overlay.
@@ -143,14 +161,24 @@ impl Core {
         let map = self.map(view);
         let state = |b: u64| map.map_or(State::Below, |m| m.get(b).state);
         let (mut copies, mut zeroes): (Vec<Range<u64>>, Vec<u64>) = (Vec::new(), Vec::new());
+        let mut next = Stage::Fill;
         match kind {
             Kind::Read { .. } | Kind::Cache { .. } => {
-                for b in self.g.blocks(offset, len) {
+                // A window of blocks at a time: a long CACHE holds no more
+                // buffers than a short one.
+                let all = self.g.blocks(offset, len.min(COPY_MAX));
+                let from = job.cursor.max(all.start);
+                let to = all.end.min(from + (FILL_WINDOW / self.g.bs).max(1));
+                for b in from..to {
                     match copies.last_mut() {
                         _ if state(b) != State::Below => {}
                         Some(r) if r.end == b => r.end = b + 1,
                         _ => copies.push(b..b + 1),
                     }
+                }
+                self.jobs[key].cursor = to;
+                if to < all.end {
+                    next = Stage::Held; // and fill again
                 }
             }
             _ => {
@@ -186,7 +214,7 @@ impl Core {
         for b in zeroes {
             self.zero_slot(key, view, b);
         }
-        self.set_stage(key, Stage::Fill)
+        self.set_stage(key, next)
     }
 
     /// Block `b` of a write reads as zeroes: its slot is zeroed whole, and
@@ -388,12 +416,14 @@ impl Core {
         let Some(v) = self.views.get_mut(&view) else {
             return; // made with the job: cannot happen
         };
+        let blocks = g.blocks(offset, len);
+        let whole = blocks.start + u64::from(edges.contains(&blocks.start))
+            ..blocks.end - u64::from(edges.contains(&(blocks.end - 1)));
+        if whole.start < whole.end {
+            v.map.set_states(whole, State::Zero { hole });
+        }
         let mut subs = Vec::new();
-        for b in g.blocks(offset, len) {
-            if !edges.contains(&b) {
-                v.map.set_state(b, State::Zero { hole });
-                continue;
-            }
+        for b in edges {
             let e = v.map.get(b);
             if let (State::Data, Some(slot)) = (e.state, e.slot) {
                 let from = offset.max(g.start(b));
