@@ -299,6 +299,11 @@ impl Core {
         self.scratch += n;
     }
 
+    #[cfg(test)]
+    pub fn scratch_held(&self) -> usize {
+        self.scratch
+    }
+
     fn unscratch(&mut self, n: usize) {
         if n == 0 {
             return;

@@ -27,6 +27,8 @@ mod map;
 mod overlay;
 mod plan;
 mod stages;
+#[cfg(test)]
+mod tests;
 
 use std::cell::{RefCell, RefMut};
 use std::io;

@@ -226,12 +226,14 @@ impl Core {
         let Some(slot) = self.map(view).and_then(|m| m.get(b).slot) else {
             return; // given just above
         };
+        // Zeroes written, not a hole punched: a slot at the end of the file
+        // must make the file that long, or reading it would meet its end.
         let g = self.g;
-        let op = Op::Zero {
+        let len = (g.end(b) - g.start(b)) as usize; // ≤ a block
+        self.add_scratch(len);
+        let op = Op::Write {
             offset: g.slot_at(slot),
-            len: g.end(b) - g.start(b),
-            may_trim: true,
-            fast: false,
+            buf: vec![0; len],
             fua: false,
         };
         let blocks = b..b + 1;
@@ -240,7 +242,7 @@ impl Core {
             whole: false,
         };
         let job = &mut self.jobs[key];
-        job.todo.push_back(Sub::overlay(op, part, 0));
+        job.todo.push_back(Sub::overlay(op, part, len));
         job.wrote = true;
     }
 
