@@ -95,11 +95,10 @@ fn batch(c: &mut Core, rng: &mut Rng, models: &mut HashMap<u64, Vec<u8>>, size: 
         taken.push((offset, len));
         let conn = 1 + rng.below(3);
         let v = c.view_of(conn);
-        if !models.contains_key(&v) {
-            let base = models_base(c);
-            models.insert(v, base);
-        }
-        let model = models.get_mut(&v).expect("just made");
+        let model = match models.entry(v) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(models_base(c)),
+        };
         let fill = rng.next() as u8;
         let fua = rng.below(4) == 0;
         let (offset64, len64) = (offset as u64, len as u64);
