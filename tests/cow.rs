@@ -499,3 +499,57 @@ fn mistakes_are_one_line() {
     assert!(err.contains("cow: cannot make the overlay in"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn filters_named_after_cow_run_below_it() {
+    if !have(&["nbdsh"]) {
+        return;
+    }
+    let tmp = TempDir::new();
+    // nbdkit's test-cow-on-read-caches: the delay is on reads from below,
+    // which the overlay then saves.
+    let mut cmd = Io::Uring.command();
+    cmd.env("TMPDIR", tmp.path());
+    let args = [
+        "--filter=cow",
+        "--filter=delay",
+        "memory",
+        "64K",
+        "cow-on-read=true",
+        "rdelay=0.5",
+    ];
+    let srv = Server::start_with(cmd, &args);
+    nbdsh(
+        &srv.uri(),
+        "import time\n\
+         t = time.time(); assert h.pread(65536, 0) == bytes(65536); assert time.time() - t >= 0.5\n\
+         t = time.time(); assert h.pread(65536, 0) == bytes(65536); assert time.time() - t < 0.5\n\
+         h.pwrite(b'abcd' * 16384, 0)\n\
+         t = time.time(); assert h.pread(65536, 0) == b'abcd' * 16384; assert time.time() - t < 0.5",
+    );
+    // Errors injected below: reads of what was written never fail.
+    let dir = TempDir::new();
+    let (path, _, _) = golden(&dir, MIB);
+    let mut cmd = Io::Uring.command();
+    cmd.env("TMPDIR", tmp.path());
+    let args = [
+        OsStr::new("--filter=cow"),
+        OsStr::new("--filter=error"),
+        OsStr::new("file"),
+        path.as_os_str(),
+        OsStr::new("error-pread-rate=100%"),
+    ];
+    let srv = Server::start_with(cmd, &args);
+    nbdsh(
+        &srv.uri(),
+        "import errno\n\
+         h.pwrite(b'x' * 65536, 0)\n\
+         assert h.pread(65536, 0) == b'x' * 65536\n\
+         for f in (lambda: h.pread(10, 100000), lambda: h.pwrite(b'y' * 10, 200000)):\n\
+         \x20   try:\n\
+         \x20       f()\n\
+         \x20       assert False, 'from below, so failed'\n\
+         \x20   except nbd.Error as e:\n\
+         \x20       assert e.errnum == errno.EIO, e\n",
+    );
+}

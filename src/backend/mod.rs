@@ -1,6 +1,7 @@
 //! What an export is served from: the `Backend` trait, its capabilities, and the
 //! one place where system errors become NBD errors.
 
+mod below;
 mod curl;
 mod file;
 mod memory;
@@ -14,6 +15,7 @@ use std::rc::Rc;
 use crate::aio::Engine;
 use crate::proto;
 
+pub use below::Below;
 pub use curl::Curl;
 pub use file::File;
 pub use memory::Memory;

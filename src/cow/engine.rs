@@ -13,13 +13,12 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use super::Settings;
-use super::below::Below;
 use super::job::{Job, Part, Sub};
 use super::locks::Locks;
 use super::map::{Map, Slots, State};
 use super::plan::Geometry;
 use crate::aio::{Done, Engine, Op, Tag};
-use crate::backend::Extent;
+use crate::backend::{Below, Extent};
 use crate::proto::{STATE_HOLE, STATE_ZERO};
 
 /// Bytes of buffers of its own (pieces of split reads and writes, blocks

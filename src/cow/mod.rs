@@ -16,10 +16,8 @@
 //! - `plan.rs`: where a request's bytes are, in runs;
 //! - `locks.rs`: blocks being changed, and who waits for them;
 //! - `job.rs`, `stages.rs`: one request's way through the engine;
-//! - `below.rs`: the layer below, however it moves data;
 //! - `overlay.rs`: making the file.
 
-mod below;
 mod engine;
 mod job;
 mod locks;
@@ -39,8 +37,7 @@ use std::time::Instant;
 use mio::Registry;
 
 use crate::aio::{Done, Engine, Op, Remote, Tag};
-use crate::backend::{Access, Backend, Caps, Extent};
-use below::Below;
+use crate::backend::{Access, Backend, Below, Caps, Extent};
 use engine::Core;
 
 /// nbdkit's default block size.

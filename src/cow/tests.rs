@@ -7,11 +7,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::below::Below;
 use super::engine::Core;
 use super::{OnRead, Settings};
 use crate::aio::{Done, Engine, Op};
-use crate::backend::{Access, Backend, Memory};
+use crate::backend::{Access, Backend, Below, Memory};
 use crate::proto::STATE_ZERO;
 
 struct Rng(u64);

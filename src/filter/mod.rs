@@ -8,7 +8,9 @@
 //!
 //! A filter may instead be a layer of storage over the backend (`Layer`:
 //! cow, whose overlay needs I/O of its own, which a stage cannot do): it is
-//! put over the backend at start-up (`layers.rs`) and is no stage.
+//! put over the backend at start-up (`layers.rs`) and is no stage; stages
+//! named after it run below it, on what it asks of the backend
+//! (`beneath.rs`).
 //!
 //! Single-threaded: a held request is not a sleeping thread but an entry
 //! here (`Held`), with its payload, released by the loop when its time comes
@@ -16,6 +18,7 @@
 //! it. With no filter configured the request path asks `Stack::is_empty`
 //! and nothing else.
 
+mod beneath;
 mod cow;
 mod delay;
 mod error;

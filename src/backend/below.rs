@@ -1,8 +1,10 @@
-//! The layer below the overlay, read and never written, however it moves
-//! its data: through an engine of its own (a file's io_uring, the curl
-//! backend's connections), or at once (RAM, synthetic exports), in which
-//! case an operation is done as it is submitted and its completion waits
-//! here to be reaped like any other.
+//! A backend as the layer below another (the cow filter's overlay, stages
+//! named below it), driven alike however it moves its data: through an
+//! engine of its own (a file's io_uring, the curl backend's connections), or
+//! at once (RAM, synthetic exports), in which case an operation is done as it
+//! is submitted and its completion waits here to be reaped like any other.
+//! Only reads and cache hints are done at once (a layer over data at hand
+//! writes nothing to it).
 
 use std::io;
 
@@ -10,8 +12,8 @@ use mio::Registry;
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 
+use super::{Access, Backend, Caps, Extent};
 use crate::aio::{Done, Op, Tag};
-use crate::backend::{Access, Backend, Extent};
 
 pub struct Below {
     backend: Box<dyn Backend>,
@@ -29,6 +31,15 @@ impl Below {
 
     pub fn size(&self) -> u64 {
         self.backend.size()
+    }
+
+    pub fn caps(&self) -> Caps {
+        self.backend.caps()
+    }
+
+    /// The backend itself, for what it does at once (block status).
+    pub fn backend(&mut self) -> &mut dyn Backend {
+        &mut *self.backend
     }
 
     /// Its data is at hand: `read_now` reads it without an operation.
