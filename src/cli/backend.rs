@@ -29,7 +29,11 @@ const BACKENDS: [(&str, &str, Option<&str>); 6] = [
 
 /// Whether backend `name` takes parameter `key`.
 pub fn takes(name: &str, key: &str) -> bool {
-    lookup(name).is_ok_and(|(magic, _)| magic == key)
+    match lookup(name) {
+        Ok(("url", _)) => curl::takes(key),
+        Ok((magic, _)) => magic == key,
+        Err(_) => false,
+    }
 }
 
 /// Checks a backend name, for `BACKEND --version`, which must fail for a
