@@ -158,39 +158,16 @@ impl Core {
         let Some((offset, len)) = kind.range().filter(|_| job.lock.is_some()) else {
             return self.set_stage(key, Stage::Fill);
         };
-        let map = self.map(view);
-        let state = |b: u64| map.map_or(State::Below, |m| m.get(b).state);
-        let (mut copies, mut zeroes): (Vec<Range<u64>>, Vec<u64>) = (Vec::new(), Vec::new());
-        let mut next = Stage::Fill;
-        match kind {
+        let (copies, zeroes, cursor) = match kind {
             Kind::Read { .. } | Kind::Cache { .. } => {
-                // A window of blocks at a time: a long CACHE holds no more
-                // buffers than a short one.
-                let all = self.g.blocks(offset, len.min(COPY_MAX));
-                let from = job.cursor.max(all.start);
-                let to = all.end.min(from + (FILL_WINDOW / self.g.bs).max(1));
-                for b in from..to {
-                    match copies.last_mut() {
-                        _ if state(b) != State::Below => {}
-                        Some(r) if r.end == b => r.end = b + 1,
-                        _ => copies.push(b..b + 1),
-                    }
-                }
-                self.jobs[key].cursor = to;
-                if to < all.end {
-                    next = Stage::Held; // and fill again
-                }
+                let (copies, cursor) = self.window(key, offset, len);
+                (copies, Vec::new(), Some(cursor))
             }
             _ => {
-                for b in self.edges(offset, len) {
-                    match (state(b), kind) {
-                        (State::Below, _) => copies.push(b..b + 1),
-                        (State::Zero { .. }, Kind::Write { .. }) => zeroes.push(b),
-                        _ => {}
-                    }
-                }
+                let (copies, zeroes) = self.edge_fills(view, kind, offset, len);
+                (copies, zeroes, None)
             }
-        }
+        };
         let g = self.g;
         let need: u64 = copies
             .iter()
@@ -206,7 +183,7 @@ impl Core {
             );
             let op = Op::Read {
                 offset: start,
-                buf: vec![0; n as usize], // ≤ a request's blocks
+                buf: vec![0; n as usize], // ≤ FILL_WINDOW, or a block
             };
             let sub = Sub::below(op, Part::FillRead { blocks }, n as usize);
             self.jobs[key].todo.push_back(sub);
@@ -214,7 +191,56 @@ impl Core {
         for b in zeroes {
             self.zero_slot(key, view, b);
         }
-        self.set_stage(key, next)
+        let last = self.g.blocks(offset, len.min(COPY_MAX)).end;
+        match cursor {
+            // More windows to come: this stage again once these are done.
+            Some(to) if to < last => {
+                self.jobs[key].cursor = to;
+                self.set_stage(key, Stage::Held)
+            }
+            _ => self.set_stage(key, Stage::Fill),
+        }
+    }
+
+    /// The next window of blocks a read or cache request copies up (a long
+    /// CACHE holds no more buffers than a short one): the runs from below in
+    /// it, and where it ends.
+    fn window(&self, key: usize, offset: u64, len: u64) -> (Vec<Range<u64>>, u64) {
+        let job = &self.jobs[key];
+        let all = self.g.blocks(offset, len.min(COPY_MAX));
+        let from = job.cursor.max(all.start);
+        let to = all.end.min(from + (FILL_WINDOW / self.g.bs).max(1));
+        let map = self.map(job.view);
+        let mut copies: Vec<Range<u64>> = Vec::new();
+        for b in from..to {
+            match copies.last_mut() {
+                _ if map.is_some_and(|m| m.get(b).state != State::Below) => {}
+                Some(r) if r.end == b => r.end = b + 1,
+                _ => copies.push(b..b + 1),
+            }
+        }
+        (copies, to)
+    }
+
+    /// The blocks a write, zeroing or trim covers only in part that must be
+    /// filled first: copied up from below, or (a write's) zeroed in a slot.
+    fn edge_fills(
+        &self,
+        view: u64,
+        kind: Kind,
+        offset: u64,
+        len: u64,
+    ) -> (Vec<Range<u64>>, Vec<u64>) {
+        let map = self.map(view);
+        let (mut copies, mut zeroes) = (Vec::new(), Vec::new());
+        for b in self.edges(offset, len) {
+            match (map.map_or(State::Below, |m| m.get(b).state), kind) {
+                (State::Below, _) => copies.push(b..b + 1),
+                (State::Zero { .. }, Kind::Write { .. }) => zeroes.push(b),
+                _ => {}
+            }
+        }
+        (copies, zeroes)
     }
 
     /// Block `b` of a write reads as zeroes: its slot is zeroed whole, and

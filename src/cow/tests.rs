@@ -261,3 +261,37 @@ fn fast_zero_only_without_a_write() {
         }
     }
 }
+
+#[test]
+fn a_long_cache_request_copies_up_a_window_at_a_time() {
+    let size = 24 << 20;
+    let data: Vec<u8> = (0..size).map(|i| (i / 4096) as u8).collect();
+    let mut c = core(&data, false, false, 4096);
+    c.submit(
+        Op::Cache {
+            offset: 1000,
+            len: 20 << 20,
+        },
+        1,
+        1,
+    );
+    let mut out = Vec::new();
+    let mut most = 0;
+    while out.is_empty() {
+        c.run();
+        c.reap(&mut out);
+        most = most.max(c.scratch_held());
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    assert!(out[0].result.is_ok());
+    assert!(most <= 8 << 20, "{most} bytes held at once");
+    let map = c.map(0).expect("the shared view");
+    let g = c.g;
+    for b in g.blocks(1000, 20 << 20) {
+        assert_eq!(map.get(b).state, super::map::State::Data, "block {b}");
+    }
+    assert_eq!(
+        map.get(g.block(1000 + (20 << 20)) + 1).state,
+        super::map::State::Below
+    );
+}
