@@ -69,6 +69,8 @@ pub(super) struct Core {
     done: Vec<Done>,
     /// Scratch bytes held.
     scratch: usize,
+    /// Reads passed below without a job, not yet back.
+    direct: usize,
     reaped: Vec<Done>,
     extents: Vec<Extent>,
 }
@@ -99,6 +101,7 @@ impl Core {
             releases: VecDeque::new(),
             done: Vec::new(),
             scratch: 0,
+            direct: 0,
             reaped: Vec::new(),
             extents: Vec::new(),
         }
@@ -115,6 +118,12 @@ impl Core {
 
     pub fn submit(&mut self, op: Op, tag: Tag, conn: u64) {
         let view = self.view_of(conn);
+        let op = match op {
+            Op::Read { offset, buf } if self.all_below(view, offset, buf.len() as u64) => {
+                return self.read_below(offset, buf, tag, conn);
+            }
+            op => op,
+        };
         let mut job = Job::new(tag, conn, view, op);
         if job.kind.changes() {
             self.views.entry(view).or_insert_with(View::new);
@@ -125,6 +134,45 @@ impl Core {
         }
         let key = self.jobs.insert(job);
         self.advance(key);
+    }
+
+    /// A read that can go straight below, as it is: every block it touches
+    /// reads from there, and it copies nothing up.
+    fn all_below(&self, view: u64, offset: u64, len: u64) -> bool {
+        if len == 0 || self.copies_on_read() {
+            return false;
+        }
+        let blocks = self.g.blocks(offset, len);
+        self.map(view).is_none_or(|m| {
+            m.get(blocks.start).state == State::Below
+                && m.same_until(blocks.start, blocks.end) >= blocks.end
+        })
+    }
+
+    /// A read of blocks that are all below, in the client's buffer, without
+    /// a job: most reads of an overlay little written (no copy, and next to
+    /// nothing more than the backend's own cost).
+    fn read_below(&mut self, offset: u64, mut buf: Vec<u8>, tag: Tag, conn: u64) {
+        if let Some(result) = self.below.read_now(&mut buf, offset) {
+            return self.done.push(Done { tag, result, buf });
+        }
+        let f = self.flying.insert(Flying {
+            job: None,
+            part: Part::Direct { tag },
+            scratch: 0,
+        });
+        match self.below.submit(Op::Read { offset, buf }, f as Tag, conn) {
+            Ok(()) => self.direct += 1,
+            Err((op, _)) => {
+                // No room below (the engine above counts these as its own, so
+                // there always is): a job waits for it.
+                self.flying.remove(f);
+                let key = self
+                    .jobs
+                    .insert(Job::new(tag, conn, self.view_of(conn), op));
+                self.advance(key);
+            }
+        }
     }
 
     /// Once per loop turn: jobs that can go on do, views gone give back their
@@ -161,7 +209,7 @@ impl Core {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.jobs.len() + self.done.len()
+        self.jobs.len() + self.done.len() + self.direct
     }
 
     /// The overlay's ring under `top`, the ring below under `top - 1`, and
@@ -236,8 +284,13 @@ impl Core {
     fn part_done(&mut self, f: Flying, d: Done) {
         self.unscratch(f.scratch);
         let Some(key) = f.job else {
-            if let Part::Release(slots) = f.part {
-                self.slots.release(slots);
+            match f.part {
+                Part::Release(slots) => self.slots.release(slots),
+                Part::Direct { tag } => {
+                    self.direct -= 1;
+                    self.done.push(Done { tag, ..d });
+                }
+                _ => {} // the engine's own operations are these two
             }
             return;
         };
@@ -256,7 +309,11 @@ impl Core {
                 let n = d.buf.len();
                 job.buf[at..at + n].copy_from_slice(&d.buf);
             }
-            (Part::FillRead { blocks }, Ok(())) => self.fill_write(key, blocks, d.buf),
+            // A job that has failed hands out nothing more.
+            (Part::FillRead { blocks }, Ok(())) if job.error.is_none() => {
+                self.fill_write(key, blocks, d.buf)
+            }
+            (Part::FillRead { .. }, Ok(())) => {}
             (Part::Mark { blocks, whole }, Ok(())) => {
                 if whole {
                     job.buf = d.buf;
@@ -268,7 +325,7 @@ impl Core {
                     }
                 }
             }
-            (Part::Plain | Part::Release(_), Ok(())) => {}
+            (Part::Plain | Part::Release(_) | Part::Direct { .. }, Ok(())) => {}
         }
         self.advance(key);
     }

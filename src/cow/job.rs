@@ -137,6 +137,8 @@ pub enum Part {
     Plain,
     /// The slots of a view that is gone, punched: they may be handed out again.
     Release(Range<u32>),
+    /// A client's read passed below as it is (no job): its tag.
+    Direct { tag: Tag },
 }
 
 /// An operation for the layer below (`below`) or the overlay file.

@@ -169,7 +169,9 @@ impl Backend for Cow {
     }
 
     fn closed(&mut self, conn: u64) {
-        self.core().client_gone(conn);
+        let mut core = self.core();
+        core.client_gone(conn);
+        core.below.backend().closed(conn);
     }
 }
 

@@ -109,7 +109,7 @@ impl Core {
     }
 
     /// `cow-on-read`: reads copy what they read from below into the overlay.
-    fn copies_on_read(&self) -> bool {
+    pub(super) fn copies_on_read(&self) -> bool {
         match &self.settings.on_read {
             OnRead::Never => false,
             OnRead::Always => true,
@@ -308,22 +308,31 @@ impl Core {
         let mut b = blocks.start;
         while b < blocks.end {
             if v.map.get(b).slot.is_some() {
-                b += 1;
+                b += 1; // a block that has one keeps it
                 continue;
             }
-            let want = (blocks.end - b).min(u64::from(u32::MAX)) as u32;
-            let Some(run) = self.slots.take(want) else {
-                log::warn!("cow: the overlay is full");
-                return Err(errno(libc::ENOSPC));
-            };
-            for slot in run {
-                while v.map.get(b).slot.is_some() {
-                    b += 1; // a block that has one keeps it
+            // The blocks from `b` that have none, given a run of slots at a time.
+            let mut end = b + 1;
+            while end < blocks.end && v.map.get(end).slot.is_none() {
+                end += 1;
+            }
+            while b < end {
+                let want = (end - b).min(u64::from(u32::MAX)) as u32;
+                let Some(run) = self.slots.take(want) else {
+                    log::warn!("cow: the overlay is full");
+                    return Err(errno(libc::ENOSPC));
+                };
+                for slot in run {
+                    let state = v.map.get(b).state;
+                    v.map.set(
+                        b,
+                        Entry {
+                            state,
+                            slot: Some(slot),
+                        },
+                    );
+                    b += 1;
                 }
-                let state = v.map.get(b).state;
-                let slot = Some(slot);
-                v.map.set(b, Entry { state, slot });
-                b += 1;
             }
         }
         Ok(())
