@@ -421,3 +421,46 @@ impl Remote for Io {
         [held, core.below.deadline()].into_iter().flatten().min()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_as_stages_see_them_and_back() {
+        let now = Instant::now();
+        let zero = Op::Zero {
+            offset: 10,
+            len: 20,
+            may_trim: false,
+            fast: true,
+            fua: true,
+        };
+        let mut call = call_of(&zero, 7, now);
+        assert_eq!(call.kind, CMD_WRITE_ZEROES);
+        assert_eq!(
+            call.flags,
+            CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO | CMD_FLAG_FUA
+        );
+        assert_eq!((call.conn, call.offset, call.len), (7, 10, 20));
+        // A stage moves it and drops FUA.
+        call.offset = 110;
+        call.flags &= !CMD_FLAG_FUA;
+        match moved(zero, &call) {
+            Op::Zero {
+                offset: 110,
+                len: 20,
+                may_trim: false,
+                fast: true,
+                fua: false,
+            } => {}
+            op => panic!("{op:?}"),
+        }
+        let read = Op::Read {
+            offset: 5,
+            buf: vec![0; 3],
+        };
+        let call = call_of(&read, 1, now);
+        assert_eq!((call.kind, call.len), (CMD_READ, 3));
+    }
+}
