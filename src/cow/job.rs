@@ -190,7 +190,9 @@ pub struct Job {
     pub flying: usize,
     /// Waiting for room in an engine below (in the stalled list).
     pub stalled: bool,
-    /// The next block to copy up (a read or cache request that copies).
+    /// A read or cache request that copies blocks up from below
+    /// (`cow-on-read`, `cow-on-cache`), and the next block it copies.
+    pub copies: bool,
     pub cursor: u64,
     pub error: Option<io::Error>,
     /// Overlay data was written or zeroed: FUA then needs its sync.
@@ -212,6 +214,7 @@ impl Job {
             todo: VecDeque::new(),
             flying: 0,
             stalled: false,
+            copies: false,
             cursor: 0,
             error: None,
             wrote: false,

@@ -1,13 +1,14 @@
 //! A job's way through the cow engine, one stage after another:
 //!
-//! 1. `Start`: a request that changes blocks (and a read or cache request
-//!    that will copy blocks up, with `cow-on-read` or `cow-on-cache`) holds
-//!    its blocks first, or waits for them (`locks.rs`);
+//! 1. `Start`: a request that changes blocks holds them first, or waits for
+//!    them (`locks.rs`);
 //! 2. `Held` → `Fill`: blocks it only partly writes, zeroes or trims, that
 //!    are not in the overlay yet, are filled first: read from below and
 //!    written whole into slots of their own (or zeroed there): the
 //!    read-modify-write, done as two stages so that the write is then always
-//!    a plain write into slots holding their whole blocks;
+//!    a plain write into slots holding their whole blocks. A read or cache
+//!    request that copies up (`cow-on-read`, `cow-on-cache`) copies its
+//!    blocks from below here, a window at a time, holding each window;
 //! 3. `Main`: its own reads (split where the data comes from different
 //!    places, each run read straight into the client's buffer where one run
 //!    is all there is), writes or zeroing;
@@ -75,12 +76,17 @@ impl Core {
             return self.set_stage(key, Stage::Held);
         };
         let blocks = self.g.blocks(offset, len);
-        let hold = match kind {
-            Kind::Write { .. } | Kind::Zero { .. } => true,
+        let copies = match kind {
             Kind::Read { .. } => self.copies_on_read() && self.any_below(view, blocks.clone()),
             Kind::Cache { .. } => self.settings.on_cache,
-            Kind::Flush => false,
+            _ => false,
         };
+        if copies {
+            // Its blocks are held a window at a time, as it copies them up.
+            self.jobs[key].copies = true;
+            self.join_view(key); // a read that copies up may be its first
+            return self.set_stage(key, Stage::Held);
+        }
         if let Kind::Zero { fast: true, .. } = kind
             && !self.zeroes_fast(view, offset, len)
         {
@@ -88,12 +94,11 @@ impl Core {
             self.fail(key, slow);
             return true;
         }
-        if hold {
+        if kind.changes() {
             match self.locks.lock(view, blocks, key) {
                 Some(lock) => self.jobs[key].lock = Some(lock),
                 None => return false,
             }
-            self.join_view(key); // a read that copies up may be its first
         }
         self.set_stage(key, Stage::Held)
     }
@@ -155,18 +160,17 @@ impl Core {
     fn fill(&mut self, key: usize) -> bool {
         let job = &self.jobs[key];
         let (kind, view) = (job.kind, job.view);
-        let Some((offset, len)) = kind.range().filter(|_| job.lock.is_some()) else {
-            return self.set_stage(key, Stage::Fill);
-        };
-        let (copies, zeroes, cursor) = match kind {
-            Kind::Read { .. } | Kind::Cache { .. } => {
-                let (copies, cursor) = self.window(key, offset, len);
-                (copies, Vec::new(), Some(cursor))
-            }
-            _ => {
+        let (copies, zeroes, cursor) = match kind.range() {
+            Some((offset, len)) if job.copies => match self.window(key, offset, len) {
+                Window::Done => return self.set_stage(key, Stage::Fill),
+                Window::Wait => return false,
+                Window::Next(copies, to) => (copies, Vec::new(), Some(to)),
+            },
+            Some((offset, len)) if kind.changes() => {
                 let (copies, zeroes) = self.edge_fills(view, kind, offset, len);
                 (copies, zeroes, None)
             }
+            _ => return self.set_stage(key, Stage::Fill),
         };
         let g = self.g;
         let need: u64 = copies
@@ -191,26 +195,36 @@ impl Core {
         for b in zeroes {
             self.zero_slot(key, view, b);
         }
-        let last = self.g.blocks(offset, len.min(COPY_MAX)).end;
         match cursor {
-            // More windows to come: this stage again once these are done.
-            Some(to) if to < last => {
+            // The next window (if any) once these are done.
+            Some(to) => {
                 self.jobs[key].cursor = to;
                 self.set_stage(key, Stage::Held)
             }
-            _ => self.set_stage(key, Stage::Fill),
+            None => self.set_stage(key, Stage::Fill),
         }
     }
 
-    /// The next window of blocks a read or cache request copies up (a long
-    /// CACHE holds no more buffers than a short one): the runs from below in
-    /// it, and where it ends.
-    fn window(&self, key: usize, offset: u64, len: u64) -> (Vec<Range<u64>>, u64) {
+    /// The next window of blocks a read or cache request copies up, held
+    /// (the last one let go): a long CACHE holds no more buffers, nor keeps
+    /// other clients' writes waiting longer, than a short one.
+    fn window(&mut self, key: usize, offset: u64, len: u64) -> Window {
+        if let Some(lock) = self.jobs[key].lock.take() {
+            self.locks.unlock(lock, &mut self.ready);
+        }
         let job = &self.jobs[key];
         let all = self.g.blocks(offset, len.min(COPY_MAX));
         let from = job.cursor.max(all.start);
+        if from >= all.end {
+            return Window::Done;
+        }
         let to = all.end.min(from + (FILL_WINDOW / self.g.bs).max(1));
-        let map = self.map(job.view);
+        let view = job.view;
+        let Some(lock) = self.locks.lock(view, from..to, key) else {
+            return Window::Wait;
+        };
+        self.jobs[key].lock = Some(lock);
+        let map = self.map(view);
         let mut copies: Vec<Range<u64>> = Vec::new();
         for b in from..to {
             match copies.last_mut() {
@@ -219,7 +233,7 @@ impl Core {
                 _ => copies.push(b..b + 1),
             }
         }
-        (copies, to)
+        Window::Next(copies, to)
     }
 
     /// The blocks a write, zeroing or trim covers only in part that must be
@@ -340,7 +354,7 @@ impl Core {
 
     /// The job's own operations.
     fn main(&mut self, key: usize) -> bool {
-        let (kind, copied) = (self.jobs[key].kind, self.jobs[key].lock.is_some());
+        let (kind, copied) = (self.jobs[key].kind, self.jobs[key].copies);
         let ready = match kind {
             Kind::Read { offset, len } => self.main_read(key, offset, len),
             Kind::Write { offset, len, .. } => self.main_write(key, offset, len),
@@ -502,6 +516,16 @@ impl Core {
         }
         self.set_stage(key, Stage::Sync)
     }
+}
+
+/// What a read or cache request that copies up does next.
+enum Window {
+    /// Copy these runs of blocks up, then go on from this block.
+    Next(Vec<Range<u64>>, u64),
+    /// Wait for the blocks (another request holds some).
+    Wait,
+    /// Everything is copied up.
+    Done,
 }
 
 /// A read of `buf.len()` bytes from `src` (below or the overlay; zero runs

@@ -203,10 +203,15 @@ fn check_extents(c: &mut Core, conn: u64, model: &[u8]) {
 }
 
 fn random_requests(sync: bool, per_client: bool, bs: u64, seed: u64) {
+    random_requests_reading(sync, per_client, bs, seed, OnRead::Never);
+}
+
+fn random_requests_reading(sync: bool, per_client: bool, bs: u64, seed: u64, on_read: OnRead) {
     let size = (2 << 20) - 1000; // the last block is short
     let mut rng = Rng(seed);
     let data: Vec<u8> = (0..size).map(|_| rng.next() as u8).collect();
     let mut c = core(&data, sync, per_client, bs);
+    c.settings.on_read = on_read;
     let mut models: HashMap<u64, Vec<u8>> = HashMap::new();
     for round in 0..300 {
         batch(&mut c, &mut rng, &mut models, size);
@@ -235,6 +240,12 @@ fn random_requests_shared_overlay() {
 fn random_requests_overlay_per_client() {
     random_requests(true, true, 65536, 0x0bad_cafe_f00d_1234);
     random_requests(false, true, 4096, 0x5555_aaaa_3333_cccc);
+}
+
+#[test]
+fn random_requests_copying_up_on_read() {
+    random_requests_reading(false, false, 4096, 0x7777_1234_abcd_0001, OnRead::Always);
+    random_requests_reading(true, true, 65536, 0x3141_5926_5358_9793, OnRead::Always);
 }
 
 #[test]
