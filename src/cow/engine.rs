@@ -1,8 +1,10 @@
 //! The cow engine: client requests in (`submit`), completions out (`reap`),
 //! and in between, operations on the layer below and on the overlay file,
-//! each through its own engine, never waited for. A request is a `Job` that
-//! goes through stages (`stages.rs`); this file moves operations between the
-//! jobs and the engines below.
+//! each through its own engine, never waited for. A read of blocks that are
+//! all below goes down as it is, in the client's buffer, without a job (what
+//! most reads of a little-written overlay are); any other request is a `Job`
+//! that goes through stages (`stages.rs`). This file moves operations
+//! between the jobs and the engines below.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
