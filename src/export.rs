@@ -45,10 +45,30 @@ pub struct Export {
 }
 
 impl Export {
+    /// An export of `size` bytes that can do `caps`, with no name or
+    /// description, every handshake flag offered, no TLS, and the largest
+    /// requests nbdlite serves; the rest are the caller's to set.
+    pub fn new(size: u64, caps: Caps) -> Export {
+        Export {
+            name: Vec::new(),
+            description: None,
+            size,
+            caps,
+            no_sr: false,
+            handshake_flags: crate::proto::option::HANDSHAKE_FLAGS,
+            tls: TlsMode::Off,
+            max_request: MAX_REQUEST,
+            block_override: None,
+        }
+    }
+
     /// Transmission flags for a client that negotiated `style`, with or without
     /// a metadata context.
     pub fn flags(&self, style: Style, meta: bool) -> u16 {
-        let mut f = TF_HAS_FLAGS | TF_SEND_FLUSH | TF_CAN_MULTI_CONN | TF_SEND_CACHE;
+        let mut f = TF_HAS_FLAGS | TF_SEND_FLUSH | TF_SEND_CACHE;
+        if self.caps.multi_conn {
+            f |= TF_CAN_MULTI_CONN;
+        }
         if style != Style::Simple {
             f |= TF_SEND_DF;
         }
@@ -97,6 +117,7 @@ pub fn test_export(read_only: bool, min_block: u32) -> Export {
             extents: true,
             sparse_reads: true,
             min_block,
+            multi_conn: true,
         },
         no_sr: false,
         handshake_flags: crate::proto::option::HANDSHAKE_FLAGS,

@@ -48,6 +48,7 @@ mod budget;
 mod buf;
 mod captive;
 mod conn;
+mod cow;
 mod curl;
 mod daemon;
 mod driver;

@@ -37,13 +37,16 @@ pub fn serve(
     #[cfg(feature = "tls")]
     let tls = load_tls(cfg)?;
     let nofile = raise_nofile_limit();
-    let mut backend = open_backend(cfg)?;
-    let mut export = export_of(cfg, backend.as_ref());
     // Before anything is bound or forked: a filter that cannot start (a
     // partition not found, an offset past the end) is one line and exit 1,
-    // and its paths resolve against the directory we were started in.
-    let mut filters =
-        crate::filter::Stack::new(crate::filter::build(&cfg.filters).map_err(Error::usage)?);
+    // and its paths resolve against the directory we were started in. Layers
+    // of storage (cow) go over the backend first, the stages in front.
+    let mut filters = crate::filter::build(&cfg.filters).map_err(Error::usage)?;
+    let layers = crate::filter::Layers::sort(&mut filters);
+    let backend = open_backend(cfg, layers.read_only_below())?;
+    let mut backend = layers.wrap(backend)?;
+    let mut export = export_of(cfg, backend.as_ref());
+    let mut filters = crate::filter::Stack::new(filters);
     filters
         .prepare(backend.as_mut(), &mut export)
         .map_err(Error::usage)?;
@@ -237,7 +240,10 @@ fn print_uri(ep: &captive::Endpoint) -> Result<(), Error> {
         .map_err(Error::setup("--print-uri"))
 }
 
-fn open_backend(cfg: &Config) -> Result<Box<dyn Backend>, Error> {
+/// The backend, read-only with `-r` or when a layer over it must never
+/// write to it (`read_only_below`: cow).
+fn open_backend(cfg: &Config, read_only_below: bool) -> Result<Box<dyn Backend>, Error> {
+    let read_only = cfg.read_only || read_only_below;
     Ok(match &cfg.backend {
         BackendSpec::Memory {
             size,
@@ -250,7 +256,7 @@ fn open_backend(cfg: &Config) -> Result<Box<dyn Backend>, Error> {
         BackendSpec::Null(size) => Box::new(backend::Null::new(*size)),
         BackendSpec::Pattern(size) => Box::new(backend::Pattern::new(*size)),
         BackendSpec::File(path) => Box::new(
-            backend::File::open(path, cfg.read_only, sync_io_asked()).map_err(|e| {
+            backend::File::open(path, read_only, crate::aio::sync_asked()).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::IsADirectory {
                     return Error::usage(format!(
                         "file: {} is a directory: give a file or block device \
@@ -328,30 +334,22 @@ fn memory_budget(cfg: &Config) -> usize {
     usize::try_from(budget).unwrap_or(usize::MAX)
 }
 
-/// NBDLITE_IO_URING=0 asks for synchronous file I/O (tests use it to run the
-/// fallback that a kernel without io_uring gets).
-fn sync_io_asked() -> bool {
-    std::env::var_os("NBDLITE_IO_URING").is_some_and(|v| v == "0")
-}
-
 /// What is served, as clients will see it.
 fn export_of(cfg: &Config, backend: &dyn Backend) -> Export {
-    let caps = backend.caps();
+    let caps = backend::Caps {
+        read_only: cfg.read_only || backend.caps().read_only,
+        ..backend.caps()
+    };
     Export {
         name: cfg.export_name.clone().into_bytes(),
         description: cfg.description.clone().map(String::into_bytes),
-        size: backend.size(),
-        caps: backend::Caps {
-            read_only: cfg.read_only || caps.read_only,
-            ..caps
-        },
         no_sr: cfg.no_sr,
         // --mask-handshake keeps what it names of the flags nbdlite offers
         // (it is 16 bits on the wire; higher bits mean nothing yet).
         handshake_flags: HANDSHAKE_FLAGS & cfg.mask_handshake as u16,
         tls: cfg.tls.mode(),
-        max_request: crate::export::MAX_REQUEST, // lowered by a small budget
-        block_override: None,
+        // max_request: lowered by a small budget (Server::new)
+        ..Export::new(backend.size(), caps)
     }
 }
 

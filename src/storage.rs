@@ -105,19 +105,28 @@ impl Storage {
         (self.backend.access(), &self.extents)
     }
 
-    /// Finds at most `max` (≥ 1) extents from `offset` (see `Backend::extents`)
-    /// into the scratch list, which it returns; `max` 0 just empties it.
+    /// Finds at most `max` (≥ 1) extents from `offset`, as connection `conn`
+    /// sees them (see `Backend::extents_for`), into the scratch list, which it
+    /// returns; `max` 0 just empties it.
     pub fn find_extents(
         &mut self,
+        conn: u64,
         offset: u64,
         len: u64,
         max: usize,
     ) -> std::io::Result<&mut Vec<Extent>> {
         self.extents.clear();
         if max > 0 {
-            self.backend.extents(offset, len, max, &mut self.extents)?;
+            let out = &mut self.extents;
+            self.backend.extents_for(conn, offset, len, max, out)?;
         }
         Ok(&mut self.extents)
+    }
+
+    /// A connection has gone: the filters and the backend hear of it.
+    pub fn closed(&mut self, c: crate::filter::Conn, now: std::time::Instant) {
+        self.filters.closed(c, now);
+        self.backend.closed(c.id);
     }
 
     /// The backend's I/O engine, if its data goes through one.
@@ -140,7 +149,8 @@ impl Storage {
             return Err(op);
         };
         let tag = self.flights.insert(flight);
-        engine.submit(op, tag as u64).map_err(|(op, _)| {
+        let conn = flight.call.conn;
+        engine.submit_from(op, tag as u64, conn).map_err(|(op, _)| {
             self.flights.remove(tag);
             op
         })

@@ -436,3 +436,50 @@ mod https {
         copy_matches(&s.uri(), &data, &dir);
     }
 }
+
+/// The ask: `--filter=cow` over the read-only backend makes the
+/// export writable, every write kept in the overlay and none sent to the web
+/// server, whose file stays as it was.
+#[test]
+fn cow_over_curl_makes_it_writable() {
+    if !have_nginx() || !have(&["nbdcopy", "qemu-io", "nbdsh"]) {
+        return;
+    }
+    let dir = TempDir::new();
+    let (root, data) = web_root(&dir);
+    let img = root.join("disk.img");
+    let mtime = fs::metadata(&img).unwrap().modified().unwrap();
+    let web = Nginx::start(Site {
+        root,
+        ..Site::default()
+    });
+    let tmp = TempDir::new();
+    let mut cmd = Command::new(common::bin());
+    cmd.env("TMPDIR", tmp.path());
+    let mut args = vec!["--filter=cow".to_string(), "curl".to_string()];
+    args.extend(web.unix_args("/disk.img"));
+    let s = Server::start_with(cmd, &args);
+    let uri = s.uri();
+    common::nbdsh(&uri, "assert not h.is_read_only()");
+    common::qemu_io(
+        &uri,
+        &[
+            "write -P 0x11 12345 200000",
+            "write -z 1M 64k",
+            "discard 2M 128k",
+            "write -f -P 0x22 8388000 608",
+            "flush",
+        ],
+    );
+    let mut want = data.clone();
+    want[12345..212345].fill(0x11);
+    want[1 << 20..(1 << 20) + (64 << 10)].fill(0);
+    want[2 << 20..(2 << 20) + (128 << 10)].fill(0);
+    want[8388000..].fill(0x22);
+    copy_matches(&uri, &want, &dir);
+    assert!(
+        fs::read(&img).unwrap() == data,
+        "the web server's file changed"
+    );
+    assert_eq!(fs::metadata(&img).unwrap().modified().unwrap(), mtime);
+}

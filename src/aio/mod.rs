@@ -82,6 +82,13 @@ pub struct Done {
     pub buf: Vec<u8>,
 }
 
+/// NBDLITE_IO_URING=0 asks for synchronous file I/O (tests use it to run the
+/// fallback that a kernel without io_uring gets), for every file: the
+/// `file` backend's, and the cow filter's overlay.
+pub fn sync_asked() -> bool {
+    std::env::var_os("NBDLITE_IO_URING").is_some_and(|v| v == "0")
+}
+
 /// Operations accepted at once (`has_room`).
 const MAX_OPS: usize = 256;
 
@@ -107,6 +114,11 @@ pub const MAX_SOURCES: usize = 1024;
 pub trait Remote {
     /// Takes `op`; it starts at the next `run`.
     fn submit(&mut self, op: Op, tag: Tag);
+    /// `submit`, for a request of connection `conn`: for an engine whose
+    /// data differs between connections (`cow-per-client`).
+    fn submit_from(&mut self, op: Op, tag: Tag, _conn: u64) {
+        self.submit(op, tag)
+    }
     /// Once per loop turn, after `ready` calls and `reap`: starts queued
     /// operations, and acts on deadlines that have passed.
     fn run(&mut self);
@@ -222,6 +234,20 @@ impl Engine {
             Inner::Uring(u) => u.submit(op, tag),
             Inner::Blocking(b) => b.submit(op, tag),
             Inner::Remote(r) => r.submit(op, tag),
+        }
+        Ok(())
+    }
+
+    /// `submit` for a request of connection `conn` (the number in log
+    /// lines), which a remote engine may serve from data of its own.
+    pub fn submit_from(&mut self, op: Op, tag: Tag, conn: u64) -> Result<(), (Op, Tag)> {
+        if !self.has_room() {
+            return Err((op, tag));
+        }
+        match &mut self.inner {
+            Inner::Remote(r) => r.submit_from(op, tag, conn),
+            Inner::Uring(u) => u.submit(op, tag),
+            Inner::Blocking(b) => b.submit(op, tag),
         }
         Ok(())
     }

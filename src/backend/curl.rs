@@ -42,6 +42,7 @@ impl Backend for Curl {
             extents: true,
             sparse_reads: false,
             min_block: 1,
+            multi_conn: true,
         }
     }
 

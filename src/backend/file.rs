@@ -93,6 +93,7 @@ impl Backend for File {
             extents: true,
             sparse_reads: false,
             min_block: self.min_block,
+            multi_conn: true,
         }
     }
 

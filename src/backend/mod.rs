@@ -1,6 +1,7 @@
 //! What an export is served from: the `Backend` trait, its capabilities, and the
 //! one place where system errors become NBD errors.
 
+mod below;
 mod curl;
 mod file;
 mod malloc;
@@ -15,6 +16,7 @@ use std::rc::Rc;
 use crate::aio::Engine;
 use crate::proto;
 
+pub use below::Below;
 pub use curl::Curl;
 pub use file::File;
 pub use malloc::Malloc;
@@ -37,6 +39,9 @@ pub struct Caps {
     pub sparse_reads: bool,
     /// Smallest addressable unit; requests must be aligned to it.
     pub min_block: u32,
+    /// Every connection sees every other's writes and flushes (CAN_MULTI_CONN):
+    /// false only where each connection has data of its own (`cow-per-client`).
+    pub multi_conn: bool,
 }
 
 impl Caps {
@@ -49,6 +54,7 @@ impl Caps {
         extents: true,
         sparse_reads: true,
         min_block: 1,
+        multi_conn: true,
     };
 }
 
@@ -101,6 +107,22 @@ pub trait Backend {
             )),
         }
     }
+
+    /// `extents` as connection `conn` sees them: the same for every
+    /// connection but where each has data of its own (`cow-per-client`).
+    fn extents_for(
+        &mut self,
+        _conn: u64,
+        offset: u64,
+        len: u64,
+        max: usize,
+        out: &mut Vec<Extent>,
+    ) -> io::Result<()> {
+        self.extents(offset, len, max, out)
+    }
+    /// Connection `conn` has gone: what the backend kept for it alone may go
+    /// (its requests still in the engine finish first).
+    fn closed(&mut self, _conn: u64) {}
 }
 
 /// How a backend moves data.

@@ -46,6 +46,7 @@ impl Backend for Pattern {
             extents: true,
             sparse_reads: false,
             min_block: 1,
+            multi_conn: true,
         }
     }
 

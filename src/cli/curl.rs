@@ -31,6 +31,31 @@ pub const UNSUPPORTED: &[&str] = &[
     "tcp-keepalive",
 ];
 
+/// The keys `set` takes.
+const KEYS: &[&str] = &[
+    "url",
+    "header",
+    "user",
+    "password",
+    "cookie",
+    "user-agent",
+    "cainfo",
+    "capath",
+    "sslverify",
+    "followlocation",
+    "tcp-nodelay",
+    "timeout",
+    "connections",
+    "unix-socket-path",
+    "protocols",
+];
+
+/// Whether `key` is one of the curl backend's (or one of nbdkit's it refuses
+/// by name): how the command line tells its keys from the filters'.
+pub fn takes(key: &str) -> bool {
+    KEYS.contains(&key) || UNSUPPORTED.contains(&key)
+}
+
 /// A value nbdkit lets come from elsewhere: `+FILE`, `-` (a line from the
 /// terminal) or `-FD` (an inherited descriptor).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -109,6 +109,21 @@ mod tests {
     }
 
     #[test]
+    fn the_curl_backend_keeps_its_many_keys() {
+        let (specs, rest) = sort(
+            &words("cow"),
+            "curl",
+            &words("http://h/d.img unix-socket-path=/s cow-on-read=true connections=2"),
+        )
+        .expect("valid");
+        assert_eq!(specs[0].params.get("cow-on-read"), Some("true"));
+        assert_eq!(
+            rest,
+            words("http://h/d.img unix-socket-path=/s connections=2")
+        );
+    }
+
+    #[test]
     fn mistakes_name_what_is_wrong() {
         let e = |f: &str, p: &str| {
             sort(&words(f), "memory", &words(p))

@@ -222,7 +222,7 @@ impl Conn {
         self.driver.close(&mut sh.budget, self.origin);
         if !self.negotiating() {
             let me = filter::Conn { id: self.id };
-            sh.storage.filters.closed(me, sh.now);
+            sh.storage.closed(me, sh.now);
         }
     }
 

@@ -10,19 +10,27 @@
 //! `Filter::may_open`), and may ask the server to shut down
 //! (`Filter::wants_exit`).
 //!
+//! A filter may instead be a layer of storage over the backend (`Layer`:
+//! cow, whose overlay needs I/O of its own, which a stage cannot do): it is
+//! put over the backend at start-up (`layers.rs`) and is no stage; stages
+//! named after it run below it, on what it asks of the backend
+//! (`beneath.rs`).
+//!
 //! Single-threaded: a held request is not a sleeping thread but an entry
 //! here (`Held`), with its payload, released by the loop when its time comes
 //! (`Stack::release`) and carried on from the stage below the one that held
 //! it. With no filter configured the request path asks `Stack::is_empty`
 //! and nothing else.
 
-mod below;
+mod beneath;
 mod blocksize_policy;
 mod bucket;
+mod cow;
 mod delay;
 mod error;
 mod exitlast;
 mod exitwhen;
+mod layers;
 mod limit;
 mod noextents;
 mod nozero;
@@ -31,10 +39,12 @@ pub mod params;
 mod partition;
 mod rate;
 pub mod registry;
+mod startup_read;
 mod truncate;
 
-pub use below::Below;
+pub use startup_read::StartupRead;
 
+pub use layers::{Layer, Layers};
 pub use registry::{FILTERS, Spec, build, describe};
 
 use std::cmp::Reverse;
@@ -106,7 +116,7 @@ pub trait Filter {
     /// `shape`: reads what it needs of the data below it (a partition table)
     /// and checks its parameters against what is below (`export`, as the
     /// filters below shaped it). Err: the server does not start (one line).
-    fn prepare(&mut self, _below: &mut Below, _export: &Export) -> Result<(), String> {
+    fn prepare(&mut self, _below: &mut StartupRead, _export: &Export) -> Result<(), String> {
         Ok(())
     }
 
@@ -171,6 +181,13 @@ pub trait Filter {
     fn wants_exit(&self) -> bool {
         false
     }
+
+    /// A filter that is a layer of storage rather than a stage: what is put
+    /// over the backend at start-up (asked once; the filter then leaves the
+    /// stages). None: a stage.
+    fn layer(&mut self) -> Option<Box<dyn Layer>> {
+        None
+    }
 }
 
 /// A request a filter holds: everything needed to carry it on later, from
@@ -223,7 +240,7 @@ impl Stack {
         for i in (0..self.filters.len()).rev() {
             let (upper, lower) = self.filters.split_at_mut(i + 1);
             let f = &mut upper[i];
-            let mut below = Below {
+            let mut below = StartupRead {
                 filters: lower,
                 backend: &mut *backend,
             };

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::params::{Params, size};
 use super::registry::Param;
-use super::{Below, Call, Filter, Verdict};
+use super::{Call, Filter, StartupRead, Verdict};
 use crate::export::Export;
 use crate::proto::CMD_FLUSH;
 
@@ -49,7 +49,7 @@ impl Filter for Offset {
         "offset"
     }
 
-    fn prepare(&mut self, _: &mut Below, export: &Export) -> Result<(), String> {
+    fn prepare(&mut self, _: &mut StartupRead, export: &Export) -> Result<(), String> {
         self.range = Some(fit(self.offset, self.range, export.size)?);
         Ok(())
     }

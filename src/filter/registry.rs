@@ -108,6 +108,12 @@ pub static FILTERS: &[Entry] = &[
         params: super::blocksize_policy::PARAMS,
         build: super::blocksize_policy::build,
     },
+    Entry {
+        name: "cow",
+        about: "writes go to a temporary overlay; the backend is opened read-only",
+        params: super::cow::PARAMS,
+        build: super::cow::build,
+    },
 ];
 
 /// The filter named `name`.

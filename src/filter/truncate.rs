@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use super::params::{Params, size};
 use super::registry::Param;
-use super::{Below, Call, Filter, Verdict};
+use super::{Call, Filter, StartupRead, Verdict};
 use crate::export::Export;
 use crate::proto::*;
 
@@ -83,7 +83,7 @@ impl Filter for Truncate {
         "truncate"
     }
 
-    fn prepare(&mut self, _: &mut Below, export: &Export) -> Result<(), String> {
+    fn prepare(&mut self, _: &mut StartupRead, export: &Export) -> Result<(), String> {
         self.new_size(export.size)?;
         self.real = export.size;
         Ok(())

@@ -108,6 +108,7 @@ impl Config {
                 extents: true,
                 sparse_reads: self.kind != Kind::Pattern,
                 min_block: self.min_block,
+                multi_conn: true,
             },
             no_sr: self.no_sr,
             handshake_flags: crate::proto::option::HANDSHAKE_FLAGS,

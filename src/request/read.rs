@@ -29,7 +29,10 @@ pub fn find_holes(call: &Call, storage: &mut Storage, chunks: bool) -> std::io::
         true => MAX_READ_CHUNKS,
         false => 0,
     };
-    storage.find_extents(call.offset, call.len, max).map(|_| ())
+    let conn = call.conn;
+    storage
+        .find_extents(conn, call.offset, call.len, max)
+        .map(|_| ())
 }
 
 /// The most a READ of `len` bytes from a store that lends copies into the
@@ -178,7 +181,7 @@ pub fn block_status(r: &Incoming, call: &Call, storage: &mut Storage, out: &mut 
         true => None,
         false => Some(storage.export.size.saturating_sub(req.offset)),
     };
-    let ext = match storage.find_extents(call.offset, len, max) {
+    let ext = match storage.find_extents(call.conn, call.offset, len, max) {
         Ok(ext) => ext,
         Err(e) => {
             log::warn!("BLOCK_STATUS offset {} length {len}: {e}", req.offset);

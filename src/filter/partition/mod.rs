@@ -1,6 +1,6 @@
 //! `--filter=partition`: one partition of a disk image (MBR, primary or
 //! logical, or GPT) served as the whole export, as `qemu-nbd -P`. The table
-//! is read once, at start-up, through the filters below (`Below`); requests
+//! is read once, at start-up, through the filters below (`StartupRead`); requests
 //! move by the partition's start. A partition that is not there, or lies
 //! outside the disk, stops the server from starting.
 
@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::params::Params;
 use super::registry::Param;
-use super::{Below, Call, Filter, Verdict};
+use super::{Call, Filter, StartupRead, Verdict};
 use crate::export::Export;
 use crate::proto::CMD_FLUSH;
 
@@ -30,9 +30,9 @@ pub trait Disk {
     fn read(&mut self, buf: &mut [u8], offset: u64) -> Result<(), String>;
 }
 
-impl Disk for Below<'_> {
+impl Disk for StartupRead<'_> {
     fn read(&mut self, buf: &mut [u8], offset: u64) -> Result<(), String> {
-        Below::read(self, buf, offset)
+        StartupRead::read(self, buf, offset)
     }
 }
 
@@ -99,7 +99,7 @@ impl Filter for Partition {
         "partition"
     }
 
-    fn prepare(&mut self, below: &mut Below, export: &Export) -> Result<(), String> {
+    fn prepare(&mut self, below: &mut StartupRead, export: &Export) -> Result<(), String> {
         (self.span, self.table) = find(below, export.size, self.number)?;
         log::debug!(
             "partition {} ({}): offset {} length {}",

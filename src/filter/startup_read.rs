@@ -10,13 +10,13 @@ use super::{Call, Filter, Verdict};
 use crate::backend::Backend;
 use crate::proto::CMD_READ;
 
-pub struct Below<'a> {
+pub struct StartupRead<'a> {
     /// The filters below the one reading, nearest it first.
     pub(super) filters: &'a mut [Box<dyn Filter>],
     pub(super) backend: &'a mut dyn Backend,
 }
 
-impl Below<'_> {
+impl StartupRead<'_> {
     /// Fills `buf` from `offset` (in the coordinates of the filter reading).
     pub fn read(&mut self, buf: &mut [u8], offset: u64) -> Result<(), String> {
         let now = Instant::now();

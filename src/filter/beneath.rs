@@ -1,0 +1,498 @@
+//! Stages named below a layer (`--filter=cow --filter=delay`: in nbdkit the
+//! delay sits below the overlay, on what it reads from the backend). They
+//! run on the requests the layer makes of the backend as they would on a
+//! client's: moved, held on a timer of the loop, failed. `Staged` takes the
+//! backend's place under the layer; the stages stay in the stack as well,
+//! as `Proxy`s that let every request pass and hand on the rest (connections
+//! opening and closing, reports, their own wakes).
+//!
+//! Block status asked of the backend goes through the stages too, at once:
+//! a stage that would hold it cannot (it is answered on the spot), one that
+//! fails it fails it.
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::rc::Rc;
+use std::time::Instant;
+
+use mio::{Registry, Token};
+use slab::Slab;
+
+use super::{Call, Conn, Filter, Verdict};
+use crate::aio::{Done, Engine, Op, Remote, Tag};
+use crate::backend::{Access, Backend, Below, Caps, Extent, nbd_errno};
+use crate::export::Export;
+use crate::proto::*;
+
+/// Stages, first nearest the client, shared by the backend that runs them
+/// and the stack's proxies. The loop calls one of them at a time, and none
+/// calls another while it holds them: never borrowed twice.
+pub type Shared = Rc<RefCell<Vec<Box<dyn Filter>>>>;
+
+/// A stage below a layer, as the stack sees it.
+pub struct Proxy {
+    stages: Shared,
+    i: usize,
+    name: &'static str,
+}
+
+impl Proxy {
+    /// A proxy for each of `stages`.
+    pub fn all(stages: &Shared) -> Vec<Box<dyn Filter>> {
+        let names: Vec<&'static str> = stages.borrow().iter().map(|f| f.name()).collect();
+        names
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let stages = stages.clone();
+                Box::new(Proxy { stages, i, name }) as Box<dyn Filter>
+            })
+            .collect()
+    }
+}
+
+impl Filter for Proxy {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn open(&mut self, c: Conn, now: Instant) -> Option<Instant> {
+        self.stages.borrow_mut()[self.i].open(c, now)
+    }
+
+    fn close_delay(&mut self, c: Conn, now: Instant) -> Option<Instant> {
+        self.stages.borrow_mut()[self.i].close_delay(c, now)
+    }
+
+    fn closed(&mut self, c: Conn, now: Instant) {
+        self.stages.borrow_mut()[self.i].closed(c, now)
+    }
+
+    fn report(&mut self, now: Instant) {
+        self.stages.borrow_mut()[self.i].report(now)
+    }
+
+    fn wake_at(&self) -> Option<Instant> {
+        self.stages.borrow()[self.i].wake_at()
+    }
+
+    fn wake(&mut self, now: Instant) {
+        self.stages.borrow_mut()[self.i].wake(now)
+    }
+}
+
+/// The backend with stages over it.
+pub struct Staged {
+    core: Rc<RefCell<Core>>,
+    engine: Engine,
+    size: u64,
+    caps: Caps,
+}
+
+impl Staged {
+    /// `backend` under `stages`, which shape what it serves (from the
+    /// backend up) as they would shape the export.
+    pub fn new(stages: Shared, backend: Box<dyn Backend>) -> Staged {
+        let mut shape = Export::new(backend.size(), backend.caps());
+        for f in stages.borrow_mut().iter_mut().rev() {
+            f.shape(&mut shape);
+        }
+        let core = Rc::new(RefCell::new(Core {
+            stages,
+            below: Below::new(backend),
+            held: Slab::new(),
+            due: BinaryHeap::new(),
+            seq: 0,
+            sent: HashMap::new(),
+            done: Vec::new(),
+        }));
+        Staged {
+            engine: Engine::remote(Box::new(Io(core.clone()))),
+            core,
+            size: shape.size,
+            caps: shape.caps,
+        }
+    }
+}
+
+impl Backend for Staged {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn caps(&self) -> Caps {
+        self.caps
+    }
+
+    fn access(&mut self) -> Access<'_> {
+        Access::Engine(&mut self.engine)
+    }
+
+    fn extents(&mut self, o: u64, l: u64, max: usize, out: &mut Vec<Extent>) -> io::Result<()> {
+        self.extents_for(0, o, l, max, out)
+    }
+
+    fn extents_for(
+        &mut self,
+        conn: u64,
+        offset: u64,
+        len: u64,
+        max: usize,
+        out: &mut Vec<Extent>,
+    ) -> io::Result<()> {
+        // As `Shared`: never borrowed twice.
+        self.core.borrow_mut().extents(conn, offset, len, max, out)
+    }
+
+    fn closed(&mut self, conn: u64) {
+        self.core.borrow_mut().below.backend().closed(conn);
+    }
+
+    /// At start-up, straight from the backend: a filter above the cow layer
+    /// that reads then (partition) does not see the stages named below it.
+    fn read_at_start(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.core
+            .borrow_mut()
+            .below
+            .backend()
+            .read_at_start(buf, offset)
+    }
+}
+
+/// An operation a stage holds, and the stage that held it.
+struct Held {
+    op: Op,
+    tag: Tag,
+    call: Call,
+    stage: usize,
+}
+
+struct Core {
+    stages: Shared,
+    below: Below,
+    held: Slab<Held>,
+    /// When each held operation is due, soonest first (ties in the order held).
+    due: BinaryHeap<Reverse<(Instant, u64, usize)>>,
+    seq: u64,
+    /// Operations in the backend, by tag: what the stages saw of them.
+    sent: HashMap<Tag, Call>,
+    /// Answered by a stage.
+    done: Vec<Done>,
+}
+
+impl Core {
+    /// An operation on its way down from stage `from`.
+    fn down(&mut self, op: Op, tag: Tag, mut call: Call, from: usize, now: Instant) {
+        let (verdict, stage) = run_stages(&self.stages, &mut call, from, now);
+        match verdict {
+            Verdict::Pass => {
+                let op = moved(op, &call);
+                self.sent.insert(tag, call);
+                if let Err((_, tag)) = self.below.submit(op, tag, call.conn) {
+                    // Never: the backend's engine has room for all of ours.
+                    self.sent.remove(&tag);
+                    self.answer(tag, &call, EIO, stage, now);
+                }
+            }
+            Verdict::Fail(errno) => self.answer(tag, &call, errno, stage, now),
+            Verdict::Disconnect(_) => self.answer(tag, &call, EIO, stage, now),
+            Verdict::Zeroes => self.zeroes(op, tag, &call, stage, now),
+            Verdict::Hold(at) => {
+                let key = self.held.insert(Held {
+                    op,
+                    tag,
+                    call,
+                    stage,
+                });
+                self.seq += 1;
+                self.due.push(Reverse((at, self.seq, key)));
+            }
+        }
+    }
+
+    /// Answers an operation a stage failed, and tells the stages above it.
+    fn answer(&mut self, tag: Tag, call: &Call, errno: u32, stage: usize, now: Instant) {
+        up(&self.stages, call, errno, stage, now);
+        self.done.push(Done {
+            tag,
+            // NBD's error numbers are Linux's.
+            result: Err(io::Error::from_raw_os_error(errno as i32)),
+            buf: Vec::new(),
+        });
+    }
+
+    /// A stage answers with zeroes (past the end of what is below it): a
+    /// read gets them; a write succeeds if it writes zeroes, else ENOSPC.
+    fn zeroes(&mut self, op: Op, tag: Tag, call: &Call, stage: usize, now: Instant) {
+        let (result, buf) = match op {
+            Op::Read { mut buf, .. } => {
+                buf.fill(0);
+                (Ok(()), buf)
+            }
+            Op::Write { buf, .. } if buf.iter().any(|&b| b != 0) => {
+                (Err(io::Error::from_raw_os_error(libc::ENOSPC)), buf)
+            }
+            Op::Write { buf, .. } => (Ok(()), buf),
+            _ => (Ok(()), Vec::new()),
+        };
+        let errno = result.as_ref().err().map_or(0, nbd_errno);
+        up(&self.stages, call, errno, stage, now);
+        self.done.push(Done { tag, result, buf });
+    }
+
+    /// Operations whose hold is over go on down.
+    fn release(&mut self, now: Instant) {
+        while let Some(&Reverse((at, _, key))) = self.due.peek()
+            && at <= now
+        {
+            self.due.pop();
+            if let Some(h) = self.held.try_remove(key) {
+                self.down(h.op, h.tag, h.call, h.stage + 1, now);
+            }
+        }
+    }
+
+    fn extents(
+        &mut self,
+        conn: u64,
+        offset: u64,
+        len: u64,
+        max: usize,
+        out: &mut Vec<Extent>,
+    ) -> io::Result<()> {
+        let now = Instant::now();
+        let mut call = Call {
+            conn,
+            kind: CMD_BLOCK_STATUS,
+            flags: 0,
+            offset,
+            len,
+            started: now,
+        };
+        let depth = self.stages.borrow().len();
+        let (verdict, stage) = run_stages(&self.stages, &mut call, 0, now);
+        let errno = match verdict {
+            // A hold cannot be kept here: at once.
+            Verdict::Pass | Verdict::Hold(_) => {
+                let r = (self.below.backend()).extents_for(conn, call.offset, call.len, max, out);
+                let errno = r.as_ref().err().map_or(0, nbd_errno);
+                up(&self.stages, &call, errno, depth, now);
+                return r;
+            }
+            Verdict::Fail(errno) => errno,
+            Verdict::Disconnect(_) => EIO,
+            Verdict::Zeroes => {
+                out.push(Extent {
+                    len: call.len,
+                    flags: STATE_HOLE | STATE_ZERO,
+                });
+                0
+            }
+        };
+        if errno == 0 {
+            up(&self.stages, &call, 0, stage, now);
+            return Ok(());
+        }
+        up(&self.stages, &call, errno, stage, now);
+        Err(io::Error::from_raw_os_error(errno as i32))
+    }
+}
+
+/// The stages from `from` down: the first verdict that is not `Pass`, with
+/// the stage that gave it.
+fn run_stages(stages: &Shared, call: &mut Call, from: usize, now: Instant) -> (Verdict, usize) {
+    let mut stages = stages.borrow_mut();
+    for (i, f) in stages.iter_mut().enumerate().skip(from) {
+        match f.request(call, now) {
+            Verdict::Pass => {}
+            v => return (v, i),
+        }
+    }
+    (Verdict::Pass, stages.len())
+}
+
+/// An outcome on its way up from stage `from`.
+fn up(stages: &Shared, call: &Call, errno: u32, from: usize, now: Instant) {
+    let mut stages = stages.borrow_mut();
+    let n = from.min(stages.len());
+    for f in stages[..n].iter_mut().rev() {
+        f.reply(call, errno, now);
+    }
+}
+
+/// What the stages see of an operation.
+fn call_of(op: &Op, conn: u64, now: Instant) -> Call {
+    let fua = |f: bool| if f { CMD_FLAG_FUA } else { 0 };
+    let (kind, flags, offset, len) = match op {
+        Op::Read { offset, buf } => (CMD_READ, 0, *offset, buf.len() as u64),
+        Op::Write {
+            offset,
+            buf,
+            fua: f,
+        } => (CMD_WRITE, fua(*f), *offset, buf.len() as u64),
+        Op::Flush => (CMD_FLUSH, 0, 0, 0),
+        Op::Trim {
+            offset,
+            len,
+            fua: f,
+        } => (CMD_TRIM, fua(*f), *offset, *len),
+        Op::Zero {
+            offset,
+            len,
+            may_trim,
+            fast,
+            fua: f,
+        } => {
+            let mut flags = fua(*f);
+            if !may_trim {
+                flags |= CMD_FLAG_NO_HOLE;
+            }
+            if *fast {
+                flags |= CMD_FLAG_FAST_ZERO;
+            }
+            (CMD_WRITE_ZEROES, flags, *offset, *len)
+        }
+        Op::Cache { offset, len } => (CMD_CACHE, 0, *offset, *len),
+    };
+    Call {
+        conn,
+        kind,
+        flags,
+        offset,
+        len,
+        started: now,
+    }
+}
+
+/// `op` where the stages moved it (its offset; its flags).
+fn moved(op: Op, call: &Call) -> Op {
+    let (offset, fua) = (call.offset, call.flags & CMD_FLAG_FUA != 0);
+    match op {
+        Op::Read { buf, .. } => Op::Read { offset, buf },
+        Op::Write { buf, .. } => Op::Write { offset, buf, fua },
+        Op::Flush => Op::Flush,
+        Op::Trim { len, .. } => Op::Trim { offset, len, fua },
+        Op::Zero { len, fast, .. } => Op::Zero {
+            offset,
+            len,
+            may_trim: call.flags & CMD_FLAG_NO_HOLE == 0,
+            fast,
+            fua,
+        },
+        Op::Cache { len, .. } => Op::Cache { offset, len },
+    }
+}
+
+/// The core as the engine the layer above drives.
+struct Io(Rc<RefCell<Core>>);
+
+impl Io {
+    fn core(&self) -> std::cell::RefMut<'_, Core> {
+        // As `Shared`: never borrowed twice.
+        self.0.borrow_mut()
+    }
+}
+
+impl Remote for Io {
+    fn submit(&mut self, op: Op, tag: Tag) {
+        self.submit_from(op, tag, 0);
+    }
+
+    fn submit_from(&mut self, op: Op, tag: Tag, conn: u64) {
+        let now = Instant::now();
+        let call = call_of(&op, conn, now);
+        self.core().down(op, tag, call, 0, now);
+    }
+
+    fn run(&mut self) {
+        let mut core = self.core();
+        core.release(Instant::now());
+        core.below.run();
+    }
+
+    fn reap(&mut self, out: &mut Vec<Done>) {
+        let mut core = self.core();
+        let from = out.len();
+        core.below.reap(out);
+        let now = Instant::now();
+        let depth = core.stages.borrow().len();
+        for d in &out[from..] {
+            if let Some(call) = core.sent.remove(&d.tag) {
+                let errno = d.result.as_ref().err().map_or(0, nbd_errno);
+                up(&core.stages, &call, errno, depth, now);
+            }
+        }
+        out.append(&mut core.done);
+    }
+
+    fn busy(&self) -> bool {
+        let mut core = self.core();
+        !core.done.is_empty() || core.below.busy()
+    }
+
+    fn in_flight(&self) -> usize {
+        let core = self.core();
+        core.held.len() + core.sent.len() + core.done.len()
+    }
+
+    fn attach(&mut self, registry: &Registry, top: usize) -> io::Result<()> {
+        self.core().below.attach(registry, Token(top), top - 1)
+    }
+
+    fn ready(&mut self, source: usize) {
+        if let Some(i) = source.checked_sub(1) {
+            self.core().below.ready(i);
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        let mut core = self.core();
+        let held = core.due.peek().map(|Reverse((at, ..))| *at);
+        [held, core.below.deadline()].into_iter().flatten().min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_as_stages_see_them_and_back() {
+        let now = Instant::now();
+        let zero = Op::Zero {
+            offset: 10,
+            len: 20,
+            may_trim: false,
+            fast: true,
+            fua: true,
+        };
+        let mut call = call_of(&zero, 7, now);
+        assert_eq!(call.kind, CMD_WRITE_ZEROES);
+        assert_eq!(
+            call.flags,
+            CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO | CMD_FLAG_FUA
+        );
+        assert_eq!((call.conn, call.offset, call.len), (7, 10, 20));
+        // A stage moves it and drops FUA.
+        call.offset = 110;
+        call.flags &= !CMD_FLAG_FUA;
+        match moved(zero, &call) {
+            Op::Zero {
+                offset: 110,
+                len: 20,
+                may_trim: false,
+                fast: true,
+                fua: false,
+            } => {}
+            op => panic!("{op:?}"),
+        }
+        let read = Op::Read {
+            offset: 5,
+            buf: vec![0; 3],
+        };
+        let call = call_of(&read, 1, now);
+        assert_eq!((call.kind, call.len), (CMD_READ, 3));
+    }
+}
