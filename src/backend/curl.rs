@@ -6,8 +6,7 @@ use std::io;
 
 use super::{Access, Backend, Caps, Extent};
 use crate::aio::Engine;
-use crate::cli::CurlSpec;
-use crate::curl::{Options, Pool, probe};
+use crate::curl::{CurlSpec, Options, Pool, probe};
 
 pub struct Curl {
     size: u64,

@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+pub use crate::curl::{CurlSpec, Secret};
 use crate::error::Error;
 use crate::http::{HeaderArg, Scheme, Url};
 
@@ -54,54 +55,6 @@ const KEYS: &[&str] = &[
 /// by name): how the command line tells its keys from the filters'.
 pub fn takes(key: &str) -> bool {
     KEYS.contains(&key) || UNSUPPORTED.contains(&key)
-}
-
-/// A value nbdkit lets come from elsewhere: `+FILE`, `-` (a line from the
-/// terminal) or `-FD` (an inherited descriptor).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Secret {
-    Value(String),
-    File(PathBuf),
-    Stdin,
-    Fd(i32),
-}
-
-impl Secret {
-    fn parse(v: &str) -> Secret {
-        if let Some(f) = v.strip_prefix('+') {
-            return Secret::File(PathBuf::from(f));
-        }
-        match v.strip_prefix('-') {
-            Some("") => Secret::Stdin,
-            Some(fd) if fd.bytes().all(|b| b.is_ascii_digit()) => match fd.parse() {
-                Ok(n) => Secret::Fd(n),
-                Err(_) => Secret::Value(v.to_string()),
-            },
-            _ => Secret::Value(v.to_string()),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CurlSpec {
-    pub url: Url,
-    pub headers: Vec<HeaderArg>,
-    pub user: Option<String>,
-    pub password: Option<Secret>,
-    pub cookie: Option<Secret>,
-    pub user_agent: Option<String>,
-    /// CA bundle (PEM); `Some("")`: no default store.
-    pub cainfo: Option<PathBuf>,
-    pub capath: Option<PathBuf>,
-    pub sslverify: bool,
-    /// Seconds a request may take (None: the default).
-    pub timeout: Option<u32>,
-    pub followlocation: bool,
-    pub connections: usize,
-    pub unix_socket_path: Option<PathBuf>,
-    pub tcp_nodelay: bool,
-    /// `protocols=`: the schemes the URL (and redirects) may use.
-    pub protocols: Option<Vec<Scheme>>,
 }
 
 /// Parses the parameters after `curl`.

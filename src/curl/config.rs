@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::transport::Endpoint;
-use crate::cli::{CurlSpec, Secret};
+use super::{CurlSpec, Secret};
 use crate::http::{Extras, HeaderArg, Scheme, Template, Url};
 
 /// How long a request may take without `timeout=`: long enough for a slow

@@ -15,9 +15,11 @@ mod conn;
 mod exchange;
 pub mod pool;
 pub mod probe;
+mod spec;
 #[cfg(feature = "tls")]
 mod tls;
 pub mod transport;
 
 pub use config::Options;
 pub use pool::Pool;
+pub use spec::{CurlSpec, Secret};

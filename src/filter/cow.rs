@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
+use super::params::Param;
 use super::params::{Params, boolean, size};
-use super::registry::Param;
 use super::{Filter, Layer};
 use crate::backend::Backend;
 use crate::cow::{Cow, DEFAULT_BLOCK, MAX_BLOCK, MIN_BLOCK, OnRead, Settings};

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::params::Param;
 use super::params::{Params, boolean, duration};
-use super::registry::Param;
 use super::{Call, Conn, Filter, Verdict};
 use crate::proto::*;
 

@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use super::params::Param;
 use super::params::{Params, nbd_error, path, probability};
-use super::registry::Param;
 use super::{Call, Filter, Verdict};
 use crate::proto::*;
 

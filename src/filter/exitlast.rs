@@ -4,8 +4,8 @@
 
 use std::time::Instant;
 
+use super::params::Param;
 use super::params::Params;
-use super::registry::Param;
 use super::{Conn, Filter};
 
 pub const PARAMS: &[Param] = &[];

@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::params::Param;
 use super::params::{Params, duration};
-use super::registry::Param;
 use super::{Conn, Filter};
 use crate::sys::{self, PipeEnd};
 

@@ -7,8 +7,8 @@
 
 use std::time::Instant;
 
+use super::params::Param;
 use super::params::Params;
-use super::registry::Param;
 use super::{Conn, Filter};
 
 pub const PARAMS: &[Param] = &[Param::new("limit", "N", "clients at once (1; 0: no limit)")];

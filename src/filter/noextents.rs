@@ -5,8 +5,8 @@
 //! request: it only changes what the export says it can do.
 
 use super::Filter;
+use super::params::Param;
 use super::params::Params;
-use super::registry::Param;
 use crate::export::Export;
 
 pub const PARAMS: &[Param] = &[];

@@ -10,8 +10,8 @@
 
 use std::time::Instant;
 
+use super::params::Param;
 use super::params::Params;
-use super::registry::Param;
 use super::{Call, Filter, Verdict};
 use crate::export::Export;
 use crate::proto::*;

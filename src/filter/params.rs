@@ -6,6 +6,20 @@ use std::time::Duration;
 
 use crate::proto;
 
+/// A parameter a filter takes, as `--help` and the man page show it: its
+/// key, the form of its value, what it does.
+pub struct Param {
+    pub key: &'static str,
+    pub value: &'static str,
+    pub about: &'static str,
+}
+
+impl Param {
+    pub const fn new(key: &'static str, value: &'static str, about: &'static str) -> Param {
+        Param { key, value, about }
+    }
+}
+
 /// A filter's `key=value` parameters, as the command line gave them, in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Params(pub Vec<(String, String)>);

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::bucket::Bucket;
+use super::params::Param;
 use super::params::{Params, bits_per_sec, duration};
-use super::registry::Param;
 use super::{Call, Conn, Filter, Verdict};
 use crate::proto::*;
 

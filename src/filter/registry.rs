@@ -3,14 +3,7 @@
 //! and how it is built from them.
 
 use super::Filter;
-use super::params::Params;
-
-/// A filter's parameter: its key, the form of its value, what it does.
-pub struct Param {
-    pub key: &'static str,
-    pub value: &'static str,
-    pub about: &'static str,
-}
+use super::params::{Param, Params};
 
 /// A filter as the command line knows it.
 pub struct Entry {
@@ -19,12 +12,6 @@ pub struct Entry {
     pub params: &'static [Param],
     /// Builds it from its parameters; Err says which value was wrong.
     pub build: fn(&Params) -> Result<Box<dyn Filter>, String>,
-}
-
-impl Param {
-    pub const fn new(key: &'static str, value: &'static str, about: &'static str) -> Param {
-        Param { key, value, about }
-    }
 }
 
 impl Entry {

@@ -8,8 +8,8 @@
 
 use std::time::Instant;
 
+use super::params::Param;
 use super::params::{Params, size};
-use super::registry::Param;
 use super::{Call, Filter, StartupRead, Verdict};
 use crate::export::Export;
 use crate::proto::*;

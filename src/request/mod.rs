@@ -21,6 +21,7 @@ mod engine;
 mod now;
 mod read;
 mod reply;
+mod status;
 mod zeroes;
 
 pub use check::{Refusal, check};

@@ -6,7 +6,7 @@
 
 use std::rc::Rc;
 
-use super::{Incoming, read, reply};
+use super::{Incoming, reply, status};
 use crate::backend::Extent;
 use crate::buf::Out;
 use crate::filter::Call;
@@ -36,7 +36,7 @@ pub fn answer(r: &Incoming, call: &Call, out: &mut Out) -> u32 {
                 len: call.len,
                 flags: STATE_HOLE | STATE_ZERO,
             }];
-            read::put_block_status(r, &mut hole, call.len, 1, out);
+            status::put(r, &mut hole, call.len, 1, out);
             0
         }
         _ => {

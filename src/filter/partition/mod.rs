@@ -9,8 +9,8 @@ mod mbr;
 
 use std::time::Instant;
 
+use super::params::Param;
 use super::params::Params;
-use super::registry::Param;
 use super::{Call, Filter, StartupRead, Verdict};
 use crate::export::Export;
 use crate::proto::CMD_FLUSH;
