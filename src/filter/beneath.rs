@@ -11,15 +11,14 @@
 //! fails it fails it.
 
 use std::cell::RefCell;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::io;
 use std::rc::Rc;
 use std::time::Instant;
 
 use mio::{Registry, Token};
-use slab::Slab;
 
+use super::due::Due;
 use super::{Call, Conn, Filter, Verdict};
 use crate::aio::{Done, Engine, Op, Remote, Tag};
 use crate::backend::{Access, Backend, Below, Caps, Extent, nbd_errno};
@@ -102,9 +101,7 @@ impl Staged {
         let core = Rc::new(RefCell::new(Core {
             stages,
             below: Below::new(backend),
-            held: Slab::new(),
-            due: BinaryHeap::new(),
-            seq: 0,
+            held: Due::default(),
             sent: HashMap::new(),
             done: Vec::new(),
         }));
@@ -172,10 +169,7 @@ struct Held {
 struct Core {
     stages: Shared,
     below: Below,
-    held: Slab<Held>,
-    /// When each held operation is due, soonest first (ties in the order held).
-    due: BinaryHeap<Reverse<(Instant, u64, usize)>>,
-    seq: u64,
+    held: Due<Held>,
     /// Operations in the backend, by tag: what the stages saw of them.
     sent: HashMap<Tag, Call>,
     /// Answered by a stage.
@@ -200,14 +194,13 @@ impl Core {
             Verdict::Disconnect(_) => self.answer(tag, &call, EIO, stage, now),
             Verdict::Zeroes => self.zeroes(op, tag, &call, stage, now),
             Verdict::Hold(at) => {
-                let key = self.held.insert(Held {
+                let held = Held {
                     op,
                     tag,
                     call,
                     stage,
-                });
-                self.seq += 1;
-                self.due.push(Reverse((at, self.seq, key)));
+                };
+                self.held.hold(held, at);
             }
         }
     }
@@ -244,13 +237,8 @@ impl Core {
 
     /// Operations whose hold is over go on down.
     fn release(&mut self, now: Instant) {
-        while let Some(&Reverse((at, _, key))) = self.due.peek()
-            && at <= now
-        {
-            self.due.pop();
-            if let Some(h) = self.held.try_remove(key) {
-                self.down(h.op, h.tag, h.call, h.stage + 1, now);
-            }
+        while let Some(h) = self.held.release(now, false) {
+            self.down(h.op, h.tag, h.call, h.stage + 1, now);
         }
     }
 
@@ -300,26 +288,14 @@ impl Core {
     }
 }
 
-/// The stages from `from` down: the first verdict that is not `Pass`, with
-/// the stage that gave it.
+/// The stages from `from` down (see `filter::down`).
 fn run_stages(stages: &Shared, call: &mut Call, from: usize, now: Instant) -> (Verdict, usize) {
-    let mut stages = stages.borrow_mut();
-    for (i, f) in stages.iter_mut().enumerate().skip(from) {
-        match f.request(call, now) {
-            Verdict::Pass => {}
-            v => return (v, i),
-        }
-    }
-    (Verdict::Pass, stages.len())
+    super::down(&mut stages.borrow_mut(), call, from, now)
 }
 
-/// An outcome on its way up from stage `from`.
+/// An outcome on its way up from stage `from` (see `filter::up`).
 fn up(stages: &Shared, call: &Call, errno: u32, from: usize, now: Instant) {
-    let mut stages = stages.borrow_mut();
-    let n = from.min(stages.len());
-    for f in stages[..n].iter_mut().rev() {
-        f.reply(call, errno, now);
-    }
+    super::up(&mut stages.borrow_mut(), call, errno, from, now);
 }
 
 /// What the stages see of an operation.
@@ -449,7 +425,7 @@ impl Remote for Io {
 
     fn deadline(&self) -> Option<Instant> {
         let mut core = self.core();
-        let held = core.due.peek().map(|Reverse((at, ..))| *at);
+        let held = core.held.next();
         [held, core.below.deadline()].into_iter().flatten().min()
     }
 }

@@ -27,6 +27,7 @@ mod blocksize_policy;
 mod bucket;
 mod cow;
 mod delay;
+mod due;
 mod error;
 mod exitlast;
 mod exitwhen;
@@ -44,14 +45,11 @@ mod truncate;
 
 pub use startup_read::StartupRead;
 
+use due::Due;
 pub use layers::{Layer, Layers};
 pub use registry::{FILTERS, Spec, build, describe};
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::time::Instant;
-
-use slab::Slab;
 
 use crate::agreement::Agreement;
 use crate::backend::Backend;
@@ -209,11 +207,7 @@ pub struct Held {
 #[derive(Default)]
 pub struct Stack {
     filters: Vec<Box<dyn Filter>>,
-    held: Slab<Held>,
-    /// When each held request is due, soonest first (ties in the order held).
-    due: BinaryHeap<Reverse<(Instant, u64, usize)>>,
-    /// Counts holds, to keep the queue's order stable among equal times.
-    seq: u64,
+    held: Due<Held>,
 }
 
 impl Stack {
@@ -254,22 +248,13 @@ impl Stack {
     /// A request on its way down from stage `from`: the first verdict that is
     /// not `Pass`, with the stage that gave it.
     pub fn down(&mut self, call: &mut Call, from: usize, now: Instant) -> (Verdict, usize) {
-        for (i, f) in self.filters.iter_mut().enumerate().skip(from) {
-            match f.request(call, now) {
-                Verdict::Pass => {}
-                v => return (v, i),
-            }
-        }
-        (Verdict::Pass, self.filters.len())
+        down(&mut self.filters, call, from, now)
     }
 
     /// A request's outcome on its way up, from stage `from` (the one that
     /// answered it, or the bottom).
     pub fn up(&mut self, call: &Call, errno: u32, from: usize, now: Instant) {
-        let n = from.min(self.filters.len());
-        for f in self.filters[..n].iter_mut().rev() {
-            f.reply(call, errno, now);
-        }
+        up(&mut self.filters, call, errno, from, now);
     }
 
     /// Every stage the request went through (the bottom: the backend answered).
@@ -279,25 +264,18 @@ impl Stack {
 
     /// Holds `h` until `at`.
     pub fn hold(&mut self, h: Held, at: Instant) {
-        let key = self.held.insert(h);
-        self.seq += 1;
-        self.due.push(Reverse((at, self.seq, key)));
+        self.held.hold(h, at);
     }
 
     /// When the next held request is due.
     pub fn next_due(&self) -> Option<Instant> {
-        self.due.peek().map(|Reverse((at, ..))| *at)
+        self.held.next()
     }
 
     /// The next held request due by `now` (all of them, if `all`: the server
     /// is shutting down and holds nothing back).
     pub fn release(&mut self, now: Instant, all: bool) -> Option<Held> {
-        let Reverse((at, _, key)) = *self.due.peek()?;
-        if at > now && !all {
-            return None;
-        }
-        self.due.pop();
-        self.held.try_remove(key)
+        self.held.release(now, all)
     }
 
     /// A client has just connected: whether every filter lets it stay.
@@ -358,5 +336,31 @@ impl Stack {
                 f.wake(now);
             }
         }
+    }
+}
+
+/// A request on its way down `filters` from stage `from`: the first verdict
+/// that is not `Pass`, with the stage that gave it.
+pub fn down(
+    filters: &mut [Box<dyn Filter>],
+    call: &mut Call,
+    from: usize,
+    now: Instant,
+) -> (Verdict, usize) {
+    for (i, f) in filters.iter_mut().enumerate().skip(from) {
+        match f.request(call, now) {
+            Verdict::Pass => {}
+            v => return (v, i),
+        }
+    }
+    (Verdict::Pass, filters.len())
+}
+
+/// An outcome on its way up `filters`, from stage `from` (the one that
+/// answered, or the bottom).
+pub fn up(filters: &mut [Box<dyn Filter>], call: &Call, errno: u32, from: usize, now: Instant) {
+    let n = from.min(filters.len());
+    for f in filters[..n].iter_mut().rev() {
+        f.reply(call, errno, now);
     }
 }
