@@ -11,6 +11,7 @@ use slab::Slab;
 use crate::agreement::Agreement;
 use crate::aio::{Done, Engine, Op};
 use crate::backend::{Access, Backend, Extent};
+use crate::catalog::Catalog;
 use crate::export::Export;
 use crate::filter::{Call, Held, Stack};
 use crate::origin::Origin;
@@ -97,6 +98,12 @@ impl Storage {
 
     pub fn backend(&mut self) -> &mut dyn Backend {
         &mut *self.backend
+    }
+
+    /// The exports, as connection `conn`'s handshake lists, describes and
+    /// opens them.
+    pub fn catalog(&mut self, conn: u64) -> Catalog<'_> {
+        Catalog::new(&self.export, self.backend.exports(), conn)
     }
 
     /// The backend's data and the extents last found, together: a READ split
