@@ -205,7 +205,6 @@ mod tests {
         assert_eq!(ro.block_sizes().0, 512);
         assert!(c.open(b"nope").is_none());
         assert!(c.describe(b"").is_none());
-        drop(c);
         assert_eq!(two.opened, [(b"ro".to_vec(), 7)], "INFO opens nothing");
     }
 

@@ -3,6 +3,7 @@
 
 mod below;
 mod curl;
+mod dir;
 mod file;
 mod malloc;
 mod memory;
@@ -18,7 +19,8 @@ use crate::proto;
 
 pub use below::Below;
 pub use curl::Curl;
-pub use file::File;
+pub use dir::Dir;
+pub use file::{CacheMode, Fadvise, File, FileOptions};
 pub use malloc::Malloc;
 pub use memory::Memory;
 pub use null::Null;
