@@ -127,11 +127,11 @@ fn export_of(server: &Export, name: &[u8], f: Found) -> Export {
 /// A client's name, fit for a log line: quoted, escaped, and cut short.
 fn shown(name: &[u8]) -> String {
     let text = String::from_utf8_lossy(name);
-    let mut s: String = text.chars().take(SHOWN).collect();
-    if s.len() < text.len() {
-        s = format!("{s}... ({} bytes)", name.len());
+    let s: String = text.chars().take(SHOWN).collect();
+    match s.len() < text.len() {
+        true => format!("{s:?}... ({} bytes)", name.len()),
+        false => format!("{s:?}"),
     }
-    format!("{s:?}")
 }
 
 #[cfg(test)]
