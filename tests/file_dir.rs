@@ -400,3 +400,80 @@ fn filters_stand_in_front_of_every_export() {
     let json = nbdinfo(&["--json", &srv.uri_export("b.img")]);
     assert!(json.contains("\"export-size\": 65536"), "{json}");
 }
+
+/// Bytes of `path` in the page cache (fincore).
+fn cached(path: &Path) -> u64 {
+    let out = run_ok(
+        Command::new("fincore")
+            .args(["-b", "-n", "-o", "RES"])
+            .arg(path),
+        10,
+    );
+    out.trim().parse().expect("a byte count")
+}
+
+/// A file of `len` bytes of data on the disk (not tmpfs, whose pages are
+/// the file), none of it in the page cache.
+fn cold_file(path: &Path, len: usize) {
+    fs::write(path, data(len, 0x33)).unwrap();
+    let f = fs::File::open(path).unwrap();
+    f.sync_all().unwrap();
+    nbdlite::os::fadvise_dontneed(std::os::fd::AsFd::as_fd(&f), 0, 0).unwrap();
+}
+
+/// `cache=none` (on `file dir=` and on one `file`): what clients read, and
+/// what they write once it is written back, leaves the page cache; without
+/// it, all of it stays (which shows that the measure measures). With
+/// `fadvise=random`: pages the kernel reads ahead, past what was asked, may
+/// stay (as with nbdkit, whose cache=none is the same per request).
+#[test]
+fn cache_none_leaves_little_in_the_page_cache() {
+    if !have(&["nbdcopy", "fincore"]) {
+        return;
+    }
+    const LEN: usize = 8 * MIB;
+    let Some(disk) = fileio::Scratch::disk(4 * LEN as u64) else {
+        return;
+    };
+    let d = disk.join("exports");
+    fs::create_dir(&d).unwrap();
+    let (img, src) = (d.join("a.img"), disk.join("src"));
+    fs::write(&src, data(LEN, 0x44)).unwrap();
+    for io in ENGINES {
+        for cache in ["cache=none", "cache=default"] {
+            for one_file in [false, true] {
+                let what = format!("{io:?} {cache} one file: {one_file}");
+                let target = match one_file {
+                    true => img.to_str().unwrap().to_string(),
+                    false => format!("dir={}", d.display()),
+                };
+                let args = ["file", &target, cache, "fadvise=random"].map(OsStr::new);
+                let srv = Server::start_with(io.command(), &args);
+                let uri = match one_file {
+                    true => srv.uri(),
+                    false => srv.uri_export("a.img"),
+                };
+                cold_file(&img, LEN);
+                run_ok(Command::new("nbdcopy").arg(&uri).arg("null:"), 60);
+                let after_read = cached(&img);
+                run_ok(Command::new("nbdcopy").arg(&src).arg(&uri), 60);
+                let after_write = cached(&img);
+                drop(srv);
+                assert!(fs::read(&img).unwrap() == fs::read(&src).unwrap(), "{what}");
+                match cache {
+                    "cache=none" => {
+                        assert!(
+                            after_read <= MIB as u64 && after_write <= MIB as u64,
+                            "{what}: {after_read} {after_write}"
+                        );
+                    }
+                    _ => assert_eq!(
+                        (after_read, after_write),
+                        (LEN as u64, LEN as u64),
+                        "{what}"
+                    ),
+                }
+            }
+        }
+    }
+}

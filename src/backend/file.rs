@@ -23,11 +23,7 @@ pub use crate::sys::Advice as Fadvise;
 
 /// nbdkit's `cache=`: whether the page cache keeps what clients read and
 /// write (`None`: what was read or written is dropped from it after).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheMode {
-    Default,
-    None,
-}
+pub use crate::aio::CacheMode;
 
 /// What `file` takes besides what it serves, for one file or for each
 /// file of a directory.
@@ -72,7 +68,7 @@ impl File {
         }
         let file = Rc::new(image.file);
         Ok(File {
-            engine: Engine::new(file.clone(), sync_io),
+            engine: Engine::with_cache(file.clone(), sync_io, options.cache),
             file,
             size: image.size,
             read_only: image.read_only,

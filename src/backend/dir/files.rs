@@ -125,7 +125,7 @@ impl Files {
             return Err(format!("{} files are open already", aio::MAX_SOURCES));
         }
         let file = Rc::new(image.file);
-        let engine = Engine::new(file.clone(), self.sync_io);
+        let engine = Engine::with_cache(file.clone(), self.sync_io, self.options.cache);
         if !self.sync_io && engine.fd().is_none() {
             self.sync_io = true; // its warning said why: once is enough
         }
