@@ -284,8 +284,8 @@ fn hostile_names_are_refused_and_logged() {
     ];
     // -r as well: a FIFO opened for reading would wait for a writer, and
     // hold the whole server.
-    for args in [&[][..], &["-r"]] {
-        let srv = serve(Io::Uring, &d, args);
+    for (io, args) in [(Io::Uring, &[][..]), (Io::Sync, &[]), (Io::Uring, &["-r"])] {
+        let srv = serve(io, &d, args);
         for name in names {
             let mut c = Client::start(&srv.sock);
             for opt in [OPT_INFO, OPT_GO] {

@@ -173,6 +173,22 @@ mod tests {
         );
     }
 
+    /// With exports chosen by name, a connection's export is the one its
+    /// agreement carries, not the server's: its size, its read-only state,
+    /// its block size.
+    #[test]
+    fn the_agreement_carries_the_export() {
+        let server = export(false, 1);
+        let mut file = export(true, 512);
+        file.size = 4096;
+        let s = session(&file, Style::Structured, true);
+        let c = |r: Request| errno(check(&s, &server, &r, &[]));
+        assert_eq!(c(req(CMD_READ, 0, 0, 4096)), 0);
+        assert_eq!(c(req(CMD_READ, 0, 4096, 512)), EINVAL, "past its end");
+        assert_eq!(c(req(CMD_READ, 0, 0, 100)), EINVAL, "its block size");
+        assert_eq!(c(req(CMD_WRITE, 0, 0, 512)), EPERM, "read-only");
+    }
+
     #[test]
     fn block_status_payload_form() {
         let ex = export(false, 1);

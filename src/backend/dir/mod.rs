@@ -45,8 +45,9 @@ pub struct Dir {
 impl Dir {
     /// Serves the files of `dir` (absolute, so that it stays the same
     /// directory whatever the server's working directory becomes), opening
-    /// each read-only with `read_only`. Err: `dir` is not a directory we
-    /// can read.
+    /// each read-only with `read_only`. Err: `dir` is not a directory. One
+    /// that cannot be read (mode 0711) is served all the same, as nbdkit
+    /// serves it: files are opened by name, and only LIST fails.
     pub fn open(
         dir: &Path,
         read_only: bool,
@@ -57,7 +58,6 @@ impl Dir {
         if !std::fs::metadata(&dir)?.is_dir() {
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
         }
-        std::fs::read_dir(&dir)?; // readable (listing needs it)
         let files = Rc::new(RefCell::new(Files::new(
             dir.clone(),
             read_only,
