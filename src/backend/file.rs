@@ -178,46 +178,53 @@ fn open_for(path: &Path, read_only: bool) -> io::Result<(fs::File, Option<io::Er
     }
 }
 
-/// Block status of a file (SEEK_DATA / SEEK_HOLE) of `size` bytes, or of a
-/// block device (all data): at most `max` extents from `offset`, covering at
-/// least one byte.
-pub(super) fn extents_of(
-    file: &fs::File,
-    block_device: bool,
-    size: u64,
-    offset: u64,
-    len: u64,
-    max: usize,
-    out: &mut Vec<Extent>,
-) -> io::Result<()> {
-    let fd = file.as_fd();
-    let end = offset.saturating_add(len).min(size);
-    if block_device {
-        out.push(Extent {
-            len: end.max(offset + 1) - offset,
-            flags: 0,
-        });
-        return Ok(());
+/// What block status needs of a file: the file, whether it is a block
+/// device (all data), and its size as served.
+pub(super) struct Layout<'a> {
+    pub file: &'a fs::File,
+    pub block_device: bool,
+    pub size: u64,
+}
+
+impl Layout<'_> {
+    /// Block status (SEEK_DATA / SEEK_HOLE): at most `max` extents from
+    /// `offset`, covering at least one byte.
+    pub fn extents(
+        &self,
+        offset: u64,
+        len: u64,
+        max: usize,
+        out: &mut Vec<Extent>,
+    ) -> io::Result<()> {
+        let (fd, size) = (self.file.as_fd(), self.size);
+        let end = offset.saturating_add(len).min(size);
+        if self.block_device {
+            out.push(Extent {
+                len: end.max(offset + 1) - offset,
+                flags: 0,
+            });
+            return Ok(());
+        }
+        let mut pos = offset;
+        let mut count = 0;
+        while pos < end.max(offset + 1) && count < max {
+            // Where does data next start? None: only a hole is left.
+            let data = sys::seek_data(fd, pos)?.unwrap_or(size).min(size);
+            let (run_end, flags) = if data > pos {
+                (data, STATE_HOLE | STATE_ZERO)
+            } else {
+                let hole = sys::seek_hole(fd, pos)?.unwrap_or(size).min(size);
+                (hole.max(pos + 1), 0)
+            };
+            out.push(Extent {
+                len: run_end - pos,
+                flags,
+            });
+            count += 1;
+            pos = run_end;
+        }
+        Ok(())
     }
-    let mut pos = offset;
-    let mut count = 0;
-    while pos < end.max(offset + 1) && count < max {
-        // Where does data next start? None: only a hole is left.
-        let data = sys::seek_data(fd, pos)?.unwrap_or(size).min(size);
-        let (run_end, flags) = if data > pos {
-            (data, STATE_HOLE | STATE_ZERO)
-        } else {
-            let hole = sys::seek_hole(fd, pos)?.unwrap_or(size).min(size);
-            (hole.max(pos + 1), 0)
-        };
-        out.push(Extent {
-            len: run_end - pos,
-            flags,
-        });
-        count += 1;
-        pos = run_end;
-    }
-    Ok(())
 }
 
 impl Backend for File {
@@ -253,7 +260,11 @@ impl Backend for File {
         max: usize,
         out: &mut Vec<Extent>,
     ) -> io::Result<()> {
-        let (block_device, size) = (self.block_device, self.size);
-        extents_of(&self.file, block_device, size, offset, len, max, out)
+        let layout = Layout {
+            file: &self.file,
+            block_device: self.block_device,
+            size: self.size,
+        };
+        layout.extents(offset, len, max, out)
     }
 }

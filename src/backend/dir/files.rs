@@ -22,7 +22,7 @@ use slab::Slab;
 
 use super::name::file_name;
 use crate::aio::{self, Done, Engine, Op, Tag};
-use crate::backend::file::{FileOptions, Image, extents_of};
+use crate::backend::file::{FileOptions, Image, Layout};
 use crate::backend::{Extent, Found};
 
 /// One open file.
@@ -199,7 +199,12 @@ impl Files {
         let Some((u, open)) = self.of(conn) else {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         };
-        extents_of(&open.file, open.block_device, u.size, offset, len, max, out)
+        let layout = Layout {
+            file: &open.file,
+            block_device: open.block_device,
+            size: u.size,
+        };
+        layout.extents(offset, len, max, out)
     }
 
     fn of(&self, conn: u64) -> Option<(Use, &Open)> {
