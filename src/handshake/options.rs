@@ -123,9 +123,10 @@ impl Handshake {
         Answer::Abort
     }
 
-    /// LIST: each export, then ACK; the client may then ask about each
-    /// (more options are allowed, as many again per export, however often
-    /// it lists).
+    /// LIST: each export, then ACK; the client may then ask about each: as
+    /// many options again are allowed per export listed (however often it
+    /// lists: the allowance does not grow with each LIST, whose directory
+    /// read costs the loop's time).
     fn list(&mut self, out: &mut Vec<u8>, cat: &mut Catalog) -> Answer {
         let Ok(n) = cat.list(|name, description| put_server(out, name, description)) else {
             return error(out, OPT_LIST, REP_ERR_PLATFORM, "cannot list the exports");
