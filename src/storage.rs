@@ -74,6 +74,9 @@ impl Held {
 
 pub struct Storage {
     backend: Box<dyn Backend>,
+    /// The server's export: the one served, or what the exports a backend
+    /// serves by name share (`catalog`). A connection's own is in its
+    /// agreement.
     pub export: Export,
     /// The filters in front of the backend, and the requests they hold.
     pub filters: Stack,
