@@ -488,8 +488,10 @@ impl Front {
         let input = &input[skipped..];
         let (used, progress) = match &mut self.phase {
             Phase::Handshake(hs) => {
+                let gate = gate(t.sh);
                 let mut replies = Vec::new();
-                let outcome = hs.step(input, &mut replies, &t.sh.storage.export, gate(t.sh));
+                let mut catalog = t.sh.storage.catalog(t.id);
+                let outcome = hs.step(input, &mut replies, &mut catalog, gate);
                 t.out.writer(&mut t.sh.pool).put(&replies);
                 self.handshake_outcome(outcome, t)
             }

@@ -1,4 +1,7 @@
-//! The one export this server offers: its name, size, limits and flags.
+//! An export as clients are told it: its name, size, limits and flags. The
+//! server holds one (`Storage::export`): the one it serves, or, with
+//! exports chosen by name, what they share; each of those is made from it
+//! (`crate::catalog`).
 
 use crate::backend::Caps;
 use crate::proto::reply::Style;
@@ -18,7 +21,8 @@ pub const BASE_ALLOCATION_ID: u32 = 1;
 #[derive(Debug, Clone)]
 pub struct Export {
     /// The name NBD_OPT_LIST and `$uri` show (`-e`). Clients may ask for any
-    /// name: all reach this one export.
+    /// name: all reach this one export (but with exports chosen by name,
+    /// where this is the file's).
     pub name: Vec<u8>,
     /// `--description`, for NBD_INFO_DESCRIPTION and NBD_OPT_LIST.
     pub description: Option<Vec<u8>>,

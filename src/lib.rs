@@ -47,6 +47,7 @@ mod backend;
 mod budget;
 mod buf;
 mod captive;
+mod catalog;
 mod conn;
 mod cow;
 mod curl;

@@ -255,18 +255,23 @@ fn open_backend(cfg: &Config, read_only_below: bool) -> Result<Box<dyn Backend>,
         } => Box::new(malloc(*size, *mlock)?),
         BackendSpec::Null(size) => Box::new(backend::Null::new(*size)),
         BackendSpec::Pattern(size) => Box::new(backend::Pattern::new(*size)),
-        BackendSpec::File(path) => Box::new(
-            backend::File::open(path, read_only, crate::aio::sync_asked()).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::IsADirectory {
-                    return Error::usage(format!(
-                        "file: {} is a directory: give a file or block device \
-                         (nbdkit's dir=, an export for each file in a directory, \
-                         is not supported)",
-                        path.display()
-                    ));
-                }
-                Error::Setup(format!("file: {}", path.display()), e)
-            })?,
+        BackendSpec::File(path, options) => Box::new(
+            backend::File::open(path, read_only, crate::aio::sync_asked(), *options).map_err(
+                |e| {
+                    if e.kind() == std::io::ErrorKind::IsADirectory {
+                        return Error::usage(format!(
+                            "file: {} is a directory: give a file or block device, \
+                             or dir={0} to serve each file in it",
+                            path.display()
+                        ));
+                    }
+                    Error::Setup(format!("file: {}", path.display()), e)
+                },
+            )?,
+        ),
+        BackendSpec::Dir(path, options) => Box::new(
+            backend::Dir::open(path, read_only, crate::aio::sync_asked(), *options)
+                .map_err(Error::setup(format!("file: dir={}", path.display())))?,
         ),
         BackendSpec::Curl(spec) => Box::new(
             backend::Curl::open(spec)

@@ -11,6 +11,7 @@ use slab::Slab;
 use crate::agreement::Agreement;
 use crate::aio::{Done, Engine, Op};
 use crate::backend::{Access, Backend, Extent};
+use crate::catalog::Catalog;
 use crate::export::Export;
 use crate::filter::{Call, Held, Stack};
 use crate::origin::Origin;
@@ -73,6 +74,9 @@ impl Held {
 
 pub struct Storage {
     backend: Box<dyn Backend>,
+    /// The server's export: the one served, or what the exports a backend
+    /// serves by name share (`catalog`). A connection's own is in its
+    /// agreement.
     pub export: Export,
     /// The filters in front of the backend, and the requests they hold.
     pub filters: Stack,
@@ -97,6 +101,12 @@ impl Storage {
 
     pub fn backend(&mut self) -> &mut dyn Backend {
         &mut *self.backend
+    }
+
+    /// The exports, as connection `conn`'s handshake lists, describes and
+    /// opens them.
+    pub fn catalog(&mut self, conn: u64) -> Catalog<'_> {
+        Catalog::new(&self.export, self.backend.exports(), conn)
     }
 
     /// The backend's data and the extents last found, together: a READ split

@@ -66,6 +66,18 @@ pub fn set_nonblocking(fd: BorrowedFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Clears O_NONBLOCK: a file opened non-blocking (so that opening a FIFO in
+/// its place could not wait) must not stay so, or io_uring would refuse to
+/// wait for its disk (EAGAIN) rather than hand the read to a worker.
+pub fn clear_nonblocking(fd: BorrowedFd) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: fcntl on an integer fd has no memory effects.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
 fn getsockopt_int(
     fd: BorrowedFd,
     level: libc::c_int,
@@ -163,9 +175,45 @@ pub fn fadvise_willneed(fd: BorrowedFd, offset: u64, len: u64) -> io::Result<()>
     fadvise(fd, offset, len, libc::POSIX_FADV_WILLNEED)
 }
 
+/// Writes `[offset, offset + len)` of a file back and waits for it
+/// (sync_file_range with WAIT_BEFORE, WRITE and WAIT_AFTER): its pages can
+/// then be dropped from the page cache. Makes nothing durable (no metadata,
+/// no disk cache flush).
+pub fn write_back(fd: BorrowedFd, offset: u64, len: u64) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: no memory is passed; the kernel checks fd and range.
+    cvt(unsafe {
+        libc::sync_file_range(fd, offset as libc::off64_t, len as libc::off64_t, flags)
+    })?;
+    Ok(())
+}
+
 /// Drops a file's clean cached pages (benchmarks start cold with it).
 pub fn fadvise_dontneed(fd: BorrowedFd, offset: u64, len: u64) -> io::Result<()> {
     fadvise(fd, offset, len, libc::POSIX_FADV_DONTNEED)
+}
+
+/// How a whole file will be read, told to the kernel's readahead (nbdkit's
+/// `fadvise=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advice {
+    Normal,
+    /// Readahead off.
+    Random,
+    /// Readahead doubled.
+    Sequential,
+}
+
+pub fn advise(fd: BorrowedFd, advice: Advice) -> io::Result<()> {
+    let advice = match advice {
+        Advice::Normal => libc::POSIX_FADV_NORMAL,
+        Advice::Random => libc::POSIX_FADV_RANDOM,
+        Advice::Sequential => libc::POSIX_FADV_SEQUENTIAL,
+    };
+    fadvise(fd, 0, 0, advice)
 }
 
 fn fadvise(fd: BorrowedFd, offset: u64, len: u64, advice: libc::c_int) -> io::Result<()> {

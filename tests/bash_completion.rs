@@ -76,6 +76,11 @@ fn options_backends_and_parameters() {
     assert_eq!(with_delay, ["rdelay="]);
     assert_eq!(complete(&["nbdlite", "-e", "memory", "nu"]), ["null"]);
     assert_eq!(complete(&["nbdlite", "memory", "1G", "a"]), ["allocator="]);
+    assert_eq!(complete(&["nbdlite", "file", "di"]), ["dir=", "directory="]);
+    assert_eq!(
+        complete(&["nbdlite", "file", "dir=/srv", "fa"]),
+        ["fadvise="]
+    );
     assert_eq!(
         complete(&["nbdlite", "memory", "allocator", "=", "m"]),
         ["malloc", "malloc,mlock=true"]

@@ -428,10 +428,13 @@ fn first_mistakes_say_what_to_type() {
         let args = [ro, &["-f", "-U", "-", "file", path, "--run", "true"]].concat();
         refused(
             &args,
-            &format!("file: {path} is a directory: give a file or block device"),
+            &format!("file: {path} is a directory: give a file or block device, or dir={path}"),
         );
     }
-    refused(&["file", "dir=/srv"], "file: dir= (an export for each file");
+    refused(
+        &["file", "dir=/nonexistent/srv"],
+        "file: dir=/nonexistent/srv: No such file or directory",
+    );
     refused(
         &["memory", "1G", "allocator=zstd"],
         "allocator=zstd is not supported",

@@ -37,25 +37,28 @@ pub(super) struct Blocking {
     jobs: VecDeque<(Job, Vec<u8>)>,
     done: Vec<Done>,
     lacks: Lacks,
+    /// cache=none: operations drop what they read or wrote from the page cache.
+    evict: bool,
     /// Calls made by the last `run`, for tests.
     #[cfg(test)]
     pub last_slice: (usize, u64),
 }
 
 impl Blocking {
-    pub fn new(file: Rc<File>) -> Blocking {
+    pub fn new(file: Rc<File>, evict: bool) -> Blocking {
         Blocking {
             file,
             jobs: VecDeque::new(),
             done: Vec::new(),
             lacks: Lacks::default(),
+            evict,
             #[cfg(test)]
             last_slice: (0, 0),
         }
     }
 
     pub fn submit(&mut self, op: Op, tag: Tag) {
-        self.jobs.push_back(Job::new(op, tag));
+        self.jobs.push_back(Job::new(op, tag, self.evict));
     }
 
     /// One slice: a piece of each job in turn until the slice is used up.
@@ -104,6 +107,8 @@ impl Blocking {
             Call::WillNeed { at, len } => {
                 sys::fadvise_willneed(f.as_fd(), *at, *len).map(|()| 0)?
             }
+            Call::WriteBack { at, len } => sys::write_back(f.as_fd(), *at, *len).map(|()| 0)?,
+            Call::Evict { at, len } => sys::fadvise_dontneed(f.as_fd(), *at, *len).map(|()| 0)?,
         };
         Ok(n as u64)
     }
@@ -126,9 +131,10 @@ fn cost(call: &Call) -> u64 {
     match call {
         Call::Read { range, .. } | Call::Write { range, .. } => range.len() as u64,
         Call::WriteZeroes { len, .. } => *len as u64,
-        Call::Datasync => SLICE_BYTES,
+        // Waits for the disk: the rest of the slice is its.
+        Call::Datasync | Call::WriteBack { .. } => SLICE_BYTES,
         // Allocating (mode without PUNCH or ZERO_RANGE) clears every page, like a write.
         Call::Fallocate { mode, len, .. } if *mode == libc::FALLOC_FL_KEEP_SIZE => *len,
-        Call::Fallocate { .. } | Call::WillNeed { .. } => CALL_COST,
+        Call::Fallocate { .. } | Call::WillNeed { .. } | Call::Evict { .. } => CALL_COST,
     }
 }

@@ -82,6 +82,15 @@ pub struct Done {
     pub buf: Vec<u8>,
 }
 
+/// Whether the page cache keeps what a file's operations read and write
+/// (nbdkit's `cache=`): with `None`, a read's range is dropped from it once
+/// read, a write's once written back (which the write then waits for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    Default,
+    None,
+}
+
 /// NBDLITE_IO_URING=0 asks for synchronous file I/O (tests use it to run the
 /// fallback that a kernel without io_uring gets), for every file: the
 /// `file` backend's, and the cow filter's overlay.
@@ -154,10 +163,16 @@ impl Engine {
     /// warning line saying why. `force_sync` skips the try (tests, and
     /// NBDLITE_IO_URING=0).
     pub fn new(file: Rc<File>, force_sync: bool) -> Engine {
+        Engine::with_cache(file, force_sync, CacheMode::Default)
+    }
+
+    /// `new`, with what the page cache keeps of the file's operations.
+    pub fn with_cache(file: Rc<File>, force_sync: bool, cache: CacheMode) -> Engine {
+        let evict = cache == CacheMode::None;
         if force_sync {
             log::debug!("file I/O: synchronous, as asked");
         } else {
-            match uring::Uring::new(file.clone()) {
+            match uring::Uring::new(file.clone(), evict) {
                 Ok(u) => {
                     return Engine {
                         inner: Inner::Uring(Box::new(u)),
@@ -169,7 +184,7 @@ impl Engine {
             }
         }
         Engine {
-            inner: Inner::Blocking(blocking::Blocking::new(file)),
+            inner: Inner::Blocking(blocking::Blocking::new(file, evict)),
         }
     }
 

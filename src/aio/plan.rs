@@ -3,8 +3,10 @@
 //! A `Job` cuts its range into bounded pieces and hands them out a few at a
 //! time (`next`), then takes each result back (`complete`): short transfers
 //! are reissued for the rest, a fallocate mode the filesystem lacks is
-//! remembered and the piece redone the next way, and the FUA or FLUSH
-//! fdatasync goes out once everything before it has completed. No I/O here.
+//! remembered and the piece redone the next way, and the closing calls go
+//! out once everything before them has completed, one at a time: the FUA or
+//! FLUSH fdatasync, then, for a file served with cache=none, a write's
+//! writeback and the eviction of what was read or written. No I/O here.
 
 use std::io;
 use std::ops::Range;
@@ -83,6 +85,18 @@ pub(super) enum Call {
         at: u64,
         len: u64,
     },
+    /// Writes the range back and waits for it (sync_file_range with
+    /// WAIT_BEFORE, WRITE and WAIT_AFTER): pages being written back cannot
+    /// be dropped from the page cache.
+    WriteBack {
+        at: u64,
+        len: u64,
+    },
+    /// Drops the range from the page cache (POSIX_FADV_DONTNEED).
+    Evict {
+        at: u64,
+        len: u64,
+    },
 }
 
 /// How a piece is done.
@@ -97,6 +111,17 @@ pub(super) enum How {
     WriteZeroes,
     Advise,
     Sync,
+    /// cache=none: a write's range written back, then...
+    WriteBack,
+    /// ...dropped from the page cache (a read's too).
+    Evict,
+}
+
+impl How {
+    /// One of the calls after the range (`Job::closing`).
+    fn closes(self) -> bool {
+        matches!(self, How::Sync | How::WriteBack | How::Evict)
+    }
 }
 
 /// A piece in flight, given back to `complete` with its result.
@@ -145,17 +170,21 @@ pub(super) struct Job {
     redo: Vec<Todo>,
     flying: usize,
     error: Option<io::Error>,
-    /// The closing fdatasync: handed out, and completed.
-    sync_sent: bool,
-    sync_done: bool,
+    /// cache=none: what it read or wrote leaves the page cache after.
+    evict: bool,
+    /// Closing calls completed (`closing`), and whether the next is out.
+    closed: usize,
+    closing_sent: bool,
     /// Some hole was punched (a TRIM with FUA then needs its sync).
     punched: bool,
     retries: u32,
 }
 
 impl Job {
-    /// A job for `op`, and the buffer it reads into or writes from (empty for others).
-    pub fn new(op: Op, tag: Tag) -> (Job, Vec<u8>) {
+    /// A job for `op`, and the buffer it reads into or writes from (empty
+    /// for others); with `evict` (cache=none), what it reads or writes is
+    /// dropped from the page cache before it is done.
+    pub fn new(op: Op, tag: Tag, evict: bool) -> (Job, Vec<u8>) {
         let (kind, start, len, buf) = match op {
             Op::Read { offset, buf } => (Kind::Read, offset, buf.len() as u64, buf),
             Op::Write { offset, buf, fua } => (Kind::Write { fua }, offset, buf.len() as u64, buf),
@@ -186,8 +215,9 @@ impl Job {
             redo: Vec::new(),
             flying: 0,
             error: None,
-            sync_sent: false,
-            sync_done: false,
+            evict,
+            closed: 0,
+            closing_sent: false,
             punched: false,
             retries: 0,
         };
@@ -196,7 +226,8 @@ impl Job {
 
     /// Nothing in flight and nothing left to hand out: `result` may be taken.
     pub fn finished(&self) -> bool {
-        self.flying == 0 && (self.error.is_some() || (self.main_done() && !self.wants_sync()))
+        self.flying == 0
+            && (self.error.is_some() || (self.main_done() && self.next_closing().is_none()))
     }
 
     /// The outcome, once `finished`.
@@ -208,9 +239,27 @@ impl Job {
         self.next >= self.len && self.redo.is_empty()
     }
 
-    /// A closing fdatasync is owed and not yet completed.
-    fn wants_sync(&self) -> bool {
-        let needed = match self.kind {
+    /// The calls made after the range, in order: the FUA or FLUSH
+    /// fdatasync; with cache=none, a write's writeback (waited for), and the
+    /// eviction of what was read or written.
+    fn closing(&self) -> [Option<How>; 3] {
+        let evict = self.evict && matches!(self.kind, Kind::Read | Kind::Write { .. });
+        let written = evict && matches!(self.kind, Kind::Write { .. });
+        [
+            self.needs_sync().then_some(How::Sync),
+            written.then_some(How::WriteBack),
+            evict.then_some(How::Evict),
+        ]
+    }
+
+    /// The closing call owed next, if any.
+    fn next_closing(&self) -> Option<How> {
+        self.closing().into_iter().flatten().nth(self.closed)
+    }
+
+    /// Whether a closing fdatasync is owed.
+    fn needs_sync(&self) -> bool {
+        match self.kind {
             Kind::Flush => true,
             // A FUA write is its writes, then fdatasync: measured 2-5x the
             // rate of RWF_DSYNC writes at depth 16 (io_uring runs buffered
@@ -220,8 +269,7 @@ impl Job {
             Kind::Trim { fua } => fua && self.punched,
             Kind::Zero { fua, .. } => fua,
             Kind::Read | Kind::Cache => false,
-        };
-        needed && !self.sync_done
+        }
     }
 
     /// The next piece to issue, if one may go now.
@@ -237,14 +285,15 @@ impl Job {
             self.redo.clear();
         }
         let piece = if self.main_done() {
-            if self.flying > 0 || !self.wants_sync() || self.sync_sent {
+            if self.flying > 0 || self.closing_sent {
                 return None;
             }
-            self.sync_sent = true;
+            let how = self.next_closing()?;
+            self.closing_sent = true;
             Piece {
                 rel: 0,
-                len: 0,
-                how: How::Sync,
+                len: self.len,
+                how,
             }
         } else {
             let (todo, fresh) = match self.redo.pop() {
@@ -322,7 +371,7 @@ impl Job {
             How::Advise => lim.cache,
             How::Punch | How::ZeroRange => lim.falloc,
             How::PunchThenAlloc | How::Alloc => lim.alloc,
-            How::Sync => 0,
+            How::Sync | How::WriteBack | How::Evict => 0,
         }
     }
 
@@ -353,6 +402,8 @@ impl Job {
             },
             How::Advise => Call::WillNeed { at, len: p.len },
             How::Sync => Call::Datasync,
+            How::WriteBack => Call::WriteBack { at, len: p.len },
+            How::Evict => Call::Evict { at, len: p.len },
         }
     }
 
@@ -361,6 +412,9 @@ impl Job {
         self.flying -= 1;
         match res {
             Ok(n) => self.completed(p, n),
+            // Keeping the page cache clear is a hint, as the hints are to
+            // the kernel: a failure changes nothing of the data.
+            Err(_) if matches!(p.how, How::WriteBack | How::Evict) => self.completed(p, 0),
             Err(e) if is_unsupported(&e) && p.how != How::Sync => self.unsupported(p, e, lacks),
             Err(e) if is_transient(&e) && self.retries < MAX_RETRIES => {
                 self.retries += 1;
@@ -392,7 +446,10 @@ impl Job {
                 how: Some(How::Alloc),
                 ..todo(p)
             }),
-            How::Sync => self.sync_done = true,
+            How::Sync | How::WriteBack | How::Evict => {
+                self.closed += 1;
+                self.closing_sent = false;
+            }
             _ => {}
         }
     }
@@ -421,8 +478,8 @@ impl Job {
     }
 
     fn reissue(&mut self, p: Piece) {
-        if p.how == How::Sync {
-            self.sync_sent = false;
+        if p.how.closes() {
+            self.closing_sent = false;
         } else {
             self.redo.push(Todo {
                 how: Some(p.how),

@@ -18,7 +18,12 @@ const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
 const ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
 
 fn job(op: Op) -> Job {
-    Job::new(op, 1).0
+    Job::new(op, 1, false).0
+}
+
+/// A job on a file served with cache=none.
+fn evicting(op: Op) -> Job {
+    Job::new(op, 1, true).0
 }
 
 fn zero(len: u64, may_trim: bool, fast: bool, fua: bool) -> Job {
@@ -285,4 +290,97 @@ fn an_error_stops_new_pieces_and_waits_for_the_rest() {
         j.result().expect_err("e").raw_os_error(),
         Some(libc::ENOSPC)
     );
+}
+
+#[test]
+fn cache_none_drops_what_was_read_and_written_back() {
+    let l = &mut Lacks::default();
+    // A read: its pieces, then its range dropped from the page cache.
+    let mut j = evicting(Op::Read {
+        offset: 100,
+        buf: vec![0; 5000],
+    });
+    let data = take(&mut j, l);
+    assert_eq!(data.len(), 2);
+    for (p, c) in &data {
+        let Call::Read { range, .. } = c else {
+            panic!("{c:?}")
+        };
+        j.complete(*p, Ok(range.len() as u64), l);
+    }
+    let evict = take(&mut j, l);
+    assert_eq!(
+        evict.iter().map(|p| p.1.clone()).collect::<Vec<_>>(),
+        [Call::Evict { at: 100, len: 5000 }]
+    );
+    assert!(!j.finished());
+    // Failing to evict changes nothing of the data: a hint.
+    j.complete(evict[0].0, errno(libc::EINVAL), l);
+    assert!(j.finished());
+    j.result().expect("the read succeeded");
+    // A FUA write: written, synced, written back (already), then dropped;
+    // one call at a time, in that order.
+    let mut j = evicting(Op::Write {
+        offset: 0,
+        buf: vec![1; 100],
+        fua: true,
+    });
+    let mut order = Vec::new();
+    while !j.finished() {
+        let out = take(&mut j, l);
+        assert_eq!(out.len(), 1, "one at a time: {out:?}");
+        order.push(out[0].1.clone());
+        j.complete(out[0].0, Ok(100), l);
+    }
+    assert_eq!(
+        order,
+        [
+            Call::Write {
+                at: 0,
+                range: 0..100
+            },
+            Call::Datasync,
+            Call::WriteBack { at: 0, len: 100 },
+            Call::Evict { at: 0, len: 100 },
+        ]
+    );
+    // Neither a flush nor a trim has anything to drop; without cache=none
+    // a read has nothing after it.
+    for (mut j, calls) in [
+        (evicting(Op::Flush), 1),
+        (
+            evicting(Op::Trim {
+                offset: 0,
+                len: 10,
+                fua: false,
+            }),
+            1,
+        ),
+        (
+            job(Op::Read {
+                offset: 0,
+                buf: vec![0; 10],
+            }),
+            1,
+        ),
+    ] {
+        let mut n = 0;
+        while !j.finished() {
+            let out = take(&mut j, l);
+            n += out.len();
+            for (p, _) in out {
+                j.complete(p, Ok(10), l);
+            }
+        }
+        assert_eq!(n, calls);
+    }
+    // A read that failed is not followed by anything.
+    let mut j = evicting(Op::Read {
+        offset: 0,
+        buf: vec![0; 10],
+    });
+    let out = take(&mut j, l);
+    j.complete(out[0].0, errno(libc::EIO), l);
+    assert!(j.finished() && take(&mut j, l).is_empty());
+    assert!(j.result().is_err());
 }

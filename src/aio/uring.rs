@@ -63,14 +63,17 @@ pub(super) struct Uring {
     lacks: Lacks,
     scratch: Vec<(u64, i32)>,
     enter_failed: bool,
+    /// cache=none: operations drop what they read or wrote from the page cache.
+    evict: bool,
     /// Pieces pushed so far, for tests.
     #[cfg(test)]
     pub issued: usize,
 }
 
 impl Uring {
-    /// A ring over `file`, or why not (for the warning line).
-    pub fn new(file: Rc<File>) -> Result<Uring, String> {
+    /// A ring over `file`, or why not (for the warning line); with `evict`
+    /// (cache=none), what operations read or write leaves the page cache.
+    pub fn new(file: Rc<File>, evict: bool) -> Result<Uring, String> {
         let opt = Options {
             coop_taskrun: false,
             single_issuer: false,
@@ -86,6 +89,7 @@ impl Uring {
             lacks: Lacks::default(),
             scratch: Vec::new(),
             enter_failed: false,
+            evict,
             #[cfg(test)]
             issued: 0,
         })
@@ -96,7 +100,7 @@ impl Uring {
     }
 
     pub fn submit(&mut self, op: Op, tag: Tag) {
-        let (job, buf) = Job::new(op, tag);
+        let (job, buf) = Job::new(op, tag, self.evict);
         let buf = if buf.is_empty() {
             Buf::Held(buf)
         } else {
@@ -244,6 +248,15 @@ fn to_sqe(call: Call, buf: &Buf) -> Sqe {
         Call::Datasync => Sqe::Datasync,
         Call::Fallocate { mode, at, len } => Sqe::Fallocate { mode, at, len },
         Call::WillNeed { at, len } => Sqe::WillNeed {
+            at,
+            len: len.min(u32::MAX as u64) as u32,
+        },
+        // A request's range: at most `MAX_REQUEST`, which fits.
+        Call::WriteBack { at, len } => Sqe::WriteBack {
+            at,
+            len: len.min(u32::MAX as u64) as u32,
+        },
+        Call::Evict { at, len } => Sqe::Evict {
             at,
             len: len.min(u32::MAX as u64) as u32,
         },

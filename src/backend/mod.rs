@@ -3,6 +3,7 @@
 
 mod below;
 mod curl;
+mod dir;
 mod file;
 mod malloc;
 mod memory;
@@ -18,7 +19,8 @@ use crate::proto;
 
 pub use below::Below;
 pub use curl::Curl;
-pub use file::File;
+pub use dir::Dir;
+pub use file::{CacheMode, Fadvise, File, FileOptions};
 pub use malloc::Malloc;
 pub use memory::Memory;
 pub use null::Null;
@@ -123,6 +125,39 @@ pub trait Backend {
     /// Connection `conn` has gone: what the backend kept for it alone may go
     /// (its requests still in the engine finish first).
     fn closed(&mut self, _conn: u64) {}
+
+    /// Several exports, chosen by name (`file dir=`); None (every other
+    /// backend): one export, whatever name a client gives.
+    fn exports(&mut self) -> Option<&mut dyn Exports> {
+        None
+    }
+}
+
+/// What a file served by name is (`Exports`): what its export's
+/// agreement carries besides what every export shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    pub size: u64,
+    /// It can only be read: it could not be opened for writing, or the
+    /// server serves everything read-only.
+    pub read_only: bool,
+    /// Its block size: a block device's logical sector size, else 1.
+    pub min_block: u32,
+}
+
+/// A backend that serves several exports, each chosen by the name a client
+/// gives (`file dir=`): the handshake lists them, and finds or opens the one
+/// a client names, through this (`crate::catalog`). Names are the client's
+/// bytes, unchecked: refusing a hostile one is the backend's to do. Err is
+/// why a name is not served, for the log.
+pub trait Exports {
+    /// The names served now, sorted (a bounded number of them).
+    fn names(&mut self) -> io::Result<Vec<Vec<u8>>>;
+    /// What `name` is, without keeping it open (INFO).
+    fn probe(&mut self, name: &[u8]) -> Result<Found, String>;
+    /// Opens `name` for connection `conn` (GO, EXPORT_NAME): its requests
+    /// are served from it until `Backend::closed(conn)`.
+    fn open(&mut self, name: &[u8], conn: u64) -> Result<Found, String>;
 }
 
 /// How a backend moves data.

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use super::curl::{self, CurlSpec};
+use crate::backend::{CacheMode, Fadvise, FileOptions};
 use crate::error::Error;
 use crate::size::unit_letter;
 pub use crate::size::{SIZE_FORMS, parse_size, show_size};
@@ -24,7 +25,11 @@ pub enum BackendSpec {
         size: u64,
         allocator: Allocator,
     },
-    File(PathBuf),
+    /// A regular file or block device.
+    File(PathBuf, FileOptions),
+    /// `file dir=`: an export for each regular file and block device in a
+    /// directory.
+    Dir(PathBuf, FileOptions),
     Null(u64),
     Pattern(u64),
     /// An HTTP or HTTPS URL (`curl`, or its alias `http`).
@@ -178,11 +183,34 @@ pub const BACKENDS: [Kind; 6] = [
     },
     Kind {
         name: "file",
-        params: &[Param {
-            key: "file",
-            value: "PATH",
-            help: "(required) the regular file or block device to serve",
-        }],
+        params: &[
+            Param {
+                key: "file",
+                value: "PATH",
+                help: "the regular file or block device to serve (this or dir= is required)",
+            },
+            Param {
+                key: "dir",
+                value: "DIR",
+                help: "serve each regular file and block device in DIR, as an export named \
+                       by its file name",
+            },
+            Param {
+                key: "directory",
+                value: "DIR",
+                help: "the same as dir=",
+            },
+            Param {
+                key: "cache",
+                value: "default|none",
+                help: "none: drop what was read or written from the page cache after",
+            },
+            Param {
+                key: "fadvise",
+                value: "normal|random|sequential",
+                help: "how the file will be read, for the kernel's readahead",
+            },
+        ],
         default: None,
         thread_model: "parallel",
         features: &[
@@ -264,12 +292,6 @@ pub fn given<'a>(kind: &Kind, params: &'a [String]) -> Result<Vec<(&'static str,
 }
 
 fn unknown_parameter(name: &str, key: &str) -> Error {
-    if name == "file" && key == "dir" {
-        return Error::usage(
-            "file: dir= (an export for each file in a directory, as nbdkit has) \
-             is not supported: give one file or block device",
-        );
-    }
     Error::usage(format!("{name}: unknown parameter '{key}'"))
 }
 
@@ -317,6 +339,9 @@ pub fn parse(name: &str, params: &[String]) -> Result<BackendSpec, Error> {
         return Ok(BackendSpec::Curl(Box::new(curl::parse(name, params)?)));
     }
     let given = given(kind, params)?;
+    if name == "file" {
+        return file(&given);
+    }
     let value = |key: &str| given.iter().find(|(k, _)| *k == key).map(|&(_, v)| v);
     let magic = kind.magic();
     let Some(main) = value(magic).or(kind.default) else {
@@ -331,14 +356,67 @@ pub fn parse(name: &str, params: &[String]) -> Result<BackendSpec, Error> {
             allocator: value("allocator").map_or(Ok(Allocator::Sparse), allocator)?,
         },
         "null" => BackendSpec::Null(size()?),
-        "pattern" => BackendSpec::Pattern(size()?),
-        _ => {
-            if main.is_empty() {
-                return Err(Error::usage("file: the file parameter is empty"));
-            }
-            BackendSpec::File(PathBuf::from(main))
-        }
+        _ => BackendSpec::Pattern(size()?),
     })
+}
+
+/// `file [file=]PATH` or `file dir=DIR`, with `cache=` and `fadvise=`.
+fn file(given: &[(&str, &str)]) -> Result<BackendSpec, Error> {
+    let value = |key: &str| given.iter().find(|(k, _)| *k == key).map(|&(_, v)| v);
+    let dir = match (value("dir"), value("directory")) {
+        (Some(a), Some(b)) => {
+            return Err(Error::usage(format!(
+                "file: dir= given twice ('{a}', and '{b}' as directory=)"
+            )));
+        }
+        (a, b) => a.or(b),
+    };
+    let options = FileOptions {
+        fadvise: value("fadvise").map_or(Ok(Fadvise::Normal), fadvise)?,
+        cache: value("cache").map_or(Ok(CacheMode::Default), cache)?,
+    };
+    let (path, spec): (_, fn(PathBuf, FileOptions) -> BackendSpec) = match (value("file"), dir) {
+        (Some(_), Some(_)) => {
+            return Err(Error::usage(
+                "file: file= and dir= cannot be used together: one file, or a directory of them",
+            ));
+        }
+        (Some(f), None) => (f, BackendSpec::File),
+        (None, Some(d)) => (d, BackendSpec::Dir),
+        (None, None) => {
+            return Err(Error::usage(
+                "file: the file parameter is required (or dir=DIR, to serve each file in a directory)",
+            ));
+        }
+    };
+    if path.is_empty() {
+        let key = if dir.is_some() { "dir" } else { "file" };
+        return Err(Error::usage(format!("file: the {key} parameter is empty")));
+    }
+    Ok(spec(PathBuf::from(path), options))
+}
+
+/// `fadvise=normal|random|sequential`, as nbdkit's file plugin spells it.
+fn fadvise(v: &str) -> Result<Fadvise, Error> {
+    match v {
+        "normal" => Ok(Fadvise::Normal),
+        "random" => Ok(Fadvise::Random),
+        "sequential" => Ok(Fadvise::Sequential),
+        _ => Err(Error::usage(format!(
+            "file: unknown fadvise mode '{v}': expecting normal, random or sequential"
+        ))),
+    }
+}
+
+/// `cache=default|none`, as nbdkit's file plugin spells it.
+fn cache(v: &str) -> Result<CacheMode, Error> {
+    match v {
+        "default" => Ok(CacheMode::Default),
+        "none" => Ok(CacheMode::None),
+        _ => Err(Error::usage(format!(
+            "file: unknown cache mode '{v}': expecting default or none"
+        ))),
+    }
 }
 
 /// `allocator=sparse|malloc[,mlock=BOOL]|zstd`, as nbdkit's memory plugin
@@ -480,11 +558,15 @@ mod tests {
         assert_eq!(spec("memory size=1M"), Ok(memory(1 << 20)));
         assert_eq!(spec("null 0"), Ok(BackendSpec::Null(0)));
         assert_eq!(spec("pattern size=1s"), Ok(BackendSpec::Pattern(512)));
+        let plain = FileOptions::default();
         assert_eq!(
             spec("file disk.img"),
-            Ok(BackendSpec::File("disk.img".into()))
+            Ok(BackendSpec::File("disk.img".into(), plain))
         );
-        assert_eq!(spec("file file=/a=b"), Ok(BackendSpec::File("/a=b".into())));
+        assert_eq!(
+            spec("file file=/a=b"),
+            Ok(BackendSpec::File("/a=b".into(), plain))
+        );
         assert!(
             spec("memory")
                 .unwrap_err()
@@ -507,11 +589,46 @@ mod tests {
                 .contains("could not parse size")
         );
         assert!(spec("disk 1G").unwrap_err().contains("unknown backend"));
-        let e = spec("file dir=/srv").unwrap_err();
-        assert!(
-            e.starts_with("file: dir= ") && e.contains("not supported"),
-            "{e}"
+    }
+
+    #[test]
+    fn file_serves_a_file_or_a_directory_as_nbdkit_spells_them() {
+        let plain = FileOptions::default();
+        assert_eq!(
+            spec("file dir=/srv"),
+            Ok(BackendSpec::Dir("/srv".into(), plain))
         );
+        assert_eq!(
+            spec("file directory=/srv"),
+            Ok(BackendSpec::Dir("/srv".into(), plain))
+        );
+        let tuned = FileOptions {
+            fadvise: Fadvise::Sequential,
+            cache: CacheMode::None,
+        };
+        assert_eq!(
+            spec("file dir=/srv cache=none fadvise=sequential"),
+            Ok(BackendSpec::Dir("/srv".into(), tuned))
+        );
+        assert_eq!(
+            spec("file disk.img fadvise=sequential cache=none"),
+            Ok(BackendSpec::File("disk.img".into(), tuned))
+        );
+        for (words, msg) in [
+            (
+                "file a.img dir=/srv",
+                "file= and dir= cannot be used together",
+            ),
+            ("file dir=/a directory=/b", "dir= given twice"),
+            ("file dir=", "the dir parameter is empty"),
+            ("file cache=none", "the file parameter is required (or dir="),
+            ("file dir=/srv cache=off", "unknown cache mode 'off'"),
+            ("file dir=/srv fadvise=fast", "unknown fadvise mode 'fast'"),
+            ("file dri=/srv", "unknown parameter 'dri'"),
+        ] {
+            let e = spec(words).unwrap_err();
+            assert!(e.starts_with("file: ") && e.contains(msg), "{words}: {e}");
+        }
     }
 
     #[test]

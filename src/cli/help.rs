@@ -28,6 +28,7 @@ Options:
   -e, --exportname, --export-name, --export NAME
                           the name LIST and $uri show (default \"\"); a
                           client asking for any name gets the export
+                          (file dir=: the file $uri names)
       --description TEXT  the export's description
   -P, --pidfile, --pid-file PATH
                           write the server's pid here once it is listening
@@ -92,7 +93,9 @@ Backends:
                           RAM disk: sparse (the default) takes memory as data
                           is written; malloc takes all of it at start
                           (mlock=true: locked in RAM)
-  file [file=]PATH        a regular file or block device
+  file [file=]PATH        a regular file or block device; or dir=DIR: an
+                          export for each file in DIR, chosen by name; also
+                          cache=none, fadvise=normal|random|sequential
   null [size=]SIZE        reads zeroes, discards writes (default size 0)
   pattern [size=]SIZE     read-only; each 8-byte word holds its own offset
                           (default size 0)

@@ -221,6 +221,9 @@ pub fn parse(args: Vec<OsString>, activated: bool) -> Result<Command, Error> {
     };
     let (filters, params) = filters::sort(&v.filters, name, params)?;
     let backend = backend::parse(name, &params)?;
+    if let BackendSpec::Dir(..) = backend {
+        check_dir(&filters, f.oldstyle)?;
+    }
     let server = Server {
         unix,
         port,
@@ -322,6 +325,31 @@ fn check_combinations(v: &Values, f: &Flags, activated: bool) -> Result<(), Erro
         if name.as_deref() == Some("") {
             return Err(Error::usage(format!("{flag}: empty name")));
         }
+    }
+    Ok(())
+}
+
+/// Filters that read or reshape what is below them once, at start-up (a
+/// partition table, a size to cut or extend, an overlay as large as the
+/// disk): with `file dir=` there is nothing below them then, and each
+/// export has a size of its own.
+const SHAPED_AT_START: [&str; 4] = ["cow", "offset", "partition", "truncate"];
+
+/// `file dir=`: each file is an export of its own, chosen by name as a
+/// client enters it. Oldstyle clients cannot name one, and the filters of
+/// `SHAPED_AT_START` cannot be set up for each.
+fn check_dir(filters: &[Spec], oldstyle: bool) -> Result<(), Error> {
+    if oldstyle {
+        return Err(Error::usage(
+            "file dir=: -o cannot be used: oldstyle clients cannot name the file they want",
+        ));
+    }
+    if let Some(f) = filters.iter().find(|f| SHAPED_AT_START.contains(&f.name)) {
+        return Err(Error::usage(format!(
+            "file dir=: the {} filter cannot be used: it is set up once, at start, for one \
+             export, and each file of the directory is an export of its own",
+            f.name
+        )));
     }
     Ok(())
 }

@@ -172,11 +172,7 @@ impl Conn {
     pub fn new(key: usize, id: u64, socket: Socket, oldstyle: bool, sh: &mut Shared) -> Conn {
         let export = &sh.storage.export;
         let (phase, greeting) = if oldstyle {
-            let session = Agreement {
-                style: Style::Simple,
-                flags: export.flags(Style::Simple, false),
-                meta: false,
-            };
+            let session = Agreement::new(export, Style::Simple, false);
             let greeting = greeting_oldstyle(export.size, session.flags);
             (Phase::Transmission(session), greeting.to_vec())
         } else {

@@ -139,11 +139,7 @@ impl Config {
     /// (meta needs structured replies; the oldstyle session is the simple one).
     pub fn session(&self) -> Agreement {
         let meta = self.meta && self.style != Style::Simple;
-        Agreement {
-            style: self.style,
-            flags: self.export().flags(self.style, meta),
-            meta,
-        }
+        Agreement::new(&self.export(), self.style, meta)
     }
 }
 

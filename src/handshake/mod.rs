@@ -9,6 +9,7 @@ mod options;
 mod tests;
 
 use crate::agreement::Agreement;
+use crate::catalog::Catalog;
 use crate::export::Export;
 use crate::proto::option::*;
 use crate::proto::reply::Style;
@@ -18,7 +19,9 @@ use crate::tls::TlsMode;
 use options::{Answer, Data, Rule};
 
 /// nbdkit's limit: a client that has sent this many options without choosing an
-/// export is not going to.
+/// export is not going to. A LIST raises it by as many again for each export
+/// listed (as nbdkit does), so that a client may ask about each in turn
+/// (`nbdinfo --list`).
 const MAX_OPTIONS: u32 = 32;
 
 /// What the connection should do after a step.
@@ -65,6 +68,9 @@ pub struct Handshake {
     style: Style,
     meta: MetaSelection,
     options: u32,
+    /// Options allowed before the client must choose: `MAX_OPTIONS`, or
+    /// more after a LIST.
+    allowed: u32,
     /// STARTTLS succeeded: this negotiation runs inside TLS.
     tls: bool,
 }
@@ -77,14 +83,23 @@ impl Default for Handshake {
             style: Style::Simple,
             meta: MetaSelection::default(),
             options: 0,
+            allowed: MAX_OPTIONS,
             tls: false,
         }
     }
 }
 
 impl Handshake {
-    /// Handles at most one message at the front of `input`.
-    pub fn step(&mut self, input: &[u8], out: &mut Vec<u8>, ex: &Export, gate: Gate) -> Outcome {
+    /// Handles at most one message at the front of `input`, answering from
+    /// `cat` (the exports offered, and what they share).
+    pub fn step(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        cat: &mut Catalog,
+        gate: Gate,
+    ) -> Outcome {
+        let ex = cat.server();
         if !self.flags_read {
             return match parse_client_flags(input) {
                 Parse::Done(flags, n) => self.client_flags(flags, n, ex),
@@ -96,7 +111,7 @@ impl Handshake {
             Parse::NeedMore => return Outcome::Continue(0),
             Parse::Malformed(why) => return Outcome::Close(why),
         };
-        if self.options == MAX_OPTIONS && hdr.opt != OPT_ABORT {
+        if self.options >= self.allowed && hdr.opt != OPT_ABORT {
             return Outcome::Close("too many options without choosing an export");
         }
         let rule = options::rule(hdr.opt);
@@ -134,7 +149,7 @@ impl Handshake {
             Gate::Refused(by) if matches!(hdr.opt, OPT_GO | OPT_EXPORT_NAME) => {
                 refused_answer(hdr.opt, by, out)
             }
-            _ => self.answer(hdr.opt, rule, data, out, ex),
+            _ => self.answer(hdr.opt, rule, data, out, cat),
         };
         match (answer, held) {
             (Answer::Replied, true) => Outcome::Continue(total),
@@ -159,14 +174,14 @@ impl Handshake {
         rule: Rule,
         data: Data,
         out: &mut Vec<u8>,
-        ex: &Export,
+        cat: &mut Catalog,
     ) -> Answer {
         match (rule, data) {
             (Rule::NoData(_), Data::TooLong) => {
                 options::error(out, opt, REP_ERR_INVALID, "this option takes no data")
             }
-            (Rule::NoData(run), Data::Held(_)) => run(self, out, ex),
-            (Rule::Data(_, run), data) => run(self, data, out, ex),
+            (Rule::NoData(run), Data::Held(_)) => run(self, out, cat),
+            (Rule::Data(_, run), data) => run(self, data, out, cat),
             (Rule::Unknown, _) => options::error(out, opt, REP_ERR_UNSUP, "unknown option"),
         }
     }
@@ -193,11 +208,7 @@ impl Handshake {
     /// last SET_META_CONTEXT named the same export.
     fn session(&self, ex: &Export, name: &[u8]) -> Agreement {
         let meta = self.meta.base_allocation && self.meta.export == name;
-        Agreement {
-            style: self.style,
-            flags: ex.flags(self.style, meta),
-            meta,
-        }
+        Agreement::new(ex, self.style, meta)
     }
 }
 

@@ -1,12 +1,14 @@
 //! Each NBD option decided in one place: what data it takes, how much of it we
 //! hold, and what it answers, including to data we would not hold.
 //!
-//! Any export name reaches the one export, as with nbdkit's memory, file, null
-//! and pattern plugins (qemu and scripts pass names of their own); names over
-//! 4096 bytes, which the spec forbids, are refused by the parsers.
+//! Which export a name reaches is the catalog's to say (`crate::catalog`):
+//! any name reaches the one export most backends serve, a file's name one of
+//! `file dir=`'s; names over 4096 bytes, which the spec forbids, are refused
+//! by the parsers.
 
-use super::{Handshake, MetaSelection};
-use crate::export::{BASE_ALLOCATION_ID, Export};
+use super::{Handshake, MAX_OPTIONS, MetaSelection};
+use crate::catalog::Catalog;
+use crate::export::BASE_ALLOCATION_ID;
 use crate::proto::option::{self, *};
 use crate::proto::reply::Style;
 use crate::proto::*;
@@ -45,8 +47,8 @@ pub enum Answer {
     Close(&'static str),
 }
 
-type NoDataHandler = fn(&mut Handshake, &mut Vec<u8>, &Export) -> Answer;
-type DataHandler = fn(&mut Handshake, Data, &mut Vec<u8>, &Export) -> Answer;
+type NoDataHandler = fn(&mut Handshake, &mut Vec<u8>, &mut Catalog) -> Answer;
+type DataHandler = fn(&mut Handshake, Data, &mut Vec<u8>, &mut Catalog) -> Answer;
 
 /// An option's entry in the table.
 #[derive(Clone, Copy)]
@@ -98,7 +100,7 @@ fn too_big(out: &mut Vec<u8>, opt: u32) -> Answer {
 }
 
 impl Handshake {
-    fn export_name(&mut self, data: Data, out: &mut Vec<u8>, ex: &Export) -> Answer {
+    fn export_name(&mut self, data: Data, out: &mut Vec<u8>, cat: &mut Catalog) -> Answer {
         let Data::Held(name) = data else {
             // No way to answer: the spec has the server hang up.
             return Answer::Close("EXPORT_NAME too long");
@@ -106,28 +108,40 @@ impl Handshake {
         if self.style == Style::Extended {
             return Answer::Close("EXPORT_NAME after extended headers");
         }
-        let session = self.session(ex, name);
+        // No way to refuse it either: an unknown name is a hang-up.
+        let Some(ex) = cat.open(name) else {
+            return Answer::Close("EXPORT_NAME names no export");
+        };
+        let session = self.session(&ex, name);
         put_export_name_reply(out, ex.size, session.flags, self.no_zeroes);
         Answer::Transmission(session)
     }
 
     /// Data with ABORT is ignored: the client is leaving either way.
-    fn abort(&mut self, _: Data, out: &mut Vec<u8>, _: &Export) -> Answer {
+    fn abort(&mut self, _: Data, out: &mut Vec<u8>, _: &mut Catalog) -> Answer {
         put_reply(out, OPT_ABORT, REP_ACK, &[]);
         Answer::Abort
     }
 
-    fn list(&mut self, out: &mut Vec<u8>, ex: &Export) -> Answer {
-        put_server(out, &ex.name, ex.description.as_deref().unwrap_or_default());
+    /// LIST: each export, then ACK; the client may then ask about each: as
+    /// many options again are allowed per export listed (however often it
+    /// lists: the allowance does not grow with each LIST, whose directory
+    /// read costs the loop's time).
+    fn list(&mut self, out: &mut Vec<u8>, cat: &mut Catalog) -> Answer {
+        let Ok(n) = cat.list(|name, description| put_server(out, name, description)) else {
+            return error(out, OPT_LIST, REP_ERR_PLATFORM, "cannot list the exports");
+        };
+        let more = u32::try_from(n).unwrap_or(u32::MAX).saturating_add(1);
+        self.allowed = self.allowed.max(MAX_OPTIONS.saturating_mul(more));
         put_reply(out, OPT_LIST, REP_ACK, &[]);
         Answer::Replied
     }
 
     /// STARTTLS: ACK, and the negotiation starts over inside TLS, forgetting
     /// everything agreed in plaintext (a man in the middle could have chosen it).
-    fn starttls(&mut self, out: &mut Vec<u8>, ex: &Export) -> Answer {
+    fn starttls(&mut self, out: &mut Vec<u8>, cat: &mut Catalog) -> Answer {
         let opt = OPT_STARTTLS;
-        if ex.tls == TlsMode::Off {
+        if cat.server().tls == TlsMode::Off {
             return error(
                 out,
                 opt,
@@ -143,32 +157,34 @@ impl Handshake {
             flags_read: true,
             no_zeroes: self.no_zeroes,
             options: self.options,
+            allowed: self.allowed,
             tls: true,
             ..Handshake::default()
         };
         Answer::StartTls
     }
 
-    fn info(&mut self, data: Data, out: &mut Vec<u8>, ex: &Export) -> Answer {
-        self.info_or_go(OPT_INFO, data, out, ex);
+    fn info(&mut self, data: Data, out: &mut Vec<u8>, cat: &mut Catalog) -> Answer {
+        self.info_or_go(OPT_INFO, data, out, cat);
         Answer::Replied
     }
 
-    fn go(&mut self, data: Data, out: &mut Vec<u8>, ex: &Export) -> Answer {
-        match self.info_or_go(OPT_GO, data, out, ex) {
+    fn go(&mut self, data: Data, out: &mut Vec<u8>, cat: &mut Catalog) -> Answer {
+        match self.info_or_go(OPT_GO, data, out, cat) {
             Some(session) => Answer::Transmission(session),
             None => Answer::Replied,
         }
     }
 
     /// INFO and GO: the export's details; the session GO would enter, once the
-    /// export is accepted (ACK sent).
+    /// export is accepted (ACK sent). A name that reaches no export gets
+    /// ERR_UNKNOWN (and the client may try another).
     fn info_or_go(
         &mut self,
         opt: u32,
         data: Data,
         out: &mut Vec<u8>,
-        ex: &Export,
+        cat: &mut Catalog,
     ) -> Option<crate::agreement::Agreement> {
         let Data::Held(data) = data else {
             too_big(out, opt);
@@ -181,7 +197,15 @@ impl Handshake {
                 return None;
             }
         };
-        let session = self.session(ex, req.name);
+        let found = match opt {
+            OPT_GO => cat.open(req.name),
+            _ => cat.describe(req.name),
+        };
+        let Some(ex) = found else {
+            error(out, opt, REP_ERR_UNKNOWN, "unknown export");
+            return None;
+        };
+        let session = self.session(&ex, req.name);
         put_info_export(out, opt, ex.size, session.flags);
         if req.wants(INFO_NAME) {
             put_info_string(out, opt, INFO_NAME, &ex.name);
@@ -197,8 +221,8 @@ impl Handshake {
         Some(session)
     }
 
-    fn structured_reply(&mut self, out: &mut Vec<u8>, ex: &Export) -> Answer {
-        let opt = OPT_STRUCTURED_REPLY;
+    fn structured_reply(&mut self, out: &mut Vec<u8>, cat: &mut Catalog) -> Answer {
+        let (opt, ex) = (OPT_STRUCTURED_REPLY, cat.server());
         match self.style {
             _ if ex.no_sr => error(out, opt, REP_ERR_UNSUP, "structured replies are disabled"),
             Style::Extended => error(
@@ -221,8 +245,8 @@ impl Handshake {
         }
     }
 
-    fn extended_headers(&mut self, out: &mut Vec<u8>, ex: &Export) -> Answer {
-        let opt = OPT_EXTENDED_HEADERS;
+    fn extended_headers(&mut self, out: &mut Vec<u8>, cat: &mut Catalog) -> Answer {
+        let (opt, ex) = (OPT_EXTENDED_HEADERS, cat.server());
         match self.style {
             _ if ex.no_sr => error(out, opt, REP_ERR_UNSUP, "structured replies are disabled"),
             Style::Extended => error(
@@ -239,7 +263,7 @@ impl Handshake {
         }
     }
 
-    fn list_meta(&mut self, data: Data, out: &mut Vec<u8>, _: &Export) -> Answer {
+    fn list_meta(&mut self, data: Data, out: &mut Vec<u8>, _: &mut Catalog) -> Answer {
         let opt = OPT_LIST_META_CONTEXT;
         let Data::Held(data) = data else {
             return too_big(out, opt);
@@ -262,7 +286,7 @@ impl Handshake {
         Answer::Replied
     }
 
-    fn set_meta(&mut self, data: Data, out: &mut Vec<u8>, _: &Export) -> Answer {
+    fn set_meta(&mut self, data: Data, out: &mut Vec<u8>, _: &mut Catalog) -> Answer {
         let opt = OPT_SET_META_CONTEXT;
         // The new selection replaces the old one, even when this request fails.
         self.meta = MetaSelection::default();

@@ -42,7 +42,9 @@ fn allowed_flags(s: &Agreement, kind: u16) -> u16 {
     f
 }
 
-/// Checks a request against the protocol and the export. Returns the effect length.
+/// Checks a request against the protocol and the export chosen (its size
+/// and caps, as the agreement carries them; `ex` is the server's, for what
+/// all exports share: the largest request). Returns the effect length.
 pub fn check(s: &Agreement, ex: &Export, req: &Request, payload: &[u8]) -> Result<u64, Refusal> {
     let kind = req.kind;
     if !matches!(
@@ -60,10 +62,10 @@ pub fn check(s: &Agreement, ex: &Export, req: &Request, payload: &[u8]) -> Resul
     if req.flags & !allowed_flags(s, kind) != 0 {
         return refuse(EINVAL, "flag not valid for this command");
     }
-    if ex.caps.read_only && matches!(kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES) {
+    if s.caps.read_only && matches!(kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES) {
         return refuse(EPERM, "export is read-only");
     }
-    if kind == CMD_WRITE_ZEROES && !ex.caps.zero {
+    if kind == CMD_WRITE_ZEROES && !s.caps.zero {
         return refuse(EINVAL, "WRITE_ZEROES is not offered");
     }
     if kind == CMD_FLUSH {
@@ -82,13 +84,13 @@ pub fn check(s: &Agreement, ex: &Export, req: &Request, payload: &[u8]) -> Resul
         req.length
     };
     match req.offset.checked_add(len) {
-        Some(end) if end <= ex.size => {}
+        Some(end) if end <= s.size => {}
         _ if matches!(kind, CMD_WRITE | CMD_WRITE_ZEROES) => {
             return refuse(ENOSPC, "write beyond the end of the export");
         }
         _ => return refuse(EINVAL, "request beyond the end of the export"),
     }
-    let min = u64::from(ex.caps.min_block);
+    let min = u64::from(s.caps.min_block);
     if min > 1 && (!req.offset.is_multiple_of(min) || len % min != 0) {
         return refuse(EINVAL, "request not aligned to the minimum block size");
     }
@@ -169,6 +171,22 @@ mod tests {
             errno(check(&s, &blk, &req(CMD_WRITE, 0, 0, 100), &[])),
             EINVAL
         );
+    }
+
+    /// With exports chosen by name, a connection's export is the one its
+    /// agreement carries, not the server's: its size, its read-only state,
+    /// its block size.
+    #[test]
+    fn the_agreement_carries_the_export() {
+        let server = export(false, 1);
+        let mut file = export(true, 512);
+        file.size = 4096;
+        let s = session(&file, Style::Structured, true);
+        let c = |r: Request| errno(check(&s, &server, &r, &[]));
+        assert_eq!(c(req(CMD_READ, 0, 0, 4096)), 0);
+        assert_eq!(c(req(CMD_READ, 0, 4096, 512)), EINVAL, "past its end");
+        assert_eq!(c(req(CMD_READ, 0, 0, 100)), EINVAL, "its block size");
+        assert_eq!(c(req(CMD_WRITE, 0, 0, 512)), EPERM, "read-only");
     }
 
     #[test]

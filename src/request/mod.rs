@@ -187,9 +187,8 @@ fn run(r: &Incoming, call: &Call, storage: &mut Storage, out: &mut Out) -> Ran {
     if cut && call.len == 0 {
         return Ran::Replied(zeroes::answer(r, call, out));
     }
-    let chunks = r.agreed.style != crate::proto::reply::Style::Simple;
     if call.kind == CMD_READ
-        && let Err(e) = read::find_holes(call, storage, chunks)
+        && let Err(e) = read::find_holes(&r.agreed, call, storage)
     {
         return Ran::Replied(read::failed(r, call.len, &e, out));
     }
@@ -287,11 +286,7 @@ mod testing {
     use crate::export::Export;
 
     pub fn session(ex: &Export, style: crate::proto::reply::Style, meta: bool) -> Agreement {
-        Agreement {
-            style,
-            flags: ex.flags(style, meta),
-            meta,
-        }
+        Agreement::new(ex, style, meta)
     }
 
     pub fn req(kind: u16, flags: u16, offset: u64, length: u64) -> Request {

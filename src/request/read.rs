@@ -22,9 +22,10 @@ const MAX_READ_CHUNKS: usize = 64;
 /// backend knows them cheaply (and DF was not asked for, and the agreement
 /// has chunks); none: one run of data. They stay in the storage's scratch
 /// list for `read`.
-pub fn find_holes(call: &Call, storage: &mut Storage, chunks: bool) -> std::io::Result<()> {
+pub fn find_holes(s: &Agreement, call: &Call, storage: &mut Storage) -> std::io::Result<()> {
+    let chunks = s.style != Style::Simple;
     let wanted = chunks && call.len > 0 && call.flags & CMD_FLAG_DF == 0;
-    let max = match wanted && storage.export.caps.sparse_reads {
+    let max = match wanted && s.caps.sparse_reads {
         true => MAX_READ_CHUNKS,
         false => 0,
     };
@@ -168,17 +169,17 @@ fn read_chunks(
 pub fn block_status(r: &Incoming, call: &Call, storage: &mut Storage, out: &mut Out) -> u32 {
     let (req, len) = (&r.req, call.len);
     let req_one = req.flags & CMD_FLAG_REQ_ONE != 0;
-    let max = match (storage.export.caps.extents, req_one) {
+    let max = match (r.agreed.caps.extents, req_one) {
         (false, _) => 0,
         (true, true) => 1,
         (true, false) => MAX_EXTENTS,
     };
-    let min_block = storage.export.caps.min_block;
+    let min_block = r.agreed.caps.min_block;
     // A filter's export may end before what is below it does (offset's
     // range, a partition, truncate): nothing past its end is described.
     let room = match storage.filters.is_empty() {
         true => None,
-        false => Some(storage.export.size.saturating_sub(req.offset)),
+        false => Some(r.agreed.size.saturating_sub(req.offset)),
     };
     let ext = match storage.find_extents(call.conn, call.offset, len, max) {
         Ok(ext) => ext,

@@ -45,6 +45,11 @@ pub enum Sqe {
     Fallocate { mode: i32, at: u64, len: u64 },
     /// posix_fadvise(WILLNEED); `len` fits the SQE's 32-bit field.
     WillNeed { at: u64, len: u32 },
+    /// sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER): the range
+    /// written back, waited for.
+    WriteBack { at: u64, len: u32 },
+    /// posix_fadvise(DONTNEED): the range dropped from the page cache.
+    Evict { at: u64, len: u32 },
 }
 
 /// Why a ring could not be had.
@@ -80,12 +85,13 @@ struct Flight {
 }
 
 /// The opcodes every `Sqe` needs, by name for the warning.
-const NEEDED: [(u8, &str); 5] = [
+const NEEDED: [(u8, &str); 6] = [
     (opcode::Read::CODE, "READ"),
     (opcode::Write::CODE, "WRITE"),
     (opcode::Fsync::CODE, "FSYNC"),
     (opcode::Fallocate::CODE, "FALLOCATE"),
     (opcode::Fadvise::CODE, "FADVISE"),
+    (opcode::SyncFileRange::CODE, "SYNC_FILE_RANGE"),
 ];
 
 pub struct Ring {
@@ -242,6 +248,15 @@ impl Ring {
             Sqe::Fallocate { mode, at, len } => on_file!(Fallocate(*len).offset(*at).mode(*mode)),
             Sqe::WillNeed { at, len } => {
                 on_file!(Fadvise(*len as libc::off_t, libc::POSIX_FADV_WILLNEED).offset(*at))
+            }
+            Sqe::WriteBack { at, len } => {
+                let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+                on_file!(SyncFileRange(*len).offset(*at).flags(flags))
+            }
+            Sqe::Evict { at, len } => {
+                on_file!(Fadvise(*len as libc::off_t, libc::POSIX_FADV_DONTNEED).offset(*at))
             }
         }
     }

@@ -192,9 +192,8 @@ mod tests {
 
     fn session(style: Style) -> Agreement {
         Agreement {
-            style,
             flags: 0,
-            meta: true,
+            ..Agreement::new(&crate::export::test_export(false, 1), style, true)
         }
     }
 
