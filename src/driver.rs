@@ -285,8 +285,8 @@ impl Driver {
 
     /// The connection goes: what it holds goes back to the budget (buffers
     /// still in the I/O engine as they are reaped), and it leaves any queue.
-    pub fn close(&mut self, budget: &mut Budget, who: Origin) {
-        self.charge.close(budget, who, self.flights.lent);
+    pub fn close(&mut self, budget: &mut Budget) {
+        self.charge.close(budget, self.flights.lent);
     }
 
     /// Handles the message at the front of the input, if it is complete,
@@ -356,6 +356,11 @@ impl Driver {
 
     pub fn has_output(&self) -> bool {
         !self.out.is_empty()
+    }
+
+    /// Bytes of replies queued, not yet taken by the socket.
+    pub fn unsent(&self) -> usize {
+        self.out.len()
     }
 
     /// Output the client has yet to read: queued, and still to come from the

@@ -14,7 +14,7 @@
 //! looks at next is decided in one place, `Conn::next`.
 
 use std::io::{self, IoSlice};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::Registry;
 
@@ -38,7 +38,7 @@ mod transport;
 pub use event::{Event, Readiness, Step};
 use socket::ReadSide;
 pub use socket::Socket;
-use stall::Stall;
+use stall::{Await, Stall, Waits};
 use transport::Transport;
 
 /// Requests (or options) handled per turn, so one busy client cannot starve the rest.
@@ -46,8 +46,34 @@ const TURN_REQUESTS: usize = 64;
 /// Bytes read per turn: a client streaming large WRITEs yields after this
 /// much, rather than keep the loop copying its payloads while others wait.
 const TURN_BYTES: usize = 2 << 20;
+/// TLS records decrypted per turn: a client sending tiny records makes much
+/// work of few bytes (2 MiB of 1-byte records took the loop 0.7 s).
+const TURN_RECORDS: u64 = 1024;
+/// The loop's time per turn: however cheap each request looked, a turn that
+/// has taken this long yields. The clock is read at the start, then every
+/// `CLOCK_EVERY` requests and after any that did extra work (`Storage::take_work`).
+const TURN_TIME: Duration = Duration::from_millis(2);
+const CLOCK_EVERY: usize = 8;
 /// Blocks handed to one writev(2).
 const IOV_MAX: usize = 256;
+/// What a connection's state costs at most besides its buffers: itself, its
+/// slab slot, its deadlines, the allocator's rounding (an idle connection
+/// costs under 1 KiB; this is its worst, with room to spare).
+const STATE_COST: usize = 16 << 10;
+
+/// What one connection costs just by being open, at its worst, besides the
+/// buffers the budget counts as they come and go: its socket buffers in the
+/// kernel, its state, and with `tls` (if clients may start it) the TLS
+/// session's buffers. The memory budget sets this aside for every
+/// connection it admits.
+pub fn fixed_cost(tls: bool) -> usize {
+    let tls_cost = match tls {
+        #[cfg(feature = "tls")]
+        true => crate::tls::MEMORY,
+        _ => 0,
+    };
+    socket::SOCKET_COST + STATE_COST + tls_cost
+}
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,8 +146,13 @@ impl Room {
 /// What a turn may still do, and what it did.
 #[derive(Debug)]
 struct Turn {
+    /// Requests it may still handle (a request that did extra work counts
+    /// for more than one).
     requests: usize,
     bytes: usize,
+    records: u64,
+    /// When it must yield.
+    until: Instant,
     /// Bytes arrived (for the half-sent clock).
     got_input: bool,
     /// It ended waiting for the client's bytes, not held back by us.
@@ -131,10 +162,23 @@ struct Turn {
 }
 
 impl Turn {
+    /// A request was handled, having done `work` more than an ordinary one
+    /// (see `Storage::take_work`): the turn ends when its requests run out,
+    /// or its time.
+    fn handled(&mut self, work: usize) {
+        self.requests = self.requests.saturating_sub(1 + work);
+        let look = work > 0 || self.requests % CLOCK_EVERY == 0;
+        if look && self.requests > 0 && Instant::now() >= self.until {
+            self.requests = 0;
+        }
+    }
+
     fn new() -> Turn {
         Turn {
             requests: TURN_REQUESTS,
             bytes: TURN_BYTES,
+            records: TURN_RECORDS,
+            until: Instant::now() + TURN_TIME,
             got_input: false,
             awaiting_input: false,
             queued_for_room: false,
@@ -210,7 +254,7 @@ impl Conn {
     /// still in the I/O engine as they are reaped), it leaves any queue for
     /// memory, and the filters hear of it.
     pub fn close(&mut self, sh: &mut Shared) {
-        self.driver.close(&mut sh.budget, self.origin);
+        self.driver.close(&mut sh.budget);
         if !self.negotiating() {
             let me = filter::Conn { id: self.id };
             sh.storage.filters.closed(me, sh.now);
@@ -252,10 +296,8 @@ impl Conn {
             Event::Wake => {}
             Event::Room => self.room = Room::Free,
             Event::Memory => self.driver.memory_granted(),
-            Event::Stalled { after } if self.half_sent_since().is_some() => {
-                let secs = after.as_secs_f64();
-                log::warn!("request half-sent, then nothing for {secs}s: disconnecting");
-                return self.end("request timeout");
+            Event::Stalled { after } if self.stalled_since().is_some() => {
+                return self.timed_out(after);
             }
             Event::Deadline { after } if self.negotiating() => {
                 let secs = after.as_secs_f64();
@@ -265,6 +307,23 @@ impl Conn {
             Event::Stalled { .. } | Event::Deadline { .. } => return Next::Stop(Step::Wait),
         }
         Next::Again
+    }
+
+    /// The client kept us waiting for `--request-timeout`: dropped, with
+    /// one line saying why.
+    fn timed_out(&self, after: Duration) -> Next {
+        let secs = after.as_secs_f64();
+        match self.stall {
+            Stall::Since {
+                on: Await::Reader { .. },
+                ..
+            } => log::warn!(
+                "replies not read for {secs}s, {} KiB of them held: disconnecting",
+                self.driver.unsent() >> 10
+            ),
+            _ => log::warn!("request half-sent, then nothing for {secs}s: disconnecting"),
+        }
+        self.end("request timeout")
     }
 
     fn end(&self, why: &str) -> Next {
@@ -282,8 +341,7 @@ impl Conn {
                 break step;
             }
         };
-        let half_sent = turn.awaiting_input && !self.negotiating() && self.driver.mid_message();
-        self.stall = self.stall.after_turn(half_sent, turn.got_input, sh.now);
+        self.stall = self.stall.after_turn(self.waits(&turn), sh.now);
         // Storage with nothing pending goes back to the pool between bursts;
         // a connection about to wait keeps only what it needs.
         let waiting = matches!(step, Step::Wait | Step::WaitForRoom | Step::Sleep(_));
@@ -306,6 +364,20 @@ impl Conn {
             log::debug!("closed: {why}");
         }
         step
+    }
+
+    /// What the client keeps us waiting for after a turn, if anything: the
+    /// rest of a half-sent request, or room for the replies we hold.
+    fn waits(&self, turn: &Turn) -> Waits {
+        let half_sent = turn.awaiting_input && !self.negotiating() && self.driver.mid_message();
+        let unsent = self.driver.unsent();
+        match (half_sent, unsent > 0 && !self.socket.writable()) {
+            (true, _) => Waits::Input {
+                got: turn.got_input,
+            },
+            (false, true) => Waits::Reader { unsent },
+            (false, false) => Waits::Nothing,
+        }
     }
 
     /// One look at the state: handle what input there is, send what output
@@ -351,7 +423,7 @@ impl Conn {
         while turn.requests > 0 && !self.driver.saturated() {
             match self.driver.step(sh, self.origin) {
                 Progress::Handled => {
-                    turn.requests -= 1;
+                    turn.handled(sh.storage.take_work());
                     progress = Progress::Handled;
                 }
                 Progress::NeedInput => break,
@@ -425,7 +497,7 @@ impl Conn {
     /// Reads once, within the turn's bytes and the memory budget. EAGAIN and
     /// EINTR are not errors.
     fn read(&mut self, sh: &mut Shared, turn: &mut Turn) -> Next {
-        if turn.bytes == 0 {
+        if turn.bytes == 0 || turn.records == 0 {
             return Next::Stop(Step::Yield); // the rest after the others' turn
         }
         let (fd, wfd) = (self.socket.read_fd(), self.socket.split_write_fd());
@@ -433,6 +505,7 @@ impl Conn {
         let got = self
             .driver
             .read(sh, self.origin, |buf| transport.read(fd, wfd, buf));
+        turn.records = turn.records.saturating_sub(self.transport.take_records());
         match got {
             None => return Next::Stop(Step::Wait), // resumed once the budget has room
             Some(Ok(Received::Eof)) => self.socket.ended(),

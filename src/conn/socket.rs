@@ -15,6 +15,15 @@ use mio::{Interest, Registry, Token};
 
 use super::event::Readiness;
 
+/// The send and the receive buffer asked of the kernel for each client's
+/// socket. The kernel's own defaults cost more (about 208 KiB each on Unix
+/// sockets; TCP's autotuning grows them to megabytes), and are not ours to
+/// bound: the memory budget counts these (`SOCKET_COST`).
+pub const SOCKET_BUFFER: usize = 64 << 10;
+/// What a client's socket buffers may hold at most: the kernel allows twice
+/// what is asked, in each direction.
+pub const SOCKET_COST: usize = 4 * SOCKET_BUFFER;
+
 /// What reading may expect, in the order a connection goes through them
 /// (later states are never left for earlier ones but `Ready` → `Drained`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -85,6 +94,20 @@ impl Socket {
             write_full: false,
             watch: Watch::Read,
             polled: Polled::Neither,
+        }
+    }
+
+    /// Bounds the socket's buffers in the kernel to what the budget counts
+    /// (`SOCKET_COST`); a descriptor that is not a socket (a pipe, with `-s`)
+    /// has no such buffers to bound.
+    pub fn bound_buffers(&self) {
+        match crate::sys::net::bound_socket_buffers(self.rfd.as_fd(), SOCKET_BUFFER) {
+            Ok(n) if n > SOCKET_COST => {
+                log::debug!("socket buffers: the kernel allows {n} bytes, more than counted")
+            }
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {}
+            Err(e) => log::debug!("socket buffers: {e}"),
         }
     }
 

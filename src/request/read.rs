@@ -13,6 +13,12 @@ use crate::storage::Storage;
 
 /// Most descriptors in one block-status reply (the spec asks for at most 2^20).
 const MAX_EXTENTS: usize = 1 << 16;
+/// Most descriptors in one reply when each costs a system call (a file's
+/// SEEK_DATA and SEEK_HOLE, about 1 µs each): the walk over a file of many
+/// extents is cut into replies of this many, about a millisecond of the
+/// loop's time each, and the client asks again for the rest (the spec lets a
+/// reply cover less than was asked, so long as it says something).
+const MAX_COSTLY_EXTENTS: usize = 1024;
 /// Reads at least this large are sent from the backend's storage without a copy
 /// when it can lend it; smaller ones are cheaper to copy.
 const LEND_MIN: u64 = 32 * 1024;
@@ -160,10 +166,12 @@ fn read_chunks(
 pub fn block_status(r: &Incoming, call: &Call, storage: &mut Storage, out: &mut Out) -> u32 {
     let (s, req, len) = (&r.agreed, &r.req, call.len);
     let req_one = req.flags & CMD_FLAG_REQ_ONE != 0;
-    let max = match (storage.export.caps.extents, req_one) {
+    let caps = storage.export.caps;
+    let max = match (caps.extents, req_one) {
         (false, _) => 0,
         (true, true) => 1,
-        (true, false) => MAX_EXTENTS,
+        (true, false) if caps.sparse_reads => MAX_EXTENTS,
+        (true, false) => MAX_COSTLY_EXTENTS,
     };
     let min_block = storage.export.caps.min_block;
     let ext = match storage.find_extents(call.offset, len, max) {

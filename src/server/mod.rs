@@ -137,22 +137,38 @@ impl Server {
         let registry = poll.registry();
         let signals = Signals::new(setup.signals, registry, SIGNAL)?;
         let open_fds = sys::lowest_free_fd(registry.as_fd());
+        let mut budget = Budget::new(setup.memory_budget);
+        #[cfg(feature = "tls")]
+        let fixed = crate::conn::fixed_cost(setup.tls.is_some());
+        #[cfg(not(feature = "tls"))]
+        let fixed = crate::conn::fixed_cost(false);
         let acceptor = Acceptor::new(
             setup.listeners,
             registry,
             setup.max_connections,
             open_fds,
+            budget.connection_limit(fixed),
             setup.accept_once,
         )?;
+        budget.set_connections(acceptor.max_connections(), fixed);
         let single = !setup.connections.is_empty() && !acceptor.is_listening();
         let lifecycle = Lifecycle::new(
             setup.idle_timeout,
             single || setup.accept_once,
             setup.notifier,
         );
-        let budget = Budget::new(setup.memory_budget);
         let mut export = setup.export;
         let largest = budget.largest_request() as u64;
+        log::debug!(
+            "memory budget: up to {} connections, each {} KiB at most when idle \
+             (socket buffers, TLS, state and {} KiB of buffers of its own); \
+             {} MiB shared beyond that; largest request {} MiB",
+            acceptor.max_connections(),
+            (fixed + crate::budget::FLOOR) >> 10,
+            crate::budget::FLOOR >> 10,
+            budget.shared() >> 20,
+            largest.min(export.max_request) >> 20,
+        );
         if largest < export.max_request {
             log::debug!(
                 "largest request: {} KiB (a small memory budget)",
@@ -399,6 +415,7 @@ impl Server {
         let key = entry.key();
         self.serial += 1;
         let socket = Socket::new(rfd, wfd);
+        socket.bound_buffers();
         let mut conn = Conn::new(key, self.serial, socket, self.oldstyle, &mut self.shared);
         let to = conn.origin();
         self.poll

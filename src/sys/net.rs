@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::SocketAddrV6;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use super::cvt;
 
@@ -36,6 +36,26 @@ pub fn tcp_listener_v6_only(addr: SocketAddrV6) -> io::Result<std::net::TcpListe
 }
 
 fn set_int(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsFd;
+    set_int_on(fd.as_fd(), level, name, v)
+}
+
+/// Asks for `bytes` of send and of receive buffer on a connected socket
+/// (which also ends TCP's autotuning, which would grow them to megabytes);
+/// returns what the kernel reports it allows for both (it doubles what is
+/// asked, for its bookkeeping).
+pub fn bound_socket_buffers(fd: BorrowedFd, bytes: usize) -> io::Result<usize> {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let mut total = 0;
+    for name in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+        set_int_on(fd, libc::SOL_SOCKET, name, v)?;
+        let got = super::getsockopt_int(fd, libc::SOL_SOCKET, name)?;
+        total += usize::try_from(got).unwrap_or(0);
+    }
+    Ok(total)
+}
+
+fn set_int_on(fd: BorrowedFd, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
     let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: v lives across the call and len is its size; the kernel only reads it.
     cvt(unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, (&raw const v).cast(), len) })?;
