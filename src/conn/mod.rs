@@ -240,6 +240,11 @@ impl Conn {
         }
     }
 
+    /// Its number in log lines.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// What events for it are addressed to.
     pub fn origin(&self) -> Origin {
         self.origin

@@ -43,6 +43,9 @@ pub struct Acceptor {
     /// Listeners with clients still queued after a batch: accepted from again
     /// without an event (their edge has been consumed).
     pending: Vec<usize>,
+    /// Clients accepted beyond the connection limit: the server makes room
+    /// for them (`Server::make_room`) or refuses them (`refuse`).
+    over: Vec<(OwnedFd, Peer)>,
     paused_until: Option<Instant>,
     /// accept() ran out of descriptors (logged once until one succeeds again).
     out_of_fds: bool,
@@ -76,6 +79,7 @@ impl Acceptor {
         Ok(Acceptor {
             listeners: all,
             pending: Vec::new(),
+            over: Vec::new(),
             paused_until: None,
             out_of_fds: false,
             refusals: Refusals::default(),
@@ -142,10 +146,9 @@ impl Acceptor {
                 return true;
             };
             match l.accept() {
-                Ok((fd, _)) if open + out.len() >= self.max_connections => {
+                Ok(client) if open + out.len() >= self.max_connections => {
                     self.out_of_fds = false;
-                    drop(fd); // closed at once: the client sees EOF
-                    self.refuse(open + out.len());
+                    self.over.push(client);
                 }
                 Ok(client) => {
                     self.out_of_fds = false;
@@ -179,6 +182,11 @@ impl Acceptor {
         true
     }
 
+    /// Clients the last batch accepted beyond the connection limit.
+    pub fn take_over(&mut self) -> Vec<(OwnedFd, Peer)> {
+        std::mem::take(&mut self.over)
+    }
+
     /// Listeners whose last batch left clients queued, for another round of
     /// `accept`.
     pub fn take_pending(&mut self) -> Vec<usize> {
@@ -203,9 +211,11 @@ impl Acceptor {
         }
     }
 
-    /// A client was refused for the connection limit: say so, but at most once
-    /// per interval, so that a flood of connections is not a flood of messages.
-    fn refuse(&mut self, open: usize) {
+    /// A client was refused for the connection limit (closed at once: it sees
+    /// EOF): say so, but at most once per interval, so that a flood of
+    /// connections is not a flood of messages.
+    pub fn refuse(&mut self, client: OwnedFd, open: usize) {
+        drop(client);
         self.refusals.unlogged += 1;
         let now = Instant::now();
         if self

@@ -12,6 +12,7 @@
 
 mod accept;
 mod deadlines;
+mod evict;
 mod signals;
 mod spin;
 mod timeouts;
@@ -129,6 +130,8 @@ pub struct Server {
     /// Connections have gone since the server was last quiet: their storage
     /// is given back to the system then (`give_back`).
     departed: bool,
+    /// Clients dropped to make room for new ones, for the log.
+    evictions: evict::Evictions,
 }
 
 impl Server {
@@ -202,6 +205,7 @@ impl Server {
             oldstyle: setup.oldstyle,
             serial: 0,
             departed: false,
+            evictions: evict::Evictions::default(),
         };
         if let Some(engine) = server.shared.storage.engine()
             && let Some(fd) = engine.fd()
@@ -476,6 +480,12 @@ impl Server {
             .accept(i, open, self.poll.registry(), &mut batch)
         {
             self.shared.lifecycle.failed(); // -s never got its client
+        }
+        for (fd, peer) in self.acceptor.take_over() {
+            match self.make_room() {
+                true => batch.push((fd, peer)),
+                false => self.acceptor.refuse(fd, self.conns.len() + batch.len()),
+            }
         }
         for (fd, peer) in batch.drain(..) {
             if let Err(e) = self.add(fd, None, &peer) {
