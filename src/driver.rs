@@ -541,7 +541,7 @@ impl Front {
             return self.refuse_payload(s, &req, hdr, t);
         }
         let total = hdr + req.payload as usize; // payload ≤ max_request, checked
-        if let Err(wait) = self.admit(s, &req, total, input.len(), t) {
+        if let Err(wait) = self.admit(&req, total, input.len(), t) {
             return (0, wait);
         }
         let shutting_down = t.sh.lifecycle.shutting_down();
@@ -567,7 +567,6 @@ impl Front {
     /// is read), all of it has arrived, and the I/O engine has room for it.
     fn admit(
         &mut self,
-        s: Agreement,
         req: &crate::proto::request::Request,
         total: usize,
         arrived: usize,
@@ -575,7 +574,7 @@ impl Front {
     ) -> Result<(), Progress> {
         if self.admission == Admission::Pending {
             let shutting_down = t.sh.lifecycle.shutting_down();
-            let reply = request::reply_cost(&s, req, &mut t.sh.storage, shutting_down);
+            let reply = request::reply_cost(req, &t.sh.storage, shutting_down);
             // Its payload still to come and its reply's data, counted from now.
             let want = total.saturating_sub(arrived) + reply + REPLY;
             if !t.charge.admit(&mut t.sh.budget, t.who, t.held, want) {

@@ -172,7 +172,8 @@ impl Budget {
         }
         self.waiting.insert(mine, Waiter { who, need: n });
         *place = Some(mine);
-        self.pressure.refused(self.used, self.shared(), self.waiting.len());
+        self.pressure
+            .refused(self.used, self.shared(), self.waiting.len());
         false
     }
 

@@ -37,10 +37,16 @@ fn within_its_floor_a_connection_never_waits() {
     b.take(b.shared()); // others hold all of the shared part
     assert!(c.admit(&mut b, who(1), 0, 64 * KIB), "a handshake's read");
     c.settle(&mut b, 128 * KIB);
-    assert!(c.admit(&mut b, who(1), 128 * KIB, 4 * KIB), "a small request");
+    assert!(
+        c.admit(&mut b, who(1), 128 * KIB, 4 * KIB),
+        "a small request"
+    );
     assert!(!c.admit(&mut b, who(1), 128 * KIB, MIB), "past its floor");
     assert_eq!(b.waiting(), 1);
-    assert!(c.admit(&mut b, who(1), 128 * KIB, 64), "small again: it leaves");
+    assert!(
+        c.admit(&mut b, who(1), 128 * KIB, 64),
+        "small again: it leaves"
+    );
     assert_eq!(b.waiting(), 0);
 }
 
@@ -49,7 +55,8 @@ fn the_heaviest_holder_waits_first() {
     let mut b = Budget::new(64 * MIB);
     let shared = b.shared();
     b.take(shared);
-    let (mut heavy, mut light, mut late) = (Charge::default(), Charge::default(), Charge::default());
+    let (mut heavy, mut light, mut late) =
+        (Charge::default(), Charge::default(), Charge::default());
     assert!(!heavy.admit(&mut b, who(1), 8 * MIB, MIB));
     assert!(!light.admit(&mut b, who(2), MIB, MIB));
     assert!(!late.admit(&mut b, who(3), MIB, MIB), "as light, but later");

@@ -25,9 +25,13 @@ pub enum Await {
 pub enum Waits {
     Nothing,
     /// The rest of a request; `got` bytes of it this turn (or not).
-    Input { got: bool },
+    Input {
+        got: bool,
+    },
     /// The client to read `unsent` bytes of replies.
-    Reader { unsent: usize },
+    Reader {
+        unsent: usize,
+    },
 }
 
 /// Whether, and since when, the client keeps us waiting.
@@ -182,6 +186,13 @@ mod tests {
         assert!(matches!(s, Stall::Since { since, .. } if since == t2));
         // A half-sent request next: a new wait.
         let s = s.after_turn(Waits::Input { got: false }, t2);
-        assert!(matches!(s, Stall::Since { on: Await::Input, deadline: None, .. }));
+        assert!(matches!(
+            s,
+            Stall::Since {
+                on: Await::Input,
+                deadline: None,
+                ..
+            }
+        ));
     }
 }

@@ -2,7 +2,6 @@
 //! can lend it, holes as holes in structured replies) and BLOCK_STATUS.
 
 use super::{Incoming, reply};
-use crate::agreement::Agreement;
 use crate::backend::{Extent, Store, nbd_errno};
 use crate::buf::Out;
 use crate::export::BASE_ALLOCATION_ID;
@@ -36,17 +35,6 @@ pub fn find_holes(call: &Call, storage: &mut Storage, chunks: bool) -> std::io::
         false => 0,
     };
     storage.find_extents(call.offset, call.len, max).map(|_| ())
-}
-
-/// The most a READ of `len` bytes from a store that lends copies into the
-/// output queue: nothing when it is lent whole; the data runs too small to
-/// lend (under `LEND_MIN`) of a structured reply split at holes.
-pub fn copied_at_most(s: &Agreement, len: usize) -> usize {
-    match s.style {
-        Style::Simple if len as u64 >= LEND_MIN => 0,
-        Style::Simple => len,
-        _ => len.min(MAX_READ_CHUNKS * LEND_MIN as usize),
-    }
 }
 
 /// A READ that failed: said in the log, and as its reply; returns its NBD error.

@@ -215,7 +215,11 @@ impl Acceptor {
     /// EOF): say so, but at most once per interval, so that a flood of
     /// connections is not a flood of messages.
     pub fn refuse(&mut self, client: OwnedFd, open: usize) {
-        drop(client);
+        self.say_refused(open);
+        drop(client); // after the line: whoever sees the close finds it said
+    }
+
+    fn say_refused(&mut self, open: usize) {
         self.refusals.unlogged += 1;
         let now = Instant::now();
         if self

@@ -55,7 +55,12 @@ pub fn bound_socket_buffers(fd: BorrowedFd, bytes: usize) -> io::Result<usize> {
     Ok(total)
 }
 
-fn set_int_on(fd: BorrowedFd, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
+fn set_int_on(
+    fd: BorrowedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
     let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: v lives across the call and len is its size; the kernel only reads it.
     cvt(unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, (&raw const v).cast(), len) })?;

@@ -222,9 +222,27 @@ impl Stream {
     fn process(&mut self) -> io::Result<()> {
         match self.tls.process_new_packets() {
             Ok(_) => Ok(()),
-            Err(e) => Err(tls_error(&e, self.tls.is_handshaking())),
+            Err(e) => {
+                if refused_certificate(&e) {
+                    // A warning, in the connection's scope: rate-limited there.
+                    log::warn!("TLS handshake: client certificate refused: {e}");
+                }
+                Err(tls_error(&e, self.tls.is_handshaking()))
+            }
         }
     }
+}
+
+/// Whether the handshake failed on the client's certificate (missing, not
+/// trusted, revoked, expired): what a person running `--tls-verify-peer`
+/// needs to hear of without `-v`.
+fn refused_certificate(e: &rustls::Error) -> bool {
+    matches!(
+        e,
+        rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::InvalidCertRevocationList(_)
+    )
 }
 
 /// A rustls error as an I/O error the connection logs at debug level and
@@ -322,7 +340,11 @@ mod tests {
             for piece in stream.chunks(step) {
                 r.feed(piece);
             }
-            assert_eq!((r.count, r.have, r.body_left), (4, 0, 0), "pieces of {step}");
+            assert_eq!(
+                (r.count, r.have, r.body_left),
+                (4, 0, 0),
+                "pieces of {step}"
+            );
         }
     }
 }
