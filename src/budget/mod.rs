@@ -4,7 +4,8 @@
 //! buffers in the kernel, its TLS buffers, its state), one limit, and the
 //! connections waiting for memory to free.
 //!
-//! The budget is cut in two. **The connections' share** holds, for every
+//! The budget is cut in two. **The connections' share** (up to three
+//! quarters of it) holds, for every
 //! connection the server admits (`--max-connections`, by default derived from
 //! the budget: `connection_limit`), its fixed costs at their worst and a
 //! `floor` of buffers it may always hold without asking: enough for the
@@ -40,9 +41,14 @@ pub const MIN_BUDGET: usize = 4 << 20;
 /// output block (64 KiB each, see `crate::buf`), and room for a small
 /// request's payload and reply besides.
 pub const FLOOR: usize = 192 << 10;
-/// The share of the budget the connections' fixed costs and floors may take,
-/// at most, when the connection limit is derived from it: a half.
-const CONNECTIONS_SHARE: usize = 2;
+/// The share of the budget the connections' fixed costs and floors may take
+/// at most (when the connection limit is derived from it, and when it is
+/// given): three quarters. Their worst case is rare (every client's socket
+/// full, every floor used), and many clients matter more than one huge
+/// request; the quarter left still takes a 32 MiB request from 256 MiB.
+fn connections_share(limit: usize) -> usize {
+    limit / 4 * 3
+}
 
 /// Where a waiting connection stands: what it held when it asked (lightest
 /// first), then when it first asked.
@@ -113,17 +119,17 @@ impl Budget {
     }
 
     /// How many connections the budget can hold at their worst, each costing
-    /// `fixed` bytes besides its floor: their share may take half of it.
+    /// `fixed` bytes besides its floor (see `connections_share`).
     pub fn connection_limit(&self, fixed: usize) -> usize {
-        (self.limit / CONNECTIONS_SHARE / (fixed + FLOOR)).max(1)
+        (connections_share(self.limit) / (fixed + FLOOR)).max(1)
     }
 
     /// Sets aside the connections' share for `n` connections each costing
-    /// `fixed` bytes besides its floor (at most half the budget, see
+    /// `fixed` bytes besides its floor (at most `connections_share`, see
     /// `connection_limit`).
     pub fn set_connections(&mut self, n: usize, fixed: usize) {
         let share = n.saturating_mul(fixed + FLOOR);
-        self.connections = share.min(self.limit / CONNECTIONS_SHARE);
+        self.connections = share.min(connections_share(self.limit));
     }
 
     /// The largest request it can always admit in time: a power of two, at

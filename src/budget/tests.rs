@@ -12,19 +12,19 @@ fn the_connections_share_and_the_largest_request_follow_the_limit() {
     let mut b = Budget::new(256 * MIB);
     let fixed = 512 * KIB;
     let n = b.connection_limit(fixed);
-    assert_eq!(n, 128 * MIB / (fixed + FLOOR));
+    assert_eq!(n, 192 * MIB / (fixed + FLOOR));
     b.set_connections(n, fixed);
-    assert!(b.shared() >= 128 * MIB && b.shared() < 129 * MIB);
-    assert_eq!(b.largest_request(), 64 * MIB);
+    assert!(b.shared() >= 64 * MIB && b.shared() < 65 * MIB);
+    assert_eq!(b.largest_request(), 32 * MIB);
     // Fewer connections leave more to share; more than the limit, no less.
     b.set_connections(10, fixed);
     assert_eq!(b.shared(), 256 * MIB - 10 * (fixed + FLOOR));
     b.set_connections(1 << 40, fixed);
-    assert_eq!(b.shared(), 128 * MIB);
+    assert_eq!(b.shared(), 64 * MIB);
     let mut small = Budget::new(0);
     assert_eq!(small.limit(), MIN_BUDGET);
     small.set_connections(small.connection_limit(fixed), fixed);
-    assert_eq!(small.largest_request(), MIB);
+    assert_eq!(small.largest_request(), 512 * KIB);
     assert_eq!(Budget::new(MIN_BUDGET).connection_limit(64 * MIB), 1);
     assert!(Budget::unlimited().largest_request() >= 64 * MIB);
 }

@@ -59,8 +59,8 @@ Options:
                           cgroup's memory limit, else the physical memory;
                           see nbdlite(1))
       --max-connections N refuse clients beyond N at once (default and most:
-                          as many as half the memory budget holds at their
-                          worst; -v says how many)
+                          as many as the memory budget holds at their worst;
+                          -v says how many)
       --no-sr             do not offer structured replies
       --mask-handshake MASK
                           offer only these newstyle handshake flags (bit 0:

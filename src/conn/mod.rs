@@ -63,16 +63,16 @@ const STATE_COST: usize = 16 << 10;
 
 /// What one connection costs just by being open, at its worst, besides the
 /// buffers the budget counts as they come and go: its socket buffers in the
-/// kernel, its state, and with `tls` (if clients may start it) the TLS
-/// session's buffers. The memory budget sets this aside for every
-/// connection it admits.
-pub fn fixed_cost(tls: bool) -> usize {
+/// kernel (more over `tcp`), its state, and with `tls` (if clients may start
+/// it) the TLS session's buffers. The memory budget sets this aside for
+/// every connection it admits.
+pub fn fixed_cost(tls: bool, tcp: bool) -> usize {
     let tls_cost = match tls {
         #[cfg(feature = "tls")]
         true => crate::tls::MEMORY,
         _ => 0,
     };
-    socket::SOCKET_COST + STATE_COST + tls_cost
+    socket::socket_cost(tcp) + STATE_COST + tls_cost
 }
 
 /// Where a connection is in its life.
@@ -167,7 +167,7 @@ impl Turn {
     /// or its time.
     fn handled(&mut self, work: usize) {
         self.requests = self.requests.saturating_sub(1 + work);
-        let look = work > 0 || self.requests % CLOCK_EVERY == 0;
+        let look = work > 0 || self.requests.is_multiple_of(CLOCK_EVERY);
         if look && self.requests > 0 && Instant::now() >= self.until {
             self.requests = 0;
         }

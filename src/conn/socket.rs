@@ -18,11 +18,20 @@ use super::event::Readiness;
 /// The send and the receive buffer asked of the kernel for each client's
 /// socket. The kernel's own defaults cost more (about 208 KiB each on Unix
 /// sockets; TCP's autotuning grows them to megabytes), and are not ours to
-/// bound: the memory budget counts these (`SOCKET_COST`).
+/// bound: the memory budget counts these (`socket_cost`).
 pub const SOCKET_BUFFER: usize = 64 << 10;
-/// What a client's socket buffers may hold at most: the kernel allows twice
-/// what is asked, in each direction.
-pub const SOCKET_COST: usize = 4 * SOCKET_BUFFER;
+
+/// What a client's socket buffers in the kernel may hold at most, as the
+/// server's memory: the kernel allows twice what is asked. Over TCP both
+/// directions are the server's socket's; over a Unix socket, what the client
+/// sends waits in memory charged to the client's side, so only what we send
+/// is ours.
+pub fn socket_cost(tcp: bool) -> usize {
+    match tcp {
+        true => 4 * SOCKET_BUFFER,
+        false => 2 * SOCKET_BUFFER,
+    }
+}
 
 /// What reading may expect, in the order a connection goes through them
 /// (later states are never left for earlier ones but `Ready` → `Drained`).
@@ -98,11 +107,11 @@ impl Socket {
     }
 
     /// Bounds the socket's buffers in the kernel to what the budget counts
-    /// (`SOCKET_COST`); a descriptor that is not a socket (a pipe, with `-s`)
+    /// (`socket_cost`); a descriptor that is not a socket (a pipe, with `-s`)
     /// has no such buffers to bound.
     pub fn bound_buffers(&self) {
         match crate::sys::net::bound_socket_buffers(self.rfd.as_fd(), SOCKET_BUFFER) {
-            Ok(n) if n > SOCKET_COST => {
+            Ok(n) if n > socket_cost(true) => {
                 log::debug!("socket buffers: the kernel allows {n} bytes, more than counted")
             }
             Ok(_) => {}

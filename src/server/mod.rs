@@ -141,10 +141,14 @@ impl Server {
         let signals = Signals::new(setup.signals, registry, SIGNAL)?;
         let open_fds = sys::lowest_free_fd(registry.as_fd());
         let mut budget = Budget::new(setup.memory_budget);
+        let tcp = setup
+            .listeners
+            .iter()
+            .any(|l| matches!(l, Listener::Tcp(_)));
         #[cfg(feature = "tls")]
-        let fixed = crate::conn::fixed_cost(setup.tls.is_some());
+        let fixed = crate::conn::fixed_cost(setup.tls.is_some(), tcp);
         #[cfg(not(feature = "tls"))]
-        let fixed = crate::conn::fixed_cost(false);
+        let fixed = crate::conn::fixed_cost(false, tcp);
         let acceptor = Acceptor::new(
             setup.listeners,
             registry,
@@ -163,9 +167,9 @@ impl Server {
         let mut export = setup.export;
         let largest = budget.largest_request() as u64;
         log::debug!(
-            "memory budget: up to {} connections, each {} KiB at most when idle \
-             (socket buffers, TLS, state and {} KiB of buffers of its own); \
-             {} MiB shared beyond that; largest request {} MiB",
+            "memory budget: up to {} connections, {} KiB set aside for each (its socket \
+             buffers, TLS, state, and {} KiB of buffers it never waits for); {} MiB shared \
+             beyond that; largest request {} MiB",
             acceptor.max_connections(),
             (fixed + crate::budget::FLOOR) >> 10,
             crate::budget::FLOOR >> 10,
