@@ -40,7 +40,7 @@ pub const MIN_BUDGET: usize = 4 << 20;
 /// What a connection may always hold without asking: an input block and an
 /// output block (64 KiB each, see `crate::buf`), and room for a small
 /// request's payload and reply besides.
-pub const FLOOR: usize = 192 << 10;
+pub const FLOOR: usize = 160 << 10;
 /// The share of the budget the connections' fixed costs and floors may take
 /// at most (when the connection limit is derived from it, and when it is
 /// given): three quarters. Their worst case is rare (every client's socket
