@@ -130,8 +130,9 @@ pub struct Server {
     /// Connections have gone since the server was last quiet: their storage
     /// is given back to the system then (`give_back`).
     departed: bool,
-    /// Clients dropped to make room for new ones, for the log.
-    evictions: evict::Evictions,
+    /// Clients beyond the connection limit waiting for a place, and those
+    /// dropped to make room for them.
+    door: evict::Door,
 }
 
 impl Server {
@@ -209,7 +210,7 @@ impl Server {
             oldstyle: setup.oldstyle,
             serial: 0,
             departed: false,
-            evictions: evict::Evictions::default(),
+            door: evict::Door::default(),
         };
         if let Some(engine) = server.shared.storage.engine()
             && let Some(fd) = engine.fd()
@@ -298,6 +299,9 @@ impl Server {
             if events.iter().count() < events.capacity() {
                 self.expire_handshakes(start);
                 self.expire_stalls(start);
+                if self.door.busy() {
+                    self.open_the_door();
+                }
                 // What the expired connections held goes to those waiting now,
                 // not at the next wake-up.
                 self.resume_memory();
@@ -485,21 +489,24 @@ impl Server {
         {
             self.shared.lifecycle.failed(); // -s never got its client
         }
-        for (fd, peer) in self.acceptor.take_over() {
-            match self.make_room() {
-                true => batch.push((fd, peer)),
-                false => self.acceptor.refuse(fd, self.conns.len() + batch.len()),
-            }
-        }
         for (fd, peer) in batch.drain(..) {
-            if let Err(e) = self.add(fd, None, &peer) {
-                log::warn!("cannot register a new connection: {e}");
-                if self.acceptor.once() {
-                    self.shared.lifecycle.failed(); // -s could not serve its client
-                }
-            }
+            self.admit(fd, &peer);
         }
         self.accepted = batch;
+        for (fd, peer) in self.acceptor.take_over() {
+            let open = self.conns.len();
+            self.at_the_limit(fd, peer, open);
+        }
+    }
+
+    /// Serves a client just accepted.
+    fn admit(&mut self, fd: OwnedFd, peer: &Peer) {
+        if let Err(e) = self.add(fd, None, peer) {
+            log::warn!("cannot register a new connection: {e}");
+            if self.acceptor.once() {
+                self.shared.lifecycle.failed(); // -s could not serve its client
+            }
+        }
     }
 
     fn accept_everywhere(&mut self) {
@@ -537,10 +544,12 @@ impl Server {
         let now = Instant::now();
         // Pooled buffers are freed after a quiet second (see `run`).
         let trim = (!self.shared.pool.is_empty() || self.departed).then(|| now + POOL_LINGER);
+        let door = self.door.busy().then(|| now + evict::DOOR_TICK);
         [
             self.shared.lifecycle.wake_at(self.conns.len(), now),
             self.acceptor.resume_at(),
             trim,
+            door,
             self.deadlines.next(),
             self.stalls.next(),
             self.shared.storage.filters.next_wake(),

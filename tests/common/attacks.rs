@@ -118,12 +118,15 @@ pub fn half_sent_headers(sock: &Path, n: usize) -> Crowd {
     }
 }
 
-/// Up to `n` clients past the handshake (GO, compact headers); those the
-/// server turns away at its connection limit are counted, not kept.
-pub fn ready_some(sock: &Path, n: usize) -> (Vec<UnixStream>, usize) {
+/// Up to `n` clients past the handshake (GO, compact headers), each sending
+/// `requests` at once (whose replies it never reads); those the server turns
+/// away at its connection limit are counted, not kept.
+pub fn ready_some(sock: &Path, n: usize, requests: &[u8]) -> (Vec<UnixStream>, usize) {
     let mut kept = Vec::new();
     for _ in 0..n {
-        if let Ok(s) = try_ready(sock) {
+        if let Ok(mut s) = try_ready(sock)
+            && s.write_all(requests).is_ok()
+        {
             kept.push(s);
         }
     }
@@ -156,12 +159,4 @@ pub fn try_ready(sock: &Path) -> std::io::Result<UnixStream> {
             _ => return Err(ErrorKind::InvalidData.into()),
         }
     }
-}
-
-/// Sends each client `batch` (as much as its socket takes now): requests
-/// whose replies it never reads.
-pub fn send_unread(clients: &[UnixStream], batch: &[u8]) -> u64 {
-    let heads = vec![batch.to_vec(); clients.len()];
-    let want = vec![batch.len() as u64; clients.len()];
-    push(clients, &heads, &want, Duration::from_millis(500))
 }
