@@ -278,6 +278,16 @@ impl Driver {
         grow == 0 || self.charge.admit(budget, who, held, grow)
     }
 
+    /// It waits in the budget's queue for memory.
+    pub fn waiting_for_memory(&self) -> bool {
+        self.charge.waiting()
+    }
+
+    /// What the budget counts it as holding beyond its own share.
+    pub fn counted(&self) -> usize {
+        self.charge.counted()
+    }
+
     /// The budget resumed this connection: it goes ahead of its queue once.
     pub fn memory_granted(&mut self) {
         self.charge.granted();

@@ -23,6 +23,16 @@ fn beyond(held: usize) -> usize {
 }
 
 impl Charge {
+    /// Whether it waits for memory.
+    pub fn waiting(&self) -> bool {
+        self.place.is_some()
+    }
+
+    /// What the budget counts the connection as holding in its shared part.
+    pub fn counted(&self) -> usize {
+        self.beyond
+    }
+
     /// Tells the budget the connection now holds `held` bytes.
     pub fn settle(&mut self, budget: &mut Budget, held: usize) {
         self.set(budget, beyond(held));

@@ -14,6 +14,7 @@
 //! looks at next is decided in one place, `Conn::next`.
 
 use std::io::{self, IoSlice};
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use mio::Registry;
@@ -207,6 +208,9 @@ pub struct Conn {
     life: Life,
     room: Room,
     stall: Stall,
+    /// Since when it has waited for memory, if it does (the server holds it
+    /// back: not timed, but at the connection limit it may give its place up).
+    starved: Option<Instant>,
     /// How many of its warnings the log still takes (`logging::Quota`).
     log_quota: logging::Quota,
 }
@@ -236,6 +240,7 @@ impl Conn {
             life: Life::Open,
             room: Room::Free,
             stall: Stall::No,
+            starved: None,
             log_quota: logging::Quota::default(),
         }
     }
@@ -243,6 +248,34 @@ impl Conn {
     /// Its number in log lines.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// What the memory budget counts it as holding beyond its own share:
+    /// what dropping it gives back.
+    pub fn counted(&self) -> usize {
+        self.driver.counted()
+    }
+
+    /// Since when it has made no progress: its client keeps us waiting (see
+    /// `stall`), or it waits for memory; None if it is going about its
+    /// business.
+    pub fn stuck_since(&self) -> Option<Instant> {
+        match (self.stalled_since(), self.starved) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Bytes it sent that its client has not taken yet, still in the kernel
+    /// (charged to us, and left behind if it is dropped).
+    pub fn unsent_in_kernel(&self) -> usize {
+        self.socket.unsent_in_kernel()
+    }
+
+    /// Once closed: its socket, if replies it sent still wait in the kernel
+    /// for its client, with how many bytes (see `crate::server` ghosts).
+    pub fn into_leftover(self) -> Option<(OwnedFd, usize)> {
+        self.socket.into_leftover()
     }
 
     /// What events for it are addressed to.
@@ -347,6 +380,10 @@ impl Conn {
             }
         };
         self.stall = self.stall.after_turn(self.waits(&turn), sh.now);
+        self.starved = match self.driver.waiting_for_memory() {
+            true => self.starved.or(Some(sh.now)),
+            false => None,
+        };
         // Storage with nothing pending goes back to the pool between bursts;
         // a connection about to wait keeps only what it needs.
         let waiting = matches!(step, Step::Wait | Step::WaitForRoom | Step::Sleep(_));

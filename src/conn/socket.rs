@@ -126,6 +126,26 @@ impl Socket {
         }
     }
 
+    /// What we sent on it that its client has not taken yet (a system call).
+    pub fn unsent_in_kernel(&self) -> usize {
+        match self.wfd {
+            Some(_) => 0,
+            None => crate::sys::net::unsent_bytes(self.rfd.as_fd()).unwrap_or(0),
+        }
+    }
+
+    /// The socket, if it is one descriptor for both ways, with what we sent
+    /// on it that its client has not taken yet (none: nothing is left).
+    pub fn into_leftover(self) -> Option<(OwnedFd, usize)> {
+        if self.wfd.is_some() {
+            return None;
+        }
+        match crate::sys::net::unsent_bytes(self.rfd.as_fd()) {
+            Ok(n) if n > 0 => Some((self.rfd, n)),
+            _ => None,
+        }
+    }
+
     pub fn read_fd(&self) -> BorrowedFd<'_> {
         self.rfd.as_fd()
     }

@@ -22,6 +22,8 @@ use crate::listen::Peer;
 /// (The longest waiting goes first, and a reading client's wait starts over
 /// with every reply it reads.)
 const EVICT_AFTER: Duration = Duration::from_millis(100);
+/// The stuck connections looked at, oldest first, for one that can go.
+const CANDIDATES: usize = 16;
 /// How long a client beyond the limit may wait at the door for a place.
 const PARK_FOR: Duration = Duration::from_secs(1);
 /// Clients waiting at the door at most (each holds a descriptor).
@@ -67,7 +69,8 @@ impl Door {
         self.last_logged = Some(now);
         log::warn!(
             "at the connection limit: dropped {n} client(s) that kept the server waiting \
-             (the last, conn {id}, for {:.1}s: a request half-sent or replies unread) \
+             (the last, conn {id}, for {:.1}s: a request half-sent, replies unread, \
+             or waiting for memory others hold) \
              to make room for new ones",
             waited.as_secs_f64()
         );
@@ -111,20 +114,32 @@ impl Server {
         }
     }
 
-    /// Drops the connection that has kept us waiting longest, if one has for
-    /// `EVICT_AFTER`; true if it did (a new client may take its place).
+    /// Drops the connection that has been stuck longest (its client keeps us
+    /// waiting, or it waits for memory), if one has for `EVICT_AFTER`; true
+    /// if it did (a new client may take its place). Only one whose replies
+    /// left in the kernel (see `ghosts`) fit in the budget once what it held
+    /// is given back: its place is taken at once, so what it leaves must be
+    /// counted elsewhere. The oldest few are looked at (a system call each).
     fn make_room(&mut self) -> bool {
         let now = Instant::now();
-        let victim = self
+        let budget = &self.shared.budget;
+        let free = budget.shared().saturating_sub(budget.used());
+        let mut stuck: Vec<(Instant, usize)> = self
             .conns
             .iter()
-            .filter_map(|(key, c)| c.stalled_since().map(|since| (since, key, c.id())))
-            .filter(|&(since, _, _)| since + EVICT_AFTER <= now)
-            .min();
-        let Some((since, key, id)) = victim else {
+            .filter_map(|(key, c)| c.stuck_since().map(|since| (since, key)))
+            .filter(|&(since, _)| since + EVICT_AFTER <= now)
+            .collect();
+        stuck.sort_unstable();
+        let victim = stuck.iter().take(CANDIDATES).find(|&&(_, key)| {
+            let c = &self.conns[key];
+            free + c.counted() >= c.unsent_in_kernel()
+        });
+        let Some(&(since, key)) = victim else {
             return false;
         };
-        self.door.note(id, now.duration_since(since));
+        self.door
+            .note(self.conns[key].id(), now.duration_since(since));
         self.close(key);
         true
     }

@@ -13,6 +13,7 @@
 mod accept;
 mod deadlines;
 mod evict;
+mod ghosts;
 mod signals;
 mod spin;
 mod timeouts;
@@ -133,6 +134,9 @@ pub struct Server {
     /// Clients beyond the connection limit waiting for a place, and those
     /// dropped to make room for them.
     door: evict::Door,
+    /// Sockets of connections gone whose replies still wait in the kernel
+    /// for their clients, counted in the memory budget until they are read.
+    ghosts: ghosts::Ghosts,
 }
 
 impl Server {
@@ -211,6 +215,7 @@ impl Server {
             serial: 0,
             departed: false,
             door: evict::Door::default(),
+            ghosts: ghosts::Ghosts::default(),
         };
         if let Some(engine) = server.shared.storage.engine()
             && let Some(fd) = engine.fd()
@@ -302,6 +307,7 @@ impl Server {
                 if self.door.busy() {
                     self.open_the_door();
                 }
+                self.ghosts.sweep(self.shared.now, &mut self.shared.budget);
                 // What the expired connections held goes to those waiting now,
                 // not at the next wake-up.
                 self.resume_memory();
@@ -466,7 +472,10 @@ impl Server {
         let mut conn = self.conns.remove(key);
         conn.close(&mut self.shared);
         let _ = self.poll.registry().deregister(&mut conn);
-        drop(conn);
+        if let Some((fd, unsent)) = conn.into_leftover() {
+            let max = self.acceptor.max_connections();
+            self.ghosts.add(fd, unsent, max, &mut self.shared.budget);
+        }
         self.departed = true;
         if self.conns.is_empty() {
             self.shared.lifecycle.all_closed(Instant::now());
@@ -550,6 +559,7 @@ impl Server {
             self.acceptor.resume_at(),
             trim,
             door,
+            self.ghosts.next(),
             self.deadlines.next(),
             self.stalls.next(),
             self.shared.storage.filters.next_wake(),

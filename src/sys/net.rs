@@ -66,3 +66,20 @@ fn set_int_on(
     cvt(unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, (&raw const v).cast(), len) })?;
     Ok(())
 }
+
+/// Bytes we sent on a socket that the peer has not yet taken (SIOCOUTQ: on a
+/// Unix socket, what waits in the peer's queue; over TCP, what is not yet
+/// acknowledged): kernel memory charged to us, which outlives our close.
+pub fn unsent_bytes(fd: BorrowedFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int through the pointer, which is valid.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &raw mut n) })?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// shutdown(SHUT_WR): the peer reads what is queued, then EOF.
+pub fn shutdown_write(fd: BorrowedFd) -> io::Result<()> {
+    // SAFETY: no memory is passed.
+    cvt(unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) })?;
+    Ok(())
+}
