@@ -416,6 +416,20 @@ fn a_read_with_a_payload_is_refused_without_stalling_the_queue() {
     );
 }
 
+/// The line `-v` writes at start-up about the connection limit.
+fn limit_line(srv: &Server) -> String {
+    let mut line = None;
+    wait_until(10, "the connection limit's line (-v)", || {
+        line = srv
+            .log_text()
+            .lines()
+            .find(|l| l.contains("up to"))
+            .map(String::from);
+        line.is_some()
+    });
+    line.unwrap_or_default()
+}
+
 /// Clients in one cgroup (or, where there is none, under `--memory-budget`):
 /// the server, its limit, and the budget it runs with.
 fn server_in(limit: u64, fallback: &str, args: &[&std::ffi::OsStr]) -> (Server, Option<Cgroup>) {
@@ -446,11 +460,7 @@ fn a_crowd_of_unread_reads_stays_within_the_memory_limit() {
     let limit = 512 * MIB;
     let args = ["memory", "256M"].map(std::ffi::OsStr::new);
     let (srv, cgroup) = server_in(limit, "128M", &args);
-    let log = srv.log_text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("up to"))
-        .expect("the connection limit, with -v");
+    let line = limit_line(&srv);
     eprintln!("{line}");
     let (mut c, _, _) = Client::ready(&srv.sock, true, false, false);
     let data = pattern();
@@ -609,11 +619,7 @@ fn a_client_that_reads_no_replies_is_dropped_after_the_request_timeout() {
 #[test]
 fn the_connection_limit_follows_the_budget_and_makes_room() {
     let srv = Server::start(&["-v", "--memory-budget", "16M", "memory", "64M"]);
-    let log = srv.log_text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("up to"))
-        .expect("the -v line");
+    let line = limit_line(&srv);
     let n: usize = line
         .split("up to ")
         .nth(1)

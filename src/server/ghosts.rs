@@ -62,7 +62,12 @@ impl Ghosts {
         }
         self.swept = Some(now);
         self.list.retain_mut(|g| {
-            let left = sys::net::unsent_bytes(g.fd.as_fd()).unwrap_or(0);
+            let fd = g.fd.as_fd();
+            // A peer gone (closed, reset) took what was queued for it with it.
+            let left = match sys::net::hung_up(fd) {
+                true => 0,
+                false => sys::net::unsent_bytes(fd).unwrap_or(0),
+            };
             budget.give(g.counted - left.min(g.counted));
             g.counted = left.min(g.counted);
             g.counted > 0

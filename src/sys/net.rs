@@ -83,3 +83,16 @@ pub fn shutdown_write(fd: BorrowedFd) -> io::Result<()> {
     cvt(unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) })?;
     Ok(())
 }
+
+/// Whether both directions of a socket are over (POLLHUP) or it failed
+/// (POLLERR): its peer has gone, and what we sent is no longer queued for it.
+pub fn hung_up(fd: BorrowedFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, a zero timeout: the kernel only writes revents.
+    let n = unsafe { libc::poll(&raw mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0
+}
