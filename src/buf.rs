@@ -10,8 +10,10 @@
 //! moved, however much is queued behind or in front of it.
 //!
 //! Both say how much storage they hold (`capacity`, `held`): what the server's
-//! memory budget (`crate::budget`) counts. Storage lent by the backend is not
-//! counted: it is the RAM disk itself.
+//! memory budget (`crate::budget`) counts. Storage lent by the backend counts
+//! too, for the range lent: it is the RAM disk itself only until the disk is
+//! written there, which gives the disk a new page while the lent one lives
+//! on until it is sent.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -183,15 +185,16 @@ impl std::fmt::Debug for InBuf {
 enum Bytes {
     /// A block of ours, from the pool: replies are built in it.
     Owned(Block),
-    /// Storage lent by the backend (shared, immutable): sent without a copy.
-    Lent(Rc<[u8]>),
+    /// Storage lent by the backend (shared, immutable): sent without a copy;
+    /// with the length of the range lent, which is what it counts for.
+    Lent(Rc<[u8]>, usize),
 }
 
 impl Bytes {
     fn as_slice(&self) -> &[u8] {
         match self {
             Bytes::Owned(b) => b,
-            Bytes::Lent(r) => r,
+            Bytes::Lent(r, _) => r,
         }
     }
 
@@ -201,11 +204,11 @@ impl Bytes {
         }
     }
 
-    /// Storage of ours it holds: none for lent storage.
+    /// Storage it holds: a block of ours, whole; the range of lent storage.
     fn held(&self) -> usize {
         match self {
             Bytes::Owned(b) => b.len(),
-            Bytes::Lent(_) => 0,
+            Bytes::Lent(_, n) => *n,
         }
     }
 }
@@ -222,7 +225,7 @@ impl Seg {
     fn room(&self) -> usize {
         match &self.bytes {
             Bytes::Owned(b) => b.len() - self.end,
-            Bytes::Lent(_) => 0,
+            Bytes::Lent(..) => 0,
         }
     }
 }
@@ -235,7 +238,7 @@ impl Seg {
 pub struct OutQueue {
     segs: VecDeque<Seg>,
     len: usize,
-    /// Bytes of our own blocks in `segs` (lent storage is not ours).
+    /// Bytes of storage in `segs`: our blocks, and the ranges lent.
     held: usize,
 }
 
@@ -258,7 +261,7 @@ impl OutQueue {
     }
 
     /// Bytes of storage held: the blocks replies are queued in, whole, and
-    /// not the pages the backend lent.
+    /// the ranges of pages the backend lent.
     pub fn held(&self) -> usize {
         self.held
     }
@@ -386,7 +389,7 @@ impl Out<'_> {
         self.drop_empty_back();
         self.q.len += range.len();
         self.q.push_back(Seg {
-            bytes: Bytes::Lent(bytes),
+            bytes: Bytes::Lent(bytes, range.len()),
             start: range.start,
             end: range.end,
         });

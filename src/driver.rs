@@ -278,6 +278,16 @@ impl Driver {
         grow == 0 || self.charge.admit(budget, who, held, grow)
     }
 
+    /// It waits in the budget's queue for memory.
+    pub fn waiting_for_memory(&self) -> bool {
+        self.charge.waiting()
+    }
+
+    /// What the budget counts it as holding beyond its own share.
+    pub fn counted(&self) -> usize {
+        self.charge.counted()
+    }
+
     /// The budget resumed this connection: it goes ahead of its queue once.
     pub fn memory_granted(&mut self) {
         self.charge.granted();
@@ -285,8 +295,8 @@ impl Driver {
 
     /// The connection goes: what it holds goes back to the budget (buffers
     /// still in the I/O engine as they are reaped), and it leaves any queue.
-    pub fn close(&mut self, budget: &mut Budget, who: Origin) {
-        self.charge.close(budget, who, self.flights.lent);
+    pub fn close(&mut self, budget: &mut Budget) {
+        self.charge.close(budget, self.flights.lent);
     }
 
     /// Handles the message at the front of the input, if it is complete,
@@ -356,6 +366,11 @@ impl Driver {
 
     pub fn has_output(&self) -> bool {
         !self.out.is_empty()
+    }
+
+    /// Bytes of replies queued, not yet taken by the socket.
+    pub fn unsent(&self) -> usize {
+        self.out.len()
     }
 
     /// Output the client has yet to read: queued, and still to come from the
@@ -551,7 +566,7 @@ impl Front {
             return self.refuse_payload(s, &req, hdr, t);
         }
         let total = hdr + req.payload as usize; // payload ≤ max_request, checked
-        if let Err(wait) = self.admit(s, &req, total, input.len(), t) {
+        if let Err(wait) = self.admit(&req, total, input.len(), t) {
             return (0, wait);
         }
         let shutting_down = t.sh.lifecycle.shutting_down();
@@ -577,7 +592,6 @@ impl Front {
     /// is read), all of it has arrived, and the I/O engine has room for it.
     fn admit(
         &mut self,
-        s: Agreement,
         req: &crate::proto::request::Request,
         total: usize,
         arrived: usize,
@@ -585,7 +599,7 @@ impl Front {
     ) -> Result<(), Progress> {
         if self.admission == Admission::Pending {
             let shutting_down = t.sh.lifecycle.shutting_down();
-            let reply = request::reply_cost(&s, req, &mut t.sh.storage, shutting_down);
+            let reply = request::reply_cost(req, &t.sh.storage, shutting_down);
             // Its payload still to come and its reply's data, counted from now.
             let want = total.saturating_sub(arrived) + reply + REPLY;
             if !t.charge.admit(&mut t.sh.budget, t.who, t.held, want) {

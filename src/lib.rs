@@ -36,6 +36,7 @@ pub mod tls;
 
 /// The system calls the binaries and the tests make themselves.
 pub mod os {
+    pub use crate::sys::net::bound_socket_buffers;
     pub use crate::sys::{
         at_exit, fadvise_dontneed, geteuid, getppid, heap_in_use, memlock_limit,
         raise_nofile_limit, unsetenv,

@@ -188,8 +188,10 @@ fn a_stalled_handshake_is_dropped_after_the_timeout() {
     still_serves(&srv.sock);
 }
 
+/// A client beyond the limit waits at the door for a second (no connection
+/// keeps the server waiting, so none gives its place up), then is closed.
 #[test]
-fn connections_beyond_the_limit_are_closed_at_once() {
+fn connections_beyond_the_limit_are_closed() {
     let srv = Server::start(&["--max-connections", "3", "memory", "1M"]);
     let mut first: Vec<Client> = (0..3).map(|_| Client::connect(&srv.sock)).collect();
     let mut fourth = Client::connect_raw(&srv.sock);

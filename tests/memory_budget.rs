@@ -14,6 +14,7 @@ mod common;
 #[path = "common/wire.rs"]
 mod wire;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -98,6 +99,16 @@ impl Cgroup {
         c
     }
 
+    /// The most memory the cgroup has used: `memory.peak` (v2) or
+    /// `memory.max_usage_in_bytes` (v1).
+    fn peak(&self) -> u64 {
+        ["memory.peak", "memory.max_usage_in_bytes"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(self.dir.join(f)).ok())
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// OOM kills in the cgroup so far.
     fn oom_kills(&self) -> u64 {
         let text = std::fs::read_to_string(&self.events).unwrap_or_default();
@@ -119,14 +130,42 @@ impl Drop for Cgroup {
     }
 }
 
-/// A client that connects afresh, writes and reads back, over and over until
-/// told to stop; its rounds are counted (it panics on any failure: every read
-/// has a 10 s timeout).
+/// A client that connects afresh (GO), writes 4 KiB and reads it back, over
+/// and over until told to stop; its rounds are counted, and the slowest
+/// timed. A round the server turns away (at its connection limit) is tried
+/// again at once, its time counting on; any other failure ends the client
+/// (every read has a 10 s timeout), and `finish` says so.
 struct Fresh {
     stop: Arc<AtomicBool>,
     rounds: Arc<AtomicU64>,
     worst: Arc<AtomicU64>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Result<(), String>>>,
+}
+
+/// One round of a fresh client: Err(None) if it was turned away at the door.
+fn fresh_round(sock: &Path, n: u64) -> Result<(), Option<String>> {
+    use std::io::{Read, Write};
+    let mut s = attacks::try_ready(sock).map_err(|_| None)?;
+    let fail = |what: &str, e: std::io::Error| Some(format!("{what}: {e}"));
+    let data = vec![n as u8; 4096];
+    let at = 200 * MIB + (n % 16) * 4096;
+    let mut w = request(false, 0, CMD_WRITE, 1, at, 4096);
+    w.extend_from_slice(&data);
+    s.write_all(&w).map_err(|e| fail("write", e))?;
+    let mut reply = [0u8; 16];
+    s.read_exact(&mut reply)
+        .map_err(|e| fail("write reply", e))?;
+    if reply[4..8] != [0; 4] {
+        return Err(Some(format!("write failed: {reply:?}")));
+    }
+    s.write_all(&request(false, 0, CMD_READ, 2, at, 4096))
+        .map_err(|e| fail("read", e))?;
+    let mut back = vec![0u8; 16 + 4096];
+    s.read_exact(&mut back).map_err(|e| fail("read reply", e))?;
+    match back[16..] == data[..] {
+        true => Ok(()),
+        false => Err(Some("read back something else".into())),
+    }
 }
 
 impl Fresh {
@@ -136,17 +175,22 @@ impl Fresh {
             (Arc::clone(&stop), Arc::clone(&rounds), Arc::clone(&worst));
         let sock = sock.to_path_buf();
         let thread = std::thread::spawn(move || {
+            let mut start = Instant::now();
             while !s.load(Ordering::Relaxed) {
-                let start = Instant::now();
                 let n = r.load(Ordering::Relaxed);
-                let data = vec![n as u8; 4096];
-                let (mut c, _, _) = Client::ready(&sock, true, false, false);
-                let at = 200 * MIB + (n % 16) * 4096;
-                assert_eq!(c.write(at, &data), 0, "fresh client: write");
-                assert_eq!(c.read(0, at, 4096).unwrap(), data, "fresh client: read");
+                match fresh_round(&sock, n) {
+                    Err(Some(e)) => return Err(e),
+                    Err(None) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue; // turned away: again, the clock running
+                    }
+                    Ok(()) => {}
+                }
                 w.fetch_max(start.elapsed().as_millis() as u64, Ordering::Relaxed);
                 r.fetch_add(1, Ordering::Relaxed);
+                start = Instant::now();
             }
+            Ok(())
         });
         Fresh {
             stop,
@@ -164,7 +208,8 @@ impl Fresh {
     fn finish(mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
-            t.join().expect("the fresh client failed");
+            let outcome = t.join().expect("the fresh client's thread");
+            outcome.expect("the fresh client failed");
         }
         self.worst.load(Ordering::Relaxed)
     }
@@ -230,8 +275,8 @@ fn attacks_under_a_memory_limit() {
             20 * 128 * MIB,
         ),
         (
-            "1,000 half-sent headers",
-            |s| attacks::half_sent_headers(s, 1000),
+            "250 half-sent headers",
+            |s| attacks::half_sent_headers(s, 250),
             0,
         ),
     ];
@@ -335,14 +380,14 @@ fn structured_with_max(sock: &Path) -> (Client, usize) {
 fn a_small_budget_lowers_the_largest_request_and_says_so() {
     let srv = Server::start(&["--memory-budget", "16M", "memory", "64M"]);
     let (mut c, max) = structured_with_max(&srv.sock);
-    assert_eq!(max, 4 << 20, "advertised maximum");
+    assert_eq!(max, 2 << 20, "advertised maximum");
     // Up to the maximum: served (and beyond the budget's share of the
     // moment, it waits its turn); over it: refused as the spec says.
-    let big = vec![0x5a; 4 << 20];
+    let big = vec![0x5a; 2 << 20];
     assert_eq!(c.write(0, &big), 0);
     assert_eq!(c.read(0, 0, big.len()).unwrap(), big);
-    assert_eq!(c.read(0, 0, 8 << 20), Err(EOVERFLOW));
-    assert_eq!(c.write(0, &vec![1; 8 << 20]), EINVAL, "payload read past");
+    assert_eq!(c.read(0, 0, 4 << 20), Err(EOVERFLOW));
+    assert_eq!(c.write(0, &vec![1; 4 << 20]), EINVAL, "payload read past");
     assert_eq!(c.write(0, b"after"), 0);
     // The default budget of a large host leaves it as it was.
     let srv = Server::start(&["memory", "64M"]);
@@ -369,4 +414,232 @@ fn a_read_with_a_payload_is_refused_without_stalling_the_queue() {
         data,
         "a full-size READ is served"
     );
+}
+
+/// The line `-v` writes at start-up about the connection limit.
+fn limit_line(srv: &Server) -> String {
+    let mut line = None;
+    wait_until(10, "the connection limit's line (-v)", || {
+        line = srv
+            .log_text()
+            .lines()
+            .find(|l| l.contains("up to"))
+            .map(String::from);
+        line.is_some()
+    });
+    line.unwrap_or_default()
+}
+
+/// Clients in one cgroup (or, where there is none, under `--memory-budget`):
+/// the server, its limit, and the budget it runs with.
+fn server_in(limit: u64, fallback: &str, args: &[&std::ffi::OsStr]) -> (Server, Option<Cgroup>) {
+    let cgroup = Cgroup::new(limit);
+    let srv = match &cgroup {
+        Some(cg) => Server::start_with(cg.command(), &[&["-v".as_ref()][..], args].concat()),
+        None => {
+            eprintln!("\n*** no memory cgroup here: --memory-budget {fallback} is the limit ***\n");
+            let flags = ["-v", "--memory-budget", fallback].map(std::ffi::OsStr::new);
+            Server::start(&[&flags[..], args].concat())
+        }
+    };
+    (srv, cgroup)
+}
+
+/// Issue 21, attack 1, scaled: a RAM disk filled by a legitimate client, then
+/// a crowd larger than the budget holds, each client with four 1 MiB READs
+/// it never reads. Every byte they cost is counted (socket buffers and state
+/// too), so the crowd past the connection limit is turned away or takes the
+/// place of one that stalled; the server lives, within its limit, and a
+/// fresh client is served throughout.
+#[test]
+fn a_crowd_of_unread_reads_stays_within_the_memory_limit() {
+    if common::raise_fd_limit() < 700 {
+        common::skip("cannot open 600 sockets (RLIMIT_NOFILE)");
+        return;
+    }
+    let limit = 512 * MIB;
+    let args = ["memory", "256M"].map(std::ffi::OsStr::new);
+    let (srv, cgroup) = server_in(limit, "128M", &args);
+    let line = limit_line(&srv);
+    eprintln!("{line}");
+    let (mut c, _, _) = Client::ready(&srv.sock, true, false, false);
+    let data = pattern();
+    for i in 0..128 {
+        assert_eq!(c.write(i * MIB, &data), 0);
+    }
+    drop(c);
+    let fresh = Fresh::start(&srv.sock);
+    let (crowd, refused) = attacks::ready_some(&srv.sock, 600, &read_batch(4, MIB, 128 * MIB));
+    let rounds = fresh.rounds();
+    wait_until(20, "the fresh client to be served twice more", || {
+        fresh.rounds() >= rounds + 2
+    });
+    let rss = rss_kib(srv.pid()) * 1024;
+    eprintln!(
+        "{} clients kept, {refused} turned away; RSS {} MiB",
+        crowd.len(),
+        rss / MIB
+    );
+    let worst = fresh.finish();
+    eprintln!("the fresh client's slowest round: {worst} ms");
+    assert!(worst < 2000, "a fresh client waited {worst} ms");
+    let mut srv = srv;
+    assert!(srv.alive(), "the server died: {}", srv.log_text());
+    if let Some(cg) = &cgroup {
+        assert_eq!(cg.oom_kills(), 0, "the kernel killed something");
+        let peak = cg.peak();
+        eprintln!("the cgroup's peak: {} MiB of {}", peak / MIB, limit / MIB);
+        assert!(peak < limit - 16 * MIB, "{} MiB: at the limit", peak / MIB);
+    } else {
+        assert!(
+            rss < 256 * MIB + 128 * MIB + 48 * MIB,
+            "RSS {} MiB",
+            rss / MIB
+        );
+    }
+    // What was written reads back (in pieces within a client's own share:
+    // a larger READ waits until the crowd reads or is dropped).
+    let (mut c, _, _) = Client::ready(&srv.sock, true, false, false);
+    for at in [0, 17 * 4096, MIB as usize - 4096] {
+        let back = c.read(0, 127 * MIB + at as u64, 4096).unwrap();
+        assert!(back == data[at..at + 4096], "data written before, at {at}");
+    }
+    drop(crowd);
+}
+
+/// Issue 21, attack 2: 32 clients with 64 unread 1 MiB READs each used to
+/// fill a 256 MiB budget, reserve included, and lock every new client out
+/// until its handshake timed out. Each connection's own share now serves the
+/// newcomer.
+#[test]
+fn unread_small_reads_never_lock_out_a_fresh_client() {
+    let dir = TempDir::new();
+    let img = dir.join("disk.img");
+    common::sparse_file(&img, 256 * MIB);
+    let srv = Server::start(&[
+        "--memory-budget".as_ref(),
+        "256M".as_ref(),
+        "file".as_ref(),
+        img.as_os_str(),
+    ]);
+    let fresh = Fresh::start(&srv.sock);
+    let crowd = attacks::unread_reads(&srv.sock, 32, 64, MIB);
+    let rounds = fresh.rounds();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        fresh.rounds() > rounds + 2,
+        "the fresh client was not served"
+    );
+    let worst = fresh.finish();
+    eprintln!(
+        "32 x 64 unread READs, {} MiB sent; slowest fresh round {worst} ms",
+        crowd.sent >> 20
+    );
+    assert!(worst < 2000, "a fresh client waited {worst} ms");
+    drop(crowd);
+}
+
+/// Issue 21, attack 3, scaled: BLOCK_STATUS over a file of 8,192 extents
+/// (a system call each) from four clients, 64 at a time. Each reply stops at
+/// 1,024 extents, and a turn at its share of such work, so a fresh client
+/// waits milliseconds, not seconds.
+#[test]
+fn block_status_on_a_fragmented_file_shares_the_loop() {
+    use std::os::unix::fs::FileExt;
+    let dir = TempDir::new();
+    let img = dir.join("frag.img");
+    common::sparse_file(&img, 256 * MIB);
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    for i in 0..4096u64 {
+        f.write_all_at(&[1; 4096], i * 16384).unwrap();
+    }
+    drop(f);
+    let srv = Server::start(&["file".as_ref(), img.as_os_str()]);
+    let (mut c, _, _) = Client::ready(&srv.sock, true, false, true);
+    c.request(0, CMD_BLOCK_STATUS, 1, 0, 64 * MIB, &[]);
+    let r = c.reply(None);
+    let d = descriptors(&r);
+    assert!(d.len() == 1024, "{} extents in one reply", d.len());
+    let stop = Arc::new(AtomicBool::new(false));
+    let walkers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, sock) = (Arc::clone(&stop), srv.sock.clone());
+            std::thread::spawn(move || {
+                let (mut c, _, _) = Client::ready(&sock, true, false, true);
+                while !stop.load(Ordering::Relaxed) {
+                    let batch: Vec<u8> = (0..64)
+                        .flat_map(|i| request(false, 0, CMD_BLOCK_STATUS, i, 0, 256 * MIB))
+                        .collect();
+                    c.send(&batch);
+                    for _ in 0..64 {
+                        c.reply(None);
+                    }
+                }
+            })
+        })
+        .collect();
+    let fresh = Fresh::start(&srv.sock);
+    std::thread::sleep(Duration::from_secs(3)); // deliberately: the attack's length
+    let worst = fresh.finish();
+    stop.store(true, Ordering::Relaxed);
+    for w in walkers {
+        w.join().expect("a client walking the extents");
+    }
+    eprintln!("4 clients x 64 BLOCK_STATUS of 8,192 extents: slowest fresh round {worst} ms");
+    assert!(worst < 1000, "a fresh client waited {worst} ms");
+}
+
+/// A client that holds replies without reading them is dropped after
+/// `--request-timeout`, whatever its requests' sizes, with a line that says
+/// so; one that reads them is not.
+#[test]
+fn a_client_that_reads_no_replies_is_dropped_after_the_request_timeout() {
+    let srv = Server::start(&["--request-timeout", "1", "memory", "64M"]);
+    let crowd = attacks::unread_reads(&srv.sock, 1, 256, 64 << 10);
+    assert!(crowd.sent > 0);
+    wait_until(10, "the unread client to be dropped", || {
+        srv.log_text().contains("replies not read for 1s")
+    });
+    let (mut c, _, _) = Client::ready(&srv.sock, true, false, false);
+    for _ in 0..3 {
+        assert_eq!(
+            c.read(0, 0, MIB as usize).map(|d| d.len()),
+            Ok(MIB as usize)
+        );
+        std::thread::sleep(Duration::from_millis(600)); // deliberately: under the timeout, twice over
+    }
+    assert_eq!(srv.log_text().matches("replies not read").count(), 1);
+}
+
+/// The connection limit follows the budget and says so; at the limit, a new
+/// client takes the place of one that keeps the server waiting.
+#[test]
+fn the_connection_limit_follows_the_budget_and_makes_room() {
+    let srv = Server::start(&["-v", "--memory-budget", "16M", "memory", "64M"]);
+    let line = limit_line(&srv);
+    let n: usize = line
+        .split("up to ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a number of connections");
+    assert!((4..64).contains(&n), "{line}");
+    let (crowd, refused) = attacks::ready_some(&srv.sock, n + 1, &[]);
+    assert_eq!(
+        (crowd.len(), refused),
+        (n, 1),
+        "the one past the limit is turned away"
+    );
+    let log = srv.log_text();
+    assert!(log.contains("what the memory budget holds"), "{log}");
+    for mut c in &crowd {
+        c.write_all(&read_batch(8, MIB, 8 * MIB))
+            .expect("unread READs");
+    }
+    std::thread::sleep(Duration::from_millis(300)); // deliberately: past the 0.1 s
+    still_serves(&srv.sock);
+    assert!(srv.log_text().contains("to make room for new ones"));
 }

@@ -144,7 +144,7 @@ fn pool_is_bounded_and_reuses() {
 }
 
 #[test]
-fn storage_held_is_counted_without_lent_pages() {
+fn storage_held_is_counted_with_the_ranges_lent() {
     let mut pool = Pool::default();
     let mut q = OutQueue::default();
     let mut w = q.writer(&mut pool);
@@ -153,9 +153,13 @@ fn storage_held_is_counted_without_lent_pages() {
     w.give(vec![2u8; 3 * BLOCK]);
     let m = w.mark();
     w.put(b"more");
-    assert_eq!(q.held(), 2 * BLOCK + 3 * BLOCK, "two blocks and a buffer");
+    assert_eq!(
+        q.held(),
+        2 * BLOCK + 100 + 3 * BLOCK,
+        "two blocks, a range, a buffer"
+    );
     q.writer(&mut pool).rollback(m);
-    assert_eq!(q.held(), BLOCK + 3 * BLOCK);
+    assert_eq!(q.held(), BLOCK + 100 + 3 * BLOCK);
     q.consume(3 + 100, &mut pool);
     assert_eq!(q.held(), 3 * BLOCK);
     q.consume(3 * BLOCK, &mut pool);

@@ -51,14 +51,17 @@ Options:
                           drop clients that have not finished the handshake
                           after SECS (default 10; 0: never)
       --request-timeout SECS
-                          drop clients that leave a request half-sent and
-                          send nothing more for SECS (default 30; 0: never)
+                          drop clients that leave a request half-sent, or
+                          hold replies they do not read, for SECS (default
+                          30; 0: never)
       --memory-budget SIZE
-                          what all clients' buffers may hold together
-                          (default: from the cgroup's memory limit, else
-                          the physical memory; see nbdlite(1))
-      --max-connections N refuse clients beyond N at once (default: as many
-                          as the file descriptor limit allows)
+                          what the server may hold for its clients, buffers,
+                          socket buffers and TLS included (default: from the
+                          cgroup's memory limit, else the physical memory;
+                          see nbdlite(1))
+      --max-connections N refuse clients beyond N at once (default and most:
+                          as many as the memory budget holds at their worst;
+                          -v says how many)
       --no-sr             do not offer structured replies
       --mask-handshake MASK
                           offer only these newstyle handshake flags (bit 0:

@@ -14,7 +14,8 @@
 //! looks at next is decided in one place, `Conn::next`.
 
 use std::io::{self, IoSlice};
-use std::time::Instant;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
 
 use mio::Registry;
 
@@ -38,7 +39,7 @@ mod transport;
 pub use event::{Event, Step};
 use socket::ReadSide;
 pub use socket::Socket;
-use stall::Stall;
+use stall::{Await, Stall, Waits};
 use transport::Transport;
 
 /// Requests (or options) handled per turn, so one busy client cannot starve the rest.
@@ -46,8 +47,34 @@ const TURN_REQUESTS: usize = 64;
 /// Bytes read per turn: a client streaming large WRITEs yields after this
 /// much, rather than keep the loop copying its payloads while others wait.
 const TURN_BYTES: usize = 2 << 20;
+/// TLS records decrypted per turn: a client sending tiny records makes much
+/// work of few bytes (2 MiB of 1-byte records took the loop 0.7 s).
+const TURN_RECORDS: u64 = 1024;
+/// The loop's time per turn: however cheap each request looked, a turn that
+/// has taken this long yields. The clock is read at the start, then every
+/// `CLOCK_EVERY` requests and after any that did extra work (`Storage::take_work`).
+const TURN_TIME: Duration = Duration::from_millis(2);
+const CLOCK_EVERY: usize = 8;
 /// Blocks handed to one writev(2).
 const IOV_MAX: usize = 256;
+/// What a connection's state costs at most besides its buffers: itself, its
+/// slab slot, its deadlines, the allocator's rounding (an idle connection
+/// costs under 1 KiB; this is its worst, with room to spare).
+const STATE_COST: usize = 16 << 10;
+
+/// What one connection costs just by being open, at its worst, besides the
+/// buffers the budget counts as they come and go: its socket buffers in the
+/// kernel (more over `tcp`), its state, and with `tls` (if clients may start
+/// it) the TLS session's buffers. The memory budget sets this aside for
+/// every connection it admits.
+pub fn fixed_cost(tls: bool, tcp: bool) -> usize {
+    let tls_cost = match tls {
+        #[cfg(feature = "tls")]
+        true => crate::tls::MEMORY,
+        _ => 0,
+    };
+    socket::socket_cost(tcp) + STATE_COST + tls_cost
+}
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,8 +147,13 @@ impl Room {
 /// What a turn may still do, and what it did.
 #[derive(Debug)]
 struct Turn {
+    /// Requests it may still handle (a request that did extra work counts
+    /// for more than one).
     requests: usize,
     bytes: usize,
+    records: u64,
+    /// When it must yield.
+    until: Instant,
     /// Bytes arrived (for the half-sent clock).
     got_input: bool,
     /// It ended waiting for the client's bytes, not held back by us.
@@ -131,10 +163,23 @@ struct Turn {
 }
 
 impl Turn {
+    /// A request was handled, having done `work` more than an ordinary one
+    /// (see `Storage::take_work`): the turn ends when its requests run out,
+    /// or its time.
+    fn handled(&mut self, work: usize) {
+        self.requests = self.requests.saturating_sub(1 + work);
+        let look = work > 0 || self.requests.is_multiple_of(CLOCK_EVERY);
+        if look && self.requests > 0 && Instant::now() >= self.until {
+            self.requests = 0;
+        }
+    }
+
     fn new() -> Turn {
         Turn {
             requests: TURN_REQUESTS,
             bytes: TURN_BYTES,
+            records: TURN_RECORDS,
+            until: Instant::now() + TURN_TIME,
             got_input: false,
             awaiting_input: false,
             queued_for_room: false,
@@ -163,6 +208,9 @@ pub struct Conn {
     life: Life,
     room: Room,
     stall: Stall,
+    /// Since when it has waited for memory, if it does (the server holds it
+    /// back: not timed, but at the connection limit it may give its place up).
+    starved: Option<Instant>,
     /// How many of its warnings the log still takes (`logging::Quota`).
     log_quota: logging::Quota,
 }
@@ -197,8 +245,42 @@ impl Conn {
             life,
             room: Room::Free,
             stall: Stall::No,
+            starved: None,
             log_quota: logging::Quota::default(),
         }
+    }
+
+    /// Its number in log lines.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// What the memory budget counts it as holding beyond its own share:
+    /// what dropping it gives back.
+    pub fn counted(&self) -> usize {
+        self.driver.counted()
+    }
+
+    /// Since when it has made no progress: its client keeps us waiting (see
+    /// `stall`), or it waits for memory; None if it is going about its
+    /// business.
+    pub fn stuck_since(&self) -> Option<Instant> {
+        match (self.stalled_since(), self.starved) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Bytes it sent that its client has not taken yet, still in the kernel
+    /// (charged to us, and left behind if it is dropped).
+    pub fn unsent_in_kernel(&self) -> usize {
+        self.socket.unsent_in_kernel()
+    }
+
+    /// Once closed: its socket, if replies it sent still wait in the kernel
+    /// for its client, with how many bytes (see `crate::server` ghosts).
+    pub fn into_leftover(self) -> Option<(OwnedFd, usize)> {
+        self.socket.into_leftover()
     }
 
     /// What events for it are addressed to.
@@ -215,7 +297,7 @@ impl Conn {
     /// still in the I/O engine as they are reaped), it leaves any queue for
     /// memory, and the filters hear of it.
     pub fn close(&mut self, sh: &mut Shared) {
-        self.driver.close(&mut sh.budget, self.origin);
+        self.driver.close(&mut sh.budget);
         if !self.negotiating() {
             let me = filter::Conn { id: self.id };
             sh.storage.closed(me, sh.now);
@@ -256,10 +338,8 @@ impl Conn {
             }
             Event::Room => self.room = Room::Free,
             Event::Memory => self.driver.memory_granted(),
-            Event::Stalled { after } if self.half_sent_since().is_some() => {
-                let secs = after.as_secs_f64();
-                log::warn!("request half-sent, then nothing for {secs}s: disconnecting");
-                return self.end("request timeout");
+            Event::Stalled { after } if self.stalled_since().is_some() => {
+                return self.timed_out(after);
             }
             Event::Deadline { after } if self.negotiating() => {
                 let secs = after.as_secs_f64();
@@ -269,6 +349,23 @@ impl Conn {
             Event::Stalled { .. } | Event::Deadline { .. } => return Next::Stop(Step::Wait),
         }
         Next::Again
+    }
+
+    /// The client kept us waiting for `--request-timeout`: dropped, with
+    /// one line saying why.
+    fn timed_out(&self, after: Duration) -> Next {
+        let secs = after.as_secs_f64();
+        match self.stall {
+            Stall::Since {
+                on: Await::Reader { .. },
+                ..
+            } => log::warn!(
+                "replies not read for {secs}s, {} KiB of them held: disconnecting",
+                self.driver.unsent() >> 10
+            ),
+            _ => log::warn!("request half-sent, then nothing for {secs}s: disconnecting"),
+        }
+        self.end("request timeout")
     }
 
     fn end(&self, why: &str) -> Next {
@@ -286,8 +383,11 @@ impl Conn {
                 break step;
             }
         };
-        let half_sent = turn.awaiting_input && !self.negotiating() && self.driver.mid_message();
-        self.stall = self.stall.after_turn(half_sent, turn.got_input, sh.now);
+        self.stall = self.stall.after_turn(self.waits(&turn), sh.now);
+        self.starved = match self.driver.waiting_for_memory() {
+            true => self.starved.or(Some(sh.now)),
+            false => None,
+        };
         // Storage with nothing pending goes back to the pool between bursts;
         // a connection about to wait keeps only what it needs.
         let waiting = matches!(step, Step::Wait | Step::WaitForRoom | Step::Sleep(_));
@@ -310,6 +410,20 @@ impl Conn {
             log::debug!("closed: {why}");
         }
         step
+    }
+
+    /// What the client keeps us waiting for after a turn, if anything: the
+    /// rest of a half-sent request, or room for the replies we hold.
+    fn waits(&self, turn: &Turn) -> Waits {
+        let half_sent = turn.awaiting_input && !self.negotiating() && self.driver.mid_message();
+        let unsent = self.driver.unsent();
+        match (half_sent, unsent > 0 && !self.socket.writable()) {
+            (true, _) => Waits::Input {
+                got: turn.got_input,
+            },
+            (false, true) => Waits::Reader { unsent },
+            (false, false) => Waits::Nothing,
+        }
     }
 
     /// One look at the state: handle what input there is, send what output
@@ -355,7 +469,7 @@ impl Conn {
         while turn.requests > 0 && !self.driver.saturated() {
             match self.driver.step(sh, self.origin) {
                 Progress::Handled => {
-                    turn.requests -= 1;
+                    turn.handled(sh.storage.take_work());
                     progress = Progress::Handled;
                 }
                 Progress::NeedInput => break,
@@ -429,7 +543,7 @@ impl Conn {
     /// Reads once, within the turn's bytes and the memory budget. EAGAIN and
     /// EINTR are not errors.
     fn read(&mut self, sh: &mut Shared, turn: &mut Turn) -> Next {
-        if turn.bytes == 0 {
+        if turn.bytes == 0 || turn.records == 0 {
             return Next::Stop(Step::Yield); // the rest after the others' turn
         }
         let (fd, wfd) = (self.socket.read_fd(), self.socket.split_write_fd());
@@ -437,6 +551,7 @@ impl Conn {
         let got = self
             .driver
             .read(sh, self.origin, |buf| transport.read(fd, wfd, buf));
+        turn.records = turn.records.saturating_sub(self.transport.take_records());
         match got {
             None => return Next::Stop(Step::Wait), // resumed once the budget has room
             Some(Ok(Received::Eof)) => self.socket.ended(),

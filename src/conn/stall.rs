@@ -1,61 +1,121 @@
-//! A request left half-sent (`--request-timeout`): the connection notes since
-//! when it has waited for the rest of one, and the deadline the server queued
-//! for it (`Server::arm_stall`). Only waiting for the client counts: a
-//! connection the server holds back (no memory, no room in the I/O engine, too
-//! many unsent replies) is not timed.
+//! A connection that keeps the server waiting (`--request-timeout`): it left
+//! a request half-sent, or it holds replies it does not read (its socket is
+//! full, and our buffers hold the rest). It notes since when, and the deadline
+//! the server queued for it (`Server::arm_stall`). Only waiting for the client
+//! counts: a connection the server holds back (no memory, no room in the I/O
+//! engine) is not timed; one that holds memory without reading its replies
+//! is, whatever its requests' sizes, since the memory it holds is others'.
 
 use std::time::Instant;
 
 use super::Conn;
 
-/// Whether, and since when, a connection waits for the rest of a message.
+/// What the client keeps the server waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Await {
+    /// The rest of a half-sent request.
+    Input,
+    /// Room in its socket for replies we hold: the least of them still
+    /// unsent since it began to wait (less means it read some).
+    Reader { unsent: usize },
+}
+
+/// What a turn ended waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waits {
+    Nothing,
+    /// The rest of a request; `got` bytes of it this turn (or not).
+    Input {
+        got: bool,
+    },
+    /// The client to read `unsent` bytes of replies.
+    Reader {
+        unsent: usize,
+    },
+}
+
+/// Whether, and since when, the client keeps us waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stall {
-    /// Not waiting for the client in the middle of a request.
     No,
-    /// Waiting since `since` (its last byte, or the turn that found it
+    /// Waiting since `since` (its last progress, or the turn that found it
     /// waiting); `deadline` is the one the server queued, once it has.
     Since {
+        on: Await,
         since: Instant,
         deadline: Option<Instant>,
     },
 }
 
 impl Stall {
-    /// After a turn that ended `awaiting` the client's bytes (or not) with
-    /// part of a request pending (or not), having had input (`got_input`) or not.
-    pub fn after_turn(self, half_sent: bool, got_input: bool, now: Instant) -> Stall {
-        match (half_sent, self) {
-            (false, _) => Stall::No,
-            (true, Stall::Since { since, deadline }) if !got_input => {
-                Stall::Since { since, deadline }
+    /// After a turn that ended as `waits` says.
+    pub fn after_turn(self, waits: Waits, now: Instant) -> Stall {
+        let fresh = |on| Stall::Since {
+            on,
+            since: now,
+            deadline: None,
+        };
+        let Stall::Since {
+            on,
+            since,
+            deadline,
+        } = self
+        else {
+            return match waits {
+                Waits::Nothing => Stall::No,
+                Waits::Input { .. } => fresh(Await::Input),
+                Waits::Reader { unsent } => fresh(Await::Reader { unsent }),
+            };
+        };
+        // Progress counts from now; the deadline queued stays, and is looked
+        // at again when it falls (`Server::expire_stalls`).
+        let (on, progress) = match (on, waits) {
+            (_, Waits::Nothing) => return Stall::No,
+            (Await::Input, Waits::Input { got }) => (on, got),
+            (Await::Reader { unsent: least }, Waits::Reader { unsent }) => {
+                let on = Await::Reader {
+                    unsent: least.min(unsent),
+                };
+                (on, unsent < least)
             }
-            // A new byte: counted from now; the deadline queued stays, and is
-            // looked at again when it falls (`Server::expire_stalls`).
-            (true, Stall::Since { deadline, .. }) => Stall::Since {
-                since: now,
-                deadline,
-            },
-            (true, Stall::No) => Stall::Since {
-                since: now,
-                deadline: None,
-            },
+            (_, Waits::Input { .. }) => return fresh(Await::Input),
+            (_, Waits::Reader { unsent }) => return fresh(Await::Reader { unsent }),
+        };
+        let since = if progress { now } else { since };
+        Stall::Since {
+            on,
+            since,
+            deadline,
         }
     }
 }
 
 impl Conn {
-    /// Since when it has left a request half-sent, with nothing more arriving
-    /// while we wait for it; None if it has not.
-    pub fn half_sent_since(&self) -> Option<Instant> {
+    /// Since when it has kept us waiting (a request half-sent, or replies
+    /// unread), with no progress; None if it has not.
+    pub fn stalled_since(&self) -> Option<Instant> {
         match self.stall {
             Stall::Since { since, .. } => Some(since),
             Stall::No => None,
         }
     }
 
+    /// Since when it has left a request half-sent, with nothing more arriving
+    /// while we wait for it; None if it has not (what the tests look at).
+    #[cfg(test)]
+    pub fn half_sent_since(&self) -> Option<Instant> {
+        match self.stall {
+            Stall::Since {
+                on: Await::Input,
+                since,
+                ..
+            } => Some(since),
+            _ => None,
+        }
+    }
+
     /// The `--request-timeout` deadline the server queued for the current
-    /// half-sent request (it queues one when there is none).
+    /// wait (it queues one when there is none).
     pub fn stall_deadline(&self) -> Option<Instant> {
         match self.stall {
             Stall::Since { deadline, .. } => deadline,
@@ -69,8 +129,7 @@ impl Conn {
         }
     }
 
-    /// Whether a half-sent deadline queued `at` still counts: it is the
-    /// current one.
+    /// Whether a deadline queued `at` still counts: it is the current one.
     pub fn stalled(&self, at: Instant) -> bool {
         self.stall_deadline() == Some(at)
     }
@@ -85,27 +144,56 @@ mod tests {
     fn stall_follows_the_turns() {
         let t0 = Instant::now();
         let t1 = t0 + Duration::from_secs(1);
-        let s = Stall::No.after_turn(true, true, t0);
+        let s = Stall::No.after_turn(Waits::Input { got: true }, t0);
+        let waiting = Stall::Since {
+            on: Await::Input,
+            since: t0,
+            deadline: None,
+        };
+        assert_eq!(s, waiting);
+        let armed = Stall::Since {
+            on: Await::Input,
+            since: t0,
+            deadline: Some(t1),
+        };
+        assert_eq!(armed.after_turn(Waits::Input { got: false }, t1), armed);
+        let moved = armed.after_turn(Waits::Input { got: true }, t1);
+        let expect = Stall::Since {
+            on: Await::Input,
+            since: t1,
+            deadline: Some(t1),
+        };
+        assert_eq!(moved, expect);
+        assert_eq!(armed.after_turn(Waits::Nothing, t1), Stall::No);
+    }
+
+    #[test]
+    fn unread_replies_count_until_some_are_read() {
+        let t0 = Instant::now();
+        let (t1, t2) = (t0 + Duration::from_secs(1), t0 + Duration::from_secs(2));
+        let s = Stall::No.after_turn(Waits::Reader { unsent: 100 }, t0);
+        // More replies queued, none read: still waiting since t0.
+        let s = s.after_turn(Waits::Reader { unsent: 300 }, t1);
         assert_eq!(
             s,
             Stall::Since {
+                on: Await::Reader { unsent: 100 },
                 since: t0,
                 deadline: None
             }
         );
-        let armed = Stall::Since {
-            since: t0,
-            deadline: Some(t1),
-        };
-        assert_eq!(armed.after_turn(true, false, t1), armed, "nothing new");
-        let moved = armed.after_turn(true, true, t1);
-        assert_eq!(
-            moved,
+        // Some read: counted from now.
+        let s = s.after_turn(Waits::Reader { unsent: 50 }, t2);
+        assert!(matches!(s, Stall::Since { since, .. } if since == t2));
+        // A half-sent request next: a new wait.
+        let s = s.after_turn(Waits::Input { got: false }, t2);
+        assert!(matches!(
+            s,
             Stall::Since {
-                since: t1,
-                deadline: Some(t1)
+                on: Await::Input,
+                deadline: None,
+                ..
             }
-        );
-        assert_eq!(armed.after_turn(false, true, t1), Stall::No);
+        ));
     }
 }

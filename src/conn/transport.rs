@@ -32,6 +32,16 @@ impl Transport {
         }
     }
 
+    /// TLS records read since the last call (the decryption work done): none
+    /// in plaintext.
+    pub fn take_records(&mut self) -> u64 {
+        match self {
+            Transport::Plain => 0,
+            #[cfg(feature = "tls")]
+            Transport::Tls(s) => s.take_records(),
+        }
+    }
+
     /// Sends from the front of `bufs`; returns the plaintext bytes taken.
     pub fn write(&mut self, fd: BorrowedFd, bufs: &[IoSlice]) -> io::Result<usize> {
         match self {

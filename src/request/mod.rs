@@ -224,31 +224,19 @@ pub fn complete(flight: &Flight, done: Done, storage: &mut Storage, now: Instant
 
 /// The storage a request's reply will hold for its data, besides its header:
 /// what the memory budget is asked for before the request runs. A READ's data
-/// goes into a buffer of ours (the I/O engine's, or the output queue), unless
-/// the store lends its pages, which cost nothing more (they are the RAM disk
-/// itself); the other replies are small. A READ that will be refused costs
-/// nothing: one too long, or one that carries a payload (its length is then
-/// the payload's, already counted, and asking for it twice could ask for more
-/// than the budget can ever give, stalling every large request behind it).
-pub fn reply_cost(
-    s: &Agreement,
-    req: &Request,
-    storage: &mut Storage,
-    shutting_down: bool,
-) -> usize {
+/// goes into a buffer of ours (the I/O engine's, or the output queue), or is
+/// lent by the store: counted all the same, since a lent page outlives a
+/// write to the disk there (which gives the disk a new one); the other
+/// replies are small. A READ that will be refused costs nothing: one too
+/// long, or one that carries a payload (its length is then the payload's,
+/// already counted, and asking for it twice could ask for more than the
+/// budget can ever give, stalling every large request behind it).
+pub fn reply_cost(req: &Request, storage: &Storage, shutting_down: bool) -> usize {
     let refused = req.length > storage.export.max_request || req.payload != 0;
     if req.kind != CMD_READ || refused || shutting_down {
         return 0;
     }
-    let len = req.length as usize; // ≤ max_request, checked
-    match storage.backend().access() {
-        Access::Engine(_) => len,
-        // A zero-length lend asks the store whether it lends at all.
-        Access::Now(store) => match store.lend(0, 0, &mut |_, _| {}) {
-            true => read::copied_at_most(s, len),
-            false => len,
-        },
-    }
+    req.length as usize // ≤ max_request, checked
 }
 
 /// The checks every request passes first: not while shutting down, and valid

@@ -12,6 +12,12 @@ use crate::storage::Storage;
 
 /// Most descriptors in one block-status reply (the spec asks for at most 2^20).
 const MAX_EXTENTS: usize = 1 << 16;
+/// Most descriptors in one reply when each costs a system call (a file's
+/// SEEK_DATA and SEEK_HOLE, about 1 µs each): the walk over a file of many
+/// extents is cut into replies of this many, about a millisecond of the
+/// loop's time each, and the client asks again for the rest (the spec lets a
+/// reply cover less than was asked, so long as it says something).
+const MAX_COSTLY_EXTENTS: usize = 1024;
 /// Reads at least this large are sent from the backend's storage without a copy
 /// when it can lend it; smaller ones are cheaper to copy.
 const LEND_MIN: u64 = 32 * 1024;
@@ -33,17 +39,6 @@ pub fn find_holes(s: &Agreement, call: &Call, storage: &mut Storage) -> std::io:
     storage
         .find_extents(conn, call.offset, call.len, max)
         .map(|_| ())
-}
-
-/// The most a READ of `len` bytes from a store that lends copies into the
-/// output queue: nothing when it is lent whole; the data runs too small to
-/// lend (under `LEND_MIN`) of a structured reply split at holes.
-pub fn copied_at_most(s: &Agreement, len: usize) -> usize {
-    match s.style {
-        Style::Simple if len as u64 >= LEND_MIN => 0,
-        Style::Simple => len,
-        _ => len.min(MAX_READ_CHUNKS * LEND_MIN as usize),
-    }
 }
 
 /// A READ that failed: said in the log, and as its reply; returns its NBD error.
@@ -169,10 +164,12 @@ fn read_chunks(
 pub fn block_status(r: &Incoming, call: &Call, storage: &mut Storage, out: &mut Out) -> u32 {
     let (req, len) = (&r.req, call.len);
     let req_one = req.flags & CMD_FLAG_REQ_ONE != 0;
-    let max = match (r.agreed.caps.extents, req_one) {
+    let caps = r.agreed.caps;
+    let max = match (caps.extents, req_one) {
         (false, _) => 0,
         (true, true) => 1,
-        (true, false) => MAX_EXTENTS,
+        (true, false) if caps.sparse_reads => MAX_EXTENTS,
+        (true, false) => MAX_COSTLY_EXTENTS,
     };
     let min_block = r.agreed.caps.min_block;
     // A filter's export may end before what is below it does (offset's

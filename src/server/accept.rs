@@ -43,23 +43,30 @@ pub struct Acceptor {
     /// Listeners with clients still queued after a batch: accepted from again
     /// without an event (their edge has been consumed).
     pending: Vec<usize>,
+    /// Clients accepted beyond the connection limit: the server makes room
+    /// for them (`Server::make_room`) or refuses them (`refuse`).
+    over: Vec<(OwnedFd, Peer)>,
     paused_until: Option<Instant>,
     /// accept() ran out of descriptors (logged once until one succeeds again).
     out_of_fds: bool,
     refusals: Refusals,
     max_connections: usize,
+    /// What set it, for the message that says it was reached.
+    limited_by: Limiter,
     /// `-s` on an inherited listening socket: stop listening after the first client.
     once: bool,
 }
 
 impl Acceptor {
     /// Registers every listener. `max_connections` None: as many as the
-    /// descriptor limit leaves room for, `open_fds` being those open now.
+    /// descriptor limit leaves room for, `open_fds` being those open now, and
+    /// the memory budget holds (`memory`); given, no more than the budget holds.
     pub fn new(
         listeners: Vec<Listener>,
         registry: &Registry,
         max_connections: Option<usize>,
         open_fds: io::Result<usize>,
+        memory: usize,
         once: bool,
     ) -> io::Result<Acceptor> {
         let mut all = Vec::new();
@@ -68,15 +75,23 @@ impl Acceptor {
             log::debug!("listening on {}", l.describe());
             all.push(Some(l));
         }
+        let (max_connections, limited_by) = connection_limit(max_connections, open_fds, memory);
         Ok(Acceptor {
             listeners: all,
             pending: Vec::new(),
+            over: Vec::new(),
             paused_until: None,
             out_of_fds: false,
             refusals: Refusals::default(),
-            max_connections: connection_limit(max_connections, open_fds),
+            max_connections,
+            limited_by,
             once,
         })
+    }
+
+    /// The most connections open at once.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
     }
 
     /// `-s` on a listening socket: its one client is the whole point.
@@ -131,10 +146,9 @@ impl Acceptor {
                 return true;
             };
             match l.accept() {
-                Ok((fd, _)) if open + out.len() >= self.max_connections => {
+                Ok(client) if open + out.len() >= self.max_connections => {
                     self.out_of_fds = false;
-                    drop(fd); // closed at once: the client sees EOF
-                    self.refuse(open + out.len());
+                    self.over.push(client);
                 }
                 Ok(client) => {
                     self.out_of_fds = false;
@@ -168,6 +182,11 @@ impl Acceptor {
         true
     }
 
+    /// Clients the last batch accepted beyond the connection limit.
+    pub fn take_over(&mut self) -> Vec<(OwnedFd, Peer)> {
+        std::mem::take(&mut self.over)
+    }
+
     /// Listeners whose last batch left clients queued, for another round of
     /// `accept`.
     pub fn take_pending(&mut self) -> Vec<usize> {
@@ -192,9 +211,15 @@ impl Acceptor {
         }
     }
 
-    /// A client was refused for the connection limit: say so, but at most once
-    /// per interval, so that a flood of connections is not a flood of messages.
-    fn refuse(&mut self, open: usize) {
+    /// A client was refused for the connection limit (closed at once: it sees
+    /// EOF): say so, but at most once per interval, so that a flood of
+    /// connections is not a flood of messages.
+    pub fn refuse(&mut self, client: OwnedFd, open: usize) {
+        self.say_refused(open);
+        drop(client); // after the line: whoever sees the close finds it said
+    }
+
+    fn say_refused(&mut self, open: usize) {
         self.refusals.unlogged += 1;
         let now = Instant::now();
         if self
@@ -207,33 +232,65 @@ impl Acceptor {
         let n = std::mem::take(&mut self.refusals.unlogged);
         self.refusals.last_logged = Some(now);
         log::warn!(
-            "{open} connections open, the limit (--max-connections {}): refused {n} new client(s){}",
-            self.max_connections,
+            "{open} connections open, the limit ({}): refused {n} new client(s){}",
+            self.limited_by.describe(self.max_connections),
             if n > 1 { " since the last message" } else { "" }
         );
     }
 }
 
+/// What the connection limit comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limiter {
+    Given,
+    Descriptors,
+    Memory,
+}
+
+impl Limiter {
+    fn describe(self, n: usize) -> String {
+        match self {
+            Limiter::Given => format!("--max-connections {n}"),
+            Limiter::Descriptors => format!("{n}, what the descriptor limit leaves room for"),
+            Limiter::Memory => format!("{n}, what the memory budget holds"),
+        }
+    }
+}
+
 /// The connection limit: as given, or as many as the descriptor limit leaves
 /// room for beyond the descriptors already open (listeners, the backend, the
-/// Poll, the standard streams) and a little headroom.
-fn connection_limit(given: Option<usize>, open_fds: io::Result<usize>) -> usize {
+/// Poll, the standard streams) and a little headroom; never more than the
+/// memory budget holds at their worst (`memory`), so that no client behaviour
+/// can take the server past it.
+fn connection_limit(
+    given: Option<usize>,
+    open_fds: io::Result<usize>,
+    memory: usize,
+) -> (usize, Limiter) {
     let open = open_fds.unwrap_or(FD_HEADROOM);
     let limit = sys::nofile_limit().map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     let room = limit.map(|l| l.saturating_sub(open + FD_HEADROOM).max(1));
     match (given, room) {
+        (Some(n), _) if n > memory => {
+            log::warn!(
+                "--max-connections {n}: the memory budget holds {memory} connections at their \
+                 worst; serving at most {memory} (a larger --memory-budget holds more)"
+            );
+            (memory, Limiter::Memory)
+        }
         (Some(n), Ok(room)) if n > room => {
             log::warn!(
                 "--max-connections {n}: the descriptor limit leaves room for about {room}; \
                  clients beyond that wait until others leave"
             );
-            n
+            (n, Limiter::Given)
         }
-        (Some(n), _) => n,
-        (None, Ok(room)) => room,
+        (Some(n), _) => (n, Limiter::Given),
+        (None, Ok(room)) if room < memory => (room, Limiter::Descriptors),
+        (None, Ok(_)) => (memory, Limiter::Memory),
         (None, Err(e)) => {
-            log::warn!("RLIMIT_NOFILE: {e}: no connection limit");
-            usize::MAX
+            log::warn!("RLIMIT_NOFILE: {e}: the memory budget's connection limit only");
+            (memory, Limiter::Memory)
         }
     }
 }

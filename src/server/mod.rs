@@ -12,6 +12,8 @@
 
 mod accept;
 mod deadlines;
+mod evict;
+mod ghosts;
 mod signals;
 mod spin;
 mod timeouts;
@@ -130,6 +132,12 @@ pub struct Server {
     /// Connections have gone since the server was last quiet: their storage
     /// is given back to the system then (`give_back`).
     departed: bool,
+    /// Clients beyond the connection limit waiting for a place, and those
+    /// dropped to make room for them.
+    door: evict::Door,
+    /// Sockets of connections gone whose replies still wait in the kernel
+    /// for their clients, counted in the memory budget until they are read.
+    ghosts: ghosts::Ghosts,
 }
 
 impl Server {
@@ -138,22 +146,42 @@ impl Server {
         let registry = poll.registry();
         let signals = Signals::new(setup.signals, registry, SIGNAL)?;
         let open_fds = sys::lowest_free_fd(registry.as_fd());
+        let mut budget = Budget::new(setup.memory_budget);
+        let tcp = setup
+            .listeners
+            .iter()
+            .any(|l| matches!(l, Listener::Tcp(_)));
+        #[cfg(feature = "tls")]
+        let fixed = crate::conn::fixed_cost(setup.tls.is_some(), tcp);
+        #[cfg(not(feature = "tls"))]
+        let fixed = crate::conn::fixed_cost(false, tcp);
         let acceptor = Acceptor::new(
             setup.listeners,
             registry,
             setup.max_connections,
             open_fds,
+            budget.connection_limit(fixed),
             setup.accept_once,
         )?;
+        budget.set_connections(acceptor.max_connections(), fixed);
         let single = !setup.connections.is_empty() && !acceptor.is_listening();
         let lifecycle = Lifecycle::new(
             setup.idle_timeout,
             single || setup.accept_once,
             setup.notifier,
         );
-        let budget = Budget::new(setup.memory_budget);
         let mut export = setup.export;
         let largest = budget.largest_request() as u64;
+        log::debug!(
+            "memory budget: up to {} connections, {} KiB set aside for each (its socket \
+             buffers, TLS, state, and {} KiB of buffers it never waits for); {} MiB shared \
+             beyond that; largest request {} MiB",
+            acceptor.max_connections(),
+            (fixed + crate::budget::FLOOR) >> 10,
+            crate::budget::FLOOR >> 10,
+            budget.shared() >> 20,
+            largest.min(export.max_request) >> 20,
+        );
         if largest < export.max_request {
             log::debug!(
                 "largest request: {} KiB (a small memory budget)",
@@ -187,6 +215,8 @@ impl Server {
             oldstyle: setup.oldstyle,
             serial: 0,
             departed: false,
+            door: evict::Door::default(),
+            ghosts: ghosts::Ghosts::default(),
         };
         if let Some(engine) = server.shared.storage.engine()
             && let Some(fd) = engine.fd()
@@ -275,6 +305,10 @@ impl Server {
             if events.iter().count() < events.capacity() {
                 self.expire_handshakes(start);
                 self.expire_stalls(start);
+                if self.door.busy() {
+                    self.open_the_door();
+                }
+                self.ghosts.sweep(self.shared.now, &mut self.shared.budget);
                 // What the expired connections held goes to those waiting now,
                 // not at the next wake-up.
                 self.resume_memory();
@@ -405,6 +439,7 @@ impl Server {
         let key = entry.key();
         self.serial += 1;
         let socket = Socket::new(rfd, wfd);
+        socket.bound_buffers();
         let mut conn = Conn::new(key, self.serial, socket, self.oldstyle, &mut self.shared);
         let to = conn.origin();
         self.poll
@@ -443,7 +478,10 @@ impl Server {
         let mut conn = self.conns.remove(key);
         conn.close(&mut self.shared);
         let _ = self.poll.registry().deregister(&mut conn);
-        drop(conn);
+        if let Some((fd, unsent)) = conn.into_leftover() {
+            let max = self.acceptor.max_connections();
+            self.ghosts.add(fd, unsent, max, &mut self.shared.budget);
+        }
         self.departed = true;
         if self.conns.is_empty() {
             self.shared.lifecycle.all_closed(Instant::now());
@@ -467,14 +505,23 @@ impl Server {
             self.shared.lifecycle.failed(); // -s never got its client
         }
         for (fd, peer) in batch.drain(..) {
-            if let Err(e) = self.add(fd, None, &peer) {
-                log::warn!("cannot register a new connection: {e}");
-                if self.acceptor.once() {
-                    self.shared.lifecycle.failed(); // -s could not serve its client
-                }
-            }
+            self.admit(fd, &peer);
         }
         self.accepted = batch;
+        for (fd, peer) in self.acceptor.take_over() {
+            let open = self.conns.len();
+            self.at_the_limit(fd, peer, open);
+        }
+    }
+
+    /// Serves a client just accepted.
+    fn admit(&mut self, fd: OwnedFd, peer: &Peer) {
+        if let Err(e) = self.add(fd, None, peer) {
+            log::warn!("cannot register a new connection: {e}");
+            if self.acceptor.once() {
+                self.shared.lifecycle.failed(); // -s could not serve its client
+            }
+        }
     }
 
     fn accept_everywhere(&mut self) {
@@ -512,10 +559,13 @@ impl Server {
         let now = Instant::now();
         // Pooled buffers are freed after a quiet second (see `run`).
         let trim = (!self.shared.pool.is_empty() || self.departed).then(|| now + POOL_LINGER);
+        let door = self.door.busy().then(|| now + evict::DOOR_TICK);
         [
             self.shared.lifecycle.wake_at(self.conns.len(), now),
             self.acceptor.resume_at(),
             trim,
+            door,
+            self.ghosts.next(),
             self.deadlines.next(),
             self.stalls.next(),
             self.shared.storage.filters.next_wake(),

@@ -1,6 +1,6 @@
 //! The loop's two timeouts, each one queue (`deadlines`): the handshake's,
-//! counted from the accept, and a half-sent request's (`--request-timeout`),
-//! counted from the last byte that came while the server waited for the rest.
+//! counted from the accept, and a stalled client's (`--request-timeout`: a
+//! request half-sent, or replies held unread), counted from its last progress.
 //! Both are enforced only after a wake-up's input has been read (`Server::run`).
 
 use std::time::Instant;
@@ -34,7 +34,7 @@ impl Server {
             let Some(to) = self.stalls.expired(now, live) else {
                 return;
             };
-            let since = self.conns.get(to.key).and_then(Conn::half_sent_since);
+            let since = self.conns.get(to.key).and_then(Conn::stalled_since);
             match since {
                 Some(since) if since + after > now => self.queue_stall(to, since),
                 _ => self.route(to, Event::Stalled { after }),
@@ -48,7 +48,7 @@ impl Server {
         let Some(conn) = self.conns.get(to.key) else {
             return;
         };
-        if let Some(since) = conn.half_sent_since()
+        if let Some(since) = conn.stalled_since()
             && conn.stall_deadline().is_none()
         {
             self.queue_stall(to, since);

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::SocketAddrV6;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use super::cvt;
 
@@ -36,8 +36,63 @@ pub fn tcp_listener_v6_only(addr: SocketAddrV6) -> io::Result<std::net::TcpListe
 }
 
 fn set_int(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsFd;
+    set_int_on(fd.as_fd(), level, name, v)
+}
+
+/// Asks for `send` bytes of send buffer and `receive` of receive buffer on a
+/// connected socket (which also ends TCP's autotuning, which would grow them
+/// to megabytes); returns what the kernel reports it allows for both (it
+/// doubles what is asked, for its bookkeeping).
+pub fn bound_socket_buffers(fd: BorrowedFd, send: usize, receive: usize) -> io::Result<usize> {
+    let mut total = 0;
+    for (name, bytes) in [(libc::SO_SNDBUF, send), (libc::SO_RCVBUF, receive)] {
+        let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        set_int_on(fd, libc::SOL_SOCKET, name, v)?;
+        let got = super::getsockopt_int(fd, libc::SOL_SOCKET, name)?;
+        total += usize::try_from(got).unwrap_or(0);
+    }
+    Ok(total)
+}
+
+fn set_int_on(
+    fd: BorrowedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
     let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: v lives across the call and len is its size; the kernel only reads it.
     cvt(unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, (&raw const v).cast(), len) })?;
     Ok(())
+}
+
+/// Bytes we sent on a socket that the peer has not yet taken (SIOCOUTQ: on a
+/// Unix socket, what waits in the peer's queue; over TCP, what is not yet
+/// acknowledged): kernel memory charged to us, which outlives our close.
+pub fn unsent_bytes(fd: BorrowedFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int through the pointer, which is valid.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &raw mut n) })?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// shutdown(SHUT_WR): the peer reads what is queued, then EOF.
+pub fn shutdown_write(fd: BorrowedFd) -> io::Result<()> {
+    // SAFETY: no memory is passed.
+    cvt(unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) })?;
+    Ok(())
+}
+
+/// Whether both directions of a socket are over (POLLHUP) or it failed
+/// (POLLERR): its peer has gone, and what we sent is no longer queued for it.
+pub fn hung_up(fd: BorrowedFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, a zero timeout: the kernel only writes revents.
+    let n = unsafe { libc::poll(&raw mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0
 }

@@ -16,4 +16,4 @@ pub mod stream;
 pub use config::{provider, server_config};
 pub use options::{TlsMode, TlsOptions, parse};
 #[cfg(feature = "tls")]
-pub use stream::Stream;
+pub use stream::{MEMORY, Stream};

@@ -30,11 +30,23 @@ use crate::sys;
 /// each sent before the next is sealed, so a slow reader costs a bounded
 /// buffer, not a copy of every reply it has not read.
 pub const SEND_LIMIT: usize = 128 * 1024;
+/// What one session's buffers hold at most, for the memory budget: the sealed
+/// records waiting for the socket (`SEND_LIMIT`, and one record beyond),
+/// rustls's buffer of received records (64 KiB while a handshake message
+/// arrives, 18 KiB after), the plaintext it decrypted and not yet delivered
+/// (16 KiB), and the session's own state.
+pub const MEMORY: usize = SEND_LIMIT + (128 << 10);
+/// Most records one `read` decrypts before it gives the loop back
+/// (`Interrupted`): records carrying no plaintext would otherwise keep it
+/// decrypting for as long as the client sends them.
+const RECORDS_PER_READ: u64 = 256;
 
 pub struct Stream {
     tls: ServerConnection,
     /// `announce` has said what the handshake agreed.
     announced: bool,
+    /// The records read from the socket, counted as they arrive.
+    records: Records,
 }
 
 impl Stream {
@@ -48,6 +60,7 @@ impl Stream {
         let mut s = Stream {
             tls,
             announced: false,
+            records: Records::default(),
         };
         let mut rest = early;
         while !rest.is_empty() {
@@ -82,6 +95,7 @@ impl Stream {
         if buf.is_empty() {
             return Ok(0);
         }
+        let start = self.records.count;
         loop {
             match self.tls.reader().read(buf) {
                 Ok(n) => return Ok(n),
@@ -97,7 +111,14 @@ impl Stream {
                 }
                 Err(e) => return Err(e),
             }
-            let eof = match self.tls.read_tls(&mut Fd(fd)) {
+            if self.records.count - start >= RECORDS_PER_READ {
+                return Err(io::ErrorKind::Interrupted.into()); // more in the next turn
+            }
+            let mut from = Counted {
+                fd,
+                records: &mut self.records,
+            };
+            let eof = match self.tls.read_tls(&mut from) {
                 Ok(n) => n == 0,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -141,6 +162,13 @@ impl Stream {
             }
         }
         Ok(())
+    }
+
+    /// Records read since the last call: the decryption work done, which a
+    /// turn counts besides the plaintext bytes (a client sending one byte
+    /// per record makes much work of few bytes).
+    pub fn take_records(&mut self) -> u64 {
+        std::mem::take(&mut self.records.count)
     }
 
     /// Queues a close_notify alert (a clean TLS close after NBD_CMD_DISC);
@@ -194,9 +222,27 @@ impl Stream {
     fn process(&mut self) -> io::Result<()> {
         match self.tls.process_new_packets() {
             Ok(_) => Ok(()),
-            Err(e) => Err(tls_error(&e, self.tls.is_handshaking())),
+            Err(e) => {
+                if refused_certificate(&e) {
+                    // A warning, in the connection's scope: rate-limited there.
+                    log::warn!("TLS handshake: client certificate refused: {e}");
+                }
+                Err(tls_error(&e, self.tls.is_handshaking()))
+            }
         }
     }
+}
+
+/// Whether the handshake failed on the client's certificate (missing, not
+/// trusted, revoked, expired): what a person running `--tls-verify-peer`
+/// needs to hear of without `-v`.
+fn refused_certificate(e: &rustls::Error) -> bool {
+    matches!(
+        e,
+        rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::InvalidCertRevocationList(_)
+    )
 }
 
 /// A rustls error as an I/O error the connection logs at debug level and
@@ -204,6 +250,54 @@ impl Stream {
 fn tls_error(e: &rustls::Error, handshaking: bool) -> io::Error {
     let when = if handshaking { "TLS handshake" } else { "TLS" };
     io::Error::new(io::ErrorKind::InvalidData, format!("{when}: {e}"))
+}
+
+/// TLS records as their bytes go by: each begins with a 5-byte header whose
+/// last two bytes are the length of what follows.
+#[derive(Debug, Default)]
+struct Records {
+    /// Records begun.
+    count: u64,
+    /// The header of the next record, as far as it has come.
+    header: [u8; 5],
+    have: usize,
+    /// Bytes of the current record's body still to come.
+    body_left: usize,
+}
+
+impl Records {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.body_left > 0 {
+                let k = self.body_left.min(bytes.len());
+                self.body_left -= k;
+                bytes = &bytes[k..];
+                continue;
+            }
+            self.header[self.have] = bytes[0];
+            self.have += 1;
+            bytes = &bytes[1..];
+            if self.have == self.header.len() {
+                self.body_left = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                self.have = 0;
+                self.count += 1;
+            }
+        }
+    }
+}
+
+/// The socket as rustls reads it, counting the records that pass.
+struct Counted<'a> {
+    fd: BorrowedFd<'a>,
+    records: &'a mut Records,
+}
+
+impl Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = sys::read(self.fd, buf)?;
+        self.records.feed(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// The socket as rustls's reader and writer, through the `sys` wrappers.
@@ -226,5 +320,31 @@ impl Write for Fd<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Records;
+
+    #[test]
+    fn records_are_counted_however_their_bytes_arrive() {
+        let mut stream = Vec::new();
+        for len in [1u16, 0, 300, 16384] {
+            stream.extend_from_slice(&[23, 3, 3]);
+            stream.extend_from_slice(&len.to_be_bytes());
+            stream.extend(std::iter::repeat_n(0u8, usize::from(len)));
+        }
+        for step in [1, 2, 5, 7, 4096, stream.len()] {
+            let mut r = Records::default();
+            for piece in stream.chunks(step) {
+                r.feed(piece);
+            }
+            assert_eq!(
+                (r.count, r.have, r.body_left),
+                (4, 0, 0),
+                "pieces of {step}"
+            );
+        }
     }
 }

@@ -117,3 +117,46 @@ pub fn half_sent_headers(sock: &Path, n: usize) -> Crowd {
         sent: 10 * n as u64,
     }
 }
+
+/// Up to `n` clients past the handshake (GO, compact headers), each sending
+/// `requests` at once (whose replies it never reads); those the server turns
+/// away at its connection limit are counted, not kept.
+pub fn ready_some(sock: &Path, n: usize, requests: &[u8]) -> (Vec<UnixStream>, usize) {
+    let mut kept = Vec::new();
+    for _ in 0..n {
+        if let Ok(mut s) = try_ready(sock)
+            && s.write_all(requests).is_ok()
+        {
+            kept.push(s);
+        }
+    }
+    let refused = n - kept.len();
+    (kept, refused)
+}
+
+/// A handshake that may fail: the server closes a client it turns away.
+pub fn try_ready(sock: &Path) -> std::io::Result<UnixStream> {
+    use std::io::Read;
+    let mut s = UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut greeting = [0u8; 18];
+    s.read_exact(&mut greeting)?;
+    let mut hello = 3u32.to_be_bytes().to_vec(); // FIXED_NEWSTYLE | NO_ZEROES
+    hello.extend_from_slice(&0x4948_4156_454F_5054u64.to_be_bytes()); // IHAVEOPT
+    hello.extend_from_slice(&7u32.to_be_bytes()); // GO
+    hello.extend_from_slice(&6u32.to_be_bytes());
+    hello.extend_from_slice(&[0; 6]); // no name, no information asked for
+    s.write_all(&hello)?;
+    loop {
+        let mut head = [0u8; 20];
+        s.read_exact(&mut head)?;
+        let kind = u32::from_be_bytes([head[12], head[13], head[14], head[15]]);
+        let len = u32::from_be_bytes([head[16], head[17], head[18], head[19]]);
+        std::io::copy(&mut (&mut s).take(u64::from(len)), &mut std::io::sink())?;
+        match kind {
+            1 => return Ok(s), // ACK
+            3 => {}            // INFO
+            _ => return Err(ErrorKind::InvalidData.into()),
+        }
+    }
+}
