@@ -45,6 +45,8 @@ pub enum Sqe {
     Fallocate { mode: i32, at: u64, len: u64 },
     /// posix_fadvise(WILLNEED); `len` fits the SQE's 32-bit field.
     WillNeed { at: u64, len: u32 },
+    /// ftruncate (Linux 6.9; an older kernel answers -EINVAL).
+    Truncate { len: u64 },
 }
 
 /// Why a ring could not be had.
@@ -252,6 +254,7 @@ impl Ring {
             Sqe::WillNeed { at, len } => {
                 on_file!(Fadvise(*len as libc::off_t, libc::POSIX_FADV_WILLNEED).offset(*at))
             }
+            Sqe::Truncate { len } => on_file!(Ftruncate(*len)),
         }
     }
 
