@@ -43,4 +43,5 @@ pub mod startup;
 pub mod storage;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tally;
 pub mod tls;

@@ -53,13 +53,16 @@ pub fn serve(
     if cfg.print_uri {
         print_uri(&ep)?;
     }
+    // Before going into the background, which changes directory to /: the
+    // filters open their files (logfile=, statsfile=) by the names given.
+    let filters = crate::filter::build(&cfg.filters).map_err(Error::usage)?;
     let detached = detach(cfg, activated.is_some(), identity, parent, &mut cleanup)?;
     if let Detached::ParentGone = detached {
         return Ok(0);
     }
     let setup = Setup {
         export,
-        filters: crate::filter::build(&cfg.filters).map_err(Error::usage)?,
+        filters,
         accept_once: cfg.single && !listeners.is_empty(),
         listeners,
         connections,
@@ -85,6 +88,10 @@ pub fn serve(
         server.set_run_child(captive::spawn(cmd, &ep, nofile)?);
     }
     let code = server.run();
+    // First the server, whose filters finish writing their files, then the
+    // socket and the pidfile: whoever waits for those to go finds the files
+    // complete.
+    drop(server);
     drop(cleanup);
     Ok(code)
 }
@@ -94,7 +101,9 @@ pub fn serve(
 /// bound, so no signal can leave it behind either.
 fn catch_signals() -> Result<OwnedFd, Error> {
     let stops = [libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGHUP];
-    sys::signal_pipe(&[&stops[..], &[libc::SIGCHLD]].concat()).map_err(Error::setup("signals"))
+    // SIGUSR1 asks for a report (its default would kill us, as SIGHUP's).
+    let others = [libc::SIGCHLD, libc::SIGUSR1];
+    sys::signal_pipe(&[&stops[..], &others[..]].concat()).map_err(Error::setup("signals"))
 }
 
 /// Where `detach` left the process.
