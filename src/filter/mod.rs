@@ -12,10 +12,13 @@
 //! it. With no filter configured the request path asks `Stack::is_empty`
 //! and nothing else.
 
+mod appender;
 mod delay;
 mod error;
+mod log;
 pub mod params;
 pub mod registry;
+mod stats;
 
 pub use registry::{FILTERS, Spec, build, describe};
 

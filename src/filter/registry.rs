@@ -48,6 +48,18 @@ pub static FILTERS: &[Entry] = &[
         params: super::error::PARAMS,
         build: super::error::build,
     },
+    Entry {
+        name: "stats",
+        about: "statistics of requests (counts, bytes, rates, latencies) at exit and on SIGUSR1",
+        params: super::stats::PARAMS,
+        build: super::stats::build,
+    },
+    Entry {
+        name: "log",
+        about: "a line per connection event, request and reply, to a file or a script",
+        params: super::log::PARAMS,
+        build: super::log::build,
+    },
 ];
 
 /// The filter named `name`.

@@ -1,0 +1,456 @@
+//! The log filter's entries, written as nbdkit's log filter writes them: in
+//! the file, `2020-08-06 02:07:23.080907 connection=1 Read id=1 offset=0x0
+//! count=0x200 ...` (a call), `... connection=1 ...Read id=1 return=0` (its
+//! outcome), `... connection=1 Connect export="" ...` (a single event); for a
+//! log script, the same as shell variables ahead of the script. Pure:
+//! values in, bytes out; numbers written by hand, as this runs twice per
+//! request.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::export::Export;
+use crate::proto::*;
+use crate::tls::TlsMode;
+
+/// Which of nbdkit's three kinds of entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A call on its way down (the line ends " ...").
+    Enter,
+    /// Its outcome (the action is written "...Read").
+    Leave,
+    /// A single event (Ready, Connect, Disconnect).
+    Print,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Enter => "ENTER",
+            Kind::Leave => "LEAVE",
+            Kind::Print => "PRINT",
+        }
+    }
+}
+
+/// One entry: for a connection or not, with a transaction id or not (0).
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    pub conn: Option<u64>,
+    pub id: u64,
+    pub act: &'static str,
+    pub kind: Kind,
+    /// `key=value` pairs, space-separated (may be empty).
+    pub fields: &'a [u8],
+}
+
+impl Entry<'_> {
+    /// Its line in the log file, after the timestamp (`Clock::stamp`).
+    pub fn write_line(&self, out: &mut Vec<u8>) {
+        if let Some(c) = self.conn {
+            out.extend_from_slice(b" connection=");
+            dec(out, c);
+        }
+        out.push(b' ');
+        if self.kind == Kind::Leave {
+            out.extend_from_slice(b"...");
+        }
+        out.extend_from_slice(self.act.as_bytes());
+        if self.id != 0 {
+            out.extend_from_slice(b" id=");
+            dec(out, self.id);
+        }
+        if !self.fields.is_empty() {
+            out.push(b' ');
+            out.extend_from_slice(self.fields);
+        }
+        if self.kind == Kind::Enter {
+            out.extend_from_slice(b" ...");
+        }
+        out.push(b'\n');
+    }
+
+    /// The text a log script runs: its variables, then the script.
+    pub fn script_text(&self, script: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.fields.len() + script.len());
+        out.extend_from_slice(b"act=");
+        out.extend_from_slice(self.act.as_bytes());
+        if let Some(c) = self.conn {
+            out.extend_from_slice(b"\nconnection=");
+            dec(&mut out, c);
+        }
+        out.extend_from_slice(b"\ntype=");
+        out.extend_from_slice(self.kind.name().as_bytes());
+        if self.id != 0 {
+            out.extend_from_slice(b"\nid=");
+            dec(&mut out, self.id);
+        }
+        out.push(b'\n');
+        out.extend_from_slice(self.fields);
+        out.push(b'\n');
+        out.extend_from_slice(script.as_bytes());
+        out
+    }
+}
+
+/// The action nbdkit's log names a command by.
+pub fn act(kind: u16) -> &'static str {
+    match kind {
+        CMD_READ => "Read",
+        CMD_WRITE => "Write",
+        CMD_FLUSH => "Flush",
+        CMD_TRIM => "Trim",
+        CMD_WRITE_ZEROES => "Zero",
+        CMD_BLOCK_STATUS => "Extents",
+        CMD_CACHE => "Cache",
+        _ => "Unknown",
+    }
+}
+
+/// The fields of a request as nbdkit logs it: its offset and length, and
+/// the flags its command takes.
+pub fn request_fields(kind: u16, flags: u16, offset: u64, len: u64, out: &mut Vec<u8>) {
+    let flag = |f: u16| u64::from(flags & f != 0);
+    if kind == CMD_FLUSH {
+        return;
+    }
+    pair(out, "offset", offset, true);
+    out.push(b' ');
+    pair(out, "count", len, true);
+    match kind {
+        CMD_WRITE | CMD_TRIM => {
+            out.push(b' ');
+            pair(out, "fua", flag(CMD_FLAG_FUA), false);
+        }
+        CMD_WRITE_ZEROES => {
+            out.push(b' ');
+            pair(out, "trim", 1 - flag(CMD_FLAG_NO_HOLE), false);
+            out.push(b' ');
+            pair(out, "fua", flag(CMD_FLAG_FUA), false);
+            out.push(b' ');
+            pair(out, "fast", flag(CMD_FLAG_FAST_ZERO), false);
+        }
+        CMD_BLOCK_STATUS => {
+            out.push(b' ');
+            pair(out, "req_one", flag(CMD_FLAG_REQ_ONE), false);
+        }
+        _ => {}
+    }
+}
+
+/// The Connect entry's fields: what a client of `ex` is told, as nbdkit
+/// says it (zero, fua and cache: 2 for "native", 0 for none; tls: 1 when
+/// TLS is required, the one case where every client has it).
+pub fn connect_fields(ex: &Export, out: &mut Vec<u8>) {
+    let (min, pref, max) = ex.block_sizes();
+    let writable = u64::from(!ex.caps.read_only);
+    let zero = writable * u64::from(ex.caps.zero);
+    out.extend_from_slice(b"export=");
+    shell_quote(&ex.name, out);
+    let tls = u64::from(ex.tls == TlsMode::Require);
+    let fields: [(&str, u64, bool); 14] = [
+        ("tls", tls, false),
+        ("size", ex.size, true),
+        ("minsize", min.into(), true),
+        ("prefsize", pref.into(), true),
+        ("maxsize", max.into(), true),
+        ("write", writable, false),
+        ("flush", 1, false),
+        ("rotational", 0, false),
+        ("trim", writable, false),
+        ("zero", 2 * zero, false),
+        ("fua", 2 * writable, false),
+        ("extents", u64::from(ex.caps.extents), false),
+        ("cache", 2, false),
+        ("fast_zero", zero * u64::from(ex.caps.fast_zero), false),
+    ];
+    for (key, v, hex_form) in fields {
+        out.push(b' ');
+        pair(out, key, v, hex_form);
+    }
+}
+
+/// `return=0`, or `return=-1 error=EIO`: an outcome as nbdkit logs it.
+pub fn outcome_fields(errno: u32, out: &mut Vec<u8>) {
+    if errno == 0 {
+        out.extend_from_slice(b"return=0");
+        return;
+    }
+    out.extend_from_slice(b"return=-1 error=");
+    out.extend_from_slice(errno_name(errno).as_bytes());
+}
+
+/// The name nbdkit's log filter gives an NBD error.
+fn errno_name(e: u32) -> &'static str {
+    match e {
+        EPERM => "EPERM",
+        EIO => "EIO",
+        ENOMEM => "ENOMEM",
+        ENOSPC => "ENOSPC",
+        ESHUTDOWN => "ESHUTDOWN",
+        ENOTSUP => "ENOTSUP",
+        EOVERFLOW => "EOVERFLOW",
+        _ => "EINVAL",
+    }
+}
+
+/// `key=value`, in hex (`0x1f`) or decimal.
+pub fn pair(out: &mut Vec<u8>, key: &str, v: u64, hex_form: bool) {
+    out.extend_from_slice(key.as_bytes());
+    out.push(b'=');
+    match hex_form {
+        true => hex(out, v),
+        false => dec(out, v),
+    }
+}
+
+pub fn dec(out: &mut Vec<u8>, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+pub fn hex(out: &mut Vec<u8>, v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(b"0x");
+    let digits = (64 - (v | 1).leading_zeros()).div_ceil(4);
+    for d in (0..digits).rev() {
+        out.push(DIGITS[((v >> (d * 4)) & 0xf) as usize]);
+    }
+}
+
+/// `s` as one shell word: bare if it is made only of characters the shell
+/// leaves alone, else in double quotes with `"`, `\`, `$` and `` ` `` escaped
+/// (nbdkit writes the empty string as `""`).
+pub fn shell_quote(s: &[u8], out: &mut Vec<u8>) {
+    let safe = |c: &u8| c.is_ascii_alphanumeric() || b"%+,-./:=@_".contains(c);
+    if !s.is_empty() && s.iter().all(safe) {
+        out.extend_from_slice(s);
+        return;
+    }
+    out.push(b'"');
+    for &c in s {
+        if b"\"\\$`".contains(&c) {
+            out.push(b'\\');
+        }
+        out.push(c);
+    }
+    out.push(b'"');
+}
+
+/// UTC timestamps, `YYYY-MM-DD HH:MM:SS.uuuuuu`: the date and time of day
+/// are worked out once a second, the microseconds every time.
+#[derive(Debug, Default)]
+pub struct Clock {
+    second: u64,
+    text: [u8; 19],
+}
+
+impl Clock {
+    /// Appends the time now.
+    pub fn stamp(&mut self, out: &mut Vec<u8>) {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.stamp_at(t.as_secs(), t.subsec_micros(), out);
+    }
+
+    pub fn stamp_at(&mut self, secs: u64, micros: u32, out: &mut Vec<u8>) {
+        if secs != self.second || self.text[0] == 0 {
+            self.second = secs;
+            self.text = civil(secs);
+        }
+        out.extend_from_slice(&self.text);
+        out.push(b'.');
+        let mut m = [b'0'; 6];
+        let mut v = micros;
+        for d in m.iter_mut().rev() {
+            *d = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        out.extend_from_slice(&m);
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` for seconds since 1970 (UTC), by the days-to-civil
+/// arithmetic of the proleptic Gregorian calendar (eras of 400 years).
+fn civil(secs: u64) -> [u8; 19] {
+    let days = (secs / 86400) as i64;
+    let tod = secs % 86400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let mut out = *b"0000-00-00 00:00:00";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y.clamp(0, 9999) as u64);
+    put(5, 2, m as u64);
+    put(8, 2, d as u64);
+    put(11, 2, tod / 3600);
+    put(14, 2, tod / 60 % 60);
+    put(17, 2, tod % 60);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(f: impl FnOnce(&mut Vec<u8>)) -> String {
+        let mut v = Vec::new();
+        f(&mut v);
+        String::from_utf8(v).expect("ascii")
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(text(|o| hex(o, 0)), "0x0");
+        assert_eq!(text(|o| hex(o, 0x200)), "0x200");
+        assert_eq!(text(|o| hex(o, u64::MAX)), "0xffffffffffffffff");
+        assert_eq!(text(|o| dec(o, 0)), "0");
+        assert_eq!(text(|o| dec(o, 1234567890)), "1234567890");
+        assert_eq!(text(|o| dec(o, u64::MAX)), u64::MAX.to_string());
+    }
+
+    #[test]
+    fn timestamps() {
+        let mut c = Clock::default();
+        assert_eq!(text(|o| c.stamp_at(0, 5, o)), "1970-01-01 00:00:00.000005");
+        // 2020-08-06 02:07:23 UTC, nbdkit's manual's example.
+        assert_eq!(
+            text(|o| c.stamp_at(1_596_679_643, 80_415, o)),
+            "2020-08-06 02:07:23.080415"
+        );
+        assert_eq!(
+            text(|o| c.stamp_at(951_782_400, 0, o)),
+            "2000-02-29 00:00:00.000000"
+        );
+        assert_eq!(
+            text(|o| c.stamp_at(4_102_444_799, 999_999, o)),
+            "2099-12-31 23:59:59.999999"
+        );
+        let now = text(|o| c.stamp(o));
+        assert_eq!(now.len(), 26, "{now}");
+    }
+
+    fn line(e: &Entry) -> String {
+        text(|o| {
+            o.extend_from_slice(b"TS");
+            e.write_line(o)
+        })
+    }
+
+    #[test]
+    fn lines_as_nbdkit_writes_them() {
+        let mut f = Vec::new();
+        request_fields(CMD_READ, 0, 0, 0x200, &mut f);
+        let e = Entry {
+            conn: Some(1),
+            id: 1,
+            act: act(CMD_READ),
+            kind: Kind::Enter,
+            fields: &f,
+        };
+        assert_eq!(
+            line(&e),
+            "TS connection=1 Read id=1 offset=0x0 count=0x200 ...\n"
+        );
+        let mut f = Vec::new();
+        outcome_fields(EIO, &mut f);
+        let e = Entry {
+            kind: Kind::Leave,
+            fields: &f,
+            ..e
+        };
+        assert_eq!(
+            line(&e),
+            "TS connection=1 ...Read id=1 return=-1 error=EIO\n"
+        );
+        let ready = Entry {
+            conn: None,
+            id: 0,
+            act: "Ready",
+            kind: Kind::Print,
+            fields: b"thread_model=3",
+        };
+        assert_eq!(line(&ready), "TS Ready thread_model=3\n");
+        let flush = Entry {
+            conn: Some(2),
+            id: 7,
+            act: "Flush",
+            kind: Kind::Enter,
+            fields: b"",
+        };
+        assert_eq!(line(&flush), "TS connection=2 Flush id=7 ...\n");
+        assert_eq!(
+            String::from_utf8(e.script_text("echo $act")).expect("ascii"),
+            "act=Read\nconnection=1\ntype=LEAVE\nid=1\nreturn=-1 error=EIO\necho $act"
+        );
+    }
+
+    #[test]
+    fn each_command_s_fields() {
+        let f = |kind, flags| {
+            let mut v = Vec::new();
+            request_fields(kind, flags, 0x1000, 0x10, &mut v);
+            format!("{} {}", act(kind), String::from_utf8(v).expect("ascii"))
+        };
+        assert_eq!(
+            f(CMD_WRITE, CMD_FLAG_FUA),
+            "Write offset=0x1000 count=0x10 fua=1"
+        );
+        assert_eq!(f(CMD_TRIM, 0), "Trim offset=0x1000 count=0x10 fua=0");
+        assert_eq!(
+            f(CMD_WRITE_ZEROES, CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO),
+            "Zero offset=0x1000 count=0x10 trim=0 fua=0 fast=1"
+        );
+        assert_eq!(
+            f(CMD_BLOCK_STATUS, CMD_FLAG_REQ_ONE),
+            "Extents offset=0x1000 count=0x10 req_one=1"
+        );
+        assert_eq!(f(CMD_CACHE, 0), "Cache offset=0x1000 count=0x10");
+        assert_eq!(f(CMD_FLUSH, 0), "Flush ");
+    }
+
+    #[test]
+    fn connect_says_what_clients_are_told() {
+        let ex = crate::export::test_export(false, 1);
+        assert_eq!(
+            text(|o| connect_fields(&ex, o)),
+            "export=disk tls=0 size=0x100000 minsize=0x1 prefsize=0x1000 maxsize=0x2000000 \
+             write=1 flush=1 rotational=0 trim=1 zero=2 fua=2 extents=1 cache=2 fast_zero=1"
+        );
+        let ro = crate::export::test_export(true, 512);
+        let t = text(|o| connect_fields(&ro, o));
+        assert!(t.contains("minsize=0x200 "), "{t}");
+        assert!(
+            t.contains(" write=0 flush=1 rotational=0 trim=0 zero=0 fua=0 "),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn shell_words() {
+        assert_eq!(text(|o| shell_quote(b"", o)), "\"\"");
+        assert_eq!(text(|o| shell_quote(b"disk-1.img", o)), "disk-1.img");
+        assert_eq!(text(|o| shell_quote(b"a b$c\"", o)), "\"a b\\$c\\\"\"");
+    }
+}
