@@ -25,6 +25,12 @@ use crate::sys::uring::{BufId, Options, Ring, Sqe};
 /// Most bytes waiting for the file (besides the one write in the kernel):
 /// lines beyond are dropped.
 pub const CAP: usize = 4 << 20;
+/// Lines are handed to the kernel once this many bytes wait, or once the
+/// first has waited `LINGER`: each write costs tens of microseconds (a
+/// kernel worker woken, switched to, put back to sleep) whatever its size,
+/// so writing per turn of the loop would cost more than the lines themselves.
+const BATCH: usize = 256 << 10;
+const LINGER: Duration = Duration::from_millis(50);
 /// After a failed write, how long before trying again.
 const REST: Duration = Duration::from_secs(1);
 /// How soon an unfinished write is looked at again: first, and at most.
@@ -157,24 +163,37 @@ impl Appender {
         self.lost
     }
 
-    /// When `pump` has work: bytes to start writing, a completion to look
-    /// for, the end of a rest.
+    /// When `pump` has work: bytes to start writing (a batch, or lines that
+    /// have waited long enough), a completion to look for, the end of a rest.
+    /// (`pump` called earlier writes what waits at once.)
     pub fn wake_at(&self) -> Option<Instant> {
         let work = self.restart || !self.pending.is_empty();
         match self.state {
-            State::Idle => work.then_some(self.since),
+            State::Idle if self.restart || self.pending.len() >= BATCH => Some(self.since),
+            State::Idle => work.then_some(self.since + LINGER),
             State::Busy { look, .. } => Some(look),
             State::Resting(until) => work.then_some(until),
         }
     }
 
-    /// Reaps what the kernel finished and starts what is next; never waits.
+    /// Reaps what the kernel finished and starts what is next, when it is
+    /// due (a batch, or lines that waited long enough); never waits.
     pub fn pump(&mut self, now: Instant) {
+        self.run(now, false);
+    }
+
+    /// As `pump`, and whatever waits is written now (a report, an exit).
+    pub fn flush(&mut self, now: Instant) {
+        self.run(now, true);
+    }
+
+    fn run(&mut self, now: Instant, all: bool) {
         let work = self.restart || !self.pending.is_empty();
         if work && matches!(self.writer, Writer::Unstarted) {
             self.writer = start_writer(&self.file, &self.path);
         }
         loop {
+            let due = all || self.batch_due(now);
             match &mut self.state {
                 State::Busy { .. } => match self.reap() {
                     Some(res) => self.completed(res, now),
@@ -186,10 +205,15 @@ impl Appender {
                     self.restart = false;
                     self.start(Op::Truncate, now);
                 }
-                State::Idle if self.pending.is_empty() => return,
+                State::Idle if self.pending.is_empty() || !due => return,
                 State::Idle => self.write_pending(now),
             }
         }
+    }
+
+    /// Enough waits, or it has waited long enough.
+    fn batch_due(&self, now: Instant) -> bool {
+        self.pending.len() >= BATCH || now >= self.since + LINGER
     }
 
     /// Nothing yet from the kernel: looks again later, less and less often.
@@ -214,7 +238,7 @@ impl Appender {
                 retried = true;
                 self.state = State::Idle;
             }
-            self.pump(now);
+            self.flush(now);
             let work = self.restart || !self.pending.is_empty();
             match self.state {
                 State::Idle if !work => return,
@@ -256,8 +280,7 @@ impl Appender {
         };
         let sqe = match &op {
             Op::Truncate => Sqe::Truncate { len: 0 },
-            Op::Write { buf, done, len } => Sqe::Write {
-                at: 0, // O_APPEND: the kernel writes at the end
+            Op::Write { buf, done, len } => Sqe::Append {
                 buf: *buf,
                 range: *done..*len,
             },
@@ -396,7 +419,7 @@ mod tests {
             if at > now {
                 std::thread::sleep(at - now);
             }
-            a.pump(Instant::now());
+            a.flush(Instant::now());
         }
         panic!("the appender never finished");
     }

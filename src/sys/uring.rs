@@ -37,6 +37,10 @@ pub enum Sqe {
         buf: BufId,
         range: Range<usize>,
     },
+    /// write of `buf[range]` at the file's end (an O_APPEND file), by a
+    /// kernel worker: never tried inline, so the submitter spends no time on
+    /// it (a log's writes).
+    Append { buf: BufId, range: Range<usize> },
     /// pwrite of static data (the shared zero buffer) at `at`.
     WriteStatic { at: u64, data: &'static [u8] },
     /// fdatasync.
@@ -194,7 +198,9 @@ impl Ring {
             return false;
         }
         let buf = match sqe {
-            Sqe::Read { buf, range, .. } | Sqe::Write { buf, range, .. } => {
+            Sqe::Read { buf, range, .. }
+            | Sqe::Write { buf, range, .. }
+            | Sqe::Append { buf, range } => {
                 let len = self.lent[buf.0].buf.len();
                 assert!(range.start <= range.end && range.end <= len);
                 assert!(u32::try_from(range.len()).is_ok());
@@ -242,6 +248,12 @@ impl Ring {
             Sqe::Write { at, buf, range } => {
                 let ptr = self.lent[buf.0].buf.as_mut_ptr().wrapping_add(range.start);
                 on_file!(Write(ptr.cast_const(), range.len() as u32).offset(*at))
+            }
+            Sqe::Append { buf, range } => {
+                let ptr = self.lent[buf.0].buf.as_mut_ptr().wrapping_add(range.start);
+                // Offset -1: at the file position, which O_APPEND keeps at the end.
+                on_file!(Write(ptr.cast_const(), range.len() as u32).offset(u64::MAX))
+                    .flags(squeue::Flags::ASYNC)
             }
             Sqe::WriteStatic { at, data } => {
                 let len = data.len().min(u32::MAX as usize) as u32;

@@ -6,7 +6,7 @@
 //! values in, bytes out; numbers written by hand, as this runs twice per
 //! request.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::export::Export;
 use crate::proto::*;
@@ -218,13 +218,20 @@ pub fn dec(out: &mut Vec<u8>, mut v: u64) {
     out.extend_from_slice(&buf[i..]);
 }
 
-pub fn hex(out: &mut Vec<u8>, v: u64) {
+pub fn hex(out: &mut Vec<u8>, mut v: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    out.extend_from_slice(b"0x");
-    let digits = (64 - (v | 1).leading_zeros()).div_ceil(4);
-    for d in (0..digits).rev() {
-        out.push(DIGITS[((v >> (d * 4)) & 0xf) as usize]);
+    let mut buf = [0u8; 18];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
     }
+    buf[i - 2..i].copy_from_slice(b"0x");
+    out.extend_from_slice(&buf[i - 2..]);
 }
 
 /// `s` as one shell word: bare if it is made only of characters the shell
@@ -246,20 +253,38 @@ pub fn shell_quote(s: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
-/// UTC timestamps, `YYYY-MM-DD HH:MM:SS.uuuuuu`: the date and time of day
-/// are worked out once a second, the microseconds every time.
+/// How long a reading of the wall clock serves to date the loop's instants:
+/// a step of the system clock shows in the log within this.
+const RESYNC: Duration = Duration::from_secs(1);
+
+/// UTC timestamps, `YYYY-MM-DD HH:MM:SS.uuuuuu`, of the loop's instants (the
+/// `now` every hook is given: the turn of the loop that saw the event). The
+/// wall clock is read once a second, not per line; the date and time of day
+/// are worked out once a second too, the microseconds every time.
 #[derive(Debug, Default)]
 pub struct Clock {
+    /// An instant and the wall clock's reading then.
+    base: Option<(Instant, Duration)>,
     second: u64,
     text: [u8; 19],
 }
 
 impl Clock {
-    /// Appends the time now.
-    pub fn stamp(&mut self, out: &mut Vec<u8>) {
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+    /// Appends the time of `now`.
+    pub fn stamp(&mut self, now: Instant, out: &mut Vec<u8>) {
+        let (at, wall) = match self.base {
+            Some((at, wall)) if now.saturating_duration_since(at) < RESYNC => (at, wall),
+            _ => {
+                let wall = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                *self.base.insert((Instant::now(), wall))
+            }
+        };
+        let t = match now.checked_duration_since(at) {
+            Some(d) => wall + d,
+            None => wall.saturating_sub(at - now),
+        };
         self.stamp_at(t.as_secs(), t.subsec_micros(), out);
     }
 
@@ -268,15 +293,14 @@ impl Clock {
             self.second = secs;
             self.text = civil(secs);
         }
-        out.extend_from_slice(&self.text);
-        out.push(b'.');
-        let mut m = [b'0'; 6];
+        let mut t = [b'.'; 26];
+        t[..19].copy_from_slice(&self.text);
         let mut v = micros;
-        for d in m.iter_mut().rev() {
+        for d in t[20..].iter_mut().rev() {
             *d = b'0' + (v % 10) as u8;
             v /= 10;
         }
-        out.extend_from_slice(&m);
+        out.extend_from_slice(&t);
     }
 }
 
@@ -347,8 +371,12 @@ mod tests {
             text(|o| c.stamp_at(4_102_444_799, 999_999, o)),
             "2099-12-31 23:59:59.999999"
         );
-        let now = text(|o| c.stamp(o));
-        assert_eq!(now.len(), 26, "{now}");
+        let t0 = Instant::now();
+        let a = text(|o| c.stamp(t0, o));
+        let b = text(|o| c.stamp(t0 + Duration::from_millis(1500), o));
+        let before = text(|o| c.stamp(t0, o));
+        assert_eq!((a.len(), b.len()), (26, 26), "{a} {b}");
+        assert!(a < b && before <= b, "{a} {b} {before}");
     }
 
     fn line(e: &Entry) -> String {

@@ -76,7 +76,7 @@ struct Sinks {
 impl Sinks {
     fn emit(&mut self, e: &Entry, now: Instant) {
         if let Some(buf) = self.out.as_mut().and_then(|o| o.line(now)) {
-            self.clock.stamp(buf);
+            self.clock.stamp(now, buf);
             e.write_line(buf);
         }
         if let Some(s) = &mut self.scripts {
@@ -255,7 +255,9 @@ impl Filter for Log {
 
     fn report(&mut self, now: Instant) {
         self.mark_lost(now);
-        self.wake(now);
+        if let Some(out) = &mut self.sinks.out {
+            out.flush(now);
+        }
         self.say_troubles();
     }
 

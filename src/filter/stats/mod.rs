@@ -123,7 +123,7 @@ impl Filter for Stats {
             self.out.restart(now);
         }
         self.out.push(text.as_bytes(), now);
-        self.out.pump(now);
+        self.out.flush(now);
     }
 
     fn wake_at(&self) -> Option<Instant> {
