@@ -52,11 +52,12 @@ enum Writer {
 /// What the kernel is doing for us.
 enum Op {
     Truncate,
-    /// `buf[done..len]` is still to be written.
+    /// `buf[done..len]` is still to be written; it holds `lines` lines.
     Write {
         buf: BufId,
         done: usize,
         len: usize,
+        lines: u64,
     },
 }
 
@@ -226,8 +227,10 @@ impl Appender {
         }
     }
 
-    /// At exit: writes what is waiting, giving up after `within` (a write
-    /// the kernel still has is waited for by the ring as it drops).
+    /// At exit: writes what is waiting, giving up after `within`. A write
+    /// the kernel still has then (a disk that hangs, a pipe nobody reads) is
+    /// abandoned with its ring: dropping the ring would wait for it, and the
+    /// process is about to end, which frees both.
     pub fn finish(&mut self, within: Duration) {
         let end = Instant::now() + within;
         let mut retried = false;
@@ -243,12 +246,25 @@ impl Appender {
             match self.state {
                 State::Idle if !work => return,
                 State::Busy { .. } if now < end => std::thread::sleep(LOOK_FIRST),
-                _ => {
-                    self.lost += count_lines(&self.pending);
-                    self.pending.clear();
-                    return;
-                }
+                _ => return self.give_up(),
             }
+        }
+    }
+
+    /// What waits is lost; a write in the kernel is left to it.
+    fn give_up(&mut self) {
+        self.lost += count_lines(&self.pending);
+        self.pending.clear();
+        if let State::Busy { op, .. } = std::mem::replace(&mut self.state, State::Idle) {
+            if let Op::Write { lines, .. } = op {
+                self.lost += lines;
+            }
+            log::warn!(
+                "{}: still writing after {}s: given up",
+                self.path.display(),
+                FINISH.as_secs()
+            );
+            std::mem::forget(std::mem::replace(&mut self.writer, Writer::Direct));
         }
     }
 
@@ -258,8 +274,15 @@ impl Appender {
         let len = buf.len();
         match &mut self.writer {
             Writer::Ring(ring) => {
+                let lines = count_lines(&buf);
                 let buf = ring.lend(buf);
-                self.start(Op::Write { buf, done: 0, len }, now);
+                let op = Op::Write {
+                    buf,
+                    done: 0,
+                    len,
+                    lines,
+                };
+                self.start(op, now);
             }
             _ => {
                 let res = (&*self.file).write_all(&buf);
@@ -280,7 +303,7 @@ impl Appender {
         };
         let sqe = match &op {
             Op::Truncate => Sqe::Truncate { len: 0 },
-            Op::Write { buf, done, len } => Sqe::Append {
+            Op::Write { buf, done, len, .. } => Sqe::Append {
                 buf: *buf,
                 range: *done..*len,
             },
@@ -328,16 +351,22 @@ impl Appender {
                 log::warn!("{}: truncate: {e}", self.path.display());
             }
             Op::Truncate => {}
-            Op::Write { buf, done, len } if res > 0 && done + (res as usize) < len => {
+            Op::Write {
+                buf,
+                done,
+                len,
+                lines,
+            } if res > 0 && done + (res as usize) < len => {
                 // A short write: the rest.
                 let op = Op::Write {
                     buf,
                     done: done + res as usize,
                     len,
+                    lines,
                 };
                 self.start(op, now);
             }
-            Op::Write { buf, done, len } => {
+            Op::Write { buf, done, len, .. } => {
                 // The kernel is done with it: nothing names it now.
                 let Some(mut b) = ring.take(buf) else { return };
                 let r = match res {

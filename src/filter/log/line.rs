@@ -33,6 +33,45 @@ impl Kind {
     }
 }
 
+/// What an entry says after its action and id.
+#[derive(Debug, Clone, Copy)]
+pub enum Fields<'a> {
+    /// `key=value` pairs, space-separated (may be empty).
+    Text(&'a [u8]),
+    /// A request: its offset, length and flags (`request_fields`).
+    Request {
+        kind: u16,
+        flags: u16,
+        offset: u64,
+        len: u64,
+    },
+    /// An outcome: `return=0`, or `return=-1 error=EIO`.
+    Outcome(u32),
+}
+
+impl Fields<'_> {
+    fn is_empty(&self) -> bool {
+        match *self {
+            Fields::Text(t) => t.is_empty(),
+            Fields::Request { kind, .. } => kind == CMD_FLUSH,
+            Fields::Outcome(_) => false,
+        }
+    }
+
+    fn write(&self, out: &mut impl Put) {
+        match *self {
+            Fields::Text(t) => out.put(t),
+            Fields::Request {
+                kind,
+                flags,
+                offset,
+                len,
+            } => request_fields(kind, flags, offset, len, out),
+            Fields::Outcome(errno) => outcome_fields(errno, out),
+        }
+    }
+}
+
 /// One entry: for a connection or not, with a transaction id or not (0).
 #[derive(Debug, Clone, Copy)]
 pub struct Entry<'a> {
@@ -40,56 +79,131 @@ pub struct Entry<'a> {
     pub id: u64,
     pub act: &'static str,
     pub kind: Kind,
-    /// `key=value` pairs, space-separated (may be empty).
-    pub fields: &'a [u8],
+    pub fields: Fields<'a>,
 }
 
 impl Entry<'_> {
     /// Its line in the log file, after the timestamp (`Clock::stamp`).
-    pub fn write_line(&self, out: &mut Vec<u8>) {
+    pub fn write_line(&self, out: &mut impl Put) {
         if let Some(c) = self.conn {
-            out.extend_from_slice(b" connection=");
+            out.put(b" connection=");
             dec(out, c);
         }
-        out.push(b' ');
-        if self.kind == Kind::Leave {
-            out.extend_from_slice(b"...");
-        }
-        out.extend_from_slice(self.act.as_bytes());
+        out.put(match self.kind {
+            Kind::Leave => b" ...",
+            _ => b" ",
+        });
+        out.put(self.act.as_bytes());
         if self.id != 0 {
-            out.extend_from_slice(b" id=");
+            out.put(b" id=");
             dec(out, self.id);
         }
         if !self.fields.is_empty() {
-            out.push(b' ');
-            out.extend_from_slice(self.fields);
+            out.put(b" ");
+            self.fields.write(out);
         }
-        if self.kind == Kind::Enter {
-            out.extend_from_slice(b" ...");
-        }
-        out.push(b'\n');
+        out.put(match self.kind {
+            Kind::Enter => b" ...\n",
+            _ => b"\n",
+        });
     }
 
     /// The text a log script runs: its variables, then the script.
     pub fn script_text(&self, script: &str) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.fields.len() + script.len());
-        out.extend_from_slice(b"act=");
-        out.extend_from_slice(self.act.as_bytes());
+        let mut out = Vec::with_capacity(128 + script.len());
+        out.put(b"act=");
+        out.put(self.act.as_bytes());
         if let Some(c) = self.conn {
-            out.extend_from_slice(b"\nconnection=");
+            out.put(b"\nconnection=");
             dec(&mut out, c);
         }
-        out.extend_from_slice(b"\ntype=");
-        out.extend_from_slice(self.kind.name().as_bytes());
+        out.put(b"\ntype=");
+        out.put(self.kind.name().as_bytes());
         if self.id != 0 {
-            out.extend_from_slice(b"\nid=");
+            out.put(b"\nid=");
             dec(&mut out, self.id);
         }
-        out.push(b'\n');
-        out.extend_from_slice(self.fields);
-        out.push(b'\n');
-        out.extend_from_slice(script.as_bytes());
+        out.put(b"\n");
+        self.fields.write(&mut out);
+        out.put(b"\n");
+        out.put(script.as_bytes());
         out
+    }
+}
+
+/// Where text is written: a Vec, or a `Line` on the stack.
+pub trait Put {
+    fn put(&mut self, s: &[u8]);
+}
+
+impl Put for Vec<u8> {
+    fn put(&mut self, s: &[u8]) {
+        self.extend_from_slice(s);
+    }
+}
+
+/// A line made on the stack and handed to the log's buffer in one copy: a
+/// request's line is twenty small pieces, each a call and a capacity check
+/// when appended to a Vec (measured: a third of the filter's time). A line
+/// too long for it (a Connect line with a long export name) is marked, to be
+/// made again in a Vec.
+pub struct Line {
+    b: [u8; 256],
+    n: usize,
+    full: bool,
+}
+
+impl Default for Line {
+    fn default() -> Line {
+        Line {
+            b: [0; 256],
+            n: 0,
+            full: false,
+        }
+    }
+}
+
+impl Line {
+    /// The line, unless it did not fit.
+    pub fn text(&self) -> Option<&[u8]> {
+        (!self.full).then(|| &self.b[..self.n])
+    }
+}
+
+impl Put for Line {
+    #[inline]
+    fn put(&mut self, s: &[u8]) {
+        match self.b.get_mut(self.n..self.n + s.len()) {
+            Some(to) => {
+                copy_small(to, s);
+                self.n += s.len();
+            }
+            None => self.full = true,
+        }
+    }
+}
+
+/// `to.copy_from_slice(from)`, without a call to memcpy for the short
+/// pieces lines are made of: two overlapping fixed-size copies, which are
+/// plain moves.
+#[inline]
+fn copy_small(to: &mut [u8], from: &[u8]) {
+    let n = from.len();
+    match n {
+        0..4 => {
+            for (t, f) in to.iter_mut().zip(from) {
+                *t = *f;
+            }
+        }
+        4..8 => {
+            to[..4].copy_from_slice(&from[..4]);
+            to[n - 4..].copy_from_slice(&from[n - 4..]);
+        }
+        8..=16 => {
+            to[..8].copy_from_slice(&from[..8]);
+            to[n - 8..].copy_from_slice(&from[n - 8..]);
+        }
+        _ => to.copy_from_slice(from),
     }
 }
 
@@ -109,29 +223,29 @@ pub fn act(kind: u16) -> &'static str {
 
 /// The fields of a request as nbdkit logs it: its offset and length, and
 /// the flags its command takes.
-pub fn request_fields(kind: u16, flags: u16, offset: u64, len: u64, out: &mut Vec<u8>) {
+pub fn request_fields(kind: u16, flags: u16, offset: u64, len: u64, out: &mut impl Put) {
     let flag = |f: u16| u64::from(flags & f != 0);
     if kind == CMD_FLUSH {
         return;
     }
     pair(out, "offset", offset, true);
-    out.push(b' ');
+    out.put(b" ");
     pair(out, "count", len, true);
     match kind {
         CMD_WRITE | CMD_TRIM => {
-            out.push(b' ');
+            out.put(b" ");
             pair(out, "fua", flag(CMD_FLAG_FUA), false);
         }
         CMD_WRITE_ZEROES => {
-            out.push(b' ');
+            out.put(b" ");
             pair(out, "trim", 1 - flag(CMD_FLAG_NO_HOLE), false);
-            out.push(b' ');
+            out.put(b" ");
             pair(out, "fua", flag(CMD_FLAG_FUA), false);
-            out.push(b' ');
+            out.put(b" ");
             pair(out, "fast", flag(CMD_FLAG_FAST_ZERO), false);
         }
         CMD_BLOCK_STATUS => {
-            out.push(b' ');
+            out.put(b" ");
             pair(out, "req_one", flag(CMD_FLAG_REQ_ONE), false);
         }
         _ => {}
@@ -171,13 +285,13 @@ pub fn connect_fields(ex: &Export, out: &mut Vec<u8>) {
 }
 
 /// `return=0`, or `return=-1 error=EIO`: an outcome as nbdkit logs it.
-pub fn outcome_fields(errno: u32, out: &mut Vec<u8>) {
+pub fn outcome_fields(errno: u32, out: &mut impl Put) {
     if errno == 0 {
-        out.extend_from_slice(b"return=0");
+        out.put(b"return=0");
         return;
     }
-    out.extend_from_slice(b"return=-1 error=");
-    out.extend_from_slice(errno_name(errno).as_bytes());
+    out.put(b"return=-1 error=");
+    out.put(errno_name(errno).as_bytes());
 }
 
 /// The name nbdkit's log filter gives an NBD error.
@@ -195,16 +309,16 @@ fn errno_name(e: u32) -> &'static str {
 }
 
 /// `key=value`, in hex (`0x1f`) or decimal.
-pub fn pair(out: &mut Vec<u8>, key: &str, v: u64, hex_form: bool) {
-    out.extend_from_slice(key.as_bytes());
-    out.push(b'=');
+pub fn pair(out: &mut impl Put, key: &str, v: u64, hex_form: bool) {
+    out.put(key.as_bytes());
+    out.put(b"=");
     match hex_form {
         true => hex(out, v),
         false => dec(out, v),
     }
 }
 
-pub fn dec(out: &mut Vec<u8>, mut v: u64) {
+pub fn dec(out: &mut impl Put, mut v: u64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {
@@ -215,10 +329,10 @@ pub fn dec(out: &mut Vec<u8>, mut v: u64) {
             break;
         }
     }
-    out.extend_from_slice(&buf[i..]);
+    out.put(&buf[i..]);
 }
 
-pub fn hex(out: &mut Vec<u8>, mut v: u64) {
+pub fn hex(out: &mut impl Put, mut v: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 18];
     let mut i = buf.len();
@@ -231,7 +345,7 @@ pub fn hex(out: &mut Vec<u8>, mut v: u64) {
         }
     }
     buf[i - 2..i].copy_from_slice(b"0x");
-    out.extend_from_slice(&buf[i - 2..]);
+    out.put(&buf[i - 2..]);
 }
 
 /// `s` as one shell word: bare if it is made only of characters the shell
@@ -271,7 +385,7 @@ pub struct Clock {
 
 impl Clock {
     /// Appends the time of `now`.
-    pub fn stamp(&mut self, now: Instant, out: &mut Vec<u8>) {
+    pub fn stamp(&mut self, now: Instant, out: &mut impl Put) {
         let (at, wall) = match self.base {
             Some((at, wall)) if now.saturating_duration_since(at) < RESYNC => (at, wall),
             _ => {
@@ -288,7 +402,7 @@ impl Clock {
         self.stamp_at(t.as_secs(), t.subsec_micros(), out);
     }
 
-    pub fn stamp_at(&mut self, secs: u64, micros: u32, out: &mut Vec<u8>) {
+    pub fn stamp_at(&mut self, secs: u64, micros: u32, out: &mut impl Put) {
         if secs != self.second || self.text[0] == 0 {
             self.second = secs;
             self.text = civil(secs);
@@ -300,7 +414,7 @@ impl Clock {
             *d = b'0' + (v % 10) as u8;
             v /= 10;
         }
-        out.extend_from_slice(&t);
+        out.put(&t);
     }
 }
 
@@ -388,24 +502,25 @@ mod tests {
 
     #[test]
     fn lines_as_nbdkit_writes_them() {
-        let mut f = Vec::new();
-        request_fields(CMD_READ, 0, 0, 0x200, &mut f);
         let e = Entry {
             conn: Some(1),
             id: 1,
             act: act(CMD_READ),
             kind: Kind::Enter,
-            fields: &f,
+            fields: Fields::Request {
+                kind: CMD_READ,
+                flags: 0,
+                offset: 0,
+                len: 0x200,
+            },
         };
         assert_eq!(
             line(&e),
             "TS connection=1 Read id=1 offset=0x0 count=0x200 ...\n"
         );
-        let mut f = Vec::new();
-        outcome_fields(EIO, &mut f);
         let e = Entry {
             kind: Kind::Leave,
-            fields: &f,
+            fields: Fields::Outcome(EIO),
             ..e
         };
         assert_eq!(
@@ -417,7 +532,7 @@ mod tests {
             id: 0,
             act: "Ready",
             kind: Kind::Print,
-            fields: b"thread_model=3",
+            fields: Fields::Text(b"thread_model=3"),
         };
         assert_eq!(line(&ready), "TS Ready thread_model=3\n");
         let flush = Entry {
@@ -425,7 +540,12 @@ mod tests {
             id: 7,
             act: "Flush",
             kind: Kind::Enter,
-            fields: b"",
+            fields: Fields::Request {
+                kind: CMD_FLUSH,
+                flags: 0,
+                offset: 0,
+                len: 0,
+            },
         };
         assert_eq!(line(&flush), "TS connection=2 Flush id=7 ...\n");
         assert_eq!(

@@ -25,7 +25,7 @@ use super::params::{Params, boolean};
 use super::registry::Param;
 use super::{Call, Conn, Filter, Verdict};
 use crate::export::Export;
-use line::{Clock, Entry, Kind};
+use line::{Clock, Entry, Fields, Kind, Line};
 use script::Scripts;
 
 pub const PARAMS: &[Param] = &[
@@ -76,8 +76,16 @@ struct Sinks {
 impl Sinks {
     fn emit(&mut self, e: &Entry, now: Instant) {
         if let Some(buf) = self.out.as_mut().and_then(|o| o.line(now)) {
-            self.clock.stamp(now, buf);
-            e.write_line(buf);
+            let mut line = Line::default();
+            self.clock.stamp(now, &mut line);
+            e.write_line(&mut line);
+            match line.text() {
+                Some(text) => buf.extend_from_slice(text),
+                None => {
+                    self.clock.stamp(now, buf);
+                    e.write_line(buf);
+                }
+            }
         }
         if let Some(s) = &mut self.scripts {
             let text = e.script_text(s.script());
@@ -130,7 +138,7 @@ impl Log {
             id: 0,
             act,
             kind: Kind::Print,
-            fields: &self.fields,
+            fields: Fields::Text(&self.fields),
         };
         self.sinks.emit(&e, now);
     }
@@ -190,11 +198,11 @@ impl Filter for Log {
             id: self.preconnects,
             act: "Preconnect",
             kind: Kind::Enter,
-            fields: &self.fields,
+            fields: Fields::Text(&self.fields),
         };
         self.sinks.emit(&e, now);
         e.kind = Kind::Leave;
-        e.fields = b"return=0";
+        e.fields = Fields::Outcome(0);
         self.sinks.emit(&e, now);
         self.clients.insert(c.id, Client::default());
         let e = Entry {
@@ -202,7 +210,7 @@ impl Filter for Log {
             id: 0,
             act: "Connect",
             kind: Kind::Print,
-            fields: &self.connect,
+            fields: Fields::Text(&self.connect),
         };
         self.sinks.emit(&e, now);
         None
@@ -220,20 +228,17 @@ impl Filter for Log {
         client.transactions += 1;
         let id = client.transactions;
         client.open.push((*call, id));
-        self.fields.clear();
-        line::request_fields(
-            call.kind,
-            call.flags,
-            call.offset,
-            call.len,
-            &mut self.fields,
-        );
         let e = Entry {
             conn: Some(call.conn),
             id,
             act: line::act(call.kind),
             kind: Kind::Enter,
-            fields: &self.fields,
+            fields: Fields::Request {
+                kind: call.kind,
+                flags: call.flags,
+                offset: call.offset,
+                len: call.len,
+            },
         };
         self.sinks.emit(&e, now);
         Verdict::Pass
@@ -241,14 +246,12 @@ impl Filter for Log {
 
     fn reply(&mut self, call: &Call, errno: u32, now: Instant) {
         let id = self.clients.get_mut(&call.conn).and_then(|c| c.take(call));
-        self.fields.clear();
-        line::outcome_fields(errno, &mut self.fields);
         let e = Entry {
             conn: Some(call.conn),
             id: id.unwrap_or(0),
             act: line::act(call.kind),
             kind: Kind::Leave,
-            fields: &self.fields,
+            fields: Fields::Outcome(errno),
         };
         self.sinks.emit(&e, now);
     }
