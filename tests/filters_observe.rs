@@ -239,6 +239,55 @@ fn sigusr1_writes_the_stats_report_at_once() {
     assert_eq!(read(&all).matches("total: ").count(), 3);
 }
 
+#[test]
+fn sigusr1_mid_run_reports_while_clients_go_on() {
+    let dir = TempDir::new();
+    let stats = dir.join("stats");
+    let srv = Server::start(&["--filter=stats", "memory", "64M", &kv("statsfile", &stats)]);
+    let mut b = Command::new(bench())
+        .args([
+            "-c",
+            "4",
+            "-q",
+            "8",
+            "-t",
+            "1.5",
+            "--interval",
+            "0.1",
+            "--json",
+        ])
+        .args(["--rw", "randrw"])
+        .arg(srv.uri())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the bench");
+    // Its first progress line: requests are flowing.
+    let progress = b.stderr.take().expect("piped");
+    assert!(
+        first_line(progress, 20).is_some(),
+        "the bench printed no progress"
+    );
+    srv.signal("USR1");
+    wait_until(10, "the mid-run report", || {
+        read(&stats).contains("\nwrite: ")
+    });
+    let mid = count_before(line_of(&read(&stats), "total: "), "ops");
+    assert!(mid > 0);
+    let out = b.wait_with_output().expect("the bench ends");
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{json}");
+    assert_eq!(number(&json, "errors"), 0, "{json}");
+    assert!(srv.sock.exists());
+    assert!(srv.stop().success());
+    let last = count_before(line_of(&read(&stats), "total: "), "ops");
+    assert!(
+        last > mid && last >= number(&json, "requests"),
+        "{mid} {last} {json}"
+    );
+}
+
 /// A log line without its timestamp, which is checked: `YYYY-MM-DD
 /// HH:MM:SS.uuuuuu `.
 #[track_caller]
