@@ -1,17 +1,17 @@
 //! A file the loop appends to without ever waiting on it: the log and stats
 //! filters' output. Lines gather in a bounded buffer (`CAP`); the buffer goes
-//! to the file through a small io_uring of the appender's own, one write at a
-//! time, started and reaped when its filter is woken (`wake_at`, `pump`), so
-//! the loop needs no descriptor for it.
+//! to the file in batches through a small io_uring of the appender's own, one
+//! write at a time, started and reaped when its filter is woken (`wake_at`,
+//! `pump`), so the loop needs no descriptor for it.
 //!
 //! Why not write(2): a regular file ignores O_NONBLOCK, and a buffered write
 //! can sleep in the kernel (dirty-page throttling, a slow or remote disk).
-//! Through the ring, the kernel writes at once where it can and hands the
-//! write to one of its workers where it would wait; the loop only looks for
-//! the completion. What the file does not take (the buffer is full, a write
-//! failed: ENOSPC, EIO) is dropped and counted (`Appender::lost`), and writing
-//! is tried again a second later. Without io_uring (an old kernel, a policy,
-//! NBDLITE_IO_URING=0) the writes are plain write(2)s, and may then wait.
+//! Through the ring a kernel worker makes the write (`Sqe::Append`), never
+//! the loop's thread, which only looks for the completion. What the file does
+//! not take (the buffer is full, a write failed: ENOSPC, EIO) is dropped and
+//! counted (`Appender::lost`), and writing is tried again a second later.
+//! Without io_uring (an old kernel, a policy, NBDLITE_IO_URING=0) the writes
+//! are plain write(2)s, and may then wait.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -475,6 +475,21 @@ mod tests {
         drain(&mut a);
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "new\n");
         assert_eq!(a.lost(), 0);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn without_a_ring_lines_are_written_directly() {
+        let path = temp("direct");
+        let mut a = Appender::open(&path, false).expect("open");
+        a.writer = Writer::Direct;
+        a.push(b"one\n", Instant::now());
+        a.flush(Instant::now());
+        a.restart(Instant::now());
+        a.push(b"two\n", Instant::now());
+        a.flush(Instant::now());
+        assert!(matches!(a.writer, Writer::Direct));
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "two\n");
         let _ = std::fs::remove_file(&path);
     }
 
