@@ -96,7 +96,9 @@ fn rule(params: &Params, prefix: &str, base: &Rule) -> Result<Rule, String> {
             .unwrap_or(base.rate),
         file: params
             .get(&format!("{prefix}-file"))
-            .map(PathBuf::from)
+            // Absolute: filters are built before the server goes into the
+            // background, which changes directory to /.
+            .map(|f| std::path::absolute(f).unwrap_or_else(|_| PathBuf::from(f)))
             .or_else(|| base.file.clone()),
     })
 }
