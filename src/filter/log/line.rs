@@ -164,6 +164,13 @@ impl Default for Line {
 }
 
 impl Line {
+    /// Empty again (kept, rather than made afresh: zeroing it costs more
+    /// than the rest of a line).
+    pub fn clear(&mut self) {
+        self.n = 0;
+        self.full = false;
+    }
+
     /// The line, unless it did not fit.
     pub fn text(&self) -> Option<&[u8]> {
         (!self.full).then(|| &self.b[..self.n])

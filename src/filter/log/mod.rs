@@ -55,6 +55,7 @@ pub fn build(params: &Params) -> Result<Box<dyn Filter>, String> {
             out,
             scripts: params.get("logscript").map(Scripts::new),
             clock: Clock::default(),
+            line: Line::default(),
         },
         connect: Vec::new(),
         read_only: false,
@@ -71,14 +72,17 @@ struct Sinks {
     out: Option<Appender>,
     scripts: Option<Scripts>,
     clock: Clock,
+    /// Where each line is made.
+    line: Line,
 }
 
 impl Sinks {
     fn emit(&mut self, e: &Entry, now: Instant) {
         if let Some(buf) = self.out.as_mut().and_then(|o| o.line(now)) {
-            let mut line = Line::default();
-            self.clock.stamp(now, &mut line);
-            e.write_line(&mut line);
+            let line = &mut self.line;
+            line.clear();
+            self.clock.stamp(now, line);
+            e.write_line(line);
             match line.text() {
                 Some(text) => buf.extend_from_slice(text),
                 None => {
