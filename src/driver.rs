@@ -637,6 +637,7 @@ impl Front {
         log::warn!("WRITE of {} bytes refused", req.payload);
         let out = &mut t.out.writer(&mut t.sh.pool);
         request::refuse(&s, req, out, EINVAL, "request too large");
+        t.sh.storage.tally.refused();
         self.skip = req.payload;
         (hdr, Progress::Handled)
     }

@@ -70,3 +70,4 @@ mod size;
 mod storage;
 #[allow(unsafe_code)]
 mod sys;
+mod tally;

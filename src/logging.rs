@@ -89,6 +89,15 @@ pub fn set_sink(sink: Sink) {
     SINK.store(sink as u8, Ordering::Relaxed);
 }
 
+/// A line the user asked for (SIGUSR1's summary): logged as information,
+/// whatever the verbosity.
+pub fn notice(text: &str) {
+    let sink = SINK.load(Ordering::Relaxed);
+    if !emit(sink, log::Level::Info, text) {
+        LOST.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Messages logged while the guard lives name connection `id`, and its
 /// warnings count against `quota` (`ConnScope::end` hands it back).
 pub fn conn_scope(id: u64, quota: Quota) -> ConnScope {

@@ -39,8 +39,9 @@ pub fn serve(
     let nofile = raise_nofile_limit();
     // Before anything is bound or forked: a filter that cannot start (a
     // partition not found, an offset past the end) is one line and exit 1,
-    // and its paths resolve against the directory we were started in. Layers
-    // of storage (cow) go over the backend first, the stages in front.
+    // and its files (logfile=, statsfile=) open by the names given, from the
+    // directory we were started in (the background runs from /). Layers of
+    // storage (cow) go over the backend first, the stages in front.
     let mut filters = crate::filter::build(&cfg.filters).map_err(Error::usage)?;
     let layers = crate::filter::Layers::sort(&mut filters);
     let backend = open_backend(cfg, layers.read_only_below())?;
@@ -97,6 +98,10 @@ pub fn serve(
         server.set_run_child(captive::spawn(cmd, &ep, nofile)?);
     }
     let code = server.run();
+    // First the server, whose filters finish writing their files, then the
+    // socket and the pidfile: whoever waits for those to go finds the files
+    // complete.
+    drop(server);
     drop(cleanup);
     Ok(code)
 }
@@ -106,7 +111,9 @@ pub fn serve(
 /// bound, so no signal can leave it behind either.
 fn catch_signals() -> Result<OwnedFd, Error> {
     let stops = [libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGHUP];
-    sys::signal_pipe(&[&stops[..], &[libc::SIGCHLD]].concat()).map_err(Error::setup("signals"))
+    // SIGUSR1 asks for a report (its default would kill us, as SIGHUP's).
+    let others = [libc::SIGCHLD, libc::SIGUSR1];
+    sys::signal_pipe(&[&stops[..], &others[..]].concat()).map_err(Error::setup("signals"))
 }
 
 /// Where `detach` left the process.

@@ -17,6 +17,7 @@ use crate::filter::{Call, Held, Stack};
 use crate::origin::Origin;
 use crate::proto::request::Request;
 use crate::proto::{CMD_READ, CMD_WRITE};
+use crate::tally::Tally;
 
 /// A request the I/O engine is working on: who asked, and what its reply needs.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +81,8 @@ pub struct Storage {
     pub export: Export,
     /// The filters in front of the backend, and the requests they hold.
     pub filters: Stack,
+    /// Requests answered since the start (SIGUSR1's summary).
+    pub tally: Tally,
     /// Scratch space for extents, reused by every request.
     extents: Vec<Extent>,
     /// Requests in the engine, by the tag their completion carries.
@@ -101,10 +104,19 @@ impl Storage {
             backend,
             export,
             filters,
+            tally: Tally::default(),
             extents: Vec::new(),
             flights: Slab::new(),
             work: 0,
         }
+    }
+
+    /// A request's outcome (0, or the NBD error its reply carries), from
+    /// filter stage `from` (the one that answered it, or the bottom): counted,
+    /// and told to the filters above.
+    pub fn answered(&mut self, call: &Call, errno: u32, from: usize, now: std::time::Instant) {
+        self.tally.note(call.kind, call.len, errno);
+        self.filters.up(call, errno, from, now);
     }
 
     #[cfg(test)]

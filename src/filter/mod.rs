@@ -22,6 +22,7 @@
 //! it. With no filter configured the request path asks `Stack::is_empty`
 //! and nothing else.
 
+mod appender;
 mod beneath;
 mod blocksize_policy;
 mod bucket;
@@ -33,6 +34,7 @@ mod exitlast;
 mod exitwhen;
 mod layers;
 mod limit;
+mod log;
 mod noextents;
 mod nozero;
 mod offset;
@@ -41,6 +43,7 @@ mod partition;
 mod rate;
 pub mod registry;
 mod startup_read;
+mod stats;
 mod truncate;
 
 pub use startup_read::StartupRead;

@@ -101,6 +101,18 @@ pub static FILTERS: &[Entry] = &[
         params: super::cow::PARAMS,
         build: super::cow::build,
     },
+    Entry {
+        name: "stats",
+        about: "statistics of requests (counts, bytes, rates, latencies) at exit and on SIGUSR1",
+        params: super::stats::PARAMS,
+        build: super::stats::build,
+    },
+    Entry {
+        name: "log",
+        about: "a line per connection event, request and reply, to a file or a script",
+        params: super::log::PARAMS,
+        build: super::log::build,
+    },
 ];
 
 /// The filter named `name`.

@@ -88,6 +88,7 @@ pub fn serve(r: &Incoming, storage: &mut Storage, shutting_down: bool, out: &mut
         Ok(len) => len,
         Err(refusal) => {
             reply::error(&r.agreed, req, out, refusal.errno, refusal.msg);
+            storage.tally.refused();
             return Served::Replied;
         }
     };
@@ -121,7 +122,7 @@ pub fn resume(
     };
     if shutting_down {
         reply::error(&r.agreed, &r.req, out, ESHUTDOWN, "server is shutting down");
-        storage.filters.up(&h.call, ESHUTDOWN, h.stage, now);
+        storage.answered(&h.call, ESHUTDOWN, h.stage, now);
         return Served::Replied;
     }
     onward(&r, h.call, h.stage + 1, storage, out)
@@ -143,14 +144,14 @@ fn onward(
             Verdict::Pass => depth = stage,
             Verdict::Fail(errno) => {
                 reply::error(&r.agreed, &r.req, out, errno, "error from a filter");
-                storage.filters.up(&call, errno, stage, r.now);
+                storage.answered(&call, errno, stage, r.now);
                 return Served::Replied;
             }
             Verdict::Hold(at) => return hold(r, call, stage, at, storage),
             Verdict::Disconnect(why) => return Served::Disconnect(why),
             Verdict::Zeroes => {
                 let errno = zeroes::answer(r, &call, out);
-                storage.filters.up(&call, errno, stage, r.now);
+                storage.answered(&call, errno, stage, r.now);
                 return Served::Replied;
             }
         }
@@ -158,7 +159,7 @@ fn onward(
     // 3. Run, and 4. reply.
     match run(r, &call, storage, out) {
         Ran::Replied(errno) => {
-            storage.filters.up(&call, errno, depth, r.now);
+            storage.answered(&call, errno, depth, r.now);
             Served::Replied
         }
         Ran::Submitted(owed) => Served::Submitted(owed),
@@ -219,7 +220,7 @@ fn hold(r: &Incoming, call: Call, stage: usize, at: Instant, storage: &mut Stora
 pub fn complete(flight: &Flight, done: Done, storage: &mut Storage, now: Instant, out: &mut Out) {
     let errno = engine::reply(flight, done, out);
     let depth = storage.filters.depth();
-    storage.filters.up(&flight.call, errno, depth, now);
+    storage.answered(&flight.call, errno, depth, now);
 }
 
 /// The storage a request's reply will hold for its data, besides its header:

@@ -127,8 +127,10 @@ pub struct Server {
     completed: Vec<(Flight, Done)>,
     touched: Vec<Origin>,
     oldstyle: bool,
-    /// The next connection's serial number.
+    /// The last connection's serial number: how many there have been.
     serial: u64,
+    /// When the server began to serve (SIGUSR1's summary).
+    started: Instant,
     /// Connections have gone since the server was last quiet: their storage
     /// is given back to the system then (`give_back`).
     departed: bool,
@@ -214,6 +216,7 @@ impl Server {
             touched: Vec::new(),
             oldstyle: setup.oldstyle,
             serial: 0,
+            started: Instant::now(),
             departed: false,
             door: evict::Door::default(),
             ghosts: ghosts::Ghosts::default(),
@@ -535,11 +538,25 @@ impl Server {
             let begun = match sig {
                 Signal::Stop(s) => self.shared.lifecycle.on_stop_signal(s),
                 Signal::RunExited(code) => self.shared.lifecycle.run_exited(code),
+                Signal::Report => {
+                    self.report();
+                    false
+                }
             };
             if begun {
                 self.begin_shutdown();
             }
         }
+    }
+
+    /// SIGUSR1: one summary line in the log, and each filter's report (the
+    /// stats filter's); the server goes on.
+    fn report(&mut self) {
+        let now = Instant::now();
+        let up = now.saturating_duration_since(self.started);
+        let tally = &self.shared.storage.tally;
+        crate::logging::notice(&tally.summary(self.serial, self.conns.len(), up));
+        self.shared.storage.filters.report(now);
     }
 
     /// Stops accepting; lets connections finish what is in flight (new options get

@@ -1,5 +1,6 @@
 //! Signals, as bytes on a pipe the Poll watches, and the `--run` command,
-//! whose exit (SIGCHLD) ends the server with its status.
+//! whose exit (SIGCHLD) ends the server with its status. SIGUSR1 asks for a
+//! report, and the server goes on.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -17,6 +18,8 @@ pub enum Signal {
     Stop(libc::c_int),
     /// The `--run` command exited; the server exits with this status.
     RunExited(i32),
+    /// SIGUSR1: a summary line in the log, and the filters' reports.
+    Report,
 }
 
 pub struct Signals {
@@ -61,6 +64,7 @@ impl Signals {
                     for &sig in &buf[..n] {
                         match libc::c_int::from(sig) {
                             libc::SIGCHLD => found.extend(self.reap_run_child()),
+                            libc::SIGUSR1 => found.push(Signal::Report),
                             sig => found.push(Signal::Stop(sig)),
                         }
                     }

@@ -37,6 +37,10 @@ pub enum Sqe {
         buf: BufId,
         range: Range<usize>,
     },
+    /// write of `buf[range]` at the file's end (an O_APPEND file), by a
+    /// kernel worker: never tried inline, so the submitter spends no time on
+    /// it (a log's writes).
+    Append { buf: BufId, range: Range<usize> },
     /// pwrite of static data (the shared zero buffer) at `at`.
     WriteStatic { at: u64, data: &'static [u8] },
     /// fdatasync.
@@ -50,6 +54,8 @@ pub enum Sqe {
     WriteBack { at: u64, len: u32 },
     /// posix_fadvise(DONTNEED): the range dropped from the page cache.
     Evict { at: u64, len: u32 },
+    /// ftruncate (Linux 6.9; an older kernel answers -EINVAL).
+    Truncate { len: u64 },
 }
 
 /// Why a ring could not be had.
@@ -189,7 +195,9 @@ impl Ring {
             return false;
         }
         let buf = match sqe {
-            Sqe::Read { buf, range, .. } | Sqe::Write { buf, range, .. } => {
+            Sqe::Read { buf, range, .. }
+            | Sqe::Write { buf, range, .. }
+            | Sqe::Append { buf, range } => {
                 let len = self.lent[buf.0].buf.len();
                 assert!(range.start <= range.end && range.end <= len);
                 assert!(u32::try_from(range.len()).is_ok());
@@ -238,6 +246,12 @@ impl Ring {
                 let ptr = self.lent[buf.0].buf.as_mut_ptr().wrapping_add(range.start);
                 on_file!(Write(ptr.cast_const(), range.len() as u32).offset(*at))
             }
+            Sqe::Append { buf, range } => {
+                let ptr = self.lent[buf.0].buf.as_mut_ptr().wrapping_add(range.start);
+                // Offset -1: at the file position, which O_APPEND keeps at the end.
+                on_file!(Write(ptr.cast_const(), range.len() as u32).offset(u64::MAX))
+                    .flags(squeue::Flags::ASYNC)
+            }
             Sqe::WriteStatic { at, data } => {
                 let len = data.len().min(u32::MAX as usize) as u32;
                 // Straight to a kernel worker: done inline, filling a tmpfs
@@ -258,6 +272,7 @@ impl Ring {
             Sqe::Evict { at, len } => {
                 on_file!(Fadvise(*len as libc::off_t, libc::POSIX_FADV_DONTNEED).offset(*at))
             }
+            Sqe::Truncate { len } => on_file!(Ftruncate(*len)),
         }
     }
 
