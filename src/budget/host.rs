@@ -45,15 +45,57 @@ pub fn overcommitted(limit: Limit, disk: u64) -> bool {
 
 /// The memory limit this process runs under.
 pub fn memory_limit() -> Limit {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let cgroup = cgroup_limit(
-        &read("/proc/self/cgroup"),
-        &read("/proc/self/mountinfo"),
-        |p| std::fs::read_to_string(p).ok(),
-    );
-    match cgroup {
+    let cgroups = read_small("/proc/self/cgroup");
+    // Where systemd and container runtimes mount the hierarchies is tried
+    // first: /proc/self/mountinfo is the costliest file to read, and all of
+    // this is read before a socket-activated server greets its first client.
+    let mountinfo = match located(&cgroups, CONVENTIONAL_MOUNTS, |d| d.is_dir()) {
+        true => CONVENTIONAL_MOUNTS.to_string(),
+        false => read_small("/proc/self/mountinfo"),
+    };
+    match cgroup_limit(&cgroups, &mountinfo, |p| {
+        Some(read_small(p)).filter(|s| !s.is_empty())
+    }) {
         Some(l) => Limit::Cgroup(l),
         None => Limit::Physical(crate::sys::physical_memory()),
+    }
+}
+
+/// The usual mounts of the cgroup hierarchies (v2 alone, or hybrid with v1's
+/// memory controller), written as /proc/self/mountinfo would list them.
+const CONVENTIONAL_MOUNTS: &str = "\
+0 0 0:0 / /sys/fs/cgroup - cgroup2 cgroup2 rw
+0 0 0:0 / /sys/fs/cgroup/unified - cgroup2 cgroup2 rw
+0 0 0:0 / /sys/fs/cgroup/memory - cgroup cgroup rw,memory
+";
+
+/// Whether each memory cgroup of /proc/self/cgroup has its directory under
+/// one of the mounts of `mountinfo` (`is_dir` says which directories exist).
+fn located(cgroups: &str, mountinfo: &str, is_dir: impl Fn(&Path) -> bool) -> bool {
+    let found = |(v2, path): &(bool, String)| {
+        mounts(mountinfo, *v2)
+            .iter()
+            .any(|(root, mount)| cgroup_dir(mount, root, path).is_some_and(|d| is_dir(&d)))
+    };
+    memory_cgroups(cgroups).iter().all(found)
+}
+
+/// A file of /proc or /sys, or "" if it cannot be read: page by page
+/// (`read_to_string` asks for a size these files do not know, then reads 32
+/// bytes at a time, growing).
+fn read_small(path: impl AsRef<Path>) -> String {
+    use std::io::Read;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let (mut text, mut page) = (Vec::new(), [0u8; 4096]);
+    loop {
+        match file.read(&mut page) {
+            Ok(0) => return String::from_utf8(text).unwrap_or_default(),
+            Ok(n) => text.extend_from_slice(&page[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return String::new(),
+        }
     }
 }
 
@@ -223,5 +265,19 @@ mod tests {
         };
         assert_eq!(cgroup_limit(cgroups, mounts, files), Some(512 * MIB));
         assert_eq!(unescape(r"/a\040b\\c"), r"/a b\\c");
+    }
+
+    #[test]
+    fn conventional_mounts_only_where_the_cgroup_is_found() {
+        let hybrid = |d: &Path| {
+            let dirs = ["/sys/fs/cgroup", "/sys/fs/cgroup/memory/process_api/abc"];
+            dirs.iter().any(|e| d == Path::new(e))
+        };
+        assert!(located(HYBRID_CGROUP, CONVENTIONAL_MOUNTS, hybrid));
+        // A container without its own cgroup namespace: the path it is told
+        // is not under the mount, which is its own cgroup.
+        let container = |d: &Path| d == Path::new("/sys/fs/cgroup");
+        assert!(!located("0::/docker/abc\n", CONVENTIONAL_MOUNTS, container));
+        assert!(located("0::/\n", CONVENTIONAL_MOUNTS, container));
     }
 }

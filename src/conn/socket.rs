@@ -113,14 +113,20 @@ impl Socket {
 
     /// Bounds the socket's buffers in the kernel to what the budget counts
     /// (`socket_cost`); a descriptor that is not a socket (a pipe, with `-s`)
-    /// has no such buffers to bound.
+    /// has no such buffers to bound. What the kernel made of it is looked at
+    /// only when the debug log would say so: two system calls per client
+    /// otherwise, before its greeting.
     pub fn bound_buffers(&self) {
+        use crate::sys::net::{bound_socket_buffers, socket_buffers};
         let fd = self.rfd.as_fd();
-        match crate::sys::net::bound_socket_buffers(fd, SEND_BUFFER, RECEIVE_BUFFER) {
-            Ok(n) if n > socket_cost(true) => {
-                log::debug!("socket buffers: the kernel allows {n} bytes, more than counted")
-            }
-            Ok(_) => {}
+        match bound_socket_buffers(fd, SEND_BUFFER, RECEIVE_BUFFER) {
+            Ok(()) if log::log_enabled!(log::Level::Debug) => match socket_buffers(fd) {
+                Ok(n) if n > socket_cost(true) => {
+                    log::debug!("socket buffers: the kernel allows {n} bytes, more than counted")
+                }
+                _ => {}
+            },
+            Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {}
             Err(e) => log::debug!("socket buffers: {e}"),
         }

@@ -42,13 +42,20 @@ fn set_int(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, v: libc::c_int) 
 
 /// Asks for `send` bytes of send buffer and `receive` of receive buffer on a
 /// connected socket (which also ends TCP's autotuning, which would grow them
-/// to megabytes); returns what the kernel reports it allows for both (it
-/// doubles what is asked, for its bookkeeping).
-pub fn bound_socket_buffers(fd: BorrowedFd, send: usize, receive: usize) -> io::Result<usize> {
-    let mut total = 0;
+/// to megabytes).
+pub fn bound_socket_buffers(fd: BorrowedFd, send: usize, receive: usize) -> io::Result<()> {
     for (name, bytes) in [(libc::SO_SNDBUF, send), (libc::SO_RCVBUF, receive)] {
         let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
         set_int_on(fd, libc::SOL_SOCKET, name, v)?;
+    }
+    Ok(())
+}
+
+/// What the kernel allows a socket's send and receive buffers together (it
+/// doubles what was asked, for its bookkeeping).
+pub fn socket_buffers(fd: BorrowedFd) -> io::Result<usize> {
+    let mut total = 0;
+    for name in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
         let got = super::getsockopt_int(fd, libc::SOL_SOCKET, name)?;
         total += usize::try_from(got).unwrap_or(0);
     }
