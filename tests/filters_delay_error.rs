@@ -99,6 +99,35 @@ h.flush()
     }
 }
 
+/// A pipeline deeper than the I/O engine takes at once, held by the delay
+/// and released together: what the engine cannot take yet waits for room,
+/// none of it is refused as "server busy".
+#[test]
+fn a_released_pipeline_deeper_than_the_engine_waits_for_room() {
+    if !have(&["nbdsh"]) {
+        return;
+    }
+    for engine in ["1", "0"] {
+        let dir = TempDir::new();
+        let img = dir.join("disk.img");
+        common::sparse_file(&img, 1 << 20);
+        let mut cmd = Command::new(bin());
+        cmd.env("NBDLITE_IO_URING", engine);
+        let img = img.to_string_lossy();
+        let srv = Server::start_with(cmd, &["--filter=delay", "file", &img, "rdelay=200ms"]);
+        let script = "
+cmds = [h.aio_pread(nbd.Buffer(4096), (i % 256) * 4096) for i in range(700)]
+while h.aio_in_flight() > 0:
+    h.poll(-1)
+for c in cmds:
+    assert h.aio_command_completed(c)
+print('all', len(cmds))
+";
+        let out = nbdsh(&srv.uri(), script);
+        assert!(out.contains("all 700"), "engine {engine}: {out}");
+    }
+}
+
 #[test]
 fn open_and_close_are_delayed() {
     if !have(&["nbdsh", "nbdinfo"]) {

@@ -328,8 +328,15 @@ impl Stack {
     /// When the loop must next turn for the filters: a held request due, or
     /// a filter's own wake.
     pub fn next_wake(&self) -> Option<Instant> {
-        let own = self.filters.iter().filter_map(|f| f.wake_at()).min();
-        [self.next_due(), own].into_iter().flatten().min()
+        [self.next_due(), self.own_wake()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// When a filter next wants a wake of its own (not for a held request).
+    pub fn own_wake(&self) -> Option<Instant> {
+        self.filters.iter().filter_map(|f| f.wake_at()).min()
     }
 
     /// Once per turn: the filters whose wake time has come.

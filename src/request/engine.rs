@@ -36,7 +36,8 @@ pub fn submit(r: &Incoming, call: &Call, storage: &mut Storage, out: &mut Out) -
     match storage.submit(flight, op) {
         Ok(()) => Ran::Submitted(flight.owed()),
         Err(op) => {
-            // The driver asked `Storage::has_room` first, so this does not
+            // The driver asked `Storage::has_room` first (the server too, before
+            // it released a request a filter held), so this does not
             // happen; if it did, the client gets an answer rather than silence.
             log::warn!("{}: no room in the I/O engine", command_name(req.kind));
             if let Op::Read { buf, .. } | Op::Write { buf, .. } = op {

@@ -332,10 +332,14 @@ impl Server {
         }
         self.completed = completed;
         // Requests filters held that are due (all of them, at shutdown: they
-        // are refused), and connections they held.
+        // are refused), and connections they held. A due request stays held
+        // while the I/O engine is full (it would be refused there): a
+        // completion makes room, and wakes the loop.
         let (now, all) = (self.shared.now, self.shared.lifecycle.shutting_down());
         self.shared.storage.filters.wake(now);
-        while let Some(held) = self.shared.storage.filters.release(now, all) {
+        while (all || self.shared.storage.has_room())
+            && let Some(held) = self.shared.storage.filters.release(now, all)
+        {
             touched.push(held.origin);
             self.route(held.origin, Event::Released(held));
         }
@@ -585,7 +589,7 @@ impl Server {
             self.ghosts.next(),
             self.deadlines.next(),
             self.stalls.next(),
-            self.shared.storage.filters.next_wake(),
+            self.filters_wake(),
             self.sleepers.peek().map(|Reverse((at, _))| *at),
             io_deadline,
         ]
@@ -593,6 +597,17 @@ impl Server {
         .flatten()
         .min()
         .map(|at| at.saturating_duration_since(now))
+    }
+
+    /// When the filters need the loop next; not while held requests wait
+    /// for room in a full I/O engine, whose completions wake it anyway.
+    fn filters_wake(&mut self) -> Option<Instant> {
+        let room = self.shared.storage.has_room();
+        let filters = &self.shared.storage.filters;
+        match room {
+            true => filters.next_wake(),
+            false => filters.own_wake(),
+        }
     }
 
     fn should_exit(&mut self) -> Option<i32> {
