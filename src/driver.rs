@@ -487,6 +487,23 @@ fn gate(sh: &Shared) -> Gate {
     }
 }
 
+/// Option replies beyond this (a LIST of a large directory: a megabyte at
+/// most) are admitted by the budget before they are queued, as large data
+/// replies are: a client that lists and never reads holds no more than the
+/// budget lets it.
+const LARGE_OPTION_REPLY: usize = 4096;
+
+/// Whether the budget lets a connection queue option `replies`; a large
+/// reply also counts as loop work, by its size (a KiB an ordinary request).
+fn admit_replies(replies: &[u8], t: &mut Turn) -> bool {
+    if replies.len() <= LARGE_OPTION_REPLY {
+        return true;
+    }
+    t.sh.storage.add_work(replies.len() / 1024);
+    t.charge
+        .admit(&mut t.sh.budget, t.who, t.held, replies.len())
+}
+
 impl Front {
     /// Handles the message at the front of `input`, if it is complete. Returns
     /// how many bytes of `input` were used.
@@ -507,6 +524,11 @@ impl Front {
                 let mut replies = Vec::new();
                 let mut catalog = t.sh.storage.catalog(t.id);
                 let outcome = hs.step(input, &mut replies, &mut catalog, gate);
+                if !admit_replies(&replies, t) {
+                    // Asked again once resumed (a LIST reads its directory
+                    // again then; its answer is the same).
+                    return (skipped, Progress::NeedMemory);
+                }
                 t.out.writer(&mut t.sh.pool).put(&replies);
                 self.handshake_outcome(outcome, t)
             }

@@ -163,6 +163,12 @@ impl Storage {
         self.backend.closed(c.id);
     }
 
+    /// Work beyond an ordinary request's done for a connection outside the
+    /// request path (a LIST that read a directory), in ordinary requests.
+    pub fn add_work(&mut self, n: usize) {
+        self.work = self.work.saturating_add(n);
+    }
+
     /// The loop work done beyond ordinary requests' since the last call,
     /// counted in ordinary requests: what a connection's turn is charged
     /// besides one per request.

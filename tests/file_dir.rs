@@ -477,3 +477,43 @@ fn cache_none_leaves_little_in_the_page_cache() {
         }
     }
 }
+
+/// Clients that LIST a large directory over and over and never read the
+/// replies hold no more than the memory budget lets them (a listing is
+/// admitted before it is queued, as a large READ's data is), and a new
+/// client is still served.
+#[test]
+fn listing_clients_that_never_read_stay_within_the_budget() {
+    let dir = TempDir::new();
+    let d = dir.join("exports");
+    fs::create_dir(&d).expect("the exports directory");
+    // 1500 names of 200 bytes: a listing of about 330 KB.
+    for i in 0..1500 {
+        fs::write(d.join(format!("{i:0>200}")), b"x").expect("an image");
+    }
+    let srv = serve(Io::Uring, &d, &["--memory-budget", "16M"]);
+    let before = common::rss_kib(srv.pid());
+    let mut listers = Vec::new();
+    for _ in 0..4 {
+        let mut c = Client::start(&srv.sock);
+        for _ in 0..200 {
+            c.send_lossy(&option(OPT_LIST, &[]));
+        }
+        listers.push(c);
+    }
+    // Unbounded, the four would queue 64 MiB each within a second.
+    let limit = 48 << 10;
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let grown = common::rss_kib(srv.pid()).saturating_sub(before);
+        assert!(grown < limit, "the server grew by {grown} KiB");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Small requests fit a connection's floor: no waiting for the listers.
+    let t = Instant::now();
+    let mut fresh = Client::start(&srv.sock);
+    fresh.go(format!("{:0>200}", 7).as_bytes());
+    assert_eq!(fresh.read(0, 0, 1), Ok(b"x".to_vec()));
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    drop(listers);
+}
