@@ -23,6 +23,13 @@ struct Ghost {
     counted: usize,
 }
 
+/// How many ghosts may be kept, and how many bytes of queue in all.
+#[derive(Debug, Clone, Copy)]
+pub struct Room {
+    pub count: usize,
+    pub bytes: usize,
+}
+
 #[derive(Default)]
 pub struct Ghosts {
     list: Vec<Ghost>,
@@ -30,12 +37,17 @@ pub struct Ghosts {
 }
 
 impl Ghosts {
-    /// Keeps `fd`, whose queue still holds `unsent` bytes for its client, at
-    /// most `max` ghosts in all: past that, the oldest is let go (its queue
-    /// no longer counted: the kernel frees it when its client reads or goes).
-    pub fn add(&mut self, fd: OwnedFd, unsent: usize, max: usize, budget: &mut Budget) {
+    /// Keeps `fd`, whose queue still holds `unsent` bytes for its client,
+    /// within `room`: past it, the oldest ghosts are let go (their queues no
+    /// longer counted: the kernel frees them when their clients read or go).
+    /// Bounded so that what attackers leave behind cannot take the shared
+    /// part from the clients still served, nor their descriptors.
+    pub fn add(&mut self, fd: OwnedFd, unsent: usize, room: Room, budget: &mut Budget) {
         let _ = sys::net::shutdown_write(fd.as_fd());
-        if self.list.len() >= max.max(1) {
+        if room.count == 0 || unsent > room.bytes {
+            return; // let go at once
+        }
+        while self.list.len() >= room.count || self.counted() + unsent > room.bytes {
             let oldest = self.list.remove(0);
             budget.give(oldest.counted);
         }
@@ -44,6 +56,11 @@ impl Ghosts {
             fd,
             counted: unsent,
         });
+    }
+
+    /// What the budget counts for them all.
+    fn counted(&self) -> usize {
+        self.list.iter().map(|g| g.counted).sum()
     }
 
     /// When the next look is due, if there are ghosts.
@@ -72,5 +89,49 @@ impl Ghosts {
             g.counted = left.min(g.counted);
             g.counted > 0
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    fn ghost() -> (OwnedFd, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().expect("a socket pair");
+        (ours.into(), theirs)
+    }
+
+    #[test]
+    fn kept_within_their_room() {
+        let mut budget = Budget::new(64 << 20);
+        let mut ghosts = Ghosts::default();
+        let mut peers = Vec::new();
+        let room = Room {
+            count: 3,
+            bytes: 100,
+        };
+        for unsent in [40, 40, 40, 10, 10] {
+            let (fd, peer) = ghost();
+            peers.push(peer);
+            ghosts.add(fd, unsent, room, &mut budget);
+            assert!(ghosts.list.len() <= 3 && ghosts.counted() <= 100);
+            assert_eq!(budget.used(), ghosts.counted());
+        }
+        assert_eq!(ghosts.counted(), 60, "40 + 10 + 10: the oldest went");
+        // One larger than the room, or no room at all: not kept.
+        let (fd, _peer) = ghost();
+        ghosts.add(fd, 101, room, &mut budget);
+        let (fd, _peer) = ghost();
+        ghosts.add(
+            fd,
+            1,
+            Room {
+                count: 0,
+                bytes: 100,
+            },
+            &mut budget,
+        );
+        assert_eq!((ghosts.list.len(), budget.used()), (3, 60));
     }
 }

@@ -486,8 +486,17 @@ impl Server {
         conn.close(&mut self.shared);
         let _ = self.poll.registry().deregister(&mut conn);
         if let Some((fd, unsent)) = conn.into_leftover() {
-            let max = self.acceptor.max_connections();
-            self.ghosts.add(fd, unsent, max, &mut self.shared.budget);
+            // Ghosts and connections together within the connection limit
+            // (which may be the descriptors'), their queues within half the
+            // budget's shared part.
+            let room = ghosts::Room {
+                count: self
+                    .acceptor
+                    .max_connections()
+                    .saturating_sub(self.conns.len()),
+                bytes: self.shared.budget.shared() / 2,
+            };
+            self.ghosts.add(fd, unsent, room, &mut self.shared.budget);
         }
         self.departed = true;
         if self.conns.is_empty() {
