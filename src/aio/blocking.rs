@@ -21,6 +21,7 @@ const LIMITS: Limits = Limits {
     alloc: 4 << 20,
     zero: ZEROES_LEN,
     cache: 8 << 20,
+    write_back: 1 << 20,
     per_op: 1,
 };
 

@@ -38,6 +38,9 @@ pub(super) struct Limits {
     pub zero: usize,
     /// Largest single readahead hint.
     pub cache: u64,
+    /// Largest single writeback waited for (cache=none): on the loop's
+    /// thread, the disk's time for it is every client's wait.
+    pub write_back: u64,
     /// Pieces of one operation in flight at once.
     pub per_op: usize,
 }
@@ -174,6 +177,8 @@ pub(super) struct Job {
     evict: bool,
     /// Closing calls completed (`closing`), and whether the next is out.
     closed: usize,
+    /// How far the closing writeback has gone (it may go in pieces).
+    written_back: u64,
     closing_sent: bool,
     /// Some hole was punched (a TRIM with FUA then needs its sync).
     punched: bool,
@@ -217,6 +222,7 @@ impl Job {
             error: None,
             evict,
             closed: 0,
+            written_back: 0,
             closing_sent: false,
             punched: false,
             retries: 0,
@@ -240,8 +246,9 @@ impl Job {
     }
 
     /// The calls made after the range, in order: the FUA or FLUSH
-    /// fdatasync; with cache=none, a write's writeback (waited for), and the
-    /// eviction of what was read or written.
+    /// fdatasync; with cache=none, a write's writeback (waited for, in
+    /// pieces of `Limits::write_back`), and the eviction of what was read or
+    /// written.
     fn closing(&self) -> [Option<How>; 3] {
         let evict = self.evict && matches!(self.kind, Kind::Read | Kind::Write { .. });
         let written = evict && matches!(self.kind, Kind::Write { .. });
@@ -290,10 +297,17 @@ impl Job {
             }
             let how = self.next_closing()?;
             self.closing_sent = true;
-            Piece {
-                rel: 0,
-                len: self.len,
-                how,
+            match how {
+                How::WriteBack => Piece {
+                    rel: self.written_back,
+                    len: (self.len - self.written_back).min(lim.write_back),
+                    how,
+                },
+                _ => Piece {
+                    rel: 0,
+                    len: self.len,
+                    how,
+                },
             }
         } else {
             let (todo, fresh) = match self.redo.pop() {
@@ -446,6 +460,10 @@ impl Job {
                 how: Some(How::Alloc),
                 ..todo(p)
             }),
+            How::WriteBack if p.rel + p.len < self.len => {
+                self.written_back = p.rel + p.len;
+                self.closing_sent = false;
+            }
             How::Sync | How::WriteBack | How::Evict => {
                 self.closed += 1;
                 self.closing_sent = false;

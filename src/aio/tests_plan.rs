@@ -11,6 +11,7 @@ const LIM: Limits = Limits {
     alloc: 16384,
     zero: 1024,
     cache: 8192,
+    write_back: 8192,
     per_op: 2,
 };
 
@@ -383,4 +384,47 @@ fn cache_none_drops_what_was_read_and_written_back() {
     j.complete(out[0].0, errno(libc::EIO), l);
     assert!(j.finished() && take(&mut j, l).is_empty());
     assert!(j.result().is_err());
+}
+
+/// The writeback a cache=none write waits for goes in pieces of at most
+/// `write_back` (the synchronous engine waits for each on the loop), then
+/// the whole range is dropped.
+#[test]
+fn a_long_writeback_goes_in_pieces() {
+    let l = &mut Lacks::default();
+    let mut j = evicting(Op::Write {
+        offset: 1 << 20,
+        buf: vec![1; 20000],
+        fua: false,
+    });
+    let mut closing = Vec::new();
+    while !j.finished() {
+        for (piece, call) in take(&mut j, l) {
+            let n = match &call {
+                Call::Write { range, .. } => range.len() as u64,
+                _ => 0,
+            };
+            if !matches!(call, Call::Write { .. }) {
+                closing.push(call);
+            }
+            j.complete(piece, Ok(n), l);
+        }
+    }
+    let at = 1 << 20;
+    assert_eq!(
+        closing,
+        [
+            Call::WriteBack { at, len: 8192 },
+            Call::WriteBack {
+                at: at + 8192,
+                len: 8192
+            },
+            Call::WriteBack {
+                at: at + 16384,
+                len: 3616
+            },
+            Call::Evict { at, len: 20000 },
+        ]
+    );
+    j.result().expect("written");
 }

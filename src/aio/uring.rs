@@ -31,6 +31,8 @@ const LIMITS: Limits = Limits {
     alloc: 2 << 20,
     zero: ZEROES_LEN,
     cache: 8 << 20,
+    // A kernel worker waits for it, not the loop: in one piece.
+    write_back: u64::MAX,
     per_op: 4,
 };
 
