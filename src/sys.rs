@@ -136,7 +136,8 @@ pub fn claim_inherited(fd: RawFd) -> io::Result<OwnedFd> {
 /// at once.
 const LISTEN_BACKLOG: libc::c_int = 4096;
 
-/// Raises a listening socket's backlog to the system maximum (somaxconn).
+/// Raises a listening socket's backlog to `LISTEN_BACKLOG` (the kernel caps
+/// it at somaxconn).
 pub fn listen_max(fd: BorrowedFd) -> io::Result<()> {
     let fd = fd.as_raw_fd();
     // SAFETY: no memory is passed; listen on a listening socket just updates its backlog.

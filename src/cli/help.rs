@@ -59,9 +59,9 @@ Options:
                           socket buffers and TLS included (default: from the
                           cgroup's memory limit, else the physical memory;
                           see nbdlite(1))
-      --max-connections N refuse clients beyond N at once (default and most:
-                          as many as the memory budget holds at their worst;
-                          -v says how many)
+      --max-connections N at most N clients at once; one beyond waits up to a
+                          second for a place (default and most: as many as
+                          the memory budget holds at their worst; -v says)
       --no-sr             do not offer structured replies
       --mask-handshake MASK
                           offer only these newstyle handshake flags (bit 0:

@@ -24,8 +24,8 @@ pub enum Event {
     /// The handshake deadline the server queued, set `after` the connection
     /// began, has passed (it counts only while the handshake goes on).
     Deadline { after: Duration },
-    /// The `--request-timeout` deadline queued for a half-sent request has
-    /// passed: nothing more for `after`.
+    /// The `--request-timeout` deadline queued for a stall (a half-sent
+    /// request, replies unread) has passed: no progress for `after`.
     Stalled { after: Duration },
     /// The memory budget has room for what the connection waits for.
     Memory,

@@ -206,7 +206,7 @@ impl Socket {
         }
     }
 
-    /// A read or write met EAGAIN.
+    /// A read met EAGAIN.
     pub fn read_blocked(&mut self) {
         if self.read != ReadSide::Ended {
             self.read = ReadSide::Drained;

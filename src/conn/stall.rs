@@ -24,7 +24,7 @@ pub enum Await {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Waits {
     Nothing,
-    /// The rest of a request; `got` bytes of it this turn (or not).
+    /// The rest of a request; whether any of it came this turn.
     Input {
         got: bool,
     },

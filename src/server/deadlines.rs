@@ -1,4 +1,4 @@
-//! Deadlines of one kind (the handshake's, a half-sent request's), in one queue.
+//! Deadlines of one kind (the handshake's, a stall's), in one queue.
 //!
 //! Every connection gets the same timeout, so deadlines come out sorted by
 //! the time they start from and one queue (no timer per connection) serves

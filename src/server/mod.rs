@@ -3,9 +3,11 @@
 //! connection sees every acknowledged write.
 //!
 //! The loop itself only dispatches: accepting is `accept`, handshake and
-//! half-sent request deadlines `deadlines`, signals and `--run` `signals`, the
-//! busy-poll window `spin`, memory `crate::budget`, and when to stop is the
-//! lifecycle's (`crate::lifecycle`). Each connection handles its own events
+//! stall deadlines (a request half-sent, replies unread) `deadlines` and
+//! `timeouts`, signals and `--run` `signals`, the busy-poll window `spin`,
+//! memory `crate::budget`, a new client at the connection limit `evict`,
+//! what dropped connections leave in the kernel `ghosts`, and when to stop
+//! is the lifecycle's (`crate::lifecycle`). Each connection handles its own events
 //! (`Conn::handle`), which reach it through one door, `route`: addressed by an
 //! `Origin`, checked once there, and dropped there (what they carried given
 //! back) if their connection has gone.
@@ -88,13 +90,14 @@ pub struct Setup {
     pub notifier: Notifier,
     /// Clients that have not finished the handshake by then are dropped.
     pub handshake_timeout: Option<Duration>,
-    /// Clients that leave a request half-sent, with nothing more for this
-    /// long, are dropped (`--request-timeout`).
+    /// Clients that leave a request half-sent, or their replies unread, for
+    /// this long are dropped (`--request-timeout`).
     pub request_timeout: Option<Duration>,
     /// Bytes connections may hold in buffers, all together (`--memory-budget`).
     pub memory_budget: usize,
-    /// Clients beyond this many are accepted and closed at once (None: what
-    /// RLIMIT_NOFILE allows).
+    /// The most connections at once (None: what RLIMIT_NOFILE and the
+    /// memory budget allow); a client beyond waits at the door for a place
+    /// (`evict`).
     pub max_connections: Option<usize>,
     /// What STARTTLS begins sessions with (`--tls=on|require`).
     #[cfg(feature = "tls")]
@@ -108,7 +111,8 @@ pub struct Server {
     conns: Slab<Conn>,
     acceptor: Acceptor,
     deadlines: Deadlines,
-    /// Half-sent requests' deadlines (`--request-timeout`).
+    /// Stalled connections' deadlines: a request half-sent, replies unread
+    /// (`--request-timeout`).
     stalls: Deadlines,
     signals: Signals,
     spin: Spin,
@@ -449,9 +453,16 @@ impl Server {
         socket.bound_buffers();
         let mut conn = Conn::new(key, self.serial, socket, self.oldstyle, &mut self.shared);
         let to = conn.origin();
-        self.poll
+        let registered = self
+            .poll
             .registry()
-            .register(&mut conn, to.token(), Interest::READABLE)?;
+            .register(&mut conn, to.token(), Interest::READABLE);
+        if let Err(e) = registered {
+            // What it opened and counted (an oldstyle client opens as it
+            // connects) is given back, as at any close.
+            conn.close(&mut self.shared);
+            return Err(e);
+        }
         entry.insert(conn);
         if !self.oldstyle {
             let conns = &self.conns;

@@ -23,9 +23,9 @@ impl Server {
         }
     }
 
-    /// Drops clients that left a request half-sent, with nothing more for
-    /// the timeout by `now`; one whose last byte came after its deadline was
-    /// queued gets a new one, counted from that byte.
+    /// Drops clients stalled (a request half-sent, replies unread) for the
+    /// timeout by `now`; one that made progress after its deadline was
+    /// queued gets a new one, counted from then.
     pub(super) fn expire_stalls(&mut self, now: Instant) {
         let after = self.stalls.timeout().unwrap_or_default();
         loop {
@@ -43,7 +43,7 @@ impl Server {
     }
 
     /// Queues the `--request-timeout` deadline of a connection that has just
-    /// begun to wait for the rest of a half-sent request.
+    /// stalled (a request half-sent, replies unread).
     pub(super) fn arm_stall(&mut self, to: Origin) {
         let Some(conn) = self.conns.get(to.key) else {
             return;
@@ -55,7 +55,7 @@ impl Server {
         }
     }
 
-    /// Queues connection `to`'s half-sent deadline, counted from `since`.
+    /// Queues connection `to`'s stall deadline, counted from `since`.
     pub(super) fn queue_stall(&mut self, to: Origin, since: Instant) {
         let (Some(t), Some(conn)) = (self.stalls.timeout(), self.conns.get_mut(to.key)) else {
             return;
@@ -67,7 +67,7 @@ impl Server {
     }
 }
 
-/// Whether a half-sent deadline queued `at` for `to` still counts: the
+/// Whether a stall deadline queued `at` for `to` still counts: the
 /// connection is there, and it is its current deadline.
 fn stalled(conns: &slab::Slab<Conn>, to: Origin, at: Instant) -> bool {
     conns
