@@ -146,6 +146,9 @@ struct Flights {
     data: usize,
     /// Bytes of buffers they hold outside the connection.
     lent: usize,
+    /// Of `data`, what held requests' replies will carry: no buffer holds it
+    /// yet, but one will as each is released, and that is not asked for then.
+    held_data: usize,
 }
 
 impl Flights {
@@ -154,6 +157,9 @@ impl Flights {
         self.in_engine += usize::from(in_engine);
         self.data += o.data;
         self.lent += o.lent;
+        if !in_engine {
+            self.held_data += o.data;
+        }
     }
 
     fn remove(&mut self, o: Owed, in_engine: bool) {
@@ -161,6 +167,9 @@ impl Flights {
         self.in_engine -= usize::from(in_engine);
         self.data -= o.data;
         self.lent -= o.lent;
+        if !in_engine {
+            self.held_data -= o.data;
+        }
     }
 }
 
@@ -245,9 +254,11 @@ impl Driver {
 
     /// Bytes of storage this connection holds: its input buffer (or, if more,
     /// what the request at the front was admitted with), the buffers it lent
-    /// the I/O engine, and its output queue's blocks.
+    /// the I/O engine, its output queue's blocks, and the replies of READs a
+    /// filter holds (admitted before they were held, and counted until they
+    /// are answered).
     fn held(&self) -> usize {
-        self.input_held() + self.flights.lent + self.out.held()
+        self.input_held() + self.flights.lent + self.out.held() + self.flights.held_data
     }
 
     fn input_held(&self) -> usize {

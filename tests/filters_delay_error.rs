@@ -5,8 +5,11 @@
 //! under both I/O engines, and what shutdown does to requests a filter holds.
 
 mod common;
+#[path = "common/wire.rs"]
+mod wire;
 
 use std::process::Command;
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use common::{Server, TempDir, bin, have, nbdinfo, nbdsh, nbdsh_command, run};
@@ -342,4 +345,50 @@ fn misuse_is_one_line_and_exit_1() {
             "{args:?}: {err}"
         );
     }
+}
+
+/// READs a filter holds count against the memory budget from the moment they
+/// are held: clients that pipeline large delayed READs and read nothing hold
+/// what the budget lets them, not 64 MiB each when the delay ends.
+#[test]
+fn held_reads_count_against_the_budget() {
+    let srv = Server::start(&[
+        "--memory-budget",
+        "16M",
+        "--filter=delay",
+        "pattern",
+        "1G",
+        "rdelay=100ms",
+    ]);
+    let before = common::rss_kib(srv.pid());
+    // Each client sends its READs, waits while the server is watched, then
+    // reads every reply: all at once (the budget has each wait for the
+    // memory the others hold until they read).
+    let (sent, watched) = (Barrier::new(4), Barrier::new(4));
+    std::thread::scope(|s| {
+        for c in 0..3u64 {
+            let (sock, sent, watched) = (&srv.sock, &sent, &watched);
+            s.spawn(move || {
+                let (mut client, _, _) = wire::Client::ready(sock, false, false, false);
+                for i in 0..30u64 {
+                    let offset = (c * 30 + i) << 20;
+                    client.request(0, wire::CMD_READ, i, offset, 1 << 20, &[]);
+                }
+                sent.wait();
+                watched.wait();
+                for _ in 0..30 {
+                    assert_eq!(client.reply(Some(1 << 20)).errno(), 0);
+                }
+            });
+        }
+        sent.wait();
+        // Unbounded, each would hold 30 MiB of replies once released.
+        let until = Instant::now() + Duration::from_millis(2500);
+        while Instant::now() < until {
+            let grown = common::rss_kib(srv.pid()).saturating_sub(before);
+            assert!(grown < 24 << 10, "the server grew by {grown} KiB");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        watched.wait();
+    });
 }
