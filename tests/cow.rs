@@ -9,6 +9,8 @@
 mod common;
 #[path = "common/fileio.rs"]
 mod fileio;
+#[path = "common/wire.rs"]
+mod wire;
 
 use std::ffi::OsStr;
 use std::fs;
@@ -22,6 +24,7 @@ use common::{
     qemu_io_command, run, run_ok, wait_exit, wait_until,
 };
 use fileio::{ENGINES, Io};
+use wire::{Client, still_serves};
 
 const MIB: usize = 1 << 20;
 
@@ -552,4 +555,147 @@ fn filters_named_after_cow_run_below_it() {
          \x20   except nbd.Error as e:\n\
          \x20       assert e.errnum == errno.EIO, e\n",
     );
+}
+
+/// nbdlite `--filter=cow --filter=FILTER ARGS…` (with `before` in front)
+/// under `io` serves what `script` expects, given `d`, the bytes of `image`.
+#[track_caller]
+fn staged(io: Io, before: &[&str], filter: &str, image: &Path, args: &[&str], script: &str) {
+    let tmp = TempDir::new();
+    let mut all: Vec<&OsStr> = before.iter().map(OsStr::new).collect();
+    let filter = format!("--filter={filter}");
+    all.push(OsStr::new(&filter));
+    all.extend([OsStr::new("file"), image.as_os_str()]);
+    all.extend(args.iter().map(OsStr::new));
+    let srv = serve(io, tmp.path(), &all);
+    let load = format!("d = open({:?}, 'rb').read()\n", image.to_str().unwrap());
+    nbdsh(&srv.uri(), &(load + script));
+}
+
+#[test]
+fn filters_named_after_cow_are_prepared_at_start_up() {
+    if !have(&["nbdsh"]) {
+        return;
+    }
+    let dir = TempDir::new();
+    let (path, data, _) = golden(&dir, MIB);
+    let unaligned = dir.join("unaligned.img");
+    fs::write(&unaligned, &data[..1_000_000]).unwrap();
+    let mut data = data;
+    // An MBR whose partition 1 is 512 KiB from 128 KiB on.
+    let disk = dir.join("disk.img");
+    data[0x1be + 4] = 0x83;
+    data[0x1be + 8..0x1be + 12].copy_from_slice(&256u32.to_le_bytes());
+    data[0x1be + 12..0x1be + 16].copy_from_slice(&1024u32.to_le_bytes());
+    data[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
+    fs::write(&disk, &data).unwrap();
+    // The same disk 64 KiB into a larger one, for an offset under a partition.
+    let deeper = dir.join("deeper.img");
+    fs::write(&deeper, [golden_bytes(65536, 7), data].concat()).unwrap();
+    for io in ENGINES {
+        staged(
+            io,
+            &[],
+            "offset",
+            &path,
+            &["offset=256K"],
+            "n = len(d) - 262144\nassert h.get_size() == n\n\
+             assert h.pread(n, 0) == d[262144:]\n\
+             h.pwrite(b'w' * 10, n - 10)\nassert h.pread(20, n - 20) == d[-20:-10] + b'w' * 10",
+        );
+        // Larger than the file, whose end is inside a block of the overlay:
+        // past it zeroes, across it a read cut short.
+        staged(
+            io,
+            &[],
+            "truncate",
+            &unaligned,
+            &["truncate=1200000"],
+            "assert h.get_size() == 1200000\n\
+             assert h.pread(1200000, 0) == d + bytes(1200000 - len(d))\n\
+             assert h.pread(8192, len(d) - 4096) == d[-4096:] + bytes(4096)\n\
+             h.pwrite(b'q' * 100, len(d) - 50)\nassert h.pread(100, len(d) - 50) == b'q' * 100",
+        );
+        staged(
+            io,
+            &[],
+            "truncate",
+            &path,
+            &["truncate=500000"],
+            "assert h.get_size() == 500000\nassert h.pread(500000, 0) == d[:500000]",
+        );
+        let part = "assert h.get_size() == 524288\nassert h.pread(524288, 0) == d[131072:655360]";
+        staged(io, &[], "partition", &disk, &["partition=1"], part);
+        // Read at start-up through the cow layer and the offset below it.
+        let part = "d = d[65536:]\n".to_string() + part;
+        let above = ["--filter=partition"];
+        let args = ["offset=64K", "partition=1"];
+        staged(io, &above, "offset", &deeper, &args, &part);
+    }
+}
+
+#[test]
+fn a_filter_after_cow_that_cannot_start_is_one_line() {
+    let dir = TempDir::new();
+    let args = [
+        "-U",
+        "-",
+        "--filter=cow",
+        "--filter=offset",
+        "memory",
+        "1M",
+        "offset=2M",
+        "--run",
+        "true",
+    ];
+    let (code, _, err) = nbdlite_in(dir.path(), &args);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.starts_with("nbdlite: offset filter: "), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn reads_past_the_end_over_malloc_fail_and_the_server_serves_on() {
+    let tmp = TempDir::new();
+    let args = [
+        "--filter=offset",
+        "memory",
+        "1M",
+        "allocator=malloc",
+        "offset=512K",
+    ]
+    .map(OsStr::new);
+    let srv = serve(Io::Sync, tmp.path(), &args);
+    for sr in [false, true] {
+        let (mut c, size, _) = Client::ready(&srv.sock, sr, false, false);
+        assert_eq!(size, 512 << 10);
+        assert!(c.read(0, size - 4096, 8192).is_err(), "past the end");
+        assert!(c.read(0, size, 1).is_err(), "at the end");
+        assert_eq!(c.write(size - 5, b"abcde"), 0);
+        assert_eq!(c.read(0, size - 5, 5).unwrap(), b"abcde");
+    }
+    still_serves(&srv.sock);
+}
+
+#[test]
+fn lifecycle_filters_after_cow_still_work() {
+    let tmp = TempDir::new();
+    // limit: a second client is turned away while the first is in.
+    let args = ["--filter=limit", "memory", "1M", "limit=1"].map(OsStr::new);
+    let srv = serve(Io::Sync, tmp.path(), &args);
+    let (first, _, _) = Client::ready(&srv.sock, true, false, false);
+    let mut second = Client::connect_raw(&srv.sock);
+    let mut g = [0u8; 18];
+    assert!(second.read_some(&mut g).map_or(true, |n| n == 0), "let in");
+    drop(first);
+    wait_until(10, "room for a client", || {
+        let mut c = Client::connect_raw(&srv.sock);
+        c.read_some(&mut g).unwrap_or(0) > 0
+    });
+    // exitlast: the server exits once its last client has gone.
+    let args = ["--filter=exitlast", "memory", "1M"].map(OsStr::new);
+    let mut srv = serve(Io::Sync, tmp.path(), &args);
+    still_serves(&srv.sock);
+    let status = wait_exit(&mut srv.child, 10);
+    assert!(status.is_some_and(|s| s.success()), "{}", srv.log_text());
 }

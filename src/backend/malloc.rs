@@ -34,12 +34,18 @@ impl Malloc {
         sys::mlock(&self.bytes)
     }
 
-    /// The bytes of a range the caller has checked lies inside the disk.
-    fn range(&mut self, offset: u64, len: usize) -> &mut [u8] {
-        // In bounds: callers check every range against size() (see `Backend`),
-        // and size() is the length of `bytes`, so `offset` fits in a usize.
-        let start = offset as usize;
-        &mut self.bytes[start..start + len]
+    /// The bytes of `[offset, offset + len)`. Callers check every range
+    /// against size() (see `Backend`), so this never fails when they do;
+    /// should one not, the request fails (EINVAL) rather than the server.
+    fn range(&mut self, offset: u64, len: u64) -> io::Result<&mut [u8]> {
+        let start = usize::try_from(offset).ok();
+        let end = start.zip(usize::try_from(len).ok());
+        let end = end.and_then(|(s, n)| s.checked_add(n));
+        match start.zip(end) {
+            Some((start, end)) => self.bytes.get_mut(start..end),
+            None => None,
+        }
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
     }
 }
 
@@ -65,10 +71,11 @@ impl Backend for Malloc {
         _max: usize,
         out: &mut Vec<Extent>,
     ) -> io::Result<()> {
-        out.push(Extent {
-            len: self.size() - offset,
-            flags: 0,
-        });
+        // At or past the end, which callers never ask: an error, not a panic.
+        let len = (self.size().checked_sub(offset))
+            .filter(|&n| n > 0)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        out.push(Extent { len, flags: 0 });
         Ok(())
     }
 
@@ -79,12 +86,12 @@ impl Backend for Malloc {
 
 impl Store for Malloc {
     fn read(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        buf.copy_from_slice(self.range(offset, buf.len()));
+        buf.copy_from_slice(self.range(offset, buf.len() as u64)?);
         Ok(())
     }
 
     fn write(&mut self, buf: &[u8], offset: u64, _fua: bool) -> io::Result<()> {
-        self.range(offset, buf.len()).copy_from_slice(buf);
+        self.range(offset, buf.len() as u64)?.copy_from_slice(buf);
         Ok(())
     }
 
@@ -95,12 +102,12 @@ impl Store for Malloc {
     /// Zeroes, as nbdkit's memory plugin trims with every allocator: the
     /// memory stays allocated, and a trimmed range reads as zeroes in both.
     fn trim(&mut self, offset: u64, len: u64, _fua: bool) -> io::Result<()> {
-        self.range(offset, len as usize).fill(0);
+        self.range(offset, len)?.fill(0);
         Ok(())
     }
 
     fn zero(&mut self, offset: u64, len: u64, _how: Zero, _fua: bool) -> io::Result<()> {
-        self.range(offset, len as usize).fill(0);
+        self.range(offset, len)?.fill(0);
         Ok(())
     }
 }
@@ -142,6 +149,24 @@ mod tests {
             }]
         );
         assert!(!m.caps().sparse_reads && !m.caps().read_only);
+    }
+
+    #[test]
+    fn out_of_range_is_an_error_not_a_panic() {
+        let mut m = Malloc::new(4096).unwrap();
+        let einval = |r: io::Result<()>| r.unwrap_err().raw_os_error() == Some(libc::EINVAL);
+        let mut b = [0u8; 16];
+        assert!(einval(m.read(&mut b, 4090)));
+        assert!(einval(m.read(&mut b, u64::MAX)));
+        assert!(einval(m.write(&b, 1 << 40, false)));
+        assert!(einval(m.trim(4000, u64::MAX, false)));
+        let how = Zero {
+            may_trim: false,
+            fast: false,
+        };
+        assert!(einval(m.zero(4096, 1, how, false)));
+        assert!(einval(m.extents(4096, 1, 1, &mut Vec::new())));
+        m.read(&mut b, 4080).unwrap();
     }
 
     #[test]

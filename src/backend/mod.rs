@@ -151,7 +151,9 @@ pub struct Found {
 /// bytes, unchecked: refusing a hostile one is the backend's to do. Err is
 /// why a name is not served, for the log.
 pub trait Exports {
-    /// The names served now, sorted (a bounded number of them).
+    /// The names served now (a bounded number of them), in the order the
+    /// backend finds them: not sorted (`file dir=` lists them in readdir's
+    /// order, as nbdkit does).
     fn names(&mut self) -> io::Result<Vec<Vec<u8>>>;
     /// What `name` is, without keeping it open (INFO).
     fn probe(&mut self, name: &[u8]) -> Result<Found, String>;

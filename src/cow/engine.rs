@@ -15,7 +15,7 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use super::Settings;
-use super::job::{Job, Part, Sub};
+use super::job::{Job, Part, Sub, errno};
 use super::locks::Locks;
 use super::map::{Map, Slots, State};
 use super::plan::Geometry;
@@ -308,8 +308,16 @@ impl Core {
             (Part::Whole, Ok(())) => job.buf = d.buf,
             (_, Err(e)) => self.fail(key, e),
             (Part::Piece { at }, Ok(())) => {
-                let n = d.buf.len();
-                job.buf[at..at + n].copy_from_slice(&d.buf);
+                // A piece comes back in the buffer it went down in, of its
+                // run's length, inside the job's: the backend below (or the
+                // stages over it) keep that, or the job fails, not the server.
+                let into = at
+                    .checked_add(d.buf.len())
+                    .and_then(|end| job.buf.get_mut(at..end));
+                match into {
+                    Some(into) => into.copy_from_slice(&d.buf),
+                    None => self.fail(key, errno(libc::EIO)),
+                }
             }
             // A job that has failed hands out nothing more.
             (Part::FillRead { blocks }, Ok(())) if job.error.is_none() => {
@@ -373,6 +381,7 @@ impl Core {
     /// The job is over: its blocks are let go, its view may go, its `Done`
     /// is ready to be reaped.
     pub fn finish(&mut self, key: usize) {
+        // `advance` calls it last, once it has found the job (see `stages.rs`, "Keys").
         let job = self.jobs.remove(key);
         if let Some(lock) = job.lock {
             self.locks.unlock(lock, &mut self.ready);

@@ -47,6 +47,10 @@ enum Writer {
     Ring(Box<Ring>),
     /// write(2), where io_uring is not to be had.
     Direct,
+    /// A write hung at exit and was left to the kernel with its ring
+    /// (`give_up`): the file is not touched again (a write(2) to it would
+    /// hang the loop); lines given later are dropped and counted.
+    Abandoned,
 }
 
 /// What the kernel is doing for us.
@@ -124,7 +128,7 @@ impl Appender {
     /// The buffer to append one line to (ending in '\n'), or None if it is
     /// full: the line is dropped, and counted.
     pub fn line(&mut self, now: Instant) -> Option<&mut Vec<u8>> {
-        if self.pending.len() >= CAP {
+        if !self.has_room() {
             self.lost += 1;
             return None;
         }
@@ -136,12 +140,13 @@ impl Appender {
 
     /// Whether a line would be taken now.
     pub fn has_room(&self) -> bool {
-        self.pending.len() < CAP
+        self.pending.len() < CAP && !matches!(self.writer, Writer::Abandoned)
     }
 
     /// Appends whole lines at once, or drops them all if they do not fit.
     pub fn push(&mut self, lines: &[u8], now: Instant) {
-        if self.pending.len() + lines.len() > CAP {
+        let abandoned = matches!(self.writer, Writer::Abandoned);
+        if abandoned || self.pending.len() + lines.len() > CAP {
             self.lost += count_lines(lines);
             return;
         }
@@ -168,6 +173,9 @@ impl Appender {
     /// have waited long enough), a completion to look for, the end of a rest.
     /// (`pump` called earlier writes what waits at once.)
     pub fn wake_at(&self) -> Option<Instant> {
+        if matches!(self.writer, Writer::Abandoned) {
+            return None;
+        }
         let work = self.restart || !self.pending.is_empty();
         match self.state {
             State::Idle if self.restart || self.pending.len() >= BATCH => Some(self.since),
@@ -189,6 +197,9 @@ impl Appender {
     }
 
     fn run(&mut self, now: Instant, all: bool) {
+        if matches!(self.writer, Writer::Abandoned) {
+            return self.drop_pending(); // never reaches the file
+        }
         let work = self.restart || !self.pending.is_empty();
         if work && matches!(self.writer, Writer::Unstarted) {
             self.writer = start_writer(&self.file, &self.path);
@@ -230,7 +241,8 @@ impl Appender {
     /// At exit: writes what is waiting, giving up after `within`. A write
     /// the kernel still has then (a disk that hangs, a pipe nobody reads) is
     /// abandoned with its ring: dropping the ring would wait for it, and the
-    /// process is about to end, which frees both.
+    /// process is about to end, which frees both. The file is then never
+    /// written again (`Writer::Abandoned`): lines still given are counted lost.
     pub fn finish(&mut self, within: Duration) {
         let end = Instant::now() + within;
         let mut retried = false;
@@ -251,10 +263,17 @@ impl Appender {
         }
     }
 
-    /// What waits is lost; a write in the kernel is left to it.
-    fn give_up(&mut self) {
+    /// What waits is lost (and counted), a restart with it.
+    fn drop_pending(&mut self) {
         self.lost += count_lines(&self.pending);
         self.pending.clear();
+        self.restart = false;
+    }
+
+    /// What waits is lost; a write in the kernel is left to it, and the
+    /// file is abandoned: nothing is written to it again.
+    fn give_up(&mut self) {
+        self.drop_pending();
         if let State::Busy { op, .. } = std::mem::replace(&mut self.state, State::Idle) {
             if let Op::Write { lines, .. } = op {
                 self.lost += lines;
@@ -264,7 +283,7 @@ impl Appender {
                 self.path.display(),
                 FINISH.as_secs()
             );
-            std::mem::forget(std::mem::replace(&mut self.writer, Writer::Direct));
+            std::mem::forget(std::mem::replace(&mut self.writer, Writer::Abandoned));
         }
     }
 
@@ -284,7 +303,13 @@ impl Appender {
                 };
                 self.start(op, now);
             }
-            _ => {
+            // Never reached (`run` drops what waits first): still not written.
+            Writer::Abandoned => {
+                self.lost += count_lines(&buf);
+                buf.clear();
+                self.spare = buf;
+            }
+            Writer::Direct | Writer::Unstarted => {
                 let res = (&*self.file).write_all(&buf);
                 self.wrote(&buf, res.map(|()| len), now);
                 buf.clear();
@@ -295,11 +320,15 @@ impl Appender {
 
     /// Starts `op` on the ring (truncating without one: at once).
     fn start(&mut self, op: Op, now: Instant) {
-        let Writer::Ring(ring) = &mut self.writer else {
-            if let Err(e) = self.file.set_len(0) {
-                log::warn!("{}: truncate: {e}", self.path.display());
+        let ring = match &mut self.writer {
+            Writer::Ring(ring) => ring,
+            Writer::Abandoned => return, // the file is not touched again
+            Writer::Direct | Writer::Unstarted => {
+                if let Err(e) = self.file.set_len(0) {
+                    log::warn!("{}: truncate: {e}", self.path.display());
+                }
+                return;
             }
-            return;
         };
         let sqe = match &op {
             Op::Truncate => Sqe::Truncate { len: 0 },
@@ -507,6 +536,24 @@ mod tests {
         assert_eq!(a.lost(), 3);
         drop(a); // finishes: writes what was kept
         assert_eq!(std::fs::metadata(&path).expect("stat").len(), CAP as u64);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn an_abandoned_file_is_never_written_again() {
+        let path = temp("abandoned");
+        let mut a = Appender::open(&path, false).expect("open");
+        a.writer = Writer::Abandoned;
+        let now = Instant::now();
+        a.push(b"one\ntwo\n", now);
+        assert!(a.line(now).is_none() && !a.has_room());
+        a.restart(now);
+        assert_eq!(a.wake_at(), None);
+        a.flush(now);
+        a.finish(Duration::from_secs(1));
+        assert_eq!(a.lost(), 3);
+        assert!(matches!(a.writer, Writer::Abandoned));
+        assert_eq!(std::fs::metadata(&path).expect("stat").len(), 0);
         let _ = std::fs::remove_file(&path);
     }
 

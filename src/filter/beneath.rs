@@ -1,10 +1,13 @@
 //! Stages named below a layer (`--filter=cow --filter=delay`: in nbdkit the
 //! delay sits below the overlay, on what it reads from the backend). They
 //! run on the requests the layer makes of the backend as they would on a
-//! client's: moved, held on a timer of the loop, failed. `Staged` takes the
-//! backend's place under the layer; the stages stay in the stack as well,
-//! as `Proxy`s that let every request pass and hand on the rest (connections
-//! opening and closing, reports, their own wakes).
+//! client's: moved, cut short, held on a timer of the loop, failed. At
+//! start-up they are prepared and shape what the layer sees, from the
+//! backend up, as the stack does for the export (`Staged::new`). `Staged`
+//! takes the backend's place under the layer; the stages stay in the stack
+//! as well, as `Proxy`s that let every request pass and hand on the rest:
+//! clients connecting and opening (`connect`, `may_open`), connections
+//! opening and closing, reports, their own wakes, a wish to exit.
 //!
 //! Block status asked of the backend goes through the stages too, at once:
 //! a stage that would hold it cannot (it is answered on the spot), one that
@@ -19,7 +22,7 @@ use std::time::Instant;
 use mio::{Registry, Token};
 
 use super::due::Due;
-use super::{Call, Conn, Filter, Verdict};
+use super::{Call, Conn, Filter, StartupRead, Verdict};
 use crate::aio::{Done, Engine, Op, Remote, Tag};
 use crate::backend::{Access, Backend, Below, Caps, Extent, nbd_errno};
 use crate::export::Export;
@@ -52,33 +55,56 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// Its stage. `i` indexes `stages`, which `all` made it from and which
+    /// never changes length after: always in bounds.
+    fn stage(&self) -> std::cell::RefMut<'_, Box<dyn Filter>> {
+        // As `Shared`: never borrowed twice.
+        std::cell::RefMut::map(self.stages.borrow_mut(), |s| &mut s[self.i])
+    }
+}
+
+/// Everything but requests (which the stage sees below the layer) and
+/// start-up (`Staged::new` prepares and shapes it there).
 impl Filter for Proxy {
     fn name(&self) -> &'static str {
         self.name
     }
 
+    fn connect(&mut self, now: Instant) -> bool {
+        self.stage().connect(now)
+    }
+
+    fn may_open(&self) -> bool {
+        self.stage().may_open()
+    }
+
     fn open(&mut self, c: Conn, now: Instant) -> Option<Instant> {
-        self.stages.borrow_mut()[self.i].open(c, now)
+        self.stage().open(c, now)
     }
 
     fn close_delay(&mut self, c: Conn, now: Instant) -> Option<Instant> {
-        self.stages.borrow_mut()[self.i].close_delay(c, now)
+        self.stage().close_delay(c, now)
     }
 
     fn closed(&mut self, c: Conn, now: Instant) {
-        self.stages.borrow_mut()[self.i].closed(c, now)
+        self.stage().closed(c, now)
     }
 
     fn report(&mut self, now: Instant) {
-        self.stages.borrow_mut()[self.i].report(now)
+        self.stage().report(now)
     }
 
     fn wake_at(&self) -> Option<Instant> {
-        self.stages.borrow()[self.i].wake_at()
+        self.stage().wake_at()
     }
 
     fn wake(&mut self, now: Instant) {
-        self.stages.borrow_mut()[self.i].wake(now)
+        self.stage().wake(now)
+    }
+
+    fn wants_exit(&self) -> bool {
+        self.stage().wants_exit()
     }
 }
 
@@ -91,13 +117,13 @@ pub struct Staged {
 }
 
 impl Staged {
-    /// `backend` under `stages`, which shape what it serves (from the
-    /// backend up) as they would shape the export.
-    pub fn new(stages: Shared, backend: Box<dyn Backend>) -> Staged {
+    /// `backend` under `stages`, which are prepared (reading through the
+    /// stages below each and the backend) and shape what it serves, from
+    /// the backend up, as the stack does for the export. Err: a stage
+    /// cannot start (one line, with its name).
+    pub fn new(stages: Shared, mut backend: Box<dyn Backend>) -> Result<Staged, String> {
         let mut shape = Export::new(backend.size(), backend.caps());
-        for f in stages.borrow_mut().iter_mut().rev() {
-            f.shape(&mut shape);
-        }
+        super::prepare(&mut stages.borrow_mut(), backend.as_mut(), &mut shape)?;
         let core = Rc::new(RefCell::new(Core {
             stages,
             below: Below::new(backend),
@@ -105,12 +131,12 @@ impl Staged {
             sent: HashMap::new(),
             done: Vec::new(),
         }));
-        Staged {
+        Ok(Staged {
             engine: Engine::remote(Box::new(Io(core.clone()))),
             core,
             size: shape.size,
             caps: shape.caps,
-        }
+        })
     }
 }
 
@@ -147,14 +173,18 @@ impl Backend for Staged {
         self.core.borrow_mut().below.backend().closed(conn);
     }
 
-    /// At start-up, straight from the backend: a filter above the cow layer
-    /// that reads then (partition) does not see the stages named below it.
+    /// At start-up, through the stages (as a client's read would go,
+    /// never held): a filter above the layer that reads then (partition)
+    /// sees what the stages make of the backend.
     fn read_at_start(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.core
-            .borrow_mut()
-            .below
-            .backend()
-            .read_at_start(buf, offset)
+        // As `Shared`: never borrowed twice.
+        let mut core = self.core.borrow_mut();
+        let Core { stages, below, .. } = &mut *core;
+        let mut read = StartupRead {
+            filters: &mut stages.borrow_mut(),
+            backend: below.backend(),
+        };
+        read.read(buf, offset).map_err(io::Error::other)
     }
 }
 
@@ -166,12 +196,21 @@ struct Held {
     stage: usize,
 }
 
+/// An operation in the backend.
+struct Sent {
+    /// What the stages saw of it.
+    call: Call,
+    /// The length of the READ the layer asked for (0 for anything else):
+    /// a read a stage cut short is filled out with zeroes to it on its way back.
+    asked: usize,
+}
+
 struct Core {
     stages: Shared,
     below: Below,
     held: Due<Held>,
-    /// Operations in the backend, by tag: what the stages saw of them.
-    sent: HashMap<Tag, Call>,
+    /// Operations in the backend, by tag.
+    sent: HashMap<Tag, Sent>,
     /// Answered by a stage.
     done: Vec<Done>,
 }
@@ -181,15 +220,7 @@ impl Core {
     fn down(&mut self, op: Op, tag: Tag, mut call: Call, from: usize, now: Instant) {
         let (verdict, stage) = run_stages(&self.stages, &mut call, from, now);
         match verdict {
-            Verdict::Pass => {
-                let op = moved(op, &call);
-                self.sent.insert(tag, call);
-                if let Err((_, tag)) = self.below.submit(op, tag, call.conn) {
-                    // Never: the backend's engine has room for all of ours.
-                    self.sent.remove(&tag);
-                    self.answer(tag, &call, EIO, stage, now);
-                }
-            }
+            Verdict::Pass => self.pass(op, tag, call, stage, now),
             Verdict::Fail(errno) => self.answer(tag, &call, errno, stage, now),
             Verdict::Disconnect(_) => self.answer(tag, &call, EIO, stage, now),
             Verdict::Zeroes => self.zeroes(op, tag, &call, stage, now),
@@ -202,6 +233,27 @@ impl Core {
                 };
                 self.held.hold(held, at);
             }
+        }
+    }
+
+    /// An operation every stage let pass (`depth`: below the last), as
+    /// they moved and cut it, to the backend.
+    fn pass(&mut self, op: Op, tag: Tag, call: Call, depth: usize, now: Instant) {
+        let asked = match &op {
+            Op::Read { buf, .. } => buf.len(),
+            _ => 0,
+        };
+        let op = match moved(op, &call) {
+            Moved::Op(op) => op,
+            // Wholly past the end of what is below: as if a stage said so.
+            Moved::Zeroes(op) => return self.zeroes(op, tag, &call, depth, now),
+            Moved::Refused => return self.answer(tag, &call, ENOSPC, depth, now),
+        };
+        self.sent.insert(tag, Sent { call, asked });
+        if let Err((_, tag)) = self.below.submit(op, tag, call.conn) {
+            // Never: the backend's engine has room for all of ours.
+            self.sent.remove(&tag);
+            self.answer(tag, &call, EIO, depth, now);
         }
     }
 
@@ -342,23 +394,56 @@ fn call_of(op: &Op, conn: u64, now: Instant) -> Call {
     }
 }
 
-/// `op` where the stages moved it (its offset; its flags).
-fn moved(op: Op, call: &Call) -> Op {
-    let (offset, fua) = (call.offset, call.flags & CMD_FLAG_FUA != 0);
-    match op {
-        Op::Read { buf, .. } => Op::Read { offset, buf },
-        Op::Write { buf, .. } => Op::Write { offset, buf, fua },
+/// What becomes of an operation the stages let pass.
+#[derive(Debug)]
+enum Moved {
+    /// To the backend.
+    Op(Op),
+    /// A READ or WRITE cut to nothing: it lies wholly past the end of what
+    /// is below (`Core::zeroes`).
+    Zeroes(Op),
+    /// A WRITE cut short whose payload past the cut is not zeroes: nothing
+    /// can store it (ENOSPC).
+    Refused,
+}
+
+/// `op` where the stages moved it (its offset; its flags) and cut it short
+/// where what is below ends (its length: see `Call::len`). A READ reads only
+/// what is below (`Sent::asked`: the rest comes back as zeroes); a WRITE
+/// writes only what is below, if the rest is zeroes.
+fn moved(op: Op, call: &Call) -> Moved {
+    let (offset, len, fua) = (call.offset, call.len, call.flags & CMD_FLAG_FUA != 0);
+    // A stage only ever shortens: `len` is at most the buffer's length.
+    let cut = usize::try_from(len).unwrap_or(usize::MAX);
+    Moved::Op(match op {
+        Op::Read { ref buf, .. } | Op::Write { ref buf, .. } if len == 0 && !buf.is_empty() => {
+            return Moved::Zeroes(op);
+        }
+        Op::Read { mut buf, .. } => {
+            buf.truncate(cut);
+            Op::Read { offset, buf }
+        }
+        Op::Write { mut buf, .. } => {
+            if buf
+                .get(cut..)
+                .is_some_and(|tail| tail.iter().any(|&b| b != 0))
+            {
+                return Moved::Refused;
+            }
+            buf.truncate(cut);
+            Op::Write { offset, buf, fua }
+        }
         Op::Flush => Op::Flush,
-        Op::Trim { len, .. } => Op::Trim { offset, len, fua },
-        Op::Zero { len, fast, .. } => Op::Zero {
+        Op::Trim { .. } => Op::Trim { offset, len, fua },
+        Op::Zero { fast, .. } => Op::Zero {
             offset,
             len,
             may_trim: call.flags & CMD_FLAG_NO_HOLE == 0,
             fast,
             fua,
         },
-        Op::Cache { len, .. } => Op::Cache { offset, len },
-    }
+        Op::Cache { .. } => Op::Cache { offset, len },
+    })
 }
 
 /// The core as the engine the layer above drives.
@@ -394,10 +479,13 @@ impl Remote for Io {
         core.below.reap(out);
         let now = Instant::now();
         let depth = core.stages.borrow().len();
-        for d in &out[from..] {
-            if let Some(call) = core.sent.remove(&d.tag) {
+        for d in &mut out[from..] {
+            if let Some(sent) = core.sent.remove(&d.tag) {
                 let errno = d.result.as_ref().err().map_or(0, nbd_errno);
-                up(&core.stages, &call, errno, depth, now);
+                if errno == 0 && d.buf.len() < sent.asked {
+                    d.buf.resize(sent.asked, 0); // past a cut: zeroes
+                }
+                up(&core.stages, &sent.call, errno, depth, now);
             }
         }
         out.append(&mut core.done);
@@ -455,13 +543,13 @@ mod tests {
         call.offset = 110;
         call.flags &= !CMD_FLAG_FUA;
         match moved(zero, &call) {
-            Op::Zero {
+            Moved::Op(Op::Zero {
                 offset: 110,
                 len: 20,
                 may_trim: false,
                 fast: true,
                 fua: false,
-            } => {}
+            }) => {}
             op => panic!("{op:?}"),
         }
         let read = Op::Read {
@@ -470,5 +558,71 @@ mod tests {
         };
         let call = call_of(&read, 1, now);
         assert_eq!((call.kind, call.len), (CMD_READ, 3));
+    }
+
+    #[test]
+    fn a_cut_reads_and_writes_only_what_is_below() {
+        let now = Instant::now();
+        let cut = |op: &Op, len| Call {
+            len,
+            ..call_of(op, 1, now)
+        };
+        let read = Op::Read {
+            offset: 0,
+            buf: vec![7; 8],
+        };
+        let call = cut(&read, 3);
+        match moved(read, &call) {
+            Moved::Op(Op::Read { buf, .. }) => assert_eq!(buf.len(), 3),
+            m => panic!("{m:?}"),
+        }
+        let write = |tail: u8| Op::Write {
+            offset: 0,
+            buf: vec![1, 1, tail, 0],
+            fua: false,
+        };
+        let call = cut(&write(0), 2);
+        match moved(write(0), &call) {
+            Moved::Op(Op::Write { buf, .. }) => assert_eq!(buf, [1, 1]),
+            m => panic!("{m:?}"),
+        }
+        assert!(matches!(moved(write(5), &call), Moved::Refused));
+        let call = cut(&write(0), 0);
+        assert!(matches!(moved(write(0), &call), Moved::Zeroes(_)));
+        let trim = Op::Trim {
+            offset: 0,
+            len: 10,
+            fua: false,
+        };
+        let call = cut(&trim, 4);
+        assert!(matches!(
+            moved(trim, &call),
+            Moved::Op(Op::Trim { len: 4, .. })
+        ));
+    }
+
+    fn stages(filters: &[(&str, &[(&str, &str)])]) -> Shared {
+        let build = |(name, kv): &(&str, &[(&str, &str)])| {
+            let p = kv.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+            let build = crate::filter::registry::lookup(name)
+                .expect("a filter")
+                .build;
+            build(&crate::filter::params::Params(p.collect())).expect("valid")
+        };
+        Rc::new(RefCell::new(filters.iter().map(build).collect()))
+    }
+
+    #[test]
+    fn stages_are_prepared_from_the_backend_up() {
+        let memory = || Box::new(crate::backend::Memory::new(1000));
+        let s = stages(&[
+            ("offset", &[("offset", "100")]),
+            ("truncate", &[("truncate", "600")]),
+        ]);
+        let staged = Staged::new(s, memory()).expect("fits");
+        assert_eq!(staged.size(), 500, "truncated to 600, then 100 off");
+        let s = stages(&[("offset", &[("offset", "2000")])]);
+        let e = Staged::new(s, memory()).err().expect("past the end");
+        assert!(e.starts_with("offset filter: "), "{e}");
     }
 }

@@ -85,7 +85,11 @@ impl Layers {
                 Item::Layer(name, layer) => layer
                     .wrap(backend)
                     .map_err(|e| Error::Setup(name.into(), io::Error::other(e)))?,
-                Item::Stages(stages) => Box::new(Staged::new(stages, backend)),
+                // A stage that cannot start (an offset past the end): one
+                // line, as one in front of the layers would be.
+                Item::Stages(stages) => {
+                    Box::new(Staged::new(stages, backend).map_err(Error::Usage)?)
+                }
             };
         }
         Ok(backend)

@@ -234,18 +234,7 @@ impl Stack {
         backend: &mut dyn Backend,
         export: &mut Export,
     ) -> Result<(), String> {
-        for i in (0..self.filters.len()).rev() {
-            let (upper, lower) = self.filters.split_at_mut(i + 1);
-            let f = &mut upper[i];
-            let mut below = StartupRead {
-                filters: lower,
-                backend: &mut *backend,
-            };
-            f.prepare(&mut below, export)
-                .map_err(|e| format!("{} filter: {e}", f.name()))?;
-            f.shape(export);
-        }
-        Ok(())
+        prepare(&mut self.filters, backend, export)
     }
 
     /// A request on its way down from stage `from`: the first verdict that is
@@ -347,6 +336,29 @@ impl Stack {
             }
         }
     }
+}
+
+/// At start-up: each of `filters` (first nearest the client), from the
+/// backend up, prepares (reading through the filters below it and the
+/// backend) and shapes `export`. The stack's filters over the export, and
+/// the stages below a layer over what the layer sees (`beneath.rs`).
+pub fn prepare(
+    filters: &mut [Box<dyn Filter>],
+    backend: &mut dyn Backend,
+    export: &mut Export,
+) -> Result<(), String> {
+    for i in (0..filters.len()).rev() {
+        let (upper, lower) = filters.split_at_mut(i + 1);
+        let f = &mut upper[i]; // in bounds: `upper` holds i + 1 filters
+        let mut below = StartupRead {
+            filters: lower,
+            backend: &mut *backend,
+        };
+        f.prepare(&mut below, export)
+            .map_err(|e| format!("{} filter: {e}", f.name()))?;
+        f.shape(export);
+    }
+    Ok(())
 }
 
 /// A request on its way down `filters` from stage `from`: the first verdict

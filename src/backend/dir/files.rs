@@ -105,6 +105,7 @@ impl Files {
             Some(&key) => key, // the new descriptor is closed as `image` drops
             None => self.add(image, id)?,
         };
+        // Live: `by_id` names exactly the files in `open` (`add`, `close`).
         self.open[key].users += 1;
         let size = found.size;
         self.conns.insert(conn, Use { key, size });
@@ -165,6 +166,7 @@ impl Files {
 
     /// Closes a file: its ring leaves the Poll, and the descriptors close.
     fn close(&mut self, key: usize) {
+        // Callers found `key` in `open` just before.
         let open = self.open.remove(key);
         self.by_id.remove(&open.id);
         if let (Some(fd), Some((registry, _))) = (open.engine.fd(), &self.registry) {

@@ -33,10 +33,15 @@ pub fn find(disk: &mut dyn Disk, size: u64, header: &[u8], number: u32) -> Resul
     if (entry_size as usize) < ENTRY {
         return Err("GPT partition entries are smaller than 128 bytes".into());
     }
-    // The table (and its backup) must fit on the disk, else the header is bogus.
+    // The table (and its backup) must fit on the disk, else the header is
+    // bogus. Two u32s multiply within a u64, but twice that may not: a
+    // table so large that the sum overflows cannot fit either.
     let table = u64::from(count) * u64::from(entry_size);
     let at = entries_lba.saturating_mul(SECTOR);
-    if 3 * SECTOR + 2 * table > size || at.saturating_add(table) > size {
+    let needs = table
+        .checked_mul(2)
+        .and_then(|both| both.checked_add(3 * SECTOR));
+    if needs.is_none_or(|n| n > size) || at.saturating_add(table) > size {
         return Err("the GPT partition table is too large for this disk".into());
     }
     let mut e = [0u8; ENTRY];
@@ -125,6 +130,15 @@ mod tests {
         header[80..84].copy_from_slice(&1000u32.to_le_bytes());
         assert!(
             find(&mut small, 64 * 1024, &header, 1)
+                .unwrap_err()
+                .contains("too large")
+        );
+        // Twice the largest table overflows a u64: refused, not a panic.
+        header[80..84].copy_from_slice(&u32::MAX.to_le_bytes());
+        header[84..88].copy_from_slice(&u32::MAX.to_le_bytes());
+        let size = u64::MAX;
+        assert!(
+            find(&mut small, size, &header, 1)
                 .unwrap_err()
                 .contains("too large")
         );
