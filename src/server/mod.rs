@@ -177,24 +177,7 @@ impl Server {
             setup.notifier,
         );
         let mut export = setup.export;
-        let largest = budget.largest_request() as u64;
-        log::debug!(
-            "memory budget: up to {} connections, {} KiB set aside for each (its socket \
-             buffers, TLS, state, and {} KiB of buffers it never waits for); {} MiB shared \
-             beyond that; largest request {} MiB",
-            acceptor.max_connections(),
-            (fixed + crate::budget::FLOOR) >> 10,
-            crate::budget::FLOOR >> 10,
-            budget.shared() >> 20,
-            largest.min(export.max_request) >> 20,
-        );
-        if largest < export.max_request {
-            log::debug!(
-                "largest request: {} KiB (a small memory budget)",
-                largest >> 10
-            );
-            export.max_request = largest;
-        }
+        fit_to_budget(&budget, acceptor.max_connections(), fixed, &mut export);
         let storage = Storage::new(backend, export, setup.filters);
         let mut shared = Shared::new(storage, lifecycle);
         shared.budget = budget;
@@ -225,20 +208,25 @@ impl Server {
             door: evict::Door::default(),
             ghosts: ghosts::Ghosts::default(),
         };
-        if let Some(engine) = server.shared.storage.engine()
-            && let Some(fd) = engine.fd()
-        {
-            let fd = fd.as_raw_fd();
-            let registry = server.poll.registry();
-            registry.register(&mut SourceFd(&fd), ENGINE, Interest::READABLE)?;
-        }
-        if let Some(engine) = server.shared.storage.engine() {
-            engine.attach(server.poll.registry(), ENGINE_SOURCES_TOP)?;
-        }
+        server.attach_engine()?;
         for (rfd, wfd) in setup.connections {
             server.add(rfd, wfd, &Peer::Inherited)?;
         }
         Ok(server)
+    }
+
+    /// The I/O engine's completions (its eventfd) and its own sources
+    /// (a remote's sockets and timers) arrive on the one Poll.
+    fn attach_engine(&mut self) -> io::Result<()> {
+        let Some(engine) = self.shared.storage.engine() else {
+            return Ok(());
+        };
+        if let Some(fd) = engine.fd() {
+            let fd = fd.as_raw_fd();
+            let registry = self.poll.registry();
+            registry.register(&mut SourceFd(&fd), ENGINE, Interest::READABLE)?;
+        }
+        engine.attach(self.poll.registry(), ENGINE_SOURCES_TOP)
     }
 
     /// The `--run` command: its exit ends the server, with its status.
@@ -681,4 +669,27 @@ fn negotiating(conns: &Slab<Conn>, to: Origin) -> bool {
     conns
         .get(to.key)
         .is_some_and(|c| c.origin() == to && c.negotiating())
+}
+
+/// Says at debug level what the memory budget allows, and lowers the largest
+/// request to what a small budget can admit at all.
+fn fit_to_budget(budget: &Budget, max_connections: usize, fixed: usize, export: &mut Export) {
+    let largest = budget.largest_request() as u64;
+    log::debug!(
+        "memory budget: up to {} connections, {} KiB set aside for each (its socket \
+         buffers, TLS, state, and {} KiB of buffers it never waits for); {} MiB shared \
+         beyond that; largest request {} MiB",
+        max_connections,
+        (fixed + crate::budget::FLOOR) >> 10,
+        crate::budget::FLOOR >> 10,
+        budget.shared() >> 20,
+        largest.min(export.max_request) >> 20,
+    );
+    if largest < export.max_request {
+        log::debug!(
+            "largest request: {} KiB (a small memory budget)",
+            largest >> 10
+        );
+        export.max_request = largest;
+    }
 }
