@@ -12,6 +12,7 @@ use crate::cli::{Allocator, BackendSpec, Config, show_size};
 use crate::daemon::{self, Cleanup, ReadyPipe};
 use crate::error::Error;
 use crate::export::Export;
+use crate::filter::Stack;
 use crate::listen::{self, Listener};
 use crate::logging::{self, Sink};
 use crate::notify::Notifier;
@@ -37,20 +38,7 @@ pub fn serve(
     #[cfg(feature = "tls")]
     let tls = load_tls(cfg)?;
     let nofile = raise_nofile_limit();
-    // Before anything is bound or forked: a filter that cannot start (a
-    // partition not found, an offset past the end) is one line and exit 1,
-    // and its files (logfile=, statsfile=) open by the names given, from the
-    // directory we were started in (the background runs from /). Layers of
-    // storage (cow) go over the backend first, the stages in front.
-    let mut filters = crate::filter::build(&cfg.filters).map_err(Error::usage)?;
-    let layers = crate::filter::Layers::sort(&mut filters);
-    let backend = open_backend(cfg, layers.read_only_below())?;
-    let mut backend = layers.wrap(backend)?;
-    let mut export = export_of(cfg, backend.as_ref());
-    let mut filters = crate::filter::Stack::new(filters);
-    filters
-        .prepare(backend.as_mut(), &mut export)
-        .map_err(Error::usage)?;
+    let (backend, export, filters) = storage(cfg)?;
     let memory_budget = memory_budget(cfg);
     let signals = catch_signals()?;
     let mut cleanup = Cleanup::default();
@@ -104,6 +92,25 @@ pub fn serve(
     drop(server);
     drop(cleanup);
     Ok(code)
+}
+
+/// What is served: the backend under its layers, its export, the filters.
+/// Built before anything is bound or forked: a filter that cannot start (a
+/// partition not found, an offset past the end) is one line and exit 1,
+/// and its files (logfile=, statsfile=) open by the names given, from the
+/// directory we were started in (the background runs from /). Layers of
+/// storage (cow) go over the backend first, the stages in front.
+fn storage(cfg: &Config) -> Result<(Box<dyn Backend>, Export, Stack), Error> {
+    let mut filters = crate::filter::build(&cfg.filters).map_err(Error::usage)?;
+    let layers = crate::filter::Layers::sort(&mut filters);
+    let backend = open_backend(cfg, layers.read_only_below())?;
+    let mut backend = layers.wrap(backend)?;
+    let mut export = export_of(cfg, backend.as_ref());
+    let mut filters = Stack::new(filters);
+    filters
+        .prepare(backend.as_mut(), &mut export)
+        .map_err(Error::usage)?;
+    Ok((backend, export, filters))
 }
 
 /// SIGHUP is a clean quit too (as nbdkit): its default would kill us and
