@@ -441,5 +441,11 @@ impl Out<'_> {
     }
 }
 
+/// Whether `b` holds only zeroes: data written past the end of what is
+/// below a filter may be dropped only then (else ENOSPC, as nbdkit's).
+pub fn all_zero(b: &[u8]) -> bool {
+    b.iter().all(|&x| x == 0)
+}
+
 #[cfg(test)]
 mod tests;

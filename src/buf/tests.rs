@@ -192,3 +192,10 @@ fn a_few_pending_bytes_leave_a_large_block() {
     b.shrink(&mut pool);
     assert_eq!(b.capacity(), 0);
 }
+
+#[test]
+fn zero_checks() {
+    assert!(all_zero(&[]));
+    assert!(all_zero(&[0; 100]));
+    assert!(!all_zero(&[0, 0, 1]));
+}

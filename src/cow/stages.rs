@@ -35,7 +35,7 @@ const FILL_WINDOW: u64 = 8 << 20;
 const COPY_MAX: u64 = 4 << 30;
 
 /// Keys: every `key` given to these functions names a job in `jobs`, so
-/// `self.jobs[key]` cannot miss. A job leaves `jobs` only in `Core::finish`,
+/// `self.jobs[key]`, wherever it is written below, cannot miss. A job leaves `jobs` only in `Core::finish`,
 /// which `advance` calls last (returning at once); everything here runs
 /// from `advance` once it has found the job, or (`fill_write`) from the
 /// completion of one of its parts, which comes back while it lives
@@ -76,7 +76,7 @@ impl Core {
 
     /// Holds the job's blocks if it must; false: it waits for them.
     fn start(&mut self, key: usize) -> bool {
-        let job = &self.jobs[key]; // live: see "Keys"
+        let job = &self.jobs[key];
         let (kind, view) = (job.kind, job.view);
         let Some((offset, len)) = kind.range() else {
             return self.set_stage(key, Stage::Held);
@@ -89,7 +89,7 @@ impl Core {
         };
         if copies {
             // Its blocks are held a window at a time, as it copies them up.
-            self.jobs[key].copies = true; // live: see "Keys"
+            self.jobs[key].copies = true;
             self.join_view(key); // a read that copies up may be its first
             return self.set_stage(key, Stage::Held);
         }
@@ -102,7 +102,7 @@ impl Core {
         }
         if kind.changes() {
             match self.locks.lock(view, blocks, key) {
-                Some(lock) => self.jobs[key].lock = Some(lock), // live: see "Keys"
+                Some(lock) => self.jobs[key].lock = Some(lock),
                 None => return false,
             }
         }
@@ -111,7 +111,7 @@ impl Core {
 
     /// Makes the job's view if it has none yet, and counts the job in it.
     fn join_view(&mut self, key: usize) {
-        let job = &mut self.jobs[key]; // live: see "Keys"
+        let job = &mut self.jobs[key];
         if !job.counted {
             let v = self.views.entry(job.view).or_insert_with(View::new);
             v.jobs += 1;
@@ -164,7 +164,7 @@ impl Core {
     /// request that copies, the partly covered blocks of a write, zeroing or
     /// trim), or zeroed in their slots (a partial write to a zeroed block).
     fn fill(&mut self, key: usize) -> bool {
-        let job = &self.jobs[key]; // live: see "Keys"
+        let job = &self.jobs[key];
         let (kind, view) = (job.kind, job.view);
         let (copies, zeroes, cursor) = match kind.range() {
             Some((offset, len)) if job.copies => match self.window(key, offset, len) {
@@ -196,7 +196,7 @@ impl Core {
                 buf: vec![0; n as usize], // ≤ FILL_WINDOW, or a block
             };
             let sub = Sub::below(op, Part::FillRead { blocks }, n as usize);
-            self.jobs[key].todo.push_back(sub); // live: see "Keys"
+            self.jobs[key].todo.push_back(sub);
         }
         for b in zeroes {
             self.zero_slot(key, view, b);
@@ -204,7 +204,7 @@ impl Core {
         match cursor {
             // The next window (if any) once these are done.
             Some(to) => {
-                self.jobs[key].cursor = to; // live: see "Keys"
+                self.jobs[key].cursor = to;
                 self.set_stage(key, Stage::Held)
             }
             None => self.set_stage(key, Stage::Fill),
@@ -215,11 +215,10 @@ impl Core {
     /// (the last one let go): a long CACHE holds no more buffers, nor keeps
     /// other clients' writes waiting longer, than a short one.
     fn window(&mut self, key: usize, offset: u64, len: u64) -> Window {
-        // live: see "Keys"
         if let Some(lock) = self.jobs[key].lock.take() {
             self.locks.unlock(lock, &mut self.ready);
         }
-        let job = &self.jobs[key]; // live: see "Keys"
+        let job = &self.jobs[key];
         let all = self.g.blocks(offset, len.min(COPY_MAX));
         let from = job.cursor.max(all.start);
         if from >= all.end {
@@ -230,7 +229,7 @@ impl Core {
         let Some(lock) = self.locks.lock(view, from..to, key) else {
             return Window::Wait;
         };
-        self.jobs[key].lock = Some(lock); // live: see "Keys"
+        self.jobs[key].lock = Some(lock);
         let map = self.map(view);
         let mut copies: Vec<Range<u64>> = Vec::new();
         for b in from..to {
@@ -288,7 +287,7 @@ impl Core {
             blocks,
             whole: false,
         };
-        let job = &mut self.jobs[key]; // live: see "Keys"
+        let job = &mut self.jobs[key];
         job.todo.push_back(Sub::overlay(op, part, len));
         job.wrote = true;
     }
@@ -296,7 +295,7 @@ impl Core {
     /// Blocks read from below for a fill are back: written into slots of
     /// their own (one write where the slots follow each other).
     pub(super) fn fill_write(&mut self, key: usize, blocks: Range<u64>, buf: Vec<u8>) {
-        let view = self.jobs[key].view; // live: see "Keys"
+        let view = self.jobs[key].view;
         if let Err(e) = self.give_slots(view, blocks.clone()) {
             return self.fail(key, e);
         }
@@ -316,7 +315,7 @@ impl Core {
                 subs.push(write_sub(run, piece, false));
             }
         }
-        let job = &mut self.jobs[key]; // live: see "Keys"
+        let job = &mut self.jobs[key];
         job.todo.extend(subs);
         job.wrote = true;
     }
@@ -362,7 +361,7 @@ impl Core {
 
     /// The job's own operations.
     fn main(&mut self, key: usize) -> bool {
-        let (kind, copied) = (self.jobs[key].kind, self.jobs[key].copies); // live: see "Keys"
+        let (kind, copied) = (self.jobs[key].kind, self.jobs[key].copies);
         let ready = match kind {
             Kind::Read { offset, len } => self.main_read(key, offset, len),
             Kind::Write { offset, len, .. } => self.main_write(key, offset, len),
@@ -374,7 +373,7 @@ impl Core {
             }
             Kind::Flush => {
                 let sub = Sub::overlay(Op::Flush, Part::Plain, 0);
-                self.jobs[key].todo.push_back(sub); // live: see "Keys"
+                self.jobs[key].todo.push_back(sub);
                 true
             }
             // Copied up (cow-on-cache): done.
@@ -391,14 +390,14 @@ impl Core {
     /// into a piece of its own, copied there when it is back (data at hand
     /// below, and zeroes, go straight there).
     fn main_read(&mut self, key: usize, offset: u64, len: u64) -> bool {
-        let view = self.jobs[key].view; // live: see "Keys"
+        let view = self.jobs[key].view;
         let runs = plan::reads(self.map(view), self.g, offset, len);
         let at_hand = self.below.at_hand();
         let needs_buf = |src: Src| matches!(src, Src::Overlay(_)) || !at_hand && src != Src::Zero;
         if let [run] = runs[..]
             && needs_buf(run.src)
         {
-            let job = &mut self.jobs[key]; // live: see "Keys"
+            let job = &mut self.jobs[key];
             let buf = std::mem::take(&mut job.buf);
             job.todo.push_back(read_sub(run.src, buf, Part::Whole, 0));
             return true;
@@ -411,7 +410,7 @@ impl Core {
         if !self.take_scratch(key, need) {
             return false;
         }
-        let job = &mut self.jobs[key]; // live: see "Keys"
+        let job = &mut self.jobs[key];
         let mut failed = None;
         for r in runs {
             // The runs tile `[0, len)`, and a read's buffer is `len` long (`Kind::of`).
@@ -439,7 +438,7 @@ impl Core {
     /// A write: straight from the client's buffer where its slots follow
     /// each other, else a copy for each run of them.
     fn main_write(&mut self, key: usize, offset: u64, len: u64) -> bool {
-        let view = self.jobs[key].view; // live: see "Keys"
+        let view = self.jobs[key].view;
         if let Err(e) = self.give_slots(view, self.g.blocks(offset, len)) {
             self.fail(key, e);
             return true;
@@ -453,7 +452,7 @@ impl Core {
         if runs.len() > 1 && !self.take_scratch(key, len as usize) {
             return false;
         }
-        let job = &mut self.jobs[key]; // live: see "Keys"
+        let job = &mut self.jobs[key];
         job.wrote = true;
         if let [run] = &runs[..] {
             let buf = std::mem::take(&mut job.buf);
@@ -472,7 +471,7 @@ impl Core {
     /// (holes if it may leave them); the part of a block it covers is
     /// zeroed in its slot (a block from below was filled first).
     fn main_zero(&mut self, key: usize, offset: u64, len: u64, hole: bool) {
-        let (g, view, end) = (self.g, self.jobs[key].view, offset + len); // live: see "Keys"
+        let (g, view, end) = (self.g, self.jobs[key].view, offset + len);
         let edges = self.edges(offset, len);
         let Some(v) = self.views.get_mut(&view) else {
             return; // made with the job: cannot happen
@@ -498,7 +497,7 @@ impl Core {
                 subs.push(Sub::overlay(op, Part::Plain, 0));
             }
         }
-        let job = &mut self.jobs[key]; // live: see "Keys"
+        let job = &mut self.jobs[key];
         job.wrote |= !subs.is_empty();
         job.todo.extend(subs);
     }
@@ -506,7 +505,7 @@ impl Core {
     /// A cache request: passed below for what is there, and to the overlay
     /// file for what is in it.
     fn main_cache(&mut self, key: usize, offset: u64, len: u64) {
-        let view = self.jobs[key].view; // live: see "Keys"
+        let view = self.jobs[key].view;
         for r in plan::reads(self.map(view), self.g, offset, len) {
             let len = r.len as u64;
             let sub = match r.src {
@@ -514,13 +513,13 @@ impl Core {
                 Src::Overlay(offset) => Sub::overlay(Op::Cache { offset, len }, Part::Plain, 0),
                 Src::Zero => continue,
             };
-            self.jobs[key].todo.push_back(sub); // live: see "Keys"
+            self.jobs[key].todo.push_back(sub);
         }
     }
 
     /// FUA: the overlay's data is made durable before the reply.
     fn sync(&mut self, key: usize) -> bool {
-        let job = &mut self.jobs[key]; // live: see "Keys"
+        let job = &mut self.jobs[key];
         if job.kind.fua() && job.wrote {
             job.todo.push_back(Sub::overlay(Op::Flush, Part::Plain, 0));
         }

@@ -138,15 +138,19 @@ impl Appender {
         Some(&mut self.pending)
     }
 
+    /// A write hung at exit and the file was given up on (`give_up`).
+    fn abandoned(&self) -> bool {
+        matches!(self.writer, Writer::Abandoned)
+    }
+
     /// Whether a line would be taken now.
     pub fn has_room(&self) -> bool {
-        self.pending.len() < CAP && !matches!(self.writer, Writer::Abandoned)
+        self.pending.len() < CAP && !self.abandoned()
     }
 
     /// Appends whole lines at once, or drops them all if they do not fit.
     pub fn push(&mut self, lines: &[u8], now: Instant) {
-        let abandoned = matches!(self.writer, Writer::Abandoned);
-        if abandoned || self.pending.len() + lines.len() > CAP {
+        if self.abandoned() || self.pending.len() + lines.len() > CAP {
             self.lost += count_lines(lines);
             return;
         }
@@ -173,7 +177,7 @@ impl Appender {
     /// have waited long enough), a completion to look for, the end of a rest.
     /// (`pump` called earlier writes what waits at once.)
     pub fn wake_at(&self) -> Option<Instant> {
-        if matches!(self.writer, Writer::Abandoned) {
+        if self.abandoned() {
             return None;
         }
         let work = self.restart || !self.pending.is_empty();
@@ -197,7 +201,7 @@ impl Appender {
     }
 
     fn run(&mut self, now: Instant, all: bool) {
-        if matches!(self.writer, Writer::Abandoned) {
+        if self.abandoned() {
             return self.drop_pending(); // never reaches the file
         }
         let work = self.restart || !self.pending.is_empty();

@@ -25,6 +25,7 @@ use super::due::Due;
 use super::{Call, Conn, Filter, StartupRead, Verdict};
 use crate::aio::{Done, Engine, Op, Remote, Tag};
 use crate::backend::{Access, Backend, Below, Caps, Extent, nbd_errno};
+use crate::buf::all_zero;
 use crate::export::Export;
 use crate::proto::*;
 
@@ -276,7 +277,7 @@ impl Core {
                 buf.fill(0);
                 (Ok(()), buf)
             }
-            Op::Write { buf, .. } if buf.iter().any(|&b| b != 0) => {
+            Op::Write { buf, .. } if !all_zero(&buf) => {
                 (Err(io::Error::from_raw_os_error(libc::ENOSPC)), buf)
             }
             Op::Write { buf, .. } => (Ok(()), buf),
@@ -424,10 +425,7 @@ fn moved(op: Op, call: &Call) -> Moved {
             Op::Read { offset, buf }
         }
         Op::Write { mut buf, .. } => {
-            if buf
-                .get(cut..)
-                .is_some_and(|tail| tail.iter().any(|&b| b != 0))
-            {
+            if buf.get(cut..).is_some_and(|tail| !all_zero(tail)) {
                 return Moved::Refused;
             }
             buf.truncate(cut);

@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use super::{Incoming, reply, status};
 use crate::backend::Extent;
-use crate::buf::Out;
+use crate::buf::{Out, all_zero};
 use crate::filter::Call;
 use crate::proto::reply::{self as wire, Style};
 use crate::proto::*;
@@ -114,20 +114,4 @@ pub fn refuse_write(r: &Incoming, out: &mut Out) -> u32 {
         "write beyond the end of the device below",
     );
     ENOSPC
-}
-
-fn all_zero(b: &[u8]) -> bool {
-    b.iter().all(|&x| x == 0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn zero_checks() {
-        assert!(all_zero(&[]));
-        assert!(all_zero(&[0; 100]));
-        assert!(!all_zero(&[0, 0, 1]));
-    }
 }
