@@ -238,16 +238,21 @@ impl Driver {
         })
     }
 
-    /// Room the next read asks for. A message still arriving fills the block
-    /// it has before the block grows again (so a large payload is copied a
-    /// few times, not once per read); the block grows by what has arrived, at
-    /// least `GROWTH_STEP`, and never past the message.
+    /// Room the next read asks for: always a whole `READ_CHUNK`, so that one
+    /// read takes a client's whole pipeline of small requests and a short read
+    /// says the socket is drained. Asked for less (the few bytes left at the
+    /// end of the block), reads come back full, the turn reads on while the
+    /// client refills, and one client keeps the loop for the turn's whole
+    /// allowance while the others wait (4 x 16 random writes: p99 2.3 ms
+    /// instead of 0.9). A message still arriving fills the block it has
+    /// before the block grows again (so a large payload is copied a few times,
+    /// not once per read); the block grows by what has arrived, at least
+    /// `GROWTH_STEP`, and never past the message.
     fn want(&self) -> usize {
         let len = self.input.len();
         let missing = self.front.need.saturating_sub(len);
-        let fill = missing.min(READ_CHUNK);
-        if missing > 0 && self.input.free() >= fill {
-            return fill;
+        if missing > 0 && self.input.free() >= READ_CHUNK {
+            return READ_CHUNK;
         }
         READ_CHUNK.max(missing.min(len.max(GROWTH_STEP)))
     }
@@ -692,5 +697,58 @@ impl Driver {
 
     pub(crate) fn need(&self) -> usize {
         self.front.need
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Memory;
+    use crate::client_proto::compact_request;
+    use crate::export::test_export;
+    use crate::filter::Stack;
+    use crate::lifecycle::Lifecycle;
+    use crate::notify::Notifier;
+    use crate::proto::CMD_WRITE;
+    use crate::proto::reply::Style;
+    use crate::storage::Storage;
+
+    /// A pipeline of small WRITEs that straddles the end of the input block:
+    /// once the whole ones are handled, the next read still offers a whole
+    /// `READ_CHUNK`, not the few bytes left at the block's end (see `want`).
+    #[test]
+    fn a_read_after_a_block_of_small_writes_offers_a_whole_chunk() {
+        let ex = test_export(false, 1);
+        let storage = Storage::new(Box::new(Memory::new(ex.size)), ex.clone(), Stack::default());
+        let lifecycle = Lifecycle::new(None, false, Notifier::new(None));
+        let mut sh = Shared::new(storage, lifecycle);
+        let agreed = Agreement::new(&ex, Style::Simple, false);
+        let mut drv = Driver::new(1, Phase::Transmission(agreed), &[], &mut sh);
+        let me = Origin::new(0, 1);
+        let mut stream = Vec::new();
+        for i in 0..20u64 {
+            stream.extend(compact_request(0, CMD_WRITE, i, i * 4096, 4096));
+            stream.extend([0x5a; 4096]);
+        }
+        let mut offered = Vec::new();
+        let mut sent = 0;
+        while sent < stream.len() {
+            let got = drv.receive(&mut sh.pool, |room| {
+                offered.push(room.len());
+                let n = room.len().min(stream.len() - sent);
+                room[..n].copy_from_slice(&stream[sent..sent + n]);
+                Ok(n)
+            });
+            sent += match got {
+                Ok(Received::Bytes { n, .. }) => n,
+                other => panic!("read: {other:?}"),
+            };
+            while drv.step(&mut sh, me) == Progress::Handled {}
+        }
+        assert!(offered.len() >= 2, "the pipeline took {offered:?}");
+        assert!(
+            offered.iter().all(|&n| n >= READ_CHUNK),
+            "reads offered {offered:?}"
+        );
     }
 }
