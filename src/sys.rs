@@ -13,6 +13,10 @@ pub mod alloc;
 mod log;
 mod memory;
 pub mod net;
+/// Release builds only: they abort on panic, and link the unwinder
+/// dynamically unless the build is static (see the module).
+#[cfg(all(panic = "abort", not(target_feature = "crt-static")))]
+mod unwind;
 pub mod uring;
 mod watch;
 
