@@ -7,22 +7,23 @@
 //! them (`lend`); a write to a page that is still queued for sending copies it
 //! first, so a reply always shows the data as it was when it was read.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::ops::Range;
 use std::rc::Rc;
 
+use super::pages::Pages;
 use super::{Access, Backend, Caps, Extent, Store, Zero, pieces};
 use crate::proto::{STATE_HOLE, STATE_ZERO};
 
 /// Allocation unit. Small enough that scattered 4 KiB writes do not balloon,
-/// large enough that a 1 GiB export is at most 32768 map entries.
+/// large enough that a 1 GiB export is at most 32768 pages (128 leaves of
+/// the page table, `pages.rs`).
 const PAGE: usize = 32 * 1024;
 
 pub struct Memory {
     size: u64,
     /// Page index -> contents. An absent page reads as zeroes.
-    pages: BTreeMap<u64, Rc<[u8]>>,
+    pages: Pages,
     /// A page of zeroes to lend for holes (made on first use).
     zeroes: Option<Rc<[u8]>>,
 }
@@ -31,14 +32,14 @@ impl Memory {
     pub fn new(size: u64) -> Memory {
         Memory {
             size,
-            pages: BTreeMap::new(),
+            pages: Pages::default(),
             zeroes: None,
         }
     }
 
     /// A page to write to: allocated if absent, copied if it is lent out.
     fn page_mut(&mut self, idx: u64) -> &mut [u8] {
-        let page = self.pages.entry(idx).or_insert_with(zero_page);
+        let page = self.pages.get_or_insert_with(idx, zero_page);
         if Rc::get_mut(page).is_none() {
             *page = Rc::from(&page[..]);
         }
@@ -61,24 +62,19 @@ impl Memory {
             return;
         };
         let (first_page, last_page) = (offset / PAGE as u64, last / PAGE as u64);
-        let allocated: Vec<u64> = self
-            .pages
-            .range(first_page..=last_page)
-            .map(|(&k, _)| k)
-            .collect();
-        for idx in allocated {
+        for idx in self.pages.allocated(first_page, last_page) {
             let start = (idx * PAGE as u64).max(offset);
             let end = ((idx + 1) * PAGE as u64).min(offset + len);
             let within = (start - idx * PAGE as u64) as usize;
             let n = (end - start) as usize;
             if n == PAGE && free {
-                self.pages.remove(&idx);
+                self.pages.remove(idx);
                 continue;
             }
             let page = self.page_mut(idx);
             page[within..within + n].fill(0);
             if free && page.iter().all(|&b| b == 0) {
-                self.pages.remove(&idx);
+                self.pages.remove(idx);
             }
         }
     }
@@ -111,25 +107,17 @@ impl Backend for Memory {
         while pos < end.max(offset + 1) && count < max {
             let idx = pos / page;
             // One lookup per run: this is on every structured READ's path.
-            let allocated = self.pages.contains_key(&idx);
+            let allocated = self.pages.contains(idx);
             let run_end = if allocated && (idx + 1) * page >= end {
                 (idx + 1) * page // the common case: the request ends in this page
             } else if allocated {
                 // Extend over consecutive allocated pages, stopping past `end`.
-                let mut next = idx + 1;
-                for (&k, _) in self.pages.range(idx + 1..) {
-                    if k != next || next * page >= end {
-                        break;
-                    }
-                    next += 1;
-                }
-                next * page
+                self.pages.run_end(idx + 1, end.div_ceil(page)) * page
             } else {
                 // A hole runs to the next allocated page.
                 self.pages
-                    .range(idx + 1..)
-                    .next()
-                    .map_or(self.size, |(&k, _)| k * page)
+                    .next_allocated(idx + 1)
+                    .map_or(self.size, |k| k * page)
             };
             let run_end = run_end.min(self.size);
             let flags = if allocated {
@@ -162,7 +150,7 @@ impl Store for Memory {
         let mut done = 0;
         for (idx, within, n) in pieces(offset, buf.len() as u64, PAGE as u64) {
             let dst = &mut buf[done..done + n];
-            match self.pages.get(&idx) {
+            match self.pages.get(idx) {
                 Some(page) => dst.copy_from_slice(&page[within..within + n]),
                 None => dst.fill(0),
             }
@@ -213,7 +201,7 @@ impl Store for Memory {
         sink: &mut dyn FnMut(Rc<[u8]>, Range<usize>),
     ) -> bool {
         for (idx, within, n) in pieces(offset, len, PAGE as u64) {
-            let page = match self.pages.get(&idx) {
+            let page = match self.pages.get(idx) {
                 Some(p) => p.clone(),
                 None => self.zeroes.get_or_insert_with(zero_page).clone(),
             };
@@ -357,6 +345,24 @@ mod tests {
         );
         // a query at the last byte
         assert_eq!(extents(&mut m, 10 * p - 1, 1), vec![(1, 3)]);
+    }
+
+    /// Runs that cross the page table's leaves (256 pages, 8 MiB) are one
+    /// extent, holes too, and a trim across them gives every page back.
+    #[test]
+    fn runs_across_the_page_tables_leaves() {
+        let p = PAGE as u64;
+        let mut m = Memory::new(1024 * p);
+        m.write(&vec![7; 4 * PAGE], 254 * p, false).unwrap(); // pages 254-257
+        m.write(&[7], 700 * p, false).unwrap();
+        assert_eq!(
+            extents(&mut m, 0, 1024 * p),
+            vec![(254 * p, 3), (4 * p, 0), (442 * p, 3), (p, 0), (323 * p, 3)]
+        );
+        assert_eq!(extents(&mut m, 255 * p, 2 * p), vec![(2 * p, 0)]);
+        m.trim(200 * p, 600 * p, false).unwrap();
+        assert!(m.pages.is_empty());
+        assert_eq!(extents(&mut m, 0, 1024 * p), vec![(1024 * p, 3)]);
     }
 
     #[test]

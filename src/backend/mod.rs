@@ -8,6 +8,7 @@ mod file;
 mod malloc;
 mod memory;
 mod null;
+mod pages;
 mod pattern;
 
 use std::io;
