@@ -706,15 +706,13 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Memory;
     use crate::client_proto::compact_request;
     use crate::export::test_export;
-    use crate::filter::Stack;
     use crate::lifecycle::Lifecycle;
     use crate::notify::Notifier;
     use crate::proto::CMD_WRITE;
     use crate::proto::reply::Style;
-    use crate::storage::Storage;
+    use crate::request::testing::{session, with_memory};
 
     /// A pipeline of small WRITEs that straddles the end of the input block:
     /// once the whole ones are handled, the next read still offers a whole
@@ -722,10 +720,9 @@ mod tests {
     #[test]
     fn a_read_after_a_block_of_small_writes_offers_a_whole_chunk() {
         let ex = test_export(false, 1);
-        let storage = Storage::new(Box::new(Memory::new(ex.size)), ex.clone(), Stack::default());
         let lifecycle = Lifecycle::new(None, false, Notifier::new(None));
-        let mut sh = Shared::new(storage, lifecycle);
-        let agreed = Agreement::new(&ex, Style::Simple, false);
+        let mut sh = Shared::new(with_memory(&ex), lifecycle);
+        let agreed = session(&ex, Style::Simple, false);
         let mut drv = Driver::new(1, Phase::Transmission(agreed), &[], &mut sh);
         let me = Origin::new(0, 1);
         let mut stream = Vec::new();

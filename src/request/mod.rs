@@ -266,9 +266,9 @@ fn admissible(
     })
 }
 
-/// What the unit tests of this module share.
+/// What the unit tests of this module (and the driver's) share.
 #[cfg(test)]
-mod testing {
+pub(crate) mod testing {
     use super::*;
     use crate::backend::Memory;
     use crate::buf::{OutQueue, Pool};
